@@ -1,0 +1,16 @@
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test bench
+
+install:
+	./scripts/install.sh
+
+demo: install
+	$(BIN)/slimkit demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/demo.py

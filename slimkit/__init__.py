@@ -1,0 +1,10 @@
+"""slimkit: prune and distill trained PyTorch models, then report what was really gained.
+
+The pipeline is data -> measure (profile) -> prune -> distill -> measure (evaluate) -> io (export);
+each stage is a subpackage with a small public surface.
+"""
+
+from slimkit.errors import SlimkitError
+
+__version__ = "0.1.0"
+__all__ = ["SlimkitError", "__version__"]

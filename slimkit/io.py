@@ -1,0 +1,125 @@
+"""Checkpoints without pickle: safetensors weights with the architecture as JSON in the header.
+
+One file holds both: safetensors' string metadata carries {"class": ..., "kwargs": ...} (and
+anything else the caller records, such as pruned shapes), so a checkpoint cannot be half-written
+apart from its description. Loading looks the class name up in a fixed table, never imports a path
+read from a file, and never unpickles.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from slimkit.errors import SlimkitError
+
+FORMAT_VERSION = 1
+_META_KEY = "slimkit"
+
+
+def architecture_of(model: nn.Module) -> dict[str, Any]:
+    """{"class", "kwargs"} for a model that exposes `config()` (slimkit's reference models do)."""
+    config = getattr(model, "config", None)
+    if not callable(config):
+        raise SlimkitError(
+            f"{type(model).__name__} has no config() method; pass arch={{'class': ..., 'kwargs': ...}} to save_model"
+        )
+    return {"class": type(model).__name__, "kwargs": config()}
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None = None,
+               extra: dict[str, Any] | None = None) -> Path:
+    """Save weights and architecture to one .safetensors file, atomically; returns the path."""
+    out = Path(path)
+    description = {"format": FORMAT_VERSION, **(arch or architecture_of(model)), "extra": extra or {}}
+    tensors: dict[str, torch.Tensor] = {}
+    seen: dict[int, str] = {}
+    for name, tensor in model.state_dict().items():
+        key = tensor.data_ptr()
+        if key in seen and tensor.numel() > 0:  # tied weights are stored once, as a copy
+            tensors[name] = tensor.detach().clone().contiguous().cpu()
+            continue
+        seen[key] = name
+        tensors[name] = tensor.detach().contiguous().cpu()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as exc:
+        raise SlimkitError(f"cannot write checkpoint to {out.parent}: {exc.strerror}; choose a writable folder") from None
+    try:
+        save_file(tensors, tmp, metadata={_META_KEY: json.dumps(description)})
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def read_architecture(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON description stored in a slimkit checkpoint's header."""
+    p = Path(path)
+    if not p.is_file():
+        raise SlimkitError(f"checkpoint {p} does not exist")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SlimkitError(f"cannot read {p} as a safetensors checkpoint: {exc}") from None
+    if _META_KEY not in meta:
+        raise SlimkitError(f"{p} is a safetensors file without slimkit's architecture header; load its weights with load_state")
+    try:
+        return json.loads(meta[_META_KEY])
+    except json.JSONDecodeError as exc:
+        raise SlimkitError(f"{p} has a corrupt architecture header: {exc}") from None
+
+
+def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (no pickle involved)."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SlimkitError(f"cannot read {path} as safetensors: {exc}") from None
+
+
+def load_model(path: str | os.PathLike, classes: dict[str, type[nn.Module]] | None = None) -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights (strict).
+
+    `classes` adds the user's own model classes to slimkit's table, by class name.
+    """
+    from slimkit.models import MODEL_CLASSES
+
+    arch = read_architecture(path)
+    table = {**MODEL_CLASSES, **(classes or {})}
+    name = arch.get("class")
+    if name not in table:
+        raise SlimkitError(
+            f"checkpoint {path} needs model class {name!r}, which is not known; pass classes={{{name!r}: YourClass}}"
+        )
+    model = table[name](**arch.get("kwargs", {}))
+    state = load_state(path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise SlimkitError(f"checkpoint {path} does not match {name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model

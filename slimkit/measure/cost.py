@@ -1,0 +1,128 @@
+"""What a model costs: parameters (total and non-zero), MACs, measured latency and size on disk."""
+
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(total, non-zero) parameter counts; shared parameters count once."""
+    total = nonzero = 0
+    for p in model.parameters():
+        total += p.numel()
+        nonzero += int(torch.count_nonzero(p.detach()).item())
+    return total, nonzero
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, example: torch.Tensor | tuple | dict) -> int:
+    """Multiply-accumulates of one forward pass on `example`, from torch.utils.flop_counter.
+
+    FlopCounterMode counts matmul and convolution FLOPs (2 per MAC) the dense kernels execute, so
+    zeros from unstructured pruning do not reduce this number: it is the work actually done.
+    """
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            _call(model, example)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops()) // 2
+
+
+def _call(model: nn.Module, example):
+    if isinstance(example, dict):
+        return model(**example)
+    if isinstance(example, tuple):
+        return model(*example)
+    return model(example)
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """Median and 90th-percentile wall time of one forward pass, with the conditions it ran under."""
+
+    median_ms: float
+    p90_ms: float
+    runs: int
+    warmup: int
+    threads: int
+    batch_size: int
+    device: str
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+@torch.inference_mode()
+def measure_latency(
+    model: nn.Module,
+    example: torch.Tensor | tuple | dict,
+    runs: int = 50,
+    warmup: int = 10,
+    threads: int | None = None,
+    max_seconds: float = 20.0,
+) -> LatencyResult:
+    """Time `runs` forward passes after `warmup` untimed ones; report the median.
+
+    `threads` sets torch's intra-op thread count for the measurement (restored afterwards) so the
+    number printed says what it was measured with. Timing stops early after `max_seconds` so a
+    large model does not stall a report; the result records how many runs were taken.
+    """
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    try:
+        for _ in range(warmup):
+            _call(model, example)
+        sync()
+        times: list[float] = []
+        budget_end = time.perf_counter() + max_seconds
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            _call(model, example)
+            sync()
+            times.append((time.perf_counter() - t0) * 1e3)
+            if time.perf_counter() > budget_end and len(times) >= 5:
+                break
+        times.sort()
+        batch = _batch_size(example)
+        return LatencyResult(
+            median_ms=statistics.median(times),
+            p90_ms=times[min(len(times) - 1, int(0.9 * len(times)))],
+            runs=len(times),
+            warmup=warmup,
+            threads=torch.get_num_threads(),
+            batch_size=batch,
+            device=str(device),
+        )
+    finally:
+        model.train(was_training)
+        torch.set_num_threads(old_threads)
+
+
+def _batch_size(example) -> int:
+    first = example
+    if isinstance(example, dict):
+        first = next(iter(example.values()))
+    elif isinstance(example, tuple):
+        first = example[0]
+    return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
+
+
+def file_size_bytes(path: str | os.PathLike) -> int:
+    """Size on disk of a checkpoint file or folder (all files under it)."""
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+    return os.path.getsize(path)

@@ -1,0 +1,157 @@
+"""Unstructured magnitude pruning: |w| <= theta is removed; P_r = sum I(|w| > theta) / M.
+
+Scores, thresholds and masks are pure functions of tensors. `MaskHolder` is the one stateful piece:
+it re-applies masks after every optimizer step so pruned weights never grow back during
+fine-tuning, and `bake` makes them permanent. Biases are left alone.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from slimkit.errors import SlimkitError, check_sparsity
+
+Masks = dict[str, torch.Tensor]
+
+
+def prunable_weights(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, nn.Parameter]:
+    """Weights of every Conv and Linear layer, keyed by parameter name, minus modules in `exclude`."""
+    skip = set(exclude)
+    out: dict[str, nn.Parameter] = {}
+    for name, module in model.named_modules():
+        if name in skip:
+            continue
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            out[f"{name}.weight" if name else "weight"] = module.weight
+    unknown = skip - {n for n, _ in model.named_modules()}
+    if unknown:
+        raise SlimkitError(f"exclude names modules the model does not have: {sorted(unknown)}")
+    return out
+
+
+def threshold_for_sparsity(weights: Iterable[torch.Tensor], sparsity: float) -> float:
+    """The theta such that removing |w| <= theta removes `sparsity` of the given weights (pooled).
+
+    Pass one tensor for a per-layer threshold, or all of them for a global one. Ties at theta are
+    removed together, so the realised sparsity can exceed the request by the tied count.
+    """
+    check_sparsity(sparsity)
+    flat = torch.cat([w.detach().abs().flatten().float() for w in weights])
+    k = int(sparsity * flat.numel())
+    if k == 0:
+        return -1.0  # nothing satisfies |w| <= -1
+    return float(torch.kthvalue(flat, k).values.item())
+
+
+def masks_from_threshold(weights: dict[str, torch.Tensor], theta: float | dict[str, float]) -> Masks:
+    """Boolean keep-masks: True where |w| > theta (a float, or one theta per weight name)."""
+    masks = {}
+    for name, w in weights.items():
+        t = theta[name] if isinstance(theta, dict) else theta
+        masks[name] = w.detach().abs() > t
+    return masks
+
+
+def kept_ratio(masks: Masks) -> tuple[dict[str, float], float]:
+    """P_r per layer and in total: the fraction of weights kept (mask True)."""
+    per_layer = {n: m.float().mean().item() for n, m in masks.items()}
+    total_kept = sum(int(m.sum().item()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    return per_layer, (total_kept / total if total else 1.0)
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: Masks) -> None:
+    """Zero every masked-out weight in place."""
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        if name not in params:
+            raise SlimkitError(f"mask names parameter {name!r}, which the model does not have")
+        params[name].mul_(mask.to(params[name].dtype))
+
+
+@dataclass
+class PruneReport:
+    """What a magnitude prune did: thresholds, P_r per layer and in total, and the masks."""
+
+    theta: float | dict[str, float]
+    kept_per_layer: dict[str, float]
+    kept_total: float
+    masks: Masks = field(repr=False)
+
+    def as_dict(self) -> dict:
+        return {"theta": self.theta, "kept_per_layer": self.kept_per_layer, "kept_total": self.kept_total}
+
+
+def magnitude_prune(
+    model: nn.Module,
+    sparsity: float | None = None,
+    theta: float | None = None,
+    scope: str = "global",
+    exclude: Iterable[str] = (),
+    ratios: dict[str, float] | None = None,
+) -> PruneReport:
+    """Zero weights with |w| <= theta and return the masks and P_r.
+
+    Give exactly one of: `theta` (an absolute threshold), `sparsity` (a ratio turned into theta over
+    all weights when scope='global', or layer by layer when scope='layer'), or `ratios` (a sparsity
+    per parameter name).
+    """
+    if sum(v is not None for v in (sparsity, theta, ratios)) != 1:
+        raise SlimkitError("give exactly one of sparsity, theta or ratios")
+    weights = prunable_weights(model, exclude)
+    if not weights:
+        raise SlimkitError("the model has no Conv or Linear weights to prune")
+    if theta is not None:
+        if theta < 0:
+            raise SlimkitError(f"theta must be >= 0, got {theta}")
+        thresholds: float | dict[str, float] = float(theta)
+    elif ratios is not None:
+        unknown = set(ratios) - set(weights)
+        if unknown:
+            raise SlimkitError(f"ratios name unknown weights {sorted(unknown)}; prunable: {sorted(weights)}")
+        thresholds = {n: threshold_for_sparsity([w], ratios.get(n, 0.0)) for n, w in weights.items()}
+    elif scope == "global":
+        thresholds = threshold_for_sparsity(weights.values(), sparsity)
+    elif scope == "layer":
+        thresholds = {n: threshold_for_sparsity([w], sparsity) for n, w in weights.items()}
+    else:
+        raise SlimkitError(f"scope must be 'global' or 'layer', got {scope!r}")
+    masks = masks_from_threshold(weights, thresholds)
+    apply_masks(model, masks)
+    per_layer, total = kept_ratio(masks)
+    return PruneReport(thresholds, per_layer, total, masks)
+
+
+class MaskHolder:
+    """Keeps pruned weights at zero through training by re-masking after each optimizer step.
+
+    It hooks `optimizer.step` (register_step_post_hook), so any training loop keeps the masks
+    without knowing about them. Call `remove()` (or `bake`) when done.
+    """
+
+    def __init__(self, model: nn.Module, masks: Masks, optimizer: torch.optim.Optimizer | None = None) -> None:
+        self.model = model
+        self.masks = masks
+        self._handles = []
+        apply_masks(model, masks)
+        if optimizer is not None:
+            self.attach(optimizer)
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        self._handles.append(optimizer.register_step_post_hook(lambda *_: apply_masks(self.model, self.masks)))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def bake(model: nn.Module, masks: Masks, holder: MaskHolder | None = None) -> nn.Module:
+    """Make masks permanent: zero the weights once more and drop any hooks that held them."""
+    if holder is not None:
+        holder.remove()
+    apply_masks(model, masks)
+    return model
