@@ -20,6 +20,7 @@ _FASHION_FILES = {
 }
 # Per-channel statistics of the Fashion-MNIST training images, used to standardise inputs.
 _FASHION_MEAN, _FASHION_STD = 0.2860, 0.3530
+_DIGITS_MEAN, _DIGITS_STD = 0.3056, 0.3760
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -69,11 +70,11 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, val_fraction: floa
 
 
 def load_digits(val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """scikit-learn's 8x8 digits, padded to 1x8x8 images scaled to [0, 1], seeded splits."""
+    """scikit-learn's 8x8 digits as standardised 1x8x8 images, with seeded splits."""
     from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()
-    x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
+    x = (torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1) - _DIGITS_MEAN) / _DIGITS_STD
     y = torch.from_numpy(bunch.target.astype(np.int64))
     rest, test = split_train_val(Split(x, y), test_fraction, seed)
     train, val = split_train_val(rest, val_fraction / (1.0 - test_fraction), seed + 1)

@@ -1,0 +1,228 @@
+"""The whole pipeline on one data set: train (or reuse) a teacher, prune it, distill a student,
+train the same student from scratch as the control, then profile all of them on the test split.
+
+`DemoConfig` is both the CLI's option set and the YAML recipe's schema (pydantic validates it), so
+the command line, a recipe and the Python API drive exactly the same code.
+"""
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from slimkit.data import Dataset, load_dataset
+from slimkit.distill import TrainConfig, teacher_logits, train_classifier
+from slimkit.errors import SlimkitError, check_sparsity
+from slimkit.io import load_model, save_model
+from slimkit.models import build_model
+from slimkit.prune import bake, magnitude_prune
+from slimkit.report import ProfileRow, print_table, profile_classifier, speed_notes, write_reports
+
+
+def cache_dir() -> Path:
+    """Where reusable artefacts (trained teachers) live: $SLIMKIT_CACHE or ~/.cache/slimkit."""
+    return Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit"))
+
+
+class DemoConfig(BaseModel):
+    """Settings of the prune-and-distill pipeline (CLI options and YAML recipe alike)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    teacher: str = "source"
+    student: str = "target"
+    teacher_epochs: int = Field(3, ge=1)
+    student_epochs: int = Field(4, ge=1)
+    finetune_epochs: int = Field(1, ge=0)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    finetune_lr: float = Field(3e-4, gt=0)
+    sparsity: float | None = 0.5
+    theta: float | None = None
+    prune_scope: Literal["global", "layer"] = "global"
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.7, ge=0, le=1)
+    seed: int = 0
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    out: str = "runs/demo"
+    reuse_teacher: bool = True
+    latency_runs: int = Field(50, ge=5)
+    train_subset: int = Field(0, ge=0, description="use only the first N training samples (0 = all)")
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity_range(cls, v: float | None) -> float | None:
+        return None if v is None else check_sparsity(v)
+
+    @model_validator(mode="after")
+    def _one_pruning_knob(self) -> "DemoConfig":
+        if self.theta is not None:
+            if self.theta < 0:
+                raise ValueError(f"theta must be >= 0, got {self.theta}")
+            self.sparsity = None
+        elif self.sparsity is None:
+            raise ValueError("give sparsity or theta")
+        return self
+
+
+def load_recipe(path: str | Path) -> DemoConfig:
+    """Read a YAML recipe (safe_load) into a validated DemoConfig."""
+    p = Path(path)
+    if not p.is_file():
+        raise SlimkitError(f"recipe {p} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SlimkitError(f"recipe {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise SlimkitError(f"recipe {p} must be a mapping of settings, got {type(raw).__name__}")
+    return make_config(**raw)
+
+
+def make_config(**settings) -> DemoConfig:
+    """DemoConfig from keyword settings, with pydantic's complaint condensed to one line."""
+    try:
+        return DemoConfig(**settings)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "settings"
+        raise SlimkitError(f"invalid setting {where}: {first['msg'].removeprefix('Value error, ')}") from None
+
+
+def _teacher_key(cfg: DemoConfig, data: Dataset) -> str:
+    settings = {
+        "teacher": cfg.teacher, "dataset": data.name, "n_train": len(data.train), "shape": data.sample_shape,
+        "epochs": cfg.teacher_epochs, "batch": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
+        "val_fraction": cfg.val_fraction, "first": float(data.train.x[:64].sum()), "version": 1,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _model_kwargs(data: Dataset) -> dict:
+    return {"in_channels": data.in_channels, "input_size": data.input_size, "num_classes": data.num_classes}
+
+
+def prepare_output(out: Path) -> Path:
+    """Check `out` can be written now, before any training; return a fresh staging folder beside it."""
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
+    except OSError as exc:
+        raise SlimkitError(f"output folder {out} is not writable ({exc.strerror}); pass --out to a writable folder") from None
+
+
+def get_teacher(cfg: DemoConfig, data: Dataset, train: TrainConfig) -> tuple[torch.nn.Module, str]:
+    """Train the teacher, or reuse the cached one trained with the same settings."""
+    cached = cache_dir() / "teachers" / f"{cfg.teacher}-{_teacher_key(cfg, data)}.safetensors"
+    if cfg.reuse_teacher and cached.is_file():
+        return load_model(cached), f"reused from cache {cached}"
+    torch.manual_seed(cfg.seed)
+    teacher = build_model(cfg.teacher, **_model_kwargs(data))
+    train_classifier(teacher, data, train, desc="teacher")
+    try:
+        save_model(teacher, cached)
+    except SlimkitError:
+        pass  # an unwritable cache only costs retraining next time
+    return teacher, "trained"
+
+
+def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
+    """Run the pipeline and write checkpoints plus report.json/report.md into `cfg.out`.
+
+    Work happens in a staging folder that replaces `cfg.out` only when everything succeeded, so a
+    failed run leaves no half-written results behind.
+    """
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction)
+    if cfg.train_subset:
+        data = Dataset(data.name, data.train.subset(cfg.train_subset), data.val, data.test, data.num_classes)
+    build_model(cfg.student, **_model_kwargs(data))  # fail on an unknown student before training the teacher
+    stage = prepare_output(out)
+    try:
+        result = _run_stages(cfg, data, stage, progress)
+        result["seconds"] = time.perf_counter() - t_start
+        write_reports(stage, result.pop("rows"), result["notes"], result["header"], result)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if progress:
+        print(f"wrote {out}/report.json, {out}/report.md and checkpoints in {result['seconds']:.0f} s")
+    return result
+
+
+def _run_stages(cfg: DemoConfig, data: Dataset, stage: Path, progress: bool) -> dict:
+    base = TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    teacher, teacher_origin = get_teacher(cfg, data, base)
+    teacher.eval()
+    timings["teacher"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    pruned = copy.deepcopy(teacher)
+    prune = magnitude_prune(pruned, sparsity=cfg.sparsity, theta=cfg.theta, scope=cfg.prune_scope)
+    if cfg.finetune_epochs:
+        ft = TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr,
+                         seed=cfg.seed, warmup_steps=0)
+        train_classifier(pruned, data, ft, masks=prune.masks, desc="pruned fine-tune", progress=progress)
+    bake(pruned, prune.masks)
+    timings["prune+finetune"] = time.perf_counter() - t
+    if progress:
+        per_layer = ", ".join(f"{name} {ratio:.3f}" for name, ratio in prune.kept_per_layer.items())
+        print(f"magnitude prune: kept ratio P_r per layer: {per_layer}; total P_r {prune.kept_total:.3f}")
+
+    student_cfg = TrainConfig(epochs=cfg.student_epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+    t = time.perf_counter()
+    cache = teacher_logits(teacher, data.train)
+    torch.manual_seed(cfg.seed)
+    student = build_model(cfg.student, **_model_kwargs(data))
+    kd_log = train_classifier(student, data, student_cfg, teacher=cache, temperature=cfg.temperature,
+                              alpha=cfg.alpha, desc="student KD", progress=progress)
+    timings["student KD"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    scratch = build_model(cfg.student, **_model_kwargs(data))
+    scratch_log = train_classifier(scratch, data, student_cfg, desc="student scratch", progress=progress)
+    timings["student scratch"] = time.perf_counter() - t
+
+    models = {"teacher": teacher, f"pruned teacher ({1 - prune.kept_total:.0%} unstructured)": pruned,
+              "student KD": student, "student scratch": scratch}
+    files = {"teacher": "teacher", "student KD": "student_kd", "student scratch": "student_scratch"}
+    rows: list[ProfileRow] = []
+    t = time.perf_counter()
+    for name, model in models.items():
+        ckpt = save_model(model, stage / "checkpoints" / f"{files.get(name, 'pruned_teacher')}.safetensors")
+        rows.append(profile_classifier(name, model, data.test, data.num_classes, ckpt, latency_runs=cfg.latency_runs))
+    timings["evaluate"] = time.perf_counter() - t
+
+    header = (f"slimkit demo on {data.name}: test split {len(data.test)} samples; teacher {teacher_origin}; "
+              f"latency = median of {cfg.latency_runs} CPU runs with {rows[0].threads} threads")
+    if progress:
+        print_table(rows, speed_notes(rows, "teacher"), title=header)
+    return {
+        "header": header,
+        "rows": rows,
+        "notes": speed_notes(rows, "teacher"),
+        "config": cfg.model_dump(),
+        "prune": prune.as_dict(),
+        "history": {"student_kd": [h.as_dict() for h in kd_log], "student_scratch": [h.as_dict() for h in scratch_log]},
+        "timings_s": timings,
+    }

@@ -1,0 +1,68 @@
+import pytest
+import torch
+from torch import nn
+
+from slimkit.measure import classification_metrics, count_macs, count_params, file_size_bytes, measure_latency
+from slimkit.models import SourceModel, TargetModel
+
+
+def test_params_count_total_and_nonzero():
+    model = nn.Linear(4, 3)
+    with torch.no_grad():
+        model.weight[0].zero_()
+    assert count_params(model) == (15, 11)
+
+
+def test_macs_of_linear_and_conv_match_hand_counts():
+    assert count_macs(nn.Linear(10, 5), torch.zeros(2, 10)) == 2 * 10 * 5
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    assert count_macs(conv, torch.zeros(1, 3, 8, 8)) == 4 * 3 * 9 * 64
+
+
+def test_seed_cnn_macs_and_student_is_smaller():
+    teacher, student = SourceModel(), TargetModel()
+    x = torch.zeros(1, 1, 28, 28)
+    expected = 64 * 9 * 784 + 128 * 64 * 9 * 196 + 128 * 49 * 1024 + 1024 * 10
+    assert count_macs(teacher, x) == expected
+    assert count_macs(teacher, x) / count_macs(student, x) > 3.9
+
+
+def test_seed_cnn_accepts_cifar_shapes_and_rejects_mismatch():
+    model = SourceModel(in_channels=3, input_size=32)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    from slimkit.errors import SlimkitError
+
+    with pytest.raises(SlimkitError, match=r"expects input of shape \(N, 3, 32, 32\)"):
+        model(torch.zeros(2, 1, 28, 28))
+
+
+def test_unstructured_zeros_do_not_change_macs():
+    model = nn.Linear(16, 16)
+    dense = count_macs(model, torch.zeros(1, 16))
+    with torch.no_grad():
+        model.weight[:8].zero_()
+    assert count_macs(model, torch.zeros(1, 16)) == dense
+
+
+def test_latency_reports_conditions():
+    result = measure_latency(nn.Linear(8, 8), torch.zeros(4, 8), runs=7, warmup=2, threads=1)
+    assert result.runs == 7 and result.threads == 1 and result.batch_size == 4
+    assert 0 < result.median_ms <= result.p90_ms
+    assert torch.get_num_threads() >= 1
+
+
+def test_metrics_accuracy_f1_confusion():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    preds = torch.tensor([0, 1, 1, 1, 2, 0])
+    m = classification_metrics(preds, labels, 3)
+    assert m.accuracy == pytest.approx(4 / 6)
+    assert m.confusion == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    f1 = [2 * 1 / (2 + 2), 2 * 2 / (3 + 2), 2 * 1 / (1 + 2)]
+    assert m.macro_f1 == pytest.approx(sum(f1) / 3)
+
+
+def test_file_size(tmp_path):
+    (tmp_path / "a").write_bytes(b"x" * 10)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b").write_bytes(b"y" * 5)
+    assert file_size_bytes(tmp_path / "a") == 10 and file_size_bytes(tmp_path) == 15

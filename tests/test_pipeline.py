@@ -1,0 +1,74 @@
+"""The whole pipeline, end to end, on the real 8x8 digits (seconds, not minutes)."""
+
+import json
+
+import pytest
+
+from slimkit.errors import SlimkitError
+from slimkit.pipeline import load_recipe, make_config, run_demo
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(dataset="digits", teacher_epochs=3, student_epochs=3, finetune_epochs=1, batch_size=32,
+                lr=5e-3, finetune_lr=1e-3, latency_runs=5, out=str(tmp_path / "run"))
+    return make_config(**{**base, **kw})
+
+
+def test_demo_writes_report_and_checkpoints(tmp_path):
+    result = run_demo(_cfg(tmp_path), progress=False)
+    out = tmp_path / "run"
+    report = json.loads((out / "report.json").read_text())
+    names = [r["name"] for r in report["rows"]]
+    assert names == ["teacher", "pruned teacher (50% unstructured)", "student KD", "student scratch"]
+    rows = {r["name"]: r for r in report["rows"]}
+    teacher, pruned = rows["teacher"], rows["pruned teacher (50% unstructured)"]
+    assert teacher["accuracy"] > 0.85
+    assert pruned["params_nonzero"] < 0.6 * teacher["params_total"]
+    assert pruned["macs"] == teacher["macs"]  # unstructured zeros: dense kernels do the same work
+    assert rows["student KD"]["macs"] < teacher["macs"] / 3.5
+    assert report["prune"]["kept_total"] == pytest.approx(0.5, abs=0.01)
+    assert any("no speed-up" in n for n in report["notes"])
+    assert "| teacher |" in (out / "report.md").read_text()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "pruned_teacher.safetensors", "student_kd.safetensors", "student_scratch.safetensors", "teacher.safetensors"]
+    assert not list(tmp_path.glob(".run.*"))
+    assert result["timings_s"]["teacher"] > 0
+
+
+def test_teacher_is_reused_from_cache_and_results_are_seeded(tmp_path):
+    first = run_demo(_cfg(tmp_path, out=str(tmp_path / "a")), progress=False)
+    second = run_demo(_cfg(tmp_path, out=str(tmp_path / "b")), progress=False)
+    assert "reused from cache" in second["header"]
+    a = json.loads((tmp_path / "a" / "report.json").read_text())
+    b = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert [r["accuracy"] for r in a["rows"]] == [r["accuracy"] for r in b["rows"]]
+    assert a["prune"]["kept_per_layer"] == b["prune"]["kept_per_layer"]
+    assert first["history"]["student_kd"][0]["train_loss"] == second["history"]["student_kd"][0]["train_loss"]
+
+
+def test_theta_overrides_sparsity(tmp_path):
+    cfg = _cfg(tmp_path, theta=0.02, sparsity=0.5)
+    assert cfg.sparsity is None and cfg.theta == 0.02
+
+
+def test_bad_settings_fail_before_any_work(tmp_path):
+    with pytest.raises(SlimkitError, match=r"sparsity must be in \[0, 1\)"):
+        _cfg(tmp_path, sparsity=1.5)
+    with pytest.raises(SlimkitError, match="invalid setting epochs_typo"):
+        _cfg(tmp_path, epochs_typo=3)
+    with pytest.raises(SlimkitError, match="unknown model 'resnet9000'"):
+        run_demo(_cfg(tmp_path, student="resnet9000"), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_recipe_is_safe_yaml(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("dataset: digits\nsparsity: 0.3\nout: somewhere\n")
+    cfg = load_recipe(recipe)
+    assert cfg.sparsity == 0.3 and cfg.dataset == "digits"
+    recipe.write_text("!!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(SlimkitError, match="not valid YAML"):
+        load_recipe(recipe)
+    recipe.write_text("- a\n- b\n")
+    with pytest.raises(SlimkitError, match="mapping"):
+        load_recipe(recipe)
