@@ -1,0 +1,81 @@
+"""Benchmark of the demo pipeline on Fashion-MNIST: runs `slimkit demo` per seed and prints one table.
+
+Usage: python bench/demo.py [--seeds 0 1 2] [--out runs/bench-demo] [--no-cache]
+
+Each seed is a full pipeline run (the teacher is cached per seed unless --no-cache). The table gives
+the mean (and spread) over seeds of every model's test accuracy, macro-F1, MACs and latency, then the
+issue's targets, each marked met or missed from the numbers just measured.
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from slimkit.pipeline import make_config, run_demo  # noqa: E402
+
+
+def mean_sd(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default="runs/bench-demo")
+    parser.add_argument("--no-cache", action="store_true", help="retrain teachers (the timed first run)")
+    args = parser.parse_args()
+
+    runs, walls = [], []
+    for seed in args.seeds:
+        t0 = time.perf_counter()
+        result = run_demo(make_config(seed=seed, out=f"{args.out}/seed{seed}", reuse_teacher=not args.no_cache),
+                          progress=True)
+        walls.append(time.perf_counter() - t0)
+        import json
+
+        runs.append(json.loads(Path(f"{args.out}/seed{seed}/report.json").read_text()))
+        runs[-1]["timings_s"] = result["timings_s"]
+
+    names = [r["name"] for r in runs[0]["rows"]]
+    col = {n: {k: [next(r for r in run["rows"] if r["name"] == n)[k] for run in runs] for k in runs[0]["rows"][0]}
+           for n in names}
+    print(f"\nFashion-MNIST test (10k), seeds {args.seeds}, mean ± sd; latency median, "
+          f"{runs[0]['rows'][0]['threads']} threads")
+    print(f"| {'model':<34} | {'acc %':>13} | {'macro-F1 %':>13} | {'non-zero params':>15} | {'MMACs':>6} | "
+          f"{'b1 ms':>6} | {'b256 ms':>7} | {'MB':>5} |")
+    print("|" + "---|" * 8)
+    for n in names:
+        c = col[n]
+        print(f"| {n:<34} | {mean_sd([100 * a for a in c['accuracy']]):>13} | {mean_sd([100 * f for f in c['macro_f1']]):>13} | "
+              f"{int(statistics.mean(c['params_nonzero'])):>15,} | {statistics.mean(c['macs']) / 1e6:>6.2f} | "
+              f"{statistics.median(c['latency_b1_ms']):>6.3f} | {statistics.median(c['latency_b256_ms']):>7.2f} | "
+              f"{statistics.mean(c['checkpoint_bytes']) / 1e6:>5.2f} |")
+
+    acc = {n: statistics.mean(col[n]["accuracy"]) * 100 for n in names}
+    teacher, pruned, kd, scratch = names
+    mac_ratio = statistics.mean(col[teacher]["macs"]) / statistics.mean(col[kd]["macs"])
+    first_wall = walls[0]
+    checks = [
+        ("teacher accuracy >= 91.0%", f"{acc[teacher]:.2f}%", acc[teacher] >= 91.0),
+        ("KD student >= teacher - 1.0 pt", f"{acc[kd] - acc[teacher]:+.2f} pt", acc[kd] >= acc[teacher] - 1.0),
+        ("KD student MACs >= 4x fewer", f"{mac_ratio:.2f}x", mac_ratio >= 4.0),
+        ("KD student vs scratch (same budget)", f"{acc[kd] - acc[scratch]:+.2f} pt", None),
+        ("pruned 50% after fine-tune >= teacher - 0.5 pt", f"{acc[pruned] - acc[teacher]:+.2f} pt",
+         acc[pruned] >= acc[teacher] - 0.5),
+        ("whole demo <= 600 s (first seed" + (", teacher trained)" if args.no_cache else ", teacher may be cached)"),
+         f"{first_wall:.0f} s", first_wall <= 600),
+    ]
+    print("\n| target | measured | met |\n|---|---|---|")
+    for name, value, ok in checks:
+        print(f"| {name} | {value} | {'-' if ok is None else ('yes' if ok else 'NO')} |")
+    print("\nstage seconds per seed:", [{k: round(v) for k, v in run["timings_s"].items()} for run in runs])
+
+
+if __name__ == "__main__":
+    main()
