@@ -61,6 +61,13 @@ class TransformerBlock(nn.Module):
 class SmallViT(nn.Module):
     """ViT with a class token and learned position embeddings; `config()` gives constructor kwargs."""
 
+    # Parameters used outside any layer, with the dimension that follows the residual width: the
+    # structured pruner slices them along it when the residual stream is pruned.
+    unwrapped_parameters = {"cls_token": -1, "pos_embed": -1}
+    # By default the pruner leaves the residual width alone: cutting it changes every LayerNorm's
+    # mean and variance, so it is not a removal of unused channels. Heads and MLP neurons are cut.
+    structured_ignored = ("patch_embed",)
+
     def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28, patch: int = 4,
                  dim: int = 64, depth: int = 4, num_heads: int = 4, mlp_ratio: float = 2.0) -> None:
         super().__init__()
