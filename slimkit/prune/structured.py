@@ -416,3 +416,24 @@ def prune_structured(model: nn.Module, example: torch.Tensor, ratio: float = 0.5
         keep = global_keep(scores, ratio, round_to, max_ratio, per_layer)
     apply_plan(graph, plan_channels(graph, scores, keep))
     return StructuredResult(m, {g: (keep[g], sizes[g]) for g in sizes}, removed, heads)
+
+
+def iterative_prune(model: nn.Module, example: torch.Tensor, ratio: float, steps: int,
+                    recover, **kwargs) -> StructuredResult:
+    """N steps of prune-then-recover; each step removes the same fraction of what is left.
+
+    `recover(model) -> model` runs after every step (fine-tuning); other keyword arguments go to
+    prune_structured. Rounding means the final ratio is close to, not exactly, `ratio`.
+    """
+    if steps < 1:
+        raise SlimkitError(f"steps must be >= 1, got {steps}")
+    per_step = 1.0 - (1.0 - ratio) ** (1.0 / steps)
+    current, first_sizes = model, None
+    result = None
+    for _ in range(steps):
+        result = prune_structured(current, example, per_step, **kwargs)
+        first_sizes = first_sizes or {g: n for g, (_, n) in result.kept.items()}
+        current = recover(result.model)
+        result.model = current
+    result.kept = {g: (k, first_sizes.get(g, n)) for g, (k, n) in result.kept.items()}
+    return result
