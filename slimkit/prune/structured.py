@@ -409,11 +409,11 @@ def prune_structured(model: nn.Module, example: torch.Tensor, ratio: float = 0.5
         remove_heads(m, heads)
     graph = build_graph(m, example, ignored)
     sizes = graph.sizes
-    if allocation == "uniform" and importance in ("l1", "l2", "bn", "taylor", "entropy"):
-        keep = uniform_keep(sizes, ratio, round_to, per_layer)
     scores = compute_scores(graph, importance, calib)
     if allocation == "global":
         keep = global_keep(scores, ratio, round_to, max_ratio, per_layer)
+    else:
+        keep = uniform_keep(sizes, ratio, round_to, per_layer)
     apply_plan(graph, plan_channels(graph, scores, keep))
     return StructuredResult(m, {g: (keep[g], sizes[g]) for g in sizes}, removed, heads)
 
