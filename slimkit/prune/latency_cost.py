@@ -141,7 +141,7 @@ def not_slower(dense: nn.Module, pruned: nn.Module, example: torch.Tensor, threa
 
 def prune_latency_aware(model: nn.Module, example: torch.Tensor, ratio: float, importance: str = "l2",
                         calib=None, round_to: int = 8, threads: int = 2, cache: str | Path | None = None,
-                        ignored=None, max_ratio: float = 0.9, progress: bool = True):
+                        ignored=None, max_ratio: float = 0.9, progress: bool = True, pairs: int = 40):
     """Spend the importance a uniform `ratio` cut would lose, but where it saves the most latency.
 
     Returns (StructuredResult, info) with info holding the dense latency, the latency the linear
@@ -150,7 +150,7 @@ def prune_latency_aware(model: nn.Module, example: torch.Tensor, ratio: float, i
     from slimkit.prune.allocation import importance_lost, latency_aware_keep, uniform_keep
     from slimkit.prune.structured import StructuredResult, compute_scores, plan_channels
 
-    costs = group_latency_costs(model, example, round_to, threads, cache, ignored, progress)
+    costs = group_latency_costs(model, example, round_to, threads, cache, ignored, progress, pairs)
     m = copy.deepcopy(model)
     graph = build_graph(m, example, ignored)
     sizes = graph.sizes
