@@ -174,3 +174,28 @@ def test_choose_ratio_on_val(tmp_path) -> None:
     assert data["chosen"]["ratio"] == 0.5 and (tmp_path / "c.png").stat().st_size > 1000
     with pytest.raises(SlimkitError):
         choose_ratio(model, lambda r: model, val, 10, X[:1])
+
+
+def test_grouped_conv_is_named_as_unsupported() -> None:
+    class Grouped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(1, 16, 3)
+            self.mix = nn.Conv2d(16, 16, 3, groups=4)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.fc(self.mix(self.stem(x)).mean((2, 3)))
+
+    with pytest.raises(SlimkitError, match=r"module mix \(Conv2d\)"):
+        build_graph(Grouped(), X[:1])
+
+
+def test_iterative_prune_reaches_ratio() -> None:
+    from slimkit.prune.structured import iterative_prune
+
+    calls = []
+    result = iterative_prune(_tiny("cnn"), X[:1], ratio=0.75, steps=2, recover=lambda m: calls.append(1) or m,
+                             round_to=4)
+    assert len(calls) == 2
+    assert result.kept["fc1"] == (16, 64) and result.model.fc1.out_features == 16
