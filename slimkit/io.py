@@ -118,6 +118,11 @@ def load_model(path: str | os.PathLike, classes: dict[str, type[nn.Module]] | No
             f"checkpoint {path} needs model class {name!r}, which is not known; pass classes={{{name!r}: YourClass}}"
         )
     model = table[name](**arch.get("kwargs", {}))
+    extra = arch.get("extra", {})
+    if "shapes" in extra:  # a structurally pruned model: resize the dense build before loading
+        from slimkit.prune.reshape import apply_layout
+
+        apply_layout(model, extra)
     state = load_state(path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

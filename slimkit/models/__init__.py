@@ -4,6 +4,9 @@ from torch import nn
 
 from slimkit.errors import SlimkitError
 from slimkit.models.cnn import SeedCNN, SourceModel, TargetModel
+from slimkit.models.mobilenet import MobileNetV2Small
+from slimkit.models.resnet import ResNetCifar
+from slimkit.models.vit import SmallViT
 
 # Classes a checkpoint may name. Loading never imports a class path from a file; it looks the name
 # up here (or in the classes the caller passes), so a checkpoint cannot make slimkit import code.
@@ -11,10 +14,19 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "SourceModel": SourceModel,
     "TargetModel": TargetModel,
     "SeedCNN": SeedCNN,
+    "ResNetCifar": ResNetCifar,
+    "MobileNetV2Small": MobileNetV2Small,
+    "SmallViT": SmallViT,
 }
 
 # Short names for the CLI and recipes.
-MODEL_NAMES: dict[str, type[nn.Module]] = {"source": SourceModel, "target": TargetModel}
+MODEL_NAMES: dict[str, type[nn.Module]] = {
+    "source": SourceModel,
+    "target": TargetModel,
+    "resnet": ResNetCifar,
+    "mobilenetv2": MobileNetV2Small,
+    "vit": SmallViT,
+}
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
@@ -26,4 +38,14 @@ def build_model(name: str, **kwargs) -> nn.Module:
     return cls(**kwargs)
 
 
-__all__ = ["MODEL_CLASSES", "MODEL_NAMES", "SeedCNN", "SourceModel", "TargetModel", "build_model"]
+__all__ = [
+    "MODEL_CLASSES",
+    "MODEL_NAMES",
+    "MobileNetV2Small",
+    "ResNetCifar",
+    "SeedCNN",
+    "SmallViT",
+    "SourceModel",
+    "TargetModel",
+    "build_model",
+]

@@ -1,4 +1,5 @@
-"""Pruning: unstructured magnitude masks here; structured and LLM pruning live in sibling modules."""
+"""Pruning: unstructured magnitude masks (magnitude.py) and structured removal (structured.py and
+its helpers: importance, allocation, layers, latency_cost, select, reshape, recovery)."""
 
 from slimkit.prune.magnitude import (
     MaskHolder,
@@ -11,15 +12,27 @@ from slimkit.prune.magnitude import (
     prunable_weights,
     threshold_for_sparsity,
 )
+from slimkit.prune.structured import (
+    StructuredResult,
+    build_graph,
+    compute_scores,
+    iterative_prune,
+    prune_structured,
+)
 
 __all__ = [
     "MaskHolder",
     "PruneReport",
+    "StructuredResult",
     "apply_masks",
     "bake",
+    "build_graph",
+    "compute_scores",
+    "iterative_prune",
     "kept_ratio",
     "magnitude_prune",
     "masks_from_threshold",
     "prunable_weights",
+    "prune_structured",
     "threshold_for_sparsity",
 ]

@@ -1,0 +1,113 @@
+"""Removing whole attention heads and whole residual blocks.
+
+Neither couples with anything outside its module (a head lives between q/k/v and proj; a block
+with an identity shortcut maps the stream to itself), so they are cut here directly rather than
+through the dependency graph.
+"""
+
+import copy
+from collections.abc import Iterable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from slimkit.errors import SlimkitError
+from slimkit.models.vit import Attention
+from slimkit.prune import importance as imp
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def attention_modules(model: nn.Module) -> dict[str, Attention]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, Attention)}
+
+
+def head_importance(model: nn.Module, kind: str = "l2") -> dict[str, torch.Tensor]:
+    """Per-head magnitude (q/k/v rows and proj columns of the head) for every Attention module."""
+    if kind not in ("l1", "l2"):
+        raise SlimkitError(f"head importance supports l1 or l2, got {kind!r}")
+    out = {}
+    for name, a in attention_modules(model).items():
+        n = a.num_heads * a.head_dim
+        idx = list(range(n))
+        sl = [imp.Slice(lin.weight.data, None, 0, idx, idx, "weight") for lin in (a.q, a.k, a.v)]
+        sl.append(imp.Slice(a.proj.weight.data, None, 1, idx, idx, "weight"))
+        out[name] = imp.head_scores(imp.magnitude_scores(sl, n, 1 if kind == "l1" else 2), a.num_heads)
+    return out
+
+
+@torch.no_grad()
+def remove_heads(model: nn.Module, plan: dict[str, list[int]]) -> nn.Module:
+    """Remove whole heads in place: slice q/k/v rows and proj columns, lower num_heads."""
+    mods = attention_modules(model)
+    for name, heads in plan.items():
+        if name not in mods:
+            raise SlimkitError(f"{name!r} is not an Attention module; known: {sorted(mods)}")
+        a = mods[name]
+        if not heads:
+            continue
+        if len(set(heads)) >= a.num_heads or min(heads) < 0 or max(heads) >= a.num_heads:
+            raise SlimkitError(f"{name}: cannot remove heads {heads} of {a.num_heads}; keep at least one")
+        cut = [h * a.head_dim + i for h in sorted(set(heads)) for i in range(a.head_dim)]
+        for lin in (a.q, a.k, a.v):
+            tp.prune_linear_out_channels(lin, cut)
+        tp.prune_linear_in_channels(a.proj, cut)
+        a.num_heads -= len(set(heads))
+    return model
+
+
+@torch.no_grad()
+def masked_heads_reference(model: nn.Module, plan: dict[str, list[int]]) -> nn.Module:
+    """Dense copy where the planned heads contribute nothing (their v rows and bias are zero)."""
+    ref = copy.deepcopy(model)
+    mods = attention_modules(ref)
+    for name, heads in plan.items():
+        a = mods[name]
+        for h in heads:
+            a.v.weight[h * a.head_dim:(h + 1) * a.head_dim] = 0
+            a.v.bias[h * a.head_dim:(h + 1) * a.head_dim] = 0
+    return ref
+
+
+# ----- whole residual blocks -------------------------------------------------------------------
+
+def removable_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """Blocks whose output has the input's shape and whose `removable` says so (identity shortcut)."""
+    return {n: m for n, m in model.named_modules() if getattr(m, "removable", False) is True}
+
+
+@torch.no_grad()
+def block_influences(model: nn.Module, calib: Iterable[Batch]) -> dict[str, float]:
+    """1 - cos(input, output) of every removable block, averaged over pixels/tokens and batches."""
+    blocks = removable_blocks(model)
+    acc: dict[str, list[float]] = {n: [] for n in blocks}
+
+    def hook(name: str):
+        def fn(mod, args, out):
+            cdim = out.dim() - 1 if out.dim() == 3 else 1
+            acc[name].append(imp.block_influence(args[0], out, cdim))
+        return fn
+
+    hooks = [m.register_forward_hook(hook(n)) for n, m in blocks.items()]
+    was = model.training
+    model.eval()
+    try:
+        for x, _ in calib:
+            model(x)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    return {n: sum(v) / len(v) for n, v in acc.items() if v}
+
+
+def remove_blocks(model: nn.Module, names: Iterable[str]) -> nn.Module:
+    """Replace the named removable blocks with nn.Identity, in place."""
+    blocks = removable_blocks(model)
+    for name in names:
+        if name not in blocks:
+            raise SlimkitError(f"{name!r} is not a removable block (needs an identity shortcut); removable: {sorted(blocks)}")
+        parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        setattr(parent, name.rsplit(".", 1)[-1], nn.Identity())
+    return model

@@ -1,0 +1,86 @@
+"""Save and rebuild pruned models with heterogeneous widths, without pickle.
+
+A pruned model's class and constructor arguments describe the *dense* model. The checkpoint also
+records the shape of every tensor and which blocks were removed; loading builds the dense model,
+swaps removed blocks for nn.Identity, resizes every layer to the recorded shapes (fixing the
+attributes its forward reads: in/out channels, groups, num_features, num_heads...) and then loads
+the weights strictly.
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.errors import SlimkitError
+from slimkit.io import save_model
+from slimkit.models.vit import Attention
+
+
+def pruned_layout(model: nn.Module) -> dict[str, Any]:
+    """{"shapes": {tensor name: shape}, "removed_blocks": [...]} for a model built from config()."""
+    config = getattr(model, "config", None)
+    if not callable(config):
+        raise SlimkitError(f"{type(model).__name__} has no config(); pruned checkpoints need a model built from kwargs")
+    fresh = type(model)(**config())
+    removed = [n for n, m in fresh.named_modules()
+               if getattr(m, "removable", False) is True and isinstance(model.get_submodule(n), nn.Identity)]
+    return {"shapes": {k: list(v.shape) for k, v in model.state_dict().items()}, "removed_blocks": removed}
+
+
+def save_pruned(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Save a structurally pruned model as safetensors with its layout in the header."""
+    return save_model(model, path, extra=pruned_layout(model))
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    setattr(parent, name.rsplit(".", 1)[-1], new)
+
+
+def _fix_attributes(m: nn.Module) -> None:
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+        m.out_channels = m.weight.shape[0]
+        m.in_channels = m.weight.shape[0] if depthwise else m.weight.shape[1] * m.groups
+        if depthwise:
+            m.groups = m.out_channels
+    elif isinstance(m, nn.Linear):
+        m.out_features, m.in_features = m.weight.shape
+    elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        m.num_features = m.running_mean.shape[0] if m.running_mean is not None else m.weight.shape[0]
+    elif isinstance(m, nn.LayerNorm):
+        m.normalized_shape = (m.weight.shape[0],)
+    elif isinstance(m, nn.GroupNorm):
+        m.num_channels = m.weight.shape[0]
+    elif isinstance(m, Attention):
+        m.num_heads = m.q.out_features // m.head_dim
+
+
+def apply_layout(model: nn.Module, layout: dict[str, Any]) -> nn.Module:
+    """Resize a freshly built dense model, in place, to a recorded pruned layout."""
+    for name in layout.get("removed_blocks", []):
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            raise SlimkitError(f"checkpoint removes block {name!r}, which {type(model).__name__} does not have") from None
+        _set_module(model, name, nn.Identity())
+    shapes = layout.get("shapes", {})
+    for mod_name, m in model.named_modules():
+        changed = False
+        for kind, table in (("param", m._parameters), ("buffer", m._buffers)):
+            for t_name, t in list(table.items()):
+                key = f"{mod_name}.{t_name}" if mod_name else t_name
+                if t is None or key not in shapes or list(t.shape) == shapes[key]:
+                    continue
+                empty = torch.empty(shapes[key], dtype=t.dtype)
+                table[t_name] = nn.Parameter(empty, requires_grad=t.requires_grad) if kind == "param" else empty
+                changed = True
+        if changed:
+            _fix_attributes(m)
+    for m in model.modules():  # attention reads head counts from its (possibly resized) children
+        if isinstance(m, Attention):
+            _fix_attributes(m)
+    return model

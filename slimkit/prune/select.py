@@ -1,0 +1,136 @@
+"""Choose the pruning ratio on the validation split, against a metric floor or a latency target.
+
+The caller supplies `prune(ratio) -> model` (including any recovery) so the same search serves any
+criterion and allocation. A coarse sweep brackets the answer, then bisection narrows it; every
+point evaluated is kept in the curve. Only the validation split is used here; the caller reports
+on test after choosing.
+"""
+
+import io
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from slimkit.data.arrays import Split
+from slimkit.errors import SlimkitError
+from slimkit.io import atomic_write_bytes
+from slimkit.measure import count_macs, evaluate_classifier
+from slimkit.prune.latency_cost import interleaved_latency
+
+
+@dataclass
+class Point:
+    ratio: float
+    val_accuracy: float
+    latency_ms: float
+    macs: int
+    ok: bool
+
+
+@dataclass
+class Selection:
+    """The chosen point (None when no ratio met the constraint) and every point evaluated."""
+
+    chosen: Point | None
+    curve: list[Point] = field(default_factory=list)
+    constraint: dict = field(default_factory=dict)
+    dense: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"chosen": asdict(self.chosen) if self.chosen else None, "constraint": self.constraint,
+                "dense": self.dense, "curve": [asdict(p) for p in sorted(self.curve, key=lambda p: p.ratio)]}
+
+
+def choose_ratio(dense: nn.Module, prune: Callable[[float], nn.Module], val: Split, num_classes: int,
+                 example: torch.Tensor, floor: float | None = None, latency_ms: float | None = None,
+                 grid: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8), bisect_steps: int = 2, threads: int = 2,
+                 progress: bool = True) -> Selection:
+    """Largest ratio whose val accuracy >= `floor`, or smallest whose latency <= `latency_ms`.
+
+    Exactly one constraint must be given. Accuracy is assumed to fall and latency to fall as the
+    ratio grows (checked only through the points measured).
+    """
+    if (floor is None) == (latency_ms is None):
+        raise SlimkitError("give exactly one of floor (minimum val accuracy) or latency_ms (maximum latency)")
+    curve: list[Point] = []
+    dense_ms = interleaved_latency([dense], example, threads=threads, stat="min")[0]
+
+    def ok(acc: float, ms: float) -> bool:
+        return acc >= floor if floor is not None else ms <= latency_ms
+
+    def evaluate(r: float) -> Point:
+        m = prune(r)
+        acc = evaluate_classifier(m, val, num_classes).accuracy
+        ms = interleaved_latency([m], example, threads=threads, stat="min")[0]
+        p = Point(r, acc, ms, count_macs(m, example), ok(acc, ms))
+        curve.append(p)
+        return p
+
+    bar = tqdm(total=len(grid) + bisect_steps, desc="ratio search", disable=not progress, leave=False)
+    points = []
+    for r in sorted(grid):
+        points.append(evaluate(r))
+        bar.update(1)
+    # floor: passing ratios are the small ones; latency: passing ratios are the large ones
+    passing = [p for p in points if p.ok]
+    failing = [p for p in points if not p.ok]
+    if floor is not None:
+        lo = max((p.ratio for p in passing), default=0.0)
+        hi = min((p.ratio for p in failing if p.ratio > lo), default=None)
+    else:
+        hi = min((p.ratio for p in passing), default=None)
+        lo = max((p.ratio for p in failing if hi is None or p.ratio < hi), default=0.0)
+    for _ in range(bisect_steps):
+        if hi is None:
+            break
+        mid = round((lo + hi) / 2, 4)
+        p = evaluate(mid)
+        bar.update(1)
+        if (p.ok and floor is not None) or (not p.ok and floor is None):
+            lo = mid
+        else:
+            hi = mid
+    bar.close()
+    good = [p for p in curve if p.ok]
+    chosen = (max(good, key=lambda p: p.ratio) if floor is not None else min(good, key=lambda p: p.ratio)) if good else None
+    constraint = {"val_accuracy_floor": floor} if floor is not None else {"latency_ms_max": latency_ms}
+    dense_acc = evaluate_classifier(dense, val, num_classes).accuracy
+    return Selection(chosen, curve, constraint, {"val_accuracy": dense_acc, "latency_ms": dense_ms,
+                                                 "macs": count_macs(dense, example)})
+
+
+def write_selection(sel: Selection, json_path: str | Path, png_path: str | Path | None = None) -> None:
+    """Write the curve as JSON and (optionally) a PNG of accuracy, latency and MACs vs ratio; atomic."""
+    atomic_write_bytes(Path(json_path), json.dumps(sel.as_dict(), indent=2).encode())
+    if png_path is None:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = sorted(sel.curve, key=lambda p: p.ratio)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    r = [p.ratio for p in pts]
+    for ax, ys, label in zip(axes, ([p.val_accuracy for p in pts], [p.latency_ms for p in pts],
+                                    [p.macs / 1e6 for p in pts]), ("val accuracy", "latency (ms)", "MMACs")):
+        ax.plot(r, ys, "o-")
+        if sel.chosen:
+            ax.axvline(sel.chosen.ratio, color="r", ls="--", label=f"chosen {sel.chosen.ratio:.2f}")
+            ax.legend()
+        ax.set_xlabel("pruning ratio")
+        ax.set_ylabel(label)
+    if "val_accuracy_floor" in sel.constraint:
+        axes[0].axhline(sel.constraint["val_accuracy_floor"], color="g", ls=":")
+    else:
+        axes[1].axhline(sel.constraint["latency_ms_max"], color="g", ls=":")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(Path(png_path), buf.getvalue())

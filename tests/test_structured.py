@@ -1,0 +1,201 @@
+"""Structured pruning: exact equivalence with masked references, couplings, heads, blocks, checkpoints."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from slimkit.data.arrays import Split
+from slimkit.errors import SlimkitError
+from slimkit.io import load_model
+from slimkit.models import MobileNetV2Small, ResNetCifar, SeedCNN, SmallViT
+from slimkit.prune import allocation as alloc
+from slimkit.prune import importance as imp
+from slimkit.prune.reshape import save_pruned
+from slimkit.prune.select import choose_ratio, write_selection
+from slimkit.prune.structured import (
+    build_graph,
+    apply_plan,
+    compute_scores,
+    head_importance,
+    masked_heads_reference,
+    masked_reference,
+    plan_channels,
+    prune_structured,
+    remove_blocks,
+    remove_heads,
+)
+
+X = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+Y = torch.randint(0, 10, (6,), generator=torch.Generator().manual_seed(1))
+
+
+def _randomise_bn(model: nn.Module) -> nn.Module:
+    """Non-trivial BN statistics, so a wrongly coupled channel would show in the outputs."""
+    g = torch.Generator().manual_seed(2)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return model.eval()
+
+
+def _tiny(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return _randomise_bn({
+        "resnet": lambda: ResNetCifar(depth=8, width=16),
+        "mobilenet": lambda: MobileNetV2Small(setting=[[1, 16, 1, 1], [4, 24, 2, 2]], last_channel=64),
+        "vit": lambda: SmallViT(dim=32, depth=2, num_heads=4, mlp_ratio=2.0),
+        "cnn": lambda: SeedCNN(widths=(16, 32, 64)),
+    }[name]())
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenet", "vit", "cnn"])
+@pytest.mark.parametrize("kind", ["l2", "entropy"])
+def test_removal_matches_masked_reference(name: str, kind: str) -> None:
+    model = _tiny(name)
+    graph = build_graph(model, X[:1])
+    scores = compute_scores(graph, kind, [(X, Y)])
+    keep = {g: max(1, n // 2) for g, n in graph.sizes.items()}
+    plan = plan_channels(graph, scores, keep)
+    assert plan, "nothing was planned"
+    ref = masked_reference(graph, plan).eval()
+    pruned = apply_plan(graph, plan).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(X), ref(X), rtol=0, atol=1e-5)
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in ref.parameters())
+
+
+def test_residual_coupling_keeps_stream_consistent() -> None:
+    model = _tiny("resnet")
+    result = prune_structured(model, X[:1], ratio=0.5)
+    m = result.model
+    # every block on a stage's residual stream shrinks together, shortcut conv included
+    assert m.layer2[0].conv2.out_channels == m.layer2[0].shortcut[0].out_channels == m.layer3[0].conv1.in_channels
+    assert m.fc.out_features == 10 and m.fc.in_features == m.layer3[0].bn2.num_features
+    assert m(X).shape == (6, 10)
+
+
+def test_depthwise_conv_stays_depthwise() -> None:
+    result = prune_structured(_tiny("mobilenet"), X[:1], ratio=0.5)
+    dws = [m for m in result.model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert dws and all(m.groups == m.in_channels == m.out_channels == m.weight.shape[0] for m in dws)
+    assert any(m.out_channels < 96 for m in dws)
+
+
+def test_heads_removed_exactly() -> None:
+    model = _tiny("vit")
+    scores = head_importance(model)
+    plan = {name: alloc.lowest(s, 2) for name, s in scores.items()}
+    ref = masked_heads_reference(model, plan).eval()
+    pruned = remove_heads(__import__("copy").deepcopy(model), plan).eval()
+    assert all(a.num_heads == 2 and a.q.out_features == 16 for a in (b.attn for b in pruned.blocks))
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(X), ref(X), rtol=0, atol=1e-5)
+
+
+def test_block_removal_by_influence() -> None:
+    model = _tiny("resnet")
+    result = prune_structured(model, X[:1], ratio=0.0, blocks=1, calib=[(X, Y)])
+    assert len(result.removed_blocks) == 1
+    assert isinstance(result.model.get_submodule(result.removed_blocks[0]), nn.Identity)
+    with pytest.raises(SlimkitError, match="not a removable block"):
+        remove_blocks(_tiny("resnet"), ["layer2.0"])  # its shortcut changes shape
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenet", "vit"])
+def test_save_load_heterogeneous_widths(name: str, tmp_path) -> None:
+    result = prune_structured(_tiny(name), X[:1], ratio=0.4, allocation="global", calib=[(X, Y)], blocks=1,
+                              head_ratio=0.5, round_to=4)
+    path = save_pruned(result.model, tmp_path / "p.safetensors")
+    loaded = load_model(path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(X), result.model.eval()(X), rtol=0, atol=0)
+
+
+def test_unsupported_module_is_named() -> None:
+    class WithLSTM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 8, 3)
+            self.rnn = nn.LSTM(8, 8)
+            self.fc = nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    with pytest.raises(SlimkitError, match=r"module rnn \(LSTM\)"):
+        prune_structured(WithLSTM(), X[:1], ratio=0.5)
+
+
+def test_same_seed_same_structure() -> None:
+    a = prune_structured(_tiny("resnet"), X[:1], 0.5, "taylor", "global", calib=[(X, Y)])
+    b = prune_structured(_tiny("resnet"), X[:1], 0.5, "taylor", "global", calib=[(X, Y)])
+    assert a.kept == b.kept
+    assert all(torch.equal(p, q) for p, q in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+
+
+def test_rounding_to_multiples() -> None:
+    assert alloc.round_keep(64, 37, 8) == 40
+    assert alloc.round_keep(64, 2, 8) == 8
+    assert alloc.round_keep(6, 1, 8) == 6
+    result = prune_structured(_tiny("resnet"), X[:1], ratio=0.3, allocation="global", calib=[(X, Y)])
+    assert all(k % 8 == 0 for k, _ in result.kept.values())
+    assert alloc.uniform_keep({"a": 64, "b": 32}, 0.5, 8, {"b": 0.0}) == {"a": 32, "b": 32}
+    with pytest.raises(SlimkitError):
+        alloc.uniform_keep({"a": 64}, 0.5, 8, {"zz": 0.1})
+
+
+def test_pure_scores() -> None:
+    w = torch.tensor([[3.0, 4.0], [0.0, 1.0], [1.0, 0.0]])
+    s = imp.Slice(w, None, 0, [0, 1, 2], [0, 1, 2], "weight")
+    assert imp.magnitude_scores([s], 3, 2).tolist() == [5.0, 1.0, 1.0]
+    vals = torch.stack([torch.zeros(100), torch.linspace(-1, 1, 100)])
+    e = imp.entropy_scores(vals)
+    assert e[0] == 0 and e[1] > 2.0  # a dead channel carries no information
+    x = torch.randn(2, 4, 3, 3)
+    assert imp.block_influence(x, x, 1) == pytest.approx(0.0, abs=1e-9)
+    assert imp.block_influence(x, -x, 1) == pytest.approx(2.0)
+    keep, notes = alloc.latency_aware_keep({"a": torch.ones(16), "b": torch.ones(16)}, {"a": 1.0, "b": -1.0}, 8.0, 8)
+    assert keep == {"a": 8, "b": 16} and "would not pay" in notes[0]
+
+
+def test_choose_ratio_on_val(tmp_path) -> None:
+    model = _tiny("cnn")
+    val = Split(X, Y)
+    sel = choose_ratio(model, lambda r: prune_structured(model, X[:1], r).model, val, 10, X[:1], floor=0.0,
+                       grid=(0.25, 0.5), bisect_steps=1, progress=False)
+    assert sel.chosen is not None and sel.chosen.ratio == 0.5 and len(sel.curve) == 2
+    write_selection(sel, tmp_path / "c.json", tmp_path / "c.png")
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert data["chosen"]["ratio"] == 0.5 and (tmp_path / "c.png").stat().st_size > 1000
+    with pytest.raises(SlimkitError):
+        choose_ratio(model, lambda r: model, val, 10, X[:1])
+
+
+def test_grouped_conv_is_named_as_unsupported() -> None:
+    class Grouped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(1, 16, 3)
+            self.mix = nn.Conv2d(16, 16, 3, groups=4)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.fc(self.mix(self.stem(x)).mean((2, 3)))
+
+    with pytest.raises(SlimkitError, match=r"module mix \(Conv2d\)"):
+        build_graph(Grouped(), X[:1])
+
+
+def test_iterative_prune_reaches_ratio() -> None:
+    from slimkit.prune.structured import iterative_prune
+
+    calls = []
+    result = iterative_prune(_tiny("cnn"), X[:1], ratio=0.75, steps=2, recover=lambda m: calls.append(1) or m,
+                             round_to=4)
+    assert len(calls) == 2
+    assert result.kept["fc1"] == (16, 64) and result.model.fc1.out_features == 16
