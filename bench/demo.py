@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="runs/bench-demo")
     parser.add_argument("--no-cache", action="store_true", help="retrain teachers (the timed first run)")
+    parser.add_argument("--kd-sweep", action="store_true",
+                        help="after the runs, train the student at the same budget over a grid of T and alpha")
     args = parser.parse_args()
 
     runs, walls = [], []
@@ -75,6 +77,34 @@ def main() -> None:
     for name, value, ok in checks:
         print(f"| {name} | {value} | {'-' if ok is None else ('yes' if ok else 'NO')} |")
     print("\nstage seconds per seed:", [{k: round(v) for k, v in run["timings_s"].items()} for run in runs])
+    if args.kd_sweep:
+        kd_sweep(args.seeds[0], acc[scratch])
+
+
+def kd_sweep(seed: int, scratch_acc: float) -> None:
+    """Student test accuracy at the demo's budget for several temperatures and alphas (one seed)."""
+    import torch
+
+    from slimkit.data import load_dataset
+    from slimkit.distill import TrainConfig, teacher_logits, train_classifier
+    from slimkit.measure import evaluate_classifier
+    from slimkit.models import build_model
+    from slimkit.pipeline import get_teacher
+
+    cfg = make_config(seed=seed)
+    data = load_dataset(cfg.dataset, seed=seed)
+    teacher, _ = get_teacher(cfg, data, TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size,
+                                                    lr=cfg.lr, seed=seed), progress=False)
+    cache = teacher_logits(teacher, data.train)
+    budget = TrainConfig(epochs=cfg.student_epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed)
+    print(f"\nKD sweep, seed {seed}, {cfg.student_epochs} epochs; scratch student {scratch_acc:.2f}% (mean over seeds)")
+    print("| T | alpha | test acc % | vs scratch |\n|---|---|---|---|")
+    for temperature, alpha in [(1.0, 0.7), (2.0, 0.7), (4.0, 0.7), (8.0, 0.7), (4.0, 0.3), (4.0, 0.9)]:
+        torch.manual_seed(seed)
+        student = build_model(cfg.student)
+        train_classifier(student, data, budget, teacher=cache, temperature=temperature, alpha=alpha, progress=False)
+        acc = 100 * evaluate_classifier(student, data.test, data.num_classes).accuracy
+        print(f"| {temperature:g} | {alpha:g} | {acc:.2f} | {acc - scratch_acc:+.2f} |", flush=True)
 
 
 if __name__ == "__main__":

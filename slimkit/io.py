@@ -33,12 +33,22 @@ def architecture_of(model: nn.Module) -> dict[str, Any]:
     return {"class": type(model).__name__, "kwargs": config()}
 
 
+def _temp_beside(path: Path) -> str:
+    """A new temporary file next to `path`, with the permissions a plain open() would give."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return tmp
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = _temp_beside(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -57,15 +67,14 @@ def save_model(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] |
     seen: dict[int, str] = {}
     for name, tensor in model.state_dict().items():
         key = tensor.data_ptr()
-        if key in seen and tensor.numel() > 0:  # tied weights are stored once, as a copy
+        if key in seen and tensor.numel() > 0:  # safetensors refuses shared storage: tied names get a copy each
             tensors[name] = tensor.detach().clone().contiguous().cpu()
             continue
         seen[key] = name
         tensors[name] = tensor.detach().contiguous().cpu()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        os.close(fd)
+        tmp = _temp_beside(out)
     except OSError as exc:
         raise SlimkitError(f"cannot write checkpoint to {out.parent}: {exc.strerror}; choose a writable folder") from None
     try:

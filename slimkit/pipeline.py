@@ -123,14 +123,14 @@ def prepare_output(out: Path) -> Path:
         raise SlimkitError(f"output folder {out} is not writable ({exc.strerror}); pass --out to a writable folder") from None
 
 
-def get_teacher(cfg: DemoConfig, data: Dataset, train: TrainConfig) -> tuple[torch.nn.Module, str]:
+def get_teacher(cfg: DemoConfig, data: Dataset, train: TrainConfig, progress: bool = True) -> tuple[torch.nn.Module, str]:
     """Train the teacher, or reuse the cached one trained with the same settings."""
     cached = cache_dir() / "teachers" / f"{cfg.teacher}-{_teacher_key(cfg, data)}.safetensors"
     if cfg.reuse_teacher and cached.is_file():
         return load_model(cached), f"reused from cache {cached}"
     torch.manual_seed(cfg.seed)
     teacher = build_model(cfg.teacher, **_model_kwargs(data))
-    train_classifier(teacher, data, train, desc="teacher")
+    train_classifier(teacher, data, train, desc="teacher", progress=progress)
     try:
         save_model(teacher, cached)
     except SlimkitError:
@@ -171,7 +171,7 @@ def _run_stages(cfg: DemoConfig, data: Dataset, stage: Path, progress: bool) -> 
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    teacher, teacher_origin = get_teacher(cfg, data, base)
+    teacher, teacher_origin = get_teacher(cfg, data, base, progress)
     teacher.eval()
     timings["teacher"] = time.perf_counter() - t
 
