@@ -117,5 +117,9 @@ def main() -> None:
     app()
 
 
+# Commands defined in sibling modules register themselves on `app` when imported.
+from slimkit.cli import compress  # noqa: E402,F401
+
+
 if __name__ == "__main__":
     sys.exit(main())
