@@ -21,7 +21,7 @@ from slimkit.distill import ddp
 from slimkit.distill.cache import TeacherOutputs, build_or_load, compute_teacher_outputs
 from slimkit.distill.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from slimkit.distill.config import CacheConfig, CheckpointConfig, EpochLog, TrainConfig, cosine_with_warmup
-from slimkit.distill.features import FeatureTap, StudentBundle
+from slimkit.distill.features import FeatureTap, StudentBundle, resolve_module
 from slimkit.distill.losses import ADAPTED_KINDS, FEATURE_KINDS, Term, combine
 from slimkit.errors import SlimkitError
 from slimkit.measure.metrics import evaluate_classifier
@@ -75,7 +75,10 @@ class Distiller:
         self.amp = amp_dtype(config.amp, self.device)
         pairs = [(t.student_layer, t.teacher_layer, t.kind in ADAPTED_KINDS) for t in self.terms if t.kind in FEATURE_KINDS]
         self.bundle = StudentBundle(student, list(dict.fromkeys(pairs)))
-        self.teacher_tap = FeatureTap(teacher, [t for _, t, _ in pairs], "teacher") if pairs else None
+        self._teacher_paths = [t for _, t, _ in pairs]
+        for path in self._teacher_paths:
+            resolve_module(teacher, path, "teacher")
+        self.teacher_tap: FeatureTap | None = None
         self.history: list[EpochLog] = []
         self.steps_done = 0
         self.resumed_from_step: int | None = None
@@ -96,7 +99,7 @@ class Distiller:
             warnings.warn("data augmentation changes the teacher's inputs every epoch, so its outputs cannot be "
                           "cached; running the teacher live", stacklevel=3)
             return None
-        if self.teacher_tap is not None:
+        if self._teacher_paths:
             return None  # features must come from the same live forward pass
         t.to(self.device)
         if cc.dir is None:
@@ -135,6 +138,20 @@ class Distiller:
         if live:
             self.teacher.to(self.device).eval()
         self.bundle.to(self.device)
+        self.bundle.attach_hooks()
+        if self._teacher_paths:
+            self.teacher.to(self.device)
+            self.teacher_tap = FeatureTap(self.teacher, self._teacher_paths, "teacher")
+        try:
+            return self._fit(data, source, live, progress, desc, on_epoch_end, on_step)
+        finally:
+            self.bundle.detach_hooks()
+            if self.teacher_tap is not None:
+                self.teacher_tap.remove()
+                self.teacher_tap = None
+
+    def _fit(self, data, source, live, progress, desc, on_epoch_end, on_step) -> list[EpochLog]:
+        cfg, info, train = self.config, self.dist, data.train
         self._probe(train.x[:2].to(self.device))
 
         model: nn.Module = self.bundle

@@ -91,7 +91,14 @@ class StudentBundle(nn.Module):
         self.student = student
         self.adapters = nn.ModuleDict()
         self._pairs = pairs  # (student_layer, teacher_layer, adapted)
-        self.tap = FeatureTap(student, [s for s, _, _ in pairs], "student") if pairs else None
+        for s, _, _ in pairs:
+            resolve_module(student, s, "student")  # fail at construction, not mid-run
+        self.tap: FeatureTap | None = None
+
+    def attach_hooks(self) -> None:
+        """Hook the student's layers; `detach_hooks` leaves the user's model as it was."""
+        if self._pairs and self.tap is None:
+            self.tap = FeatureTap(self.student, [s for s, _, _ in self._pairs], "student")
 
     def build_adapters(self, student_feats: dict[str, torch.Tensor], teacher_feats: dict[str, torch.Tensor]) -> None:
         """Create adapters from one probe batch's feature shapes (before the optimizer exists)."""
@@ -114,3 +121,4 @@ class StudentBundle(nn.Module):
     def detach_hooks(self) -> None:
         if self.tap is not None:
             self.tap.remove()
+            self.tap = None
