@@ -18,7 +18,7 @@ def _env() -> dict:
 def run_worker(args: list[str], out: Path, kill_at_step: int | None = None, nproc: int = 1, timeout: float = 300) -> dict | int:
     """Run the worker; with `kill_at_step`, SIGKILL it once it reports that step and return the last step seen."""
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", "0",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
                str(WORKER), *args, "--out", str(out)]
     else:
         cmd = [sys.executable, str(WORKER), *args, "--out", str(out)]
@@ -34,6 +34,11 @@ def run_worker(args: list[str], out: Path, kill_at_step: int | None = None, npro
         proc.wait(timeout)
         assert proc.returncode == -signal.SIGKILL, f"worker ended with {proc.returncode} before the kill: {proc.stderr.read()[-2000:]}"
         return last
-    stdout, stderr = proc.communicate(timeout=timeout)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
     assert proc.returncode == 0, f"worker failed ({proc.returncode}): {stderr[-3000:]}"
     return json.loads(out.read_text())
