@@ -14,7 +14,8 @@ class TrainConfig:
 
     `batch_size` is the global batch (split across processes under torchrun, and across
     `grad_accum` micro-batches). `amp="auto"` uses bf16 (or fp16 with loss scaling) on CUDA and
-    stays off on CPU, where bf16 autocast measured slower for slimkit's CNNs; ask for "bf16" to force it.
+    stays off on CPU: there bf16 changes the numerics and its speed depends on the CPU's bf16
+    support (bench/distill.py part 1b measures it), so it is opt-in with amp="bf16".
     `early_stop_patience` > 0 stops after that many epochs without a val-accuracy gain above
     `early_stop_min_delta` and restores the best weights.
     """
