@@ -173,7 +173,12 @@ class Distiller:
 
         state = {"epoch": 1, "batch": 0, "step": 0, "loss_sum": 0.0, "seen": 0, "best": None, "bad": 0, "best_state": None}
         ckpt = self.checkpoint
-        if ckpt is not None and ckpt.resume and ckpt.path.is_file():
+        found = ckpt is not None and ckpt.resume and ckpt.path.is_file()
+        seen = int(ddp.all_reduce_sum(torch.tensor([int(found)]), info).item())
+        if 0 < seen < info.world_size:
+            raise SlimkitError(f"only {seen} of {info.world_size} processes can read checkpoint {ckpt.path}; "
+                               f"put the checkpoint folder on storage that every node mounts")
+        if found:
             self._restore(ckpt, optimizer, scheduler, scaler, state)
         try:
             self._epochs(model, data, source, live, optimizer, scheduler, scaler, state, micro, steps_per_epoch,
