@@ -8,7 +8,7 @@ Parts (run all, or pick with --parts 1,2,...):
   4  kill -9 in the middle of epoch 2, resume: final accuracy vs the unbroken run, steps lost
   5  torchrun with 2 processes vs 1 process: accuracy and samples/s
 
-Timings on a shared machine are noisy: paired measurements are interleaved and the median is kept.
+Timings on a shared machine are noisy: paired runs are interleaved (alternating order) and throughput\nis the batch over the median per-step time, which load bursts barely move.
 
     PYTHONPATH=. python bench/distill.py --parts 1,2 --train-subset 6000
 """
@@ -55,14 +55,14 @@ def get_teacher(data: Dataset, args: argparse.Namespace) -> SourceModel:
     return teacher
 
 
-def hand_kd_epoch(student: torch.nn.Module, data: Dataset, cached: torch.Tensor, batch: int, seed: int) -> float:
-    """The minimal loop: one epoch of KD from cached logits with AdamW; returns samples/s."""
+def hand_kd_epoch(student: torch.nn.Module, data: Dataset, cached: torch.Tensor, batch: int, seed: int) -> list[float]:
+    """The minimal loop: one epoch of KD from cached logits with AdamW; returns per-step seconds."""
     opt = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=1e-4)
     x_all, y_all = data.train.x, data.train.y
     order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed))
     student.train()
-    start = time.perf_counter()
-    for i in range(0, len(order), batch):
+    stamps = [time.perf_counter()]
+    for i in range(0, len(order) - batch + 1, batch):
         idx = order[i:i + batch]
         x, y, t = x_all[idx], y_all[idx], cached[idx]
         s = student(x)
@@ -71,47 +71,60 @@ def hand_kd_epoch(student: torch.nn.Module, data: Dataset, cached: torch.Tensor,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return len(order) / (time.perf_counter() - start)
+        stamps.append(time.perf_counter())
+    return [b - a for a, b in zip(stamps, stamps[1:])][1:]  # the first step pays one-off allocations
 
 
 def slimkit_epoch(teacher, data: Dataset, batch: int, seed: int, cache: str = "auto", amp: str = "off",
-                  terms=None) -> tuple[float, float]:
-    """One slimkit KD epoch; returns (samples/s of training, epoch seconds)."""
+                  terms=None) -> list[float]:
+    """One slimkit KD epoch; returns per-step seconds (timed by the engine's on_step callback)."""
     torch.manual_seed(seed)
     student = TargetModel()
+    n = len(data.train) - len(data.train) % batch
+    sub = Dataset(data.name, data.train.subset(n), data.val.subset(1), data.test, data.num_classes)
     cfg = TrainConfig(epochs=1, batch_size=batch, lr=1e-3, grad_clip=None, seed=seed, amp=amp)
-    log = Distiller(teacher, student, terms or hinton(4.0, 0.7), cfg, cache=CacheConfig(mode=cache)).fit(data, progress=False)
-    return log[0].samples_per_s, log[0].seconds
+    stamps: list[float] = []
+    d = Distiller(teacher if not isinstance(teacher, torch.Tensor) else teacher[:n], student, terms or hinton(4.0, 0.7),
+                  cfg, cache=CacheConfig(mode=cache))
+    d.fit(sub, progress=False, on_step=lambda _s: stamps.append(time.perf_counter()))
+    return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
 def part1(data: Dataset, teacher, args) -> None:
     cached = teacher_logits(teacher, data.train)
     ours, ref, bf16 = [], [], []
-    for r in range(args.repeats):
-        torch.manual_seed(r)
-        ref.append(hand_kd_epoch(TargetModel(), data, cached, args.batch_size, r))
-        ours.append(slimkit_epoch(cached, data, args.batch_size, r)[0])
-        bf16.append(slimkit_epoch(cached, data, args.batch_size, r, amp="bf16")[0])
-    ratio = statistics.median(o / h for o, h in zip(ours, ref))
-    row("1 KD loop throughput (cached logits)", f"slimkit {statistics.median(ours):.0f} samples/s",
-        f"hand-written {statistics.median(ref):.0f} samples/s", f"{ratio:.3f}x (target >= 0.95) {'PASS' if ratio >= 0.95 else 'MISS'}")
-    r16 = statistics.median(b / o for b, o in zip(bf16, ours))
-    row("1b bf16 autocast on CPU", f"{statistics.median(bf16):.0f} samples/s", f"fp32 {statistics.median(ours):.0f} samples/s",
-        f"{r16:.2f}x -> AMP {'could be on' if r16 >= 1.0 else 'stays off'} on CPU")
+    for r in range(args.repeats):  # interleaved, order alternating, so load bursts hit both sides
+        runs = [lambda: ref.extend(hand_kd_epoch(TargetModel(), data, cached, args.batch_size, r)),
+                lambda: ours.extend(slimkit_epoch(cached, data, args.batch_size, r)),
+                lambda: bf16.extend(slimkit_epoch(cached, data, args.batch_size, r, amp="bf16"))]
+        for run in (runs if r % 2 == 0 else runs[::-1]):
+            torch.manual_seed(r)
+            run()
+    b = args.batch_size
+    m_ours, m_ref, m_bf16 = (statistics.median(v) for v in (ours, ref, bf16))
+    ratio = m_ref / m_ours
+    row("1 KD loop throughput (cached logits)", f"slimkit {b / m_ours:.0f} samples/s",
+        f"hand-written {b / m_ref:.0f} samples/s", f"{ratio:.3f}x (target >= 0.95) {'PASS' if ratio >= 0.95 else 'MISS'}")
+    r16 = m_ours / m_bf16
+    row("1b bf16 autocast on CPU (slimkit loop)", f"{b / m_bf16:.0f} samples/s", f"fp32 {b / m_ours:.0f} samples/s",
+        f"{r16:.2f}x")
 
 
 def part2(data: Dataset, teacher, args) -> None:
-    cached_s, live_s = [], []
-    build = []
+    cached_s, live_s, build = [], [], []
     for r in range(args.repeats):
         t0 = time.perf_counter()
         teacher_logits(teacher, data.train)
         build.append(time.perf_counter() - t0)
-        cached_s.append(slimkit_epoch(teacher, data, args.batch_size, r, cache="auto")[1])
-        live_s.append(slimkit_epoch(teacher, data, args.batch_size, r, cache="off")[1])
-    speed = statistics.median(l / c for l, c in zip(live_s, cached_s))
-    row("2 KD epoch time, no augmentation", f"cached {statistics.median(cached_s):.1f} s (+{statistics.median(build):.1f} s once)",
-        f"live teacher {statistics.median(live_s):.1f} s", f"{speed:.2f}x faster (target >= 1.5) {'PASS' if speed >= 1.5 else 'MISS'}")
+        pair = [lambda: cached_s.extend(slimkit_epoch(teacher, data, args.batch_size, r, cache="auto")),
+                lambda: live_s.extend(slimkit_epoch(teacher, data, args.batch_size, r, cache="off"))]
+        for run in (pair if r % 2 == 0 else pair[::-1]):
+            run()
+    steps = len(data.train) // args.batch_size
+    c, lv = statistics.median(cached_s) * steps, statistics.median(live_s) * steps
+    speed = lv / c
+    row("2 KD epoch time, no augmentation", f"cached {c:.1f} s (+{statistics.median(build):.1f} s once to build)",
+        f"live teacher {lv:.1f} s", f"{speed:.2f}x faster (target >= 1.5) {'PASS' if speed >= 1.5 else 'MISS'}")
 
 
 def part3(data: Dataset, teacher, args) -> None:
@@ -140,7 +153,7 @@ def _worker(extra: list[str], out: Path, nproc: int = 1, kill_at: int | None = N
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     last = 0
     for line in proc.stdout:
-        if line.startswith("STEP "):
+        if line.startswith("STEP ") and line.split()[1].isdigit():
             last = int(line.split()[1])
             if kill_at is not None and last >= kill_at:
                 os.kill(proc.pid, signal.SIGKILL)

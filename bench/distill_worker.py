@@ -64,7 +64,8 @@ def main() -> None:
     distiller = Distiller(teacher, student, terms, cfg, checkpoint=ckpt)
 
     def on_step(step: int) -> None:
-        print(f"STEP {step}", flush=True)
+        if distiller.dist.is_main:  # one writer, so lines from several ranks never interleave
+            print(f"STEP {step}", flush=True)
 
     start = time.perf_counter()
     history = distiller.fit(data, progress=False, on_step=on_step)

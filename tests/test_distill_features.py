@@ -113,3 +113,15 @@ def test_early_stopping_restores_best_weights(digits):
     assert len(history) < 6  # a learning rate this large stalls, so it stops early
     from slimkit.measure.metrics import evaluate_classifier
     assert evaluate_classifier(model, digits.val, 10).accuracy == pytest.approx(max(h.val_accuracy for h in history))
+
+
+def test_amp_choice_and_bf16_on_cpu(digits):
+    from slimkit.distill.engine import amp_dtype
+    assert amp_dtype("auto", torch.device("cpu")) is None  # off by default on CPU
+    assert amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(SlimkitError, match="CUDA"):
+        amp_dtype("fp16", torch.device("cpu"))
+    torch.manual_seed(0)
+    log = Distiller(None, SeedCNN(1, 8, (8, 16, 32)), [Term("ce")],
+                    TrainConfig(epochs=1, batch_size=64, lr=1e-2, warmup_steps=1, amp="bf16")).fit(_small(digits, 256), progress=False)
+    assert np.isfinite(log[0].train_loss)
