@@ -28,7 +28,8 @@ class DistillationTrainer(Trainer):
 
     `probe_inputs` is one small batch (default: 4 token ids) used to learn feature shapes. Adapter
     weights are kept in `self.adapters`; HF checkpoints do not include them, so a resumed HF run
-    starts its adapters afresh.
+    starts its adapters afresh, and under multi-process HF training their gradients are not
+    averaged across ranks (use `Distiller` for multi-process feature distillation).
     """
 
     def __init__(self, *args: Any, teacher: nn.Module, losses: Sequence[Term],
@@ -66,7 +67,8 @@ class DistillationTrainer(Trainer):
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         optimizer = super().create_optimizer(*(() if model is None else (model,)))
         params = [p for p in self.adapters.parameters() if p.requires_grad]
-        if params and not any(p is q for g in optimizer.param_groups for p in g["params"] for q in params[:1]):
+        already = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        if params and id(params[0]) not in already:  # create_optimizer may be called more than once
             optimizer.add_param_group({"params": params, "weight_decay": 0.0})
         return optimizer
 
