@@ -1,6 +1,39 @@
-"""Distillation: loss functions (pure) and a thin, seeded training loop around them."""
+"""Knowledge distillation: pure losses, feature hooks, a teacher-output cache and one training engine.
 
-from slimkit.distill.losses import hinton_kd_loss, soft_target_kl
-from slimkit.distill.trainer import EpochLog, TrainConfig, teacher_logits, train_classifier
+Public surface (what other slimkit stages and users call):
+- `Distiller(teacher, student, losses, config, checkpoint=, cache=, augment=, masks=)` and `.fit(data)`;
+- loss terms `Term` with helpers `kd`, `ce`, `hint`, `attention`, `hinton`, and the pure loss functions;
+- settings `TrainConfig`, `CheckpointConfig`, `CacheConfig`; results `EpochLog`;
+- `train_classifier` / `teacher_logits`, the pipeline's conveniences;
+- `slimkit.distill.hf.DistillationTrainer` for transformers users (imported lazily: transformers is optional).
+"""
 
-__all__ = ["EpochLog", "TrainConfig", "hinton_kd_loss", "soft_target_kl", "teacher_logits", "train_classifier"]
+from slimkit.distill.cache import TeacherOutputs, build_or_load, compute_teacher_outputs, open_cache
+from slimkit.distill.config import CacheConfig, CheckpointConfig, EpochLog, TrainConfig, cosine_with_warmup
+from slimkit.distill.engine import Distiller, NonFiniteLossError, describe
+from slimkit.distill.features import FeatureTap, resolve_module
+from slimkit.distill.losses import (
+    Term,
+    attention,
+    attention_transfer,
+    ce,
+    hard_ce,
+    hidden_cosine,
+    hint,
+    hint_loss,
+    hinton,
+    hinton_kd_loss,
+    kd,
+    logit_mse,
+    soft_target_kl,
+    soft_target_kl_topk,
+)
+from slimkit.distill.trainer import teacher_logits, train_classifier
+
+__all__ = [
+    "CacheConfig", "CheckpointConfig", "Distiller", "EpochLog", "FeatureTap", "NonFiniteLossError", "TeacherOutputs",
+    "Term", "TrainConfig", "attention", "attention_transfer", "build_or_load", "ce", "compute_teacher_outputs",
+    "cosine_with_warmup", "describe", "hard_ce", "hidden_cosine", "hint", "hint_loss", "hinton", "hinton_kd_loss", "kd",
+    "logit_mse", "open_cache", "resolve_module", "soft_target_kl", "soft_target_kl_topk", "teacher_logits",
+    "train_classifier",
+]

@@ -1,0 +1,109 @@
+"""Settings of a distillation run, grouped so that `Distiller`'s constructor stays small."""
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from slimkit.errors import SlimkitError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation: AdamW with linear warm-up then cosine decay, per optimizer step.
+
+    `batch_size` is the global batch (split across processes under torchrun, and across
+    `grad_accum` micro-batches). `amp="auto"` uses bf16 (or fp16 with loss scaling) on CUDA and
+    stays off on CPU: there bf16 changes the numerics and its speed depends on the CPU's bf16
+    support (bench/distill.py part 1b measures it), so it is opt-in with amp="bf16".
+    `early_stop_patience` > 0 stops after that many epochs without a val-accuracy gain above
+    `early_stop_min_delta` and restores the best weights.
+    """
+
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    grad_clip: float | None = 5.0
+    seed: int = 0
+    grad_accum: int = 1
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    early_stop_patience: int = 0
+    early_stop_min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise SlimkitError(f"invalid training settings: epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}")
+        if self.grad_accum < 1 or self.batch_size % self.grad_accum:
+            raise SlimkitError(f"grad_accum={self.grad_accum} must be >= 1 and divide batch_size={self.batch_size}")
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            raise SlimkitError(f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
+        if self.early_stop_patience < 0:
+            raise SlimkitError(f"early_stop_patience must be >= 0, got {self.early_stop_patience}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Where and how often to save the full training state; `resume` continues from it if present.
+
+    `every_steps` counts optimizer steps (0: only at the end of each epoch). A kill loses at most
+    that many steps of work.
+    """
+
+    dir: str | Path
+    every_steps: int = 0
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 0:
+            raise SlimkitError(f"every_steps must be >= 0, got {self.every_steps}")
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir) / "last.safetensors"
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Teacher-output caching. "auto" caches when it is exact: no augmentation, logit terms only.
+
+    With `dir` the cache is memory-mapped on disk and reused across runs (keyed by teacher, data and
+    `settings`); without it, it lives in memory for this run. `topk` keeps only the k largest logits.
+    """
+
+    mode: Literal["auto", "off"] = "auto"
+    dir: str | Path | None = None
+    topk: int | None = None
+    batch_size: int = 512
+    settings: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "off"):
+            raise SlimkitError(f"cache mode must be 'auto' or 'off', got {self.mode!r}")
+        if self.topk is not None and self.topk < 1:
+            raise SlimkitError(f"topk must be >= 1, got {self.topk}")
+
+
+@dataclass(frozen=True)
+class EpochLog:
+    epoch: int
+    train_loss: float
+    val_accuracy: float
+    val_macro_f1: float
+    seconds: float
+    samples_per_s: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
+    """LR multiplier: linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))

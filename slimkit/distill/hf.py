@@ -1,0 +1,110 @@
+"""`DistillationTrainer`: slimkit's loss terms inside a Hugging Face `transformers.Trainer`.
+
+For users whose training already runs on `Trainer` (its data collators, its schedulers, accelerate,
+its checkpoints), this subclass only replaces `compute_loss`: the frozen teacher runs on the same
+batch and the student is trained on the weighted `Term`s, with features picked by module path as
+in `Distiller`. Width adapters for "hint"/"hidden_cosine" are built from one probe forward pass and
+added to the optimizer as their own parameter group.
+
+Positions where `attention_mask` is 0 (padding) are excluded from the KD and logit terms; "ce"
+uses the model's own loss (`outputs.loss`), which already shifts labels for causal LMs and ignores
+label -100.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer
+
+from slimkit.distill.features import FeatureTap, adapter_key, make_adapter
+from slimkit.distill.losses import ADAPTED_KINDS, FEATURE_KINDS, Term, combine
+from slimkit.errors import SlimkitError
+
+
+class DistillationTrainer(Trainer):
+    """`Trainer(model=student, ...)` plus `teacher=` and `losses=` (a list of `Term`).
+
+    `probe_inputs` is one small batch (default: 4 token ids) used to learn feature shapes. Adapter
+    weights are kept in `self.adapters`; HF checkpoints do not include them, so a resumed HF run
+    starts its adapters afresh, and under multi-process HF training their gradients are not
+    averaged across ranks (use `Distiller` for multi-process feature distillation).
+    """
+
+    def __init__(self, *args: Any, teacher: nn.Module, losses: Sequence[Term],
+                 probe_inputs: dict[str, torch.Tensor] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher.to(self.args.device).eval()
+        self.terms = list(losses)
+        if not self.terms:
+            raise SlimkitError("give at least one loss term, e.g. losses=hinton(2.0, 0.5)")
+        pairs = list(dict.fromkeys((t.student_layer, t.teacher_layer, t.kind in ADAPTED_KINDS)
+                                   for t in self.terms if t.kind in FEATURE_KINDS))
+        self._pairs = pairs
+        self.student_tap = FeatureTap(self.model, [s for s, _, _ in pairs], "student") if pairs else None
+        self.teacher_tap = FeatureTap(self.teacher, [t for _, t, _ in pairs], "teacher") if pairs else None
+        self.adapters = nn.ModuleDict()
+        if pairs:
+            self._build_adapters(probe_inputs or {"input_ids": torch.ones(1, 4, dtype=torch.long)})
+
+    @torch.no_grad()
+    def _build_adapters(self, probe: dict[str, torch.Tensor]) -> None:
+        probe = {k: v.to(self.args.device) for k, v in probe.items()}
+        was = self.model.training
+        self.model.eval()
+        self.model(**probe)
+        self.teacher(**probe)
+        self.model.train(was)
+        for s, t, adapted in self._pairs:
+            key = adapter_key(s, t)
+            if adapted:
+                self.adapters[key] = make_adapter(self.student_tap.features[s], self.teacher_tap.features[t])
+        self.adapters.to(self.args.device)
+        self.student_tap.clear()
+        self.teacher_tap.clear()
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(*(() if model is None else (model,)))
+        params = [p for p in self.adapters.parameters() if p.requires_grad]
+        already = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        if params and id(params[0]) not in already:  # create_optimizer may be called more than once
+            optimizer.add_param_group({"params": params, "weight_decay": 0.0})
+        return optimizer
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        outputs = model(**inputs)
+        teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        with torch.no_grad():
+            t_logits = self.teacher(**teacher_inputs).logits
+        s_feats, t_feats = {}, {}
+        if self.student_tap is not None:
+            for s, t, _ in self._pairs:
+                key = adapter_key(s, t)
+                f = self.student_tap.features[s]
+                s_feats[key] = self.adapters[key](f) if key in self.adapters else f
+                t_feats[t] = self.teacher_tap.features[t]
+            self.student_tap.clear()
+            self.teacher_tap.clear()
+        logits = outputs.logits
+        mask = inputs.get("attention_mask")
+        if mask is not None and logits.dim() == 3:  # drop padded positions from KD and feature terms
+            keep = mask.bool()
+            logits, t_logits = logits[keep], t_logits[keep]
+            s_feats = {k: v[keep] if v.dim() == 3 else v for k, v in s_feats.items()}
+            t_feats = {k: v[keep] if v.dim() == 3 else v for k, v in t_feats.items()}
+        logit_terms = [t for t in self.terms if t.kind != "ce"]
+        loss, _parts = combine(logit_terms, logits, None, t_logits, None, s_feats, t_feats) if logit_terms else (0.0, {})
+        for term in self.terms:
+            if term.kind == "ce":
+                if outputs.loss is None:
+                    raise SlimkitError("the 'ce' term needs `labels` in the batch so the model computes its loss")
+                loss = loss + term.weight * outputs.loss
+        return (loss, outputs) if return_outputs else loss
+
+    def remove_hooks(self) -> None:
+        """Take slimkit's hooks off both models (training with this trainer then stops working)."""
+        for tap in (self.student_tap, self.teacher_tap):
+            if tap is not None:
+                tap.remove()
