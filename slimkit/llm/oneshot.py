@@ -71,7 +71,8 @@ def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 @torch.no_grad()
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None,
-                    blocksize: int = 128, percdamp: float = 0.01, mask_scope: str = "row") -> torch.Tensor:
+                    blocksize: int = 128, percdamp: float = 0.01, mask_scope: str = "row"
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT: choose a mask by OBS saliency w²/[H⁻¹]²_ii and update the remaining weights.
 
     Columns are processed left to right in lazy blocks of `blocksize`: pruning column i spreads its
@@ -80,8 +81,8 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
     `percdamp`·mean(diag H) so that inversion is stable for inputs that hardly vary.
     `mask_scope='row'` selects the unstructured mask within each output row of each block (a
     per-output comparison group, as Wanda does), 'block' over the whole block as in the paper.
-    Returns the new weight (same dtype as `weight`); exact N:M or exactly floor(s·cols) per
-    row-block (row scope) / per block (block scope) is removed.
+    Returns (new weight in `weight`'s dtype, keep-mask); the mask removes exactly N:M, or exactly
+    floor(s·width) per row of each block (row scope) / per block (block scope).
     """
     w = weight.detach().float().clone()
     rows, cols = w.shape
@@ -89,6 +90,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
+    keep = torch.ones_like(w, dtype=torch.bool)
     h += percdamp * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype, device=h.device)
     try:
         hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
@@ -122,8 +124,9 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
             w1[:, i:] -= err.unsqueeze(1).matmul(hinv1[i, i:].unsqueeze(0))
             err1[:, i] = err
         w[:, i1:i2] = q1
+        keep[:, i1:i2] = ~prune
         w[:, i2:] -= err1.matmul(hinv[i1:i2, i2:])
-    return w.to(weight.dtype)
+    return w.to(weight.dtype), keep
 
 
 def score_mask(method: str, weight: torch.Tensor, sq_norm: torch.Tensor | None, sparsity: float,
@@ -313,8 +316,8 @@ def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = 
                     lin.weight.mul_(keep.to(lin.weight.dtype))
                 else:
                     hess = st.h * (2.0 / max(st.tokens, 1))
-                    lin.weight.copy_(sparsegpt_prune(lin.weight, hess, sparsity, nm, blocksize, percdamp, mask_scope))
-                    keep = lin.weight != 0
+                    new, keep = sparsegpt_prune(lin.weight, hess, sparsity, nm, blocksize, percdamp, mask_scope)
+                    lin.weight.copy_(new)
                 masks[names[id(lin)] + ".weight"] = keep.cpu()
             order.append(i)
             if on_block:
