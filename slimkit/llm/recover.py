@@ -161,7 +161,6 @@ def recover(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, cfg: 
     n = windows.shape[0]
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     gen = torch.Generator().manual_seed(cfg.seed)
     losses: list[float] = []
     student.train()
@@ -185,8 +184,13 @@ def recover(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, cfg: 
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
+                # cosine decay over whichever budget ends first: the epochs or the seconds
+                done = step / total
+                if cfg.max_seconds:
+                    done = max(done, (time.perf_counter() - start) / cfg.max_seconds)
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
                 opt.step()
-                sched.step()
                 losses.append(float(loss))
                 step += 1
                 bar.update(1)
