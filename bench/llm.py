@@ -28,7 +28,23 @@ from slimkit.llm.speed import measure_speed
 from slimkit.llm.text import calibration_windows, eval_windows
 
 
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False where that is unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_mb() -> float:
+    """Peak resident set since the last reset (VmHWM), else since process start."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -94,17 +110,21 @@ def main() -> None:
         fp32_mb = sum(p.numel() for p in lm.parameters()) * 4 / 2**20
 
         if "oneshot" in stages:
+            # one model in memory at a time, reloaded per run, so the peak RSS is that of pruning it
+            del lm
             for method in args.methods.split(","):
                 for ratio in args.ratios.split(","):
-                    model = copy.deepcopy(lm)
+                    model, _ = load_causal_lm("smollm2")
                     nm = ratio if ":" in ratio else None
-                    rss0 = peak_rss_mb()
+                    reset_peak_rss()
                     rep = prune_oneshot(model, cal, method, float(ratio) if nm is None else 0.0, nm)
+                    rss = peak_rss_mb()
                     ppl = perplexity(model, ev, progress=True)
                     rows.add(stage="one-shot", model=f"{method} {ratio}", ppl=ppl.value, seconds=round(rep.seconds),
-                             rss_mb=round(peak_rss_mb()), other=f"realised {rep.realised:.3f}; calib {rep.calibration}; "
-                             f"fp32 model {fp32_mb:.0f} MB; RSS before {rss0:.0f} MB")
+                             rss_mb=round(rss), other=f"realised {rep.realised:.3f}; calib {rep.calibration}; "
+                             f"peak RSS {rss / fp32_mb:.2f}x the fp32 model ({fp32_mb:.0f} MB), process included")
                     del model
+            lm, _ = load_causal_lm("smollm2")
 
         if "depth" in stages or "speed" in stages:
             depth_model = copy.deepcopy(lm)

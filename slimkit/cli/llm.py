@@ -45,9 +45,9 @@ def _table(rows: list[tuple[str, object]], dense=None) -> None:
     for col in ("model", "ppl", "x dense", "protocol"):
         table.add_column(col)
     for label, ppl in rows:
-        ratio = f"{ppl.value / dense.value:.2f}" if dense is not None else "-"
-        table.add_row(label, f"{ppl.value:.2f}", ratio, ppl.protocol)
-    Console().print(table)
+        ratio = f"{ppl.value / dense.value:.3g}" if dense is not None else "-"
+        table.add_row(label, f"{ppl.value:.4g}", ratio, ppl.protocol)
+    Console(width=max(120, Console().width)).print(table)
 
 
 def _eval_setup(tok, eval_text: str, eval_tokens: int, seq_len: int):
