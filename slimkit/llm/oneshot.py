@@ -176,19 +176,22 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 @torch.no_grad()
 def capture_block_inputs(model: nn.Module, windows: torch.Tensor, batch_size: int, device: torch.device):
-    """Hidden states entering block 0 for every calibration batch, and the block's keyword args.
+    """Hidden states entering block 0 for every calibration batch, and each batch's keyword args.
 
     A forward pre-hook on block 0 stores its inputs and raises, so nothing after the embedding runs.
+    Keyword args (rotary embeddings, attention mask) are kept per batch because a shorter last
+    batch may get a mask of another shape.
     """
     layers = decoder_layers(model)
     inputs: list[torch.Tensor] = []
-    kwargs_holder: dict = {}
+    kwargs_list: list[dict] = []
 
     def hook(_module, args, kwargs):
         hidden = args[0] if args else kwargs.pop("hidden_states")
         inputs.append(hidden.detach().to(device))
-        if not kwargs_holder:
-            kwargs_holder.update({k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")})
+        kept = {k: _to(v, device) for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")}
+        kept["use_cache"] = False
+        kwargs_list.append(kept)
         raise _Stop
 
     handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
@@ -200,9 +203,7 @@ def capture_block_inputs(model: nn.Module, windows: torch.Tensor, batch_size: in
                 pass
     finally:
         handle.remove()
-    kwargs = {k: _to(v, device) for k, v in kwargs_holder.items()}
-    kwargs["use_cache"] = False
-    return inputs, kwargs
+    return inputs, kwargs_list
 
 
 def _to(value, device):
@@ -303,9 +304,9 @@ def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = 
 
             handles = [lin.register_forward_hook(make_hook(lin)) for lin in linears]
             try:
-                for h in hidden:
+                for h, kw in zip(hidden, kwargs):
                     seen.clear()
-                    _block_out(block, h, kwargs)
+                    _block_out(block, h, kw)
             finally:
                 for handle in handles:
                     handle.remove()
@@ -322,7 +323,7 @@ def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = 
             order.append(i)
             if on_block:
                 on_block(i)
-        hidden = [_block_out(block, h, kwargs) for h in hidden]  # inputs of the next, from the pruned block
+        hidden = [_block_out(block, h, kw) for h, kw in zip(hidden, kwargs)]  # next inputs, from the pruned block
         block.to(home)
     return _report(model, method, sparsity, nm, order, start, f"{windows.shape[0]} x {windows.shape[1]} tokens", masks)
 
