@@ -209,8 +209,10 @@ def distill(
     if hold_zeros:
         import torch
 
+        # a Linear counts as pruned when at least 10% of it is zero; stray zeros of the
+        # dequantized checkpoint are not worth holding
         masks = {n + ".weight": m.weight != 0 for n, m in st.named_modules()
-                 if isinstance(m, torch.nn.Linear) and bool((m.weight == 0).any())} or None
+                 if isinstance(m, torch.nn.Linear) and float((m.weight == 0).float().mean()) >= 0.1} or None
     cfg = RecoveryConfig(epochs=epochs, batch_size=batch_size, lr=lr, top_k=top_k, hidden_weight=hidden_weight,
                          max_seconds=max_minutes * 60 if max_minutes else None, seed=seed)
     t0 = time.perf_counter()
