@@ -238,7 +238,7 @@ class OneShotReport:
 
 @torch.no_grad()
 def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = "sparsegpt", sparsity: float = 0.5,
-                  nm: tuple[int, int] | str | None = None, batch_size: int = 8, percdamp: float = 0.01,
+                  nm: tuple[int, int] | str | None = None, batch_size: int = 2, percdamp: float = 0.01,
                   blocksize: int = 128, mask_scope: str = "row", layers: list[int] | None = None,
                   device: str | torch.device | None = None, progress: bool = True,
                   on_block: Callable[[int], None] | None = None) -> OneShotReport:
@@ -246,7 +246,9 @@ def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = 
 
     `windows` is (n, L) calibration token ids (unused by magnitude). With `nm`, N:M replaces the
     unstructured ratio. `layers` limits pruning to some block indices (tests use one or two).
-    Returns the keep-masks so that fine-tuning can hold them (MaskHolder).
+    Returns the keep-masks so that fine-tuning can hold them (MaskHolder). `batch_size` windows go
+    through a block at once: small batches keep the transient activations (attention, FFN) small,
+    which is what bounds peak memory beyond the model itself.
     """
     if method not in METHODS:
         raise SlimkitError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -323,7 +325,8 @@ def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = 
             order.append(i)
             if on_block:
                 on_block(i)
-        hidden = [_block_out(block, h, kw) for h, kw in zip(hidden, kwargs)]  # next inputs, from the pruned block
+        for j, kw in enumerate(kwargs):  # next inputs, from the pruned block; replaced in place to save memory
+            hidden[j] = _block_out(block, hidden[j], kw)
         block.to(home)
     return _report(model, method, sparsity, nm, order, start, f"{windows.shape[0]} x {windows.shape[1]} tokens", masks)
 
