@@ -1,0 +1,225 @@
+"""`slimkit llm ...`: one-shot, depth and width pruning, evaluation and KD recovery of HF LMs.
+
+Each command prints a perplexity table whose every number carries its protocol, and saves the
+model atomically (written to a temporary folder beside --out, then renamed).
+Bad input raises SlimkitError, which becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from slimkit.errors import SlimkitError
+
+app = typer.Typer(help="Compress Hugging Face causal LMs: one-shot, depth and width pruning, KD recovery.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+MODEL_HELP = "built-in 'smollm2' or a local Hugging Face folder"
+
+
+def _clean(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SlimkitError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted; nothing was written to the output folder", err=True)
+            raise typer.Exit(130) from None
+    return wrapper
+
+
+def _table(rows: list[tuple[str, object]], dense=None) -> None:
+    """Print label, perplexity, ratio to dense and the protocol for each row."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="perplexity")
+    for col in ("model", "ppl", "x dense", "protocol"):
+        table.add_column(col)
+    for label, ppl in rows:
+        ratio = f"{ppl.value / dense.value:.3g}" if dense is not None else "-"
+        table.add_row(label, f"{ppl.value:.4g}", ratio, ppl.protocol)
+    Console(width=max(120, Console().width)).print(table)
+
+
+def _eval_setup(tok, eval_text: str, eval_tokens: int, seq_len: int):
+    from slimkit.llm.text import eval_windows
+
+    return eval_windows(tok, eval_text, eval_tokens, seq_len)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise SlimkitError(f"--out {out} exists and is not a folder")
+
+
+@app.command()
+@_clean
+def prune(
+    model: str = typer.Option("smollm2", help=MODEL_HELP),
+    method: str = typer.Option("sparsegpt", help="magnitude, wanda or sparsegpt"),
+    sparsity: float = typer.Option(0.5, help="fraction of each Linear to zero, in [0, 1)"),
+    nm: Optional[str] = typer.Option(None, help="N:M pattern such as 2:4 (overrides --sparsity)"),
+    out: Path = typer.Option(..., help="folder for the pruned model"),
+    calib_text: str = typer.Option("emma", help="calibration text: built-in name or a file"),
+    calib_samples: int = typer.Option(32, help="calibration windows"),
+    seq_len: int = typer.Option(512, help="tokens per window (calibration and evaluation)"),
+    eval_text: str = typer.Option("prideprejudice", help="evaluation text"),
+    eval_tokens: int = typer.Option(16384, help="evaluate on the first N tokens (0 skips evaluation)"),
+    seed: int = typer.Option(0, help="seed for the calibration draw"),
+) -> None:
+    """One-shot unstructured or N:M pruning of every Linear in the decoder blocks."""
+    from slimkit.errors import check_sparsity
+    from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
+    from slimkit.llm.oneshot import METHODS, parse_nm, prune_oneshot
+    from slimkit.llm.perplexity import perplexity
+    from slimkit.llm.text import calibration_windows
+
+    if method not in METHODS:
+        raise SlimkitError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    pattern = parse_nm(nm)
+    if pattern is None:
+        check_sparsity(sparsity)
+    _check_out(out)
+    lm, tok = load_causal_lm(model)
+    cal = calibration_windows(tok, calib_text, calib_samples, seq_len, seed) if method != "magnitude" else None
+    ev = _eval_setup(tok, eval_text, eval_tokens, seq_len) if eval_tokens else None
+    dense = perplexity(lm, ev, eval_text, progress=True) if ev is not None else None
+    report = prune_oneshot(lm, cal, method, sparsity, pattern)
+    typer.echo(f"{method} {'N:M ' + nm if nm else f'{sparsity:.0%}'}: realised sparsity {report.realised:.4f} "
+               f"of decoder Linear weights in {report.seconds:.1f} s (calibration: {report.calibration})")
+    if ev is not None:
+        _table([("dense", dense), (f"{method} {nm or sparsity}", perplexity(lm, ev, eval_text, progress=True))], dense)
+    typer.echo("note: unstructured/N:M zeros stay in dense matrices and give no CPU speed-up")
+    typer.echo(f"saved {save_pretrained_atomic(lm, tok, out)}")
+
+
+@app.command()
+@_clean
+def depth(
+    model: str = typer.Option("smollm2", help=MODEL_HELP),
+    remove: int = typer.Option(8, help="number of decoder layers to remove"),
+    out: Path = typer.Option(..., help="folder for the pruned model"),
+    calib_text: str = typer.Option("emma"),
+    calib_samples: int = typer.Option(16),
+    seq_len: int = typer.Option(512),
+    eval_text: str = typer.Option("prideprejudice"),
+    eval_tokens: int = typer.Option(16384, help="0 skips evaluation"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Remove the decoder layers with the lowest block influence."""
+    from slimkit.llm.depth import prune_depth
+    from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
+    from slimkit.llm.perplexity import perplexity
+    from slimkit.llm.text import calibration_windows
+
+    _check_out(out)
+    lm, tok = load_causal_lm(model)
+    cal = calibration_windows(tok, calib_text, calib_samples, seq_len, seed)
+    ev = _eval_setup(tok, eval_text, eval_tokens, seq_len) if eval_tokens else None
+    dense = perplexity(lm, ev, eval_text, progress=True) if ev is not None else None
+    rep = prune_depth(lm, cal, remove)
+    typer.echo(f"removed layers {rep.removed} (block influence {[round(rep.scores[i], 4) for i in rep.removed]})")
+    if ev is not None:
+        _table([("dense", dense), (f"depth -{remove}", perplexity(lm, ev, eval_text, progress=True))], dense)
+    typer.echo(f"saved {save_pretrained_atomic(lm, tok, out)}")
+
+
+@app.command("eval")
+@_clean
+def evaluate(
+    model: str = typer.Option("smollm2", help=MODEL_HELP),
+    reference: Optional[str] = typer.Option(None, help="model to show as the dense reference"),
+    eval_text: str = typer.Option("prideprejudice"),
+    eval_tokens: int = typer.Option(16384),
+    seq_len: int = typer.Option(512),
+    speed: bool = typer.Option(False, help="also measure params, MACs, prefill and decode tokens/s"),
+) -> None:
+    """Perplexity of a model (and optionally of a reference), with the protocol."""
+    from slimkit.llm.load import load_causal_lm
+    from slimkit.llm.perplexity import perplexity
+
+    lm, tok = load_causal_lm(model)
+    ev = _eval_setup(tok, eval_text, eval_tokens, seq_len)
+    rows = []
+    dense = None
+    if reference:
+        ref, _ = load_causal_lm(reference)
+        dense = perplexity(ref, ev, eval_text, progress=True)
+        rows.append((reference, dense))
+        del ref
+    rows.append((model, perplexity(lm, ev, eval_text, progress=True)))
+    _table(rows, dense)
+    if speed:
+        from slimkit.llm.speed import measure_speed
+
+        rep = measure_speed(lm)
+        typer.echo(f"params {rep.params:,} (non-zero {rep.nonzero_params:,}), MACs/token {rep.macs_per_token:,}, "
+                   f"prefill {rep.prefill_tokens_per_s:.0f} tok/s, decode {rep.decode_tokens_per_s:.1f} tok/s "
+                   f"({rep.threads} threads, {rep.device})")
+        if rep.note:
+            typer.echo(f"note: {rep.note}")
+
+
+@app.command()
+@_clean
+def distill(
+    student: str = typer.Option(..., help="pruned model folder"),
+    teacher: str = typer.Option("smollm2", help=MODEL_HELP),
+    out: Path = typer.Option(..., help="folder for the recovered model"),
+    train_text: str = typer.Option("emma"),
+    samples: int = typer.Option(64, help="training windows"),
+    seq_len: int = typer.Option(512),
+    epochs: int = typer.Option(1),
+    lr: float = typer.Option(1e-4),
+    batch_size: int = typer.Option(4),
+    top_k: int = typer.Option(64, help="teacher logits cached per position"),
+    hidden_weight: float = typer.Option(0.0, help="weight of final-hidden-state MSE (0 = off)"),
+    max_minutes: Optional[float] = typer.Option(None, help="stop training after this many minutes"),
+    hold_zeros: bool = typer.Option(True, help="keep zero weights at zero (unstructured/N:M students)"),
+    eval_text: str = typer.Option("prideprejudice"),
+    eval_tokens: int = typer.Option(16384, help="0 skips evaluation"),
+    seed: int = typer.Option(1),
+) -> None:
+    """KD recovery of a pruned model against its unpruned teacher (teacher top-k logits cached once)."""
+    from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
+    from slimkit.llm.perplexity import perplexity
+    from slimkit.llm.recover import RecoveryConfig, recover
+    from slimkit.llm.text import calibration_windows
+
+    _check_out(out)
+    st, tok = load_causal_lm(student)
+    te, _ = load_causal_lm(teacher)
+    train = calibration_windows(tok, train_text, samples, seq_len, seed)
+    ev = _eval_setup(tok, eval_text, eval_tokens, seq_len) if eval_tokens else None
+    rows = []
+    dense = None
+    if ev is not None:
+        dense = perplexity(te, ev, eval_text, progress=True)
+        rows += [("teacher", dense), ("student before", perplexity(st, ev, eval_text, progress=True))]
+    masks = None
+    if hold_zeros:
+        import torch
+
+        # a Linear counts as pruned when at least 10% of it is zero; stray zeros of the
+        # dequantized checkpoint are not worth holding
+        masks = {n + ".weight": m.weight != 0 for n, m in st.named_modules()
+                 if isinstance(m, torch.nn.Linear) and float((m.weight == 0).float().mean()) >= 0.1} or None
+    cfg = RecoveryConfig(epochs=epochs, batch_size=batch_size, lr=lr, top_k=top_k, hidden_weight=hidden_weight,
+                         max_seconds=max_minutes * 60 if max_minutes else None, seed=seed)
+    t0 = time.perf_counter()
+    rep = recover(st, te, train, cfg, masks=masks)
+    typer.echo(f"{rep.steps} steps in {time.perf_counter() - t0:.0f} s (teacher cache "
+               f"{'reused' if rep.cache_reused else f'built in {rep.teacher_seconds:.0f} s'})")
+    if ev is not None:
+        rows.append(("student after KD", perplexity(st, ev, eval_text, progress=True)))
+        _table(rows, dense)
+    typer.echo(f"saved {save_pretrained_atomic(st, tok, out)}")

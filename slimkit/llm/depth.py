@@ -1,0 +1,100 @@
+"""Depth pruning: score decoder blocks by block influence and remove the least informative.
+
+Block influence BI_i = 1 − E_tokens[cos(x_i, y_i)], where x_i is what enters block i and y_i what
+leaves it. A block whose output points where its input pointed changes little, so removing it
+costs little. Scores come from one dense forward over calibration tokens (hooks on every block).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from slimkit.errors import SlimkitError
+from slimkit.llm.oneshot import decoder_layers
+
+
+@torch.no_grad()
+def block_influence(model: nn.Module, windows: torch.Tensor, batch_size: int = 4, progress: bool = True) -> list[float]:
+    """BI per decoder block, averaged over every calibration token."""
+    layers = decoder_layers(model)
+    sums = torch.zeros(len(layers), dtype=torch.float64)
+    count = 0
+
+    def make_hook(i: int):
+        def hook(_m, args, kwargs, out):
+            x = args[0] if args else kwargs["hidden_states"]
+            y = out[0] if isinstance(out, tuple) else out
+            cos = torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=-1)
+            sums[i] += float((1.0 - cos).sum())
+        return hook
+
+    handles = [layer.register_forward_hook(make_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    model.eval()
+    try:
+        for i in tqdm(range(0, windows.shape[0], batch_size), desc="block influence", disable=not progress, leave=False):
+            ids = windows[i:i + batch_size]
+            model.model(input_ids=ids, use_cache=False) if hasattr(model, "model") else model(input_ids=ids, use_cache=False)
+            count += ids.numel()
+    finally:
+        for h in handles:
+            h.remove()
+    return (sums / max(count, 1)).tolist()
+
+
+def remove_layers(model: nn.Module, drop: list[int]) -> nn.Module:
+    """Delete decoder blocks `drop` in place and renumber the rest so the model saves and reloads.
+
+    Each attention module's `layer_idx` indexes the KV cache, so the kept blocks are renumbered
+    0..n-1, and config.num_hidden_layers (and per-layer lists such as layer_types) follow.
+    """
+    layers = decoder_layers(model)
+    n = len(layers)
+    bad = [i for i in drop if not 0 <= i < n]
+    if bad or len(set(drop)) != len(drop):
+        raise SlimkitError(f"layers to drop must be distinct indices in [0, {n}), got {drop}")
+    if len(drop) >= n:
+        raise SlimkitError(f"cannot remove all {n} layers")
+    keep = [i for i in range(n) if i not in set(drop)]
+    kept = nn.ModuleList([layers[i] for i in keep])
+    for new, layer in enumerate(kept):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new
+    parent = model.model if hasattr(model, "model") and getattr(model.model, "layers", None) is layers else None
+    if parent is None:
+        raise SlimkitError(f"depth pruning supports models with model.layers; {type(model).__name__} differs")
+    parent.layers = kept
+    cfg = model.config
+    cfg.num_hidden_layers = len(keep)
+    for attr in ("layer_types", "sliding_window_pattern_list"):
+        value = getattr(cfg, attr, None)
+        if isinstance(value, list) and len(value) == n:
+            setattr(cfg, attr, [value[i] for i in keep])
+    return model
+
+
+@dataclass
+class DepthReport:
+    """Scores per original block, which were removed, and which were kept."""
+
+    scores: list[float]
+    removed: list[int]
+    kept: list[int]
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def prune_depth(model: nn.Module, windows: torch.Tensor, n_remove: int, progress: bool = True) -> DepthReport:
+    """Remove the `n_remove` blocks with the lowest block influence, in place."""
+    n = len(decoder_layers(model))
+    if not 0 <= n_remove < n:
+        raise SlimkitError(f"can remove between 0 and {n - 1} of {n} layers, asked for {n_remove}")
+    scores = block_influence(model, windows, progress=progress)
+    removed = sorted(sorted(range(n), key=lambda i: scores[i])[:n_remove])
+    remove_layers(model, removed)
+    return DepthReport(scores, removed, [i for i in range(n) if i not in removed])

