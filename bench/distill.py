@@ -8,7 +8,8 @@ Parts (run all, or pick with --parts 1,2,...):
   4  kill -9 in the middle of epoch 2, resume: final accuracy vs the unbroken run, steps lost
   5  torchrun with 2 processes vs 1 process: accuracy and samples/s
 
-Timings on a shared machine are noisy: paired runs are interleaved (alternating order) and throughput\nis the batch over the median per-step time, which load bursts barely move.
+Timings on a shared machine are noisy: paired runs are interleaved (alternating order) and throughput
+is the batch over the median per-step time, which load bursts barely move.
 
     PYTHONPATH=. python bench/distill.py --parts 1,2 --train-subset 6000
 """

@@ -21,7 +21,7 @@ from slimkit.data import load_fashion_mnist
 from slimkit.data.arrays import batches
 from slimkit.measure import count_macs, evaluate_classifier
 from slimkit.models import build_model
-from slimkit.prune.latency_cost import interleaved_latency, not_slower, prune_latency_aware
+from slimkit.prune.latency_cost import interleaved_latency, prune_latency_aware
 from slimkit.prune.recovery import fine_tune
 from slimkit.prune.select import choose_ratio, write_selection
 from slimkit.prune.structured import prune_structured

@@ -25,6 +25,7 @@ from slimkit.errors import SlimkitError, check_sparsity
 from slimkit.io import load_model, save_model
 from slimkit.models import build_model
 from slimkit.prune import bake, magnitude_prune
+from slimkit.prune.recovery import fine_tune
 from slimkit.report import ProfileRow, print_table, profile_classifier, speed_notes, write_reports
 
 
@@ -43,10 +44,11 @@ class DemoConfig(BaseModel):
     teacher: str = "source"
     student: str = "target"
     teacher_epochs: int = Field(3, ge=1)
-    student_epochs: int = Field(4, ge=1)
-    finetune_epochs: int = Field(1, ge=0)
+    student_epochs: int = Field(5, ge=1)
+    finetune_epochs: float = Field(0.25, ge=0, description="passes over the training split; may be fractional")
     batch_size: int = Field(256, ge=1)
     lr: float = Field(2e-3, gt=0)
+    student_lr: float = Field(3e-3, gt=0)
     finetune_lr: float = Field(3e-4, gt=0)
     sparsity: float | None = 0.5
     theta: float | None = None
@@ -179,16 +181,15 @@ def _run_stages(cfg: DemoConfig, data: Dataset, stage: Path, progress: bool) -> 
     pruned = copy.deepcopy(teacher)
     prune = magnitude_prune(pruned, sparsity=cfg.sparsity, theta=cfg.theta, scope=cfg.prune_scope)
     if cfg.finetune_epochs:
-        ft = TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr,
-                         seed=cfg.seed, warmup_steps=0)
-        train_classifier(pruned, data, ft, masks=prune.masks, desc="pruned fine-tune", progress=progress)
+        fine_tune(pruned, data.train, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, batch_size=cfg.batch_size,
+                  seed=cfg.seed, masks=prune.masks, desc="pruned fine-tune", progress=progress)
     bake(pruned, prune.masks)
     timings["prune+finetune"] = time.perf_counter() - t
     if progress:
         per_layer = ", ".join(f"{name} {ratio:.3f}" for name, ratio in prune.kept_per_layer.items())
         print(f"magnitude prune: kept ratio P_r per layer: {per_layer}; total P_r {prune.kept_total:.3f}")
 
-    student_cfg = TrainConfig(epochs=cfg.student_epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+    student_cfg = TrainConfig(epochs=cfg.student_epochs, batch_size=cfg.batch_size, lr=cfg.student_lr, seed=cfg.seed)
     t = time.perf_counter()
     cache = teacher_logits(teacher, data.train)
     torch.manual_seed(cfg.seed)

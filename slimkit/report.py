@@ -5,6 +5,7 @@ plainly when a smaller model is not faster.
 """
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -116,7 +117,8 @@ def print_table(rows: list[ProfileRow], notes: list[str], title: str = "") -> No
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in rows:
         table.add_row(*(fmt(r) for _, fmt in COLUMNS))
-    console = Console()
+    # Off a terminal rich assumes 80 columns and squeezes the numbers; logs get a readable width.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     console.print(table)
     for n in notes:
         console.print(f"- {n}", soft_wrap=True)

@@ -9,7 +9,8 @@ from typing import Optional
 
 import typer
 
-from slimkit.cli.main import app, check_input_shape, clean_errors
+from slimkit.cli import clean_errors
+from slimkit.cli.main import app, check_input_shape
 from slimkit.errors import SlimkitError, check_sparsity
 
 

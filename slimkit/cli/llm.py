@@ -7,33 +7,19 @@ Bad input raises SlimkitError, which becomes one line on stderr and exit status 
 
 from __future__ import annotations
 
-import functools
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from slimkit.cli import clean_errors
 from slimkit.errors import SlimkitError
 
 app = typer.Typer(help="Compress Hugging Face causal LMs: one-shot, depth and width pruning, KD recovery.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 MODEL_HELP = "built-in 'smollm2' or a local Hugging Face folder"
-
-
-def _clean(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except SlimkitError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted; nothing was written to the output folder", err=True)
-            raise typer.Exit(130) from None
-    return wrapper
 
 
 def _table(rows: list[tuple[str, object]], dense=None) -> None:
@@ -62,7 +48,7 @@ def _check_out(out: Path) -> None:
 
 
 @app.command()
-@_clean
+@clean_errors
 def prune(
     model: str = typer.Option("smollm2", help=MODEL_HELP),
     method: str = typer.Option("sparsegpt", help="magnitude, wanda or sparsegpt"),
@@ -103,7 +89,7 @@ def prune(
 
 
 @app.command()
-@_clean
+@clean_errors
 def depth(
     model: str = typer.Option("smollm2", help=MODEL_HELP),
     remove: int = typer.Option(8, help="number of decoder layers to remove"),
@@ -134,7 +120,7 @@ def depth(
 
 
 @app.command("eval")
-@_clean
+@clean_errors
 def evaluate(
     model: str = typer.Option("smollm2", help=MODEL_HELP),
     reference: Optional[str] = typer.Option(None, help="model to show as the dense reference"),
@@ -170,7 +156,7 @@ def evaluate(
 
 
 @app.command()
-@_clean
+@clean_errors
 def distill(
     student: str = typer.Option(..., help="pruned model folder"),
     teacher: str = typer.Option("smollm2", help=MODEL_HELP),

@@ -3,13 +3,13 @@
 Every command turns a SlimkitError into one line on stderr and exit status 2.
 """
 
-import functools
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from slimkit.cli import clean_errors
 from slimkit.errors import SlimkitError
 
 app = typer.Typer(
@@ -20,29 +20,12 @@ app = typer.Typer(
 )
 
 
-def clean_errors(fn):
-    """Report bad input as one line and a non-zero exit, instead of a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except SlimkitError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted; nothing was written to the output folder", err=True)
-            raise typer.Exit(130) from None
-
-    return wrapper
-
-
 @app.command()
 @clean_errors
 def demo(
     epochs: int = typer.Option(3, help="teacher training epochs (the teacher is cached by its settings)"),
-    student_epochs: int = typer.Option(4, help="epochs for the KD student and, same budget, the scratch student"),
-    finetune_epochs: int = typer.Option(1, help="fine-tune epochs of the pruned teacher, masks held"),
+    student_epochs: int = typer.Option(5, help="epochs for the KD student and, same budget, the scratch student"),
+    finetune_epochs: float = typer.Option(0.25, help="fine-tune passes over the training set for the pruned teacher, masks held"),
     sparsity: Optional[float] = typer.Option(0.5, help="fraction of conv/linear weights to remove, in [0, 1)"),
     theta: Optional[float] = typer.Option(None, help="magnitude threshold: remove |w| <= theta (overrides --sparsity)"),
     temperature: float = typer.Option(4.0, help="KD softmax temperature T"),
@@ -119,6 +102,9 @@ def main() -> None:
 
 # Commands defined in sibling modules register themselves on `app` when imported.
 from slimkit.cli import compress  # noqa: E402,F401
+from slimkit.cli.llm import app as _llm_app  # noqa: E402
+
+app.add_typer(_llm_app, name="llm")
 
 
 if __name__ == "__main__":

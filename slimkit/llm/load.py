@@ -88,18 +88,7 @@ def convert_smollm2(dest: Path | None = None) -> Path:
     if unexpected or [m for m in missing if "lm_head" not in m]:
         raise SlimkitError(f"GGUF conversion mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
     model.tie_weights()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-    try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+    return save_pretrained_atomic(model, tok, dest)
 
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
@@ -119,31 +108,29 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
 
 def load_causal_lm(name_or_path: str | os.PathLike = "smollm2"):
     """(model in eval mode, fp32, tokenizer) for a causal LM."""
-    _offline()
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    path = resolve(name_or_path)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError, KeyError) as exc:
-        raise SlimkitError(f"cannot load a causal LM from {path}: {str(exc).splitlines()[0]}") from None
-    return model.eval(), tok
+    return _load(AutoModelForCausalLM, name_or_path, "a causal LM")
 
 
 def load_encoder(name_or_path: str | os.PathLike = "minilm"):
     """(AutoModel in eval mode, fp32, tokenizer) for a sentence encoder such as MiniLM."""
+    from transformers import AutoModel
+
+    return _load(AutoModel, name_or_path, "an encoder")
+
+
+def _load(auto_cls, name_or_path: str | os.PathLike, kind: str):
     _offline()
     import torch
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     path = resolve(name_or_path)
     try:
-        model = AutoModel.from_pretrained(str(path), dtype=torch.float32)
+        model = auto_cls.from_pretrained(str(path), dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError, KeyError) as exc:
-        raise SlimkitError(f"cannot load an encoder from {path}: {str(exc).splitlines()[0]}") from None
+        raise SlimkitError(f"cannot load {kind} from {path}: {str(exc).splitlines()[0]}") from None
     return model.eval(), tok
 
 

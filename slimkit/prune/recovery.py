@@ -13,15 +13,18 @@ from torch import nn
 from slimkit.data.arrays import Dataset, Split
 from slimkit.distill import Distiller, TrainConfig, ce, hinton
 from slimkit.errors import SlimkitError
+from slimkit.prune.magnitude import Masks
 
 
 def fine_tune(model: nn.Module, train: Split, epochs: float = 1.0, lr: float = 1e-3, batch_size: int = 128,
               teacher: nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.7, seed: int = 0,
-              weight_decay: float = 1e-4, progress: bool = True, desc: str = "fine-tune") -> nn.Module:
+              weight_decay: float = 1e-4, progress: bool = True, desc: str = "fine-tune",
+              masks: Masks | None = None) -> nn.Module:
     """Train `model` in place (AdamW, cosine schedule); Hinton KD from `teacher` when one is given.
 
     A fractional `epochs` budget is spread over ceil(epochs) passes of a seeded random subset of
-    `train` holding epochs/ceil(epochs) of its samples.
+    `train` holding epochs/ceil(epochs) of its samples. `masks` (unstructured pruning) are held
+    after every optimizer step.
     """
     if epochs <= 0 or lr <= 0 or batch_size < 1:
         raise SlimkitError(f"fine_tune needs epochs > 0, lr > 0, batch_size >= 1; got {epochs}, {lr}, {batch_size}")
@@ -34,6 +37,6 @@ def fine_tune(model: nn.Module, train: Split, epochs: float = 1.0, lr: float = 1
     data = Dataset("recovery", train, empty, empty, num_classes=int(train.y.max().item()) + 1)
     config = TrainConfig(epochs=passes, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, warmup_steps=0)
     terms = hinton(temperature, alpha) if teacher is not None else [ce()]
-    Distiller(teacher, model, terms, config).fit(data, progress=progress, desc=desc)
+    Distiller(teacher, model, terms, config, masks=masks).fit(data, progress=progress, desc=desc)
     model.eval()
     return model
