@@ -281,8 +281,8 @@ class Distiller:
                        elapsed, seen_here * info.world_size / max(elapsed, 1e-9))
         self.history.append(log)
         if show:
-            tqdm.write(f"{desc} epoch {log.epoch}/{cfg.epochs}: loss {log.train_loss:.4f}  val acc {log.val_accuracy:.4f}  "
-                       f"val F1 {log.val_macro_f1:.4f}  {log.samples_per_s:.0f} samples/s")
+            val = f"val acc {log.val_accuracy:.4f}  val F1 {log.val_macro_f1:.4f}  " if metrics else ""
+            tqdm.write(f"{desc} epoch {log.epoch}/{cfg.epochs}: loss {log.train_loss:.4f}  {val}{log.samples_per_s:.0f} samples/s")
         if cfg.early_stop_patience <= 0 or metrics is None:
             return False
         if state["best"] is None or acc > state["best"] + cfg.early_stop_min_delta:
