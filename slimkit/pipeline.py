@@ -26,7 +26,7 @@ from slimkit.io import load_model, save_model
 from slimkit.models import build_model
 from slimkit.prune import bake, magnitude_prune
 from slimkit.prune.recovery import fine_tune
-from slimkit.report import ProfileRow, print_table, profile_classifier, speed_notes, write_reports
+from slimkit.report import print_table, profile_classifiers, speed_notes, write_reports
 
 
 def cache_dir() -> Path:
@@ -207,11 +207,10 @@ def _run_stages(cfg: DemoConfig, data: Dataset, stage: Path, progress: bool) -> 
     models = {"teacher": teacher, f"pruned teacher ({1 - prune.kept_total:.0%} unstructured)": pruned,
               "student KD": student, "student scratch": scratch}
     files = {"teacher": "teacher", "student KD": "student_kd", "student scratch": "student_scratch"}
-    rows: list[ProfileRow] = []
     t = time.perf_counter()
-    for name, model in models.items():
-        ckpt = save_model(model, stage / "checkpoints" / f"{files.get(name, 'pruned_teacher')}.safetensors")
-        rows.append(profile_classifier(name, model, data.test, data.num_classes, ckpt, latency_runs=cfg.latency_runs))
+    saved = {name: (model, save_model(model, stage / "checkpoints" / f"{files.get(name, 'pruned_teacher')}.safetensors"))
+             for name, model in models.items()}
+    rows = profile_classifiers(saved, data.test, data.num_classes, latency_runs=cfg.latency_runs)
     timings["evaluate"] = time.perf_counter() - t
 
     header = (f"slimkit demo on {data.name}: test split {len(data.test)} samples; teacher {teacher_origin}; "

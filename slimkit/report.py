@@ -1,6 +1,6 @@
 """Profile rows for a set of models, and their rendering as a table, JSON and Markdown.
 
-Speed claims in a report come only from `measure_latency` run on this machine; the notes say so
+Speed claims in a report come only from `measure_latency_interleaved` run on this machine; the notes say so
 plainly when a smaller model is not faster.
 """
 
@@ -13,7 +13,7 @@ from torch import nn
 
 from slimkit.data.arrays import Split
 from slimkit.io import atomic_write_bytes
-from slimkit.measure import count_macs, count_params, evaluate_classifier, file_size_bytes, measure_latency
+from slimkit.measure import count_macs, count_params, evaluate_classifier, file_size_bytes, measure_latency_interleaved
 
 
 @dataclass
@@ -33,35 +33,36 @@ class ProfileRow:
     extra: dict = field(default_factory=dict)
 
 
-def profile_classifier(
-    name: str,
-    model: nn.Module,
+def profile_classifiers(
+    models: dict[str, tuple[nn.Module, str | Path]],
     test: Split,
     num_classes: int,
-    checkpoint: str | Path,
     latency_runs: int = 50,
     threads: int | None = None,
-) -> ProfileRow:
-    """Measure accuracy, macro-F1, params, MACs, batch-1 and batch-256 latency and checkpoint size."""
-    metrics = evaluate_classifier(model, test, num_classes)
-    total, nonzero = count_params(model)
-    one = test.x[:1]
-    big = test.x[:256]
-    lat1 = measure_latency(model, one, runs=latency_runs, warmup=10, threads=threads)
-    lat256 = measure_latency(model, big, runs=max(5, latency_runs // 5), warmup=3, threads=threads)
-    return ProfileRow(
-        name=name,
-        accuracy=metrics.accuracy,
-        macro_f1=metrics.macro_f1,
-        params_total=total,
-        params_nonzero=nonzero,
-        macs=count_macs(model, one),
-        latency_b1_ms=lat1.median_ms,
-        latency_b256_ms=lat256.median_ms,
-        checkpoint_bytes=file_size_bytes(checkpoint),
-        threads=lat1.threads,
-        extra={"confusion": metrics.confusion},
-    )
+) -> list[ProfileRow]:
+    """Profile {name: (model, checkpoint)}: accuracy, macro-F1, params, MACs, size, and batch-1 and
+    batch-256 latency timed with the models interleaved so their ratios are fair."""
+    nets = [m for m, _ in models.values()]
+    one, big = test.x[:1], test.x[:256]
+    lat1 = measure_latency_interleaved(nets, one, runs=latency_runs, warmup=10, threads=threads)
+    lat256 = measure_latency_interleaved(nets, big, runs=max(5, latency_runs // 5), warmup=3, threads=threads)
+    rows = []
+    for (name, (model, ckpt)), l1, l256 in zip(models.items(), lat1, lat256):
+        metrics = evaluate_classifier(model, test, num_classes)
+        total, nonzero = count_params(model)
+        rows.append(ProfileRow(
+            name=name, accuracy=metrics.accuracy, macro_f1=metrics.macro_f1, params_total=total,
+            params_nonzero=nonzero, macs=count_macs(model, one), latency_b1_ms=l1.median_ms,
+            latency_b256_ms=l256.median_ms, checkpoint_bytes=file_size_bytes(ckpt), threads=l1.threads,
+            extra={"confusion": metrics.confusion},
+        ))
+    return rows
+
+
+def profile_classifier(name: str, model: nn.Module, test: Split, num_classes: int, checkpoint: str | Path,
+                       latency_runs: int = 50, threads: int | None = None) -> ProfileRow:
+    """Profile one model (see profile_classifiers)."""
+    return profile_classifiers({name: (model, checkpoint)}, test, num_classes, latency_runs, threads)[0]
 
 
 COLUMNS = [

@@ -66,3 +66,15 @@ def test_file_size(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b").write_bytes(b"y" * 5)
     assert file_size_bytes(tmp_path / "a") == 10 and file_size_bytes(tmp_path) == 15
+
+
+def test_interleaved_latency_ranks_models_by_work_and_restores_modes():
+    from slimkit.measure import measure_latency_interleaved
+
+    small, large = nn.Linear(64, 64), nn.Sequential(*[nn.Linear(512, 512) for _ in range(8)])
+    small.train()
+    results = measure_latency_interleaved([small, nn.Sequential(nn.Linear(64, 512), large)], torch.zeros(32, 64),
+                                          runs=9, warmup=2, threads=1)
+    assert [r.runs for r in results] == [9, 9] and all(r.threads == 1 for r in results)
+    assert results[0].median_ms < results[1].median_ms
+    assert small.training

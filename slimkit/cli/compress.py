@@ -71,7 +71,7 @@ def prune(
     from slimkit.data import batches
     from slimkit.io import load_model, save_model
     from slimkit.prune import magnitude_prune
-    from slimkit.report import print_table, profile_classifier, speed_notes
+    from slimkit.report import print_table, profile_classifiers, speed_notes
 
     check_sparsity(ratio, "ratio")
     dense = load_model(checkpoint)
@@ -92,6 +92,6 @@ def prune(
         save_pruned(pruned, out)
     else:
         raise SlimkitError(f"unknown method {method!r}; use 'structured' or 'magnitude'")
-    rows = [profile_classifier("dense", dense, data.test, data.num_classes, checkpoint),
-            profile_classifier(f"{method} {ratio:g}", pruned, data.test, data.num_classes, out)]
+    rows = profile_classifiers({"dense": (dense, checkpoint), f"{method} {ratio:g}": (pruned, out)},
+                               data.test, data.num_classes)
     print_table(rows, speed_notes(rows, "dense"), title=f"{checkpoint.name} -> {out} on {data.name} (before fine-tuning)")

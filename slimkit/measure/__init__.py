@@ -6,6 +6,7 @@ from slimkit.measure.cost import (
     count_params,
     file_size_bytes,
     measure_latency,
+    measure_latency_interleaved,
 )
 from slimkit.measure.metrics import ClassificationMetrics, classification_metrics, evaluate_classifier, predict_logits
 
@@ -18,5 +19,6 @@ __all__ = [
     "evaluate_classifier",
     "file_size_bytes",
     "measure_latency",
+    "measure_latency_interleaved",
     "predict_logits",
 ]

@@ -112,6 +112,50 @@ def measure_latency(
         torch.set_num_threads(old_threads)
 
 
+@torch.inference_mode()
+def measure_latency_interleaved(
+    models: list[nn.Module],
+    example: torch.Tensor | tuple | dict,
+    runs: int = 50,
+    warmup: int = 10,
+    threads: int | None = None,
+) -> list[LatencyResult]:
+    """Median latency of several models timed in alternation (one run of each per round).
+
+    Timing models one after another lets a slow spell on the machine land on one model only and
+    shows a "speed-up" that is not there; alternating spreads such spells over all of them, so the
+    ratios between the results are what the report can honestly compare.
+    """
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    modes = [m.training for m in models]
+    try:
+        for m in models:
+            m.eval()
+            for _ in range(warmup):
+                _call(m, example)
+        samples: list[list[float]] = [[] for _ in models]
+        for r in range(runs):
+            order = range(len(models)) if r % 2 == 0 else reversed(range(len(models)))
+            for i in order:
+                t0 = time.perf_counter()
+                _call(models[i], example)
+                samples[i].append((time.perf_counter() - t0) * 1e3)
+        results = []
+        for times in samples:
+            times.sort()
+            results.append(LatencyResult(
+                median_ms=statistics.median(times), p90_ms=times[min(len(times) - 1, int(0.9 * len(times)))],
+                runs=len(times), warmup=warmup, threads=torch.get_num_threads(), batch_size=_batch_size(example),
+                device="cpu" if not any(p.is_cuda for p in models[0].parameters()) else "cuda"))
+        return results
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+        torch.set_num_threads(old_threads)
+
+
 def _batch_size(example) -> int:
     first = example
     if isinstance(example, dict):
