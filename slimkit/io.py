@@ -8,7 +8,10 @@ read from a file, and never unpickles.
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,12 @@ from slimkit.errors import SlimkitError
 
 FORMAT_VERSION = 1
 _META_KEY = "slimkit"
+
+
+def cache_root() -> Path:
+    """Where reusable artefacts (trained teachers, converted built-in models) live:
+    $SLIMKIT_CACHE, else ~/.cache/slimkit."""
+    return Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit"))
 
 
 def architecture_of(model: nn.Module) -> dict[str, Any]:
@@ -55,6 +64,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_folder(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a staging folder beside `dest`; it replaces `dest` only if the block succeeds.
+
+    A failed or interrupted run leaves neither a half-written `dest` nor the staging folder.
+    """
+    out = Path(dest).expanduser()
+    try:
+        out.resolve().parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.resolve().parent))
+    except OSError as exc:
+        raise SlimkitError(f"output folder {out} is not writable ({exc.strerror}); choose a writable folder") from None
+    try:
+        yield stage
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
         raise
 
 

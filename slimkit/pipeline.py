@@ -8,9 +8,6 @@ the command line, a recipe and the Python API drive exactly the same code.
 import copy
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Literal
@@ -22,16 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from slimkit.data import Dataset, load_dataset
 from slimkit.distill import TrainConfig, teacher_logits, train_classifier
 from slimkit.errors import SlimkitError, check_sparsity
-from slimkit.io import load_model, save_model
+from slimkit.io import atomic_folder, cache_root, load_model, save_model
 from slimkit.models import build_model
 from slimkit.prune import bake, magnitude_prune
 from slimkit.prune.recovery import fine_tune
 from slimkit.report import print_table, profile_classifiers, speed_notes, write_reports
-
-
-def cache_dir() -> Path:
-    """Where reusable artefacts (trained teachers) live: $SLIMKIT_CACHE or ~/.cache/slimkit."""
-    return Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit"))
 
 
 class DemoConfig(BaseModel):
@@ -44,7 +36,7 @@ class DemoConfig(BaseModel):
     teacher: str = "source"
     student: str = "target"
     teacher_epochs: int = Field(3, ge=1)
-    student_epochs: int = Field(5, ge=1)
+    student_epochs: int = Field(4, ge=1)
     finetune_epochs: float = Field(0.25, ge=0, description="passes over the training split; may be fractional")
     batch_size: int = Field(256, ge=1)
     lr: float = Field(2e-3, gt=0)
@@ -115,19 +107,9 @@ def _model_kwargs(data: Dataset) -> dict:
     return {"in_channels": data.in_channels, "input_size": data.input_size, "num_classes": data.num_classes}
 
 
-def prepare_output(out: Path) -> Path:
-    """Check `out` can be written now, before any training; return a fresh staging folder beside it."""
-    parent = out.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
-    except OSError as exc:
-        raise SlimkitError(f"output folder {out} is not writable ({exc.strerror}); pass --out to a writable folder") from None
-
-
 def get_teacher(cfg: DemoConfig, data: Dataset, train: TrainConfig, progress: bool = True) -> tuple[torch.nn.Module, str]:
     """Train the teacher, or reuse the cached one trained with the same settings."""
-    cached = cache_dir() / "teachers" / f"{cfg.teacher}-{_teacher_key(cfg, data)}.safetensors"
+    cached = cache_root() / "teachers" / f"{cfg.teacher}-{_teacher_key(cfg, data)}.safetensors"
     if cfg.reuse_teacher and cached.is_file():
         return load_model(cached), f"reused from cache {cached}"
     torch.manual_seed(cfg.seed)
@@ -144,7 +126,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     """Run the pipeline and write checkpoints plus report.json/report.md into `cfg.out`.
 
     Work happens in a staging folder that replaces `cfg.out` only when everything succeeded, so a
-    failed run leaves no half-written results behind.
+    failed run leaves no half-written results behind (the folder is checked writable before training).
     """
     t_start = time.perf_counter()
     out = Path(cfg.out)
@@ -152,17 +134,10 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     if cfg.train_subset:
         data = Dataset(data.name, data.train.subset(cfg.train_subset), data.val, data.test, data.num_classes)
     build_model(cfg.student, **_model_kwargs(data))  # fail on an unknown student before training the teacher
-    stage = prepare_output(out)
-    try:
+    with atomic_folder(out) as stage:
         result = _run_stages(cfg, data, stage, progress)
         result["seconds"] = time.perf_counter() - t_start
         write_reports(stage, result.pop("rows"), result["notes"], result["header"], result)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     if progress:
         print(f"wrote {out}/report.json, {out}/report.md and checkpoints in {result['seconds']:.0f} s")
     return result

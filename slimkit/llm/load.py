@@ -15,11 +15,10 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from slimkit.errors import SlimkitError
+from slimkit.io import atomic_folder, cache_root
 
 BUILTINS = ("smollm2", "minilm")
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -29,11 +28,6 @@ def _offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def cache_root() -> Path:
-    """Where converted built-ins live: $SLIMKIT_CACHE, else ~/.cache/slimkit."""
-    return Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit"))
 
 
 def _package_dir(dist: str, module: str) -> Path:
@@ -137,19 +131,8 @@ def _load(auto_cls, name_or_path: str | os.PathLike, kind: str):
 def save_pretrained_atomic(model, tokenizer, out: str | os.PathLike) -> Path:
     """save_pretrained into a temp folder beside `out`, then rename it into place."""
     dest = Path(out).expanduser()
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-    except OSError as exc:
-        raise SlimkitError(f"cannot write to {dest.parent}: {exc.strerror}") from None
-    try:
+    with atomic_folder(dest) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from slimkit.errors import SlimkitError
-from slimkit.llm.load import cache_root
+from slimkit.io import cache_root
 from slimkit.prune.magnitude import MaskHolder
 
 
