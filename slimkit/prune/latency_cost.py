@@ -49,34 +49,6 @@ def interleaved_latency(models: list[nn.Module], example: torch.Tensor, rounds: 
         torch.set_num_threads(old)
 
 
-@torch.inference_mode()
-def paired_saving(dense: nn.Module, pruned: nn.Module, example: torch.Tensor, pairs: int = 40, warmup: int = 3,
-                  threads: int = 2) -> float:
-    """Median over back-to-back pairs of (dense time - pruned time), in milliseconds.
-
-    Pairing cancels slow periods that span both runs of a pair (other jobs on a shared machine),
-    which dominate single-run noise; the order within each pair alternates.
-    """
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for m in (dense, pruned):
-            m.eval()
-            for _ in range(warmup):
-                m(example)
-        diffs = []
-        for i in range(pairs):
-            times = {}
-            for m in ((dense, pruned) if i % 2 == 0 else (pruned, dense)):
-                t0 = time.perf_counter()
-                m(example)
-                times[id(m)] = time.perf_counter() - t0
-            diffs.append((times[id(dense)] - times[id(pruned)]) * 1e3)
-        return statistics.median(diffs)
-    finally:
-        torch.set_num_threads(old)
-
-
 def cache_key(model: nn.Module, example: torch.Tensor, threads: int) -> str:
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     cfg = model.config() if callable(getattr(model, "config", None)) else {}
