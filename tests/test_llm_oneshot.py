@@ -88,3 +88,30 @@ def test_bad_method_and_sparsity():
         prune_oneshot(model, None, "magnitude", 1.0, progress=False)
     with pytest.raises(SlimkitError, match="calibration"):
         prune_oneshot(model, None, "wanda", 0.5, progress=False)
+
+
+def test_input_stats_belong_to_each_linears_own_input():
+    """q/k/v and gate/up share one statistic; every statistic is that of the layer's real inputs."""
+    from slimkit.llm.oneshot import collect_input_stats
+
+    model, tok = small_lm(1)
+    hidden, kwargs = capture_block_inputs(model, windows(tok, 4, 64), 2, torch.device("cpu"))
+    block = model.model.layers[0]
+    stats = collect_input_stats(block, hidden, kwargs, True, torch.device("cpu"))
+    lin = dict(block.named_modules())
+    q, k, v, o = (lin[f"self_attn.{n}_proj"] for n in "qkvo")
+    gate, up, down = (lin[f"mlp.{n}_proj"] for n in ("gate", "up", "down"))
+    assert stats[q] is stats[k] is stats[v] and stats[gate] is stats[up]
+    assert len({id(stats[m]) for m in (q, o, gate, down)}) == 4
+    seen: dict = {}
+    handles = [m.register_forward_hook(lambda m, i, _o: seen.setdefault(m, []).append(i[0].reshape(-1, i[0].shape[-1])))
+               for m in (q, o, gate, down)]
+    with torch.no_grad():
+        for h, kw in zip(hidden, kwargs):
+            block(h, **kw)
+    for h in handles:
+        h.remove()
+    for m in (q, o, gate, down):
+        x = torch.cat(seen[m])
+        assert stats[m].tokens == x.shape[0]
+        torch.testing.assert_close(stats[m].h, x.T @ x, rtol=1e-4, atol=1e-3)

@@ -219,6 +219,45 @@ def _block_out(block: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Te
     return out[0] if isinstance(out, tuple) else out
 
 
+@torch.no_grad()
+def collect_input_stats(block: nn.Module, hidden: list[torch.Tensor], kwargs: list[dict], hessian: bool,
+                        device: torch.device) -> dict[nn.Linear, _InputStats]:
+    """Input statistics of every Linear in `block` over all calibration batches.
+
+    Linears that read the very same tensor (q/k/v, gate/up) share one `_InputStats`: the Hessian is
+    computed once per distinct input. Sharing is decided by tensor identity, and every input seen in
+    a batch is referenced until the batch ends: comparing addresses alone is wrong, because the
+    allocator may hand a freed input's memory to a later one (e.g. the MLP's input reusing the
+    attention input's storage), which would give a layer another layer's Hessian.
+    """
+    linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
+    owner: dict[nn.Linear, nn.Linear] = {}
+    own_stats: dict[nn.Linear, _InputStats] = {}
+    batch_inputs: list[tuple[torch.Tensor, nn.Linear]] = []
+
+    def make_hook(lin: nn.Linear):
+        def hook(_m, inp, _out):
+            x = inp[0]
+            if lin not in owner:
+                owner[lin] = next((o for t, o in batch_inputs if t is x), lin)
+                if owner[lin] is lin:
+                    own_stats[lin] = _InputStats(x.shape[-1], hessian, device)
+            batch_inputs.append((x, lin))
+            if owner[lin] is lin:
+                own_stats[lin].add(x)
+        return hook
+
+    handles = [lin.register_forward_hook(make_hook(lin)) for lin in linears]
+    try:
+        for h, kw in zip(hidden, kwargs):
+            _block_out(block, h, kw)
+            batch_inputs.clear()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {lin: own_stats[owner[lin]] for lin in linears}
+
+
 @dataclass
 class OneShotReport:
     """What a one-shot prune did: method, target, realised sparsity, order of blocks, wall time."""
@@ -288,32 +327,9 @@ def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = 
         block.to(dev)
         if i in todo:
             linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
-            stats: dict[int, _InputStats] = {}
-            shared: dict[int, int] = {}  # id(linear) -> id of the linear whose stats it shares
-            seen: dict[int, int] = {}
-
-            def make_hook(lin: nn.Linear):
-                def hook(_m, inp, _out):
-                    x = inp[0]
-                    key = x.data_ptr()
-                    if id(lin) not in shared:  # first batch: q/k/v and gate/up share one input
-                        shared[id(lin)] = seen.setdefault(key, id(lin))
-                        if shared[id(lin)] == id(lin):
-                            stats[id(lin)] = _InputStats(x.shape[-1], method == "sparsegpt", dev)
-                    if shared[id(lin)] == id(lin):
-                        stats[id(lin)].add(x)
-                return hook
-
-            handles = [lin.register_forward_hook(make_hook(lin)) for lin in linears]
-            try:
-                for h, kw in zip(hidden, kwargs):
-                    seen.clear()
-                    _block_out(block, h, kw)
-            finally:
-                for handle in handles:
-                    handle.remove()
+            stats = collect_input_stats(block, hidden, kwargs, method == "sparsegpt", dev)
             for lin in linears:
-                st = stats[shared[id(lin)]]
+                st = stats[lin]
                 if method == "wanda":
                     keep = score_mask("wanda", lin.weight, st.sq, sparsity, nm)
                     lin.weight.mul_(keep.to(lin.weight.dtype))
