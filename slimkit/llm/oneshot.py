@@ -7,7 +7,8 @@ calibration activations need to live on the compute device at a time: blocks are
 GPU one by one when there is one, and pruned on the CPU otherwise.
 
 The mask rules themselves (`nm_mask`, `row_mask`, `sparsegpt_prune`) are pure functions of tensors
-so they can be tested on a single layer.
+so they can be tested on a single layer; `prune_block` applies them to one block, so that
+`slimkit.llm.streaming` can run the same per-block steps on a model read from disk block by block.
 """
 
 from __future__ import annotations
@@ -275,6 +276,68 @@ class OneShotReport:
         return {k: v for k, v in self.__dict__.items() if k != "masks"}
 
 
+def check_oneshot_args(method: str, sparsity: float, nm: tuple[int, int] | str | None, mask_scope: str
+                       ) -> tuple[float, tuple[int, int] | None]:
+    """Validate the settings shared by the in-memory and streaming paths; returns (sparsity, nm).
+
+    Checked before any model is touched, so bad input fails in one line and not after minutes of
+    loading. With N:M the pattern fixes the ratio, so `sparsity` becomes 1 - N/M.
+    """
+    if method not in METHODS:
+        raise SlimkitError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    nm = parse_nm(nm) if isinstance(nm, str) or nm is None else nm
+    if nm is None:
+        check_sparsity(sparsity)
+    else:
+        sparsity = 1.0 - nm[0] / nm[1]
+    if mask_scope not in ("row", "block"):
+        raise SlimkitError(f"mask_scope must be 'row' or 'block', got {mask_scope!r}")
+    return sparsity, nm
+
+
+def compute_device(device: str | torch.device | None) -> torch.device:
+    """The device blocks are pruned on: the one asked for, else the GPU when there is one."""
+    return torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def prune_block(block: nn.Module, method: str, sparsity: float, nm: tuple[int, int] | None,
+                hidden: list[torch.Tensor] | None, kwargs: list[dict] | None, device: torch.device,
+                blocksize: int = 128, percdamp: float = 0.01, mask_scope: str = "row") -> dict[nn.Linear, torch.Tensor]:
+    """Prune every Linear of one block in place; returns each Linear's keep-mask (on the block's device).
+
+    Magnitude needs no inputs; Wanda and SparseGPT calibrate on `hidden`/`kwargs`, the inputs of
+    this block, which the caller produced with the blocks before it already pruned.
+    """
+    linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
+    masks: dict[nn.Linear, torch.Tensor] = {}
+    if method == "magnitude":
+        for lin in linears:
+            keep = score_mask("magnitude", lin.weight, None, sparsity, nm)
+            lin.weight.mul_(keep.to(lin.weight.dtype))
+            masks[lin] = keep
+        return masks
+    stats = collect_input_stats(block, hidden, kwargs, method == "sparsegpt", device)
+    for lin in linears:
+        st = stats[lin]
+        if method == "wanda":
+            keep = score_mask("wanda", lin.weight, st.sq, sparsity, nm)
+            lin.weight.mul_(keep.to(lin.weight.dtype))
+        else:
+            hess = st.h * (2.0 / max(st.tokens, 1))
+            new, keep = sparsegpt_prune(lin.weight, hess, sparsity, nm, blocksize, percdamp, mask_scope)
+            lin.weight.copy_(new)
+        masks[lin] = keep
+    return masks
+
+
+@torch.no_grad()
+def advance(block: nn.Module, hidden: list[torch.Tensor], kwargs: list[dict]) -> None:
+    """Replace each batch's block inputs by the block's outputs, in place so only one copy is held."""
+    for j, kw in enumerate(kwargs):
+        hidden[j] = _block_out(block, hidden[j], kw)
+
+
 @torch.no_grad()
 def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = "sparsegpt", sparsity: float = 0.5,
                   nm: tuple[int, int] | str | None = None, batch_size: int = 2, percdamp: float = 0.01,
@@ -287,18 +350,11 @@ def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = 
     unstructured ratio. `layers` limits pruning to some block indices (tests use one or two).
     Returns the keep-masks so that fine-tuning can hold them (MaskHolder). `batch_size` windows go
     through a block at once: small batches keep the transient activations (attention, FFN) small,
-    which is what bounds peak memory beyond the model itself.
+    which is what bounds peak memory beyond the model itself. The whole model must fit in memory;
+    `slimkit.llm.streaming.prune_oneshot_folder` does the same from a checkpoint one block at a time.
     """
-    if method not in METHODS:
-        raise SlimkitError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    nm = parse_nm(nm) if isinstance(nm, str) or nm is None else nm
-    if nm is None:
-        check_sparsity(sparsity)
-    else:
-        sparsity = 1.0 - nm[0] / nm[1]
-    if mask_scope not in ("row", "block"):
-        raise SlimkitError(f"mask_scope must be 'row' or 'block', got {mask_scope!r}")
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sparsity, nm = check_oneshot_args(method, sparsity, nm, mask_scope)
+    dev = compute_device(device)
     start = time.perf_counter()
     blocks = decoder_layers(model)
     todo = list(range(len(blocks))) if layers is None else sorted(layers)
@@ -309,9 +365,7 @@ def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = 
 
     if method == "magnitude":
         for i in tqdm(todo, desc="magnitude", disable=not progress, leave=False):
-            for lin in (m for m in blocks[i].modules() if isinstance(m, nn.Linear)):
-                keep = score_mask("magnitude", lin.weight, None, sparsity, nm)
-                lin.weight.mul_(keep.to(lin.weight.dtype))
+            for lin, keep in prune_block(blocks[i], method, sparsity, nm, None, None, dev).items():
                 masks[names[id(lin)] + ".weight"] = keep.cpu()
             order.append(i)
             if on_block:
@@ -326,23 +380,13 @@ def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = 
         home = next(block.parameters()).device
         block.to(dev)
         if i in todo:
-            linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
-            stats = collect_input_stats(block, hidden, kwargs, method == "sparsegpt", dev)
-            for lin in linears:
-                st = stats[lin]
-                if method == "wanda":
-                    keep = score_mask("wanda", lin.weight, st.sq, sparsity, nm)
-                    lin.weight.mul_(keep.to(lin.weight.dtype))
-                else:
-                    hess = st.h * (2.0 / max(st.tokens, 1))
-                    new, keep = sparsegpt_prune(lin.weight, hess, sparsity, nm, blocksize, percdamp, mask_scope)
-                    lin.weight.copy_(new)
+            block_masks = prune_block(block, method, sparsity, nm, hidden, kwargs, dev, blocksize, percdamp, mask_scope)
+            for lin, keep in block_masks.items():
                 masks[names[id(lin)] + ".weight"] = keep.cpu()
             order.append(i)
             if on_block:
                 on_block(i)
-        for j, kw in enumerate(kwargs):  # next inputs, from the pruned block; replaced in place to save memory
-            hidden[j] = _block_out(block, hidden[j], kw)
+        advance(block, hidden, kwargs)  # next inputs, from the pruned block
         block.to(home)
     return _report(model, method, sparsity, nm, order, start, f"{windows.shape[0]} x {windows.shape[1]} tokens", masks)
 
