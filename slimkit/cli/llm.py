@@ -61,6 +61,10 @@ def prune(
     eval_text: str = typer.Option("prideprejudice", help="evaluation text"),
     eval_tokens: int = typer.Option(16384, help="evaluate on the first N tokens (0 skips evaluation)"),
     seed: int = typer.Option(0, help="seed for the calibration draw"),
+    stream: bool = typer.Option(False, "--stream/--in-memory",
+                                help="read, prune and write one decoder block at a time, for models larger than "
+                                     "memory (needs a safetensors folder; evaluation still loads whole models, "
+                                     "so pass --eval-tokens 0 when they do not fit)"),
 ) -> None:
     """One-shot unstructured or N:M pruning of every Linear in the decoder blocks."""
     from slimkit.errors import check_sparsity
@@ -75,6 +79,10 @@ def prune(
     if pattern is None:
         check_sparsity(sparsity)
     _check_out(out)
+    if stream:
+        _prune_streamed(model, method, sparsity, nm, pattern, out, calib_text, calib_samples, seq_len, eval_text,
+                        eval_tokens, seed)
+        return
     lm, tok = load_causal_lm(model)
     cal = calibration_windows(tok, calib_text, calib_samples, seq_len, seed) if method != "magnitude" else None
     ev = _eval_setup(tok, eval_text, eval_tokens, seq_len) if eval_tokens else None
@@ -86,6 +94,43 @@ def prune(
         _table([("dense", dense), (f"{method} {nm or sparsity}", perplexity(lm, ev, eval_text, progress=True))], dense)
     typer.echo("note: unstructured/N:M zeros stay in dense matrices and give no CPU speed-up")
     typer.echo(f"saved {save_pretrained_atomic(lm, tok, out)}")
+
+
+def _prune_streamed(model: str, method: str, sparsity: float, nm: Optional[str], pattern, out: Path, calib_text: str,
+                    calib_samples: int, seq_len: int, eval_text: str, eval_tokens: int, seed: int) -> None:
+    """`prune --stream`: prune from the checkpoint folder block by block, then evaluate from disk.
+
+    Pruning holds one block at a time. Evaluation needs whole models, so the dense and the pruned
+    model are loaded one after the other (never both at once), the pruned one from --out: what is
+    measured is what was saved.
+    """
+    from slimkit.llm.load import _offline, load_causal_lm, resolve
+    from slimkit.llm.perplexity import perplexity
+    from slimkit.llm.streaming import prune_oneshot_folder
+    from slimkit.llm.text import calibration_windows
+
+    src = resolve(model)
+    _offline()
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(src))
+    except (OSError, ValueError, KeyError) as exc:
+        raise SlimkitError(f"cannot load the tokenizer of {src}: {str(exc).splitlines()[0]}") from None
+    cal = calibration_windows(tok, calib_text, calib_samples, seq_len, seed) if method != "magnitude" else None
+    ev = _eval_setup(tok, eval_text, eval_tokens, seq_len) if eval_tokens else None
+    report = prune_oneshot_folder(src, out, cal, method, sparsity, pattern)
+    typer.echo(f"{method} {'N:M ' + nm if nm else f'{sparsity:.0%}'}: realised sparsity {report.realised:.4f} "
+               f"of decoder Linear weights in {report.seconds:.1f} s, streamed block by block "
+               f"(calibration: {report.calibration})")
+    if ev is not None:
+        lm, _ = load_causal_lm(src)
+        dense = perplexity(lm, ev, eval_text, progress=True)
+        del lm
+        lm, _ = load_causal_lm(out)
+        _table([("dense", dense), (f"{method} {nm or sparsity}", perplexity(lm, ev, eval_text, progress=True))], dense)
+    typer.echo("note: unstructured/N:M zeros stay in dense matrices and give no CPU speed-up")
+    typer.echo(f"saved {out}")
 
 
 @app.command()
