@@ -1,0 +1,95 @@
+"""Peak memory of streamed one-shot pruning of SmolLM2-135M, measured in a fresh process.
+
+The target is peak RSS <= 1.5x the fp32 model: the in-memory path cannot meet it because the
+python + torch + transformers process alone is about half the model. The kernel's peak-RSS mark is
+reset after the imports, so the peak covers tokenizer, calibration windows, pruning and writing.
+
+    PYTHONPATH=. python bench/llm_stream_rss.py                # sparsegpt 0.5, 32 x 512 tokens
+    PYTHONPATH=. python bench/llm_stream_rss.py --method wanda --samples 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch  # noqa: F401  (imported before the baseline so that it counts as "the process")
+import transformers  # noqa: F401
+from safetensors import safe_open
+
+from slimkit.llm.load import resolve
+from slimkit.llm.streaming import Checkpoint, prune_oneshot_folder
+from slimkit.llm.text import calibration_windows
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False where that is unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set since the last reset (VmHWM), else since process start."""
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def fp32_mb(folder: Path) -> float:
+    """Size of the checkpoint's tensors in float32 (each stored tensor once, so tied weights once)."""
+    ckpt = Checkpoint(folder)
+    numel = 0
+    for path in set(ckpt.files.values()):
+        with safe_open(str(path), framework="pt") as f:
+            numel += sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
+    return numel * 4 / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--method", default="sparsegpt")
+    ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--seq-len", type=int, default=512)
+    args = ap.parse_args()
+
+    src = resolve(args.model)  # converts the built-in once, in this process only the first time
+    baseline = _status_mb("VmRSS")
+    reset = reset_peak_rss()
+    start = time.perf_counter()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(src))
+    cal = calibration_windows(tok, "emma", args.samples, args.seq_len, 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        rep = prune_oneshot_folder(src, Path(tmp) / "pruned", cal, args.method, args.sparsity, progress=False)
+        wall = time.perf_counter() - start
+        peak = peak_rss_mb()
+    size = fp32_mb(src)
+    print(f"model {src} ({size:.0f} MB fp32); {args.method} {args.sparsity} on {rep.calibration}, "
+          f"realised {rep.realised:.4f}")
+    print(f"process RSS before loading anything model-related: {baseline:.0f} MB")
+    print(f"peak RSS (VmHWM{'' if reset else ', not reset: since process start'}): {peak:.0f} MB "
+          f"= {peak / size:.2f}x the fp32 model (target <= 1.5x)")
+    print(f"wall time (tokenizer, calibration windows, streamed prune and write): {wall:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
