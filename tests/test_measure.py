@@ -78,3 +78,18 @@ def test_interleaved_latency_ranks_models_by_work_and_restores_modes():
     assert [r.runs for r in results] == [9, 9] and all(r.threads == 1 for r in results)
     assert results[0].median_ms < results[1].median_ms
     assert small.training
+
+
+def test_interleaved_latency_stat_picks_min_or_median():
+    from slimkit.errors import SlimkitError
+    from slimkit.measure import measure_latency_interleaved
+
+    model = nn.Linear(32, 32)
+    med, = measure_latency_interleaved([model], torch.zeros(1, 32), runs=15, warmup=1, threads=1)
+    low, = measure_latency_interleaved([model], torch.zeros(1, 32), runs=15, warmup=1, threads=1, stat="min")
+    assert med.stat == "median" and med.ms == med.median_ms
+    assert low.stat == "min" and low.ms == low.min_ms <= low.median_ms <= low.p90_ms
+    with pytest.raises(SlimkitError, match="stat"):
+        measure_latency_interleaved([model], torch.zeros(1, 32), runs=3, stat="mean")
+    with pytest.raises(SlimkitError, match="runs"):
+        measure_latency_interleaved([model], torch.zeros(1, 32), runs=0)

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from slimkit.errors import SlimkitError
+
 
 def count_params(model: nn.Module) -> tuple[int, int]:
     """(total, non-zero) parameter counts; shared parameters count once."""
@@ -45,9 +47,17 @@ def _call(model: nn.Module, example):
     return model(example)
 
 
+STATS = ("median", "min")
+
+
 @dataclass(frozen=True)
 class LatencyResult:
-    """Median and 90th-percentile wall time of one forward pass, with the conditions it ran under."""
+    """Wall time of one forward pass (median, 90th percentile, fastest) and the conditions it ran under.
+
+    `ms` is the statistic the caller asked for (`stat`): the median describes typical latency on a
+    quiet machine; the minimum is the better estimator of a model's own cost when other jobs share
+    the cores, because interference only ever adds time.
+    """
 
     median_ms: float
     p90_ms: float
@@ -56,9 +66,20 @@ class LatencyResult:
     threads: int
     batch_size: int
     device: str
+    min_ms: float = float("nan")
+    stat: str = "median"
+
+    @property
+    def ms(self) -> float:
+        return self.min_ms if self.stat == "min" else self.median_ms
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
+
+
+def _check_stat(stat: str) -> None:
+    if stat not in STATS:
+        raise SlimkitError(f"latency stat must be one of {STATS}, got {stat!r}")
 
 
 @torch.inference_mode()
@@ -106,6 +127,7 @@ def measure_latency(
             threads=torch.get_num_threads(),
             batch_size=batch,
             device=str(device),
+            min_ms=times[0],
         )
     finally:
         model.train(was_training)
@@ -119,28 +141,38 @@ def measure_latency_interleaved(
     runs: int = 50,
     warmup: int = 10,
     threads: int | None = None,
+    stat: str = "median",
 ) -> list[LatencyResult]:
-    """Median latency of several models timed in alternation (one run of each per round).
+    """Latency of several models timed in alternation (one run of each per round); `ms` is `stat`.
 
     Timing models one after another lets a slow spell on the machine land on one model only and
     shows a "speed-up" that is not there; alternating spreads such spells over all of them, so the
-    ratios between the results are what the report can honestly compare.
+    ratios between the results are what the report can honestly compare. The order is reversed
+    every other round so no model always runs right after the same neighbour (cache effects).
+    Every result carries median, p90 and min; `stat` ("median" or "min") picks `ms`.
     """
+    _check_stat(stat)
+    if runs < 1 or warmup < 0:
+        raise SlimkitError(f"latency timing needs runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     modes = [m.training for m in models]
+    cuda = any(p.is_cuda for m in models for p in m.parameters())
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     try:
         for m in models:
             m.eval()
             for _ in range(warmup):
                 _call(m, example)
+        sync()
         samples: list[list[float]] = [[] for _ in models]
         for r in range(runs):
             order = range(len(models)) if r % 2 == 0 else reversed(range(len(models)))
             for i in order:
                 t0 = time.perf_counter()
                 _call(models[i], example)
+                sync()
                 samples[i].append((time.perf_counter() - t0) * 1e3)
         results = []
         for times in samples:
@@ -148,7 +180,7 @@ def measure_latency_interleaved(
             results.append(LatencyResult(
                 median_ms=statistics.median(times), p90_ms=times[min(len(times) - 1, int(0.9 * len(times)))],
                 runs=len(times), warmup=warmup, threads=torch.get_num_threads(), batch_size=_batch_size(example),
-                device="cpu" if not any(p.is_cuda for p in models[0].parameters()) else "cuda"))
+                device="cuda" if cuda else "cpu", min_ms=times[0], stat=stat))
         return results
     finally:
         for m, mode in zip(models, modes):
