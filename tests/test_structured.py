@@ -159,16 +159,41 @@ def test_pure_scores() -> None:
     x = torch.randn(2, 4, 3, 3)
     assert imp.block_influence(x, x, 1) == pytest.approx(0.0, abs=1e-9)
     assert imp.block_influence(x, -x, 1) == pytest.approx(2.0)
-    keep, notes = alloc.latency_aware_keep({"a": torch.ones(16), "b": torch.ones(16)}, {"a": 1.0, "b": -1.0}, 8.0, 8)
-    assert keep == {"a": 8, "b": 16} and "would not pay" in notes[0]
+
+
+def test_latency_aware_keep_spends_budget_where_time_is_saved() -> None:
+    ones = {"a": torch.ones(16), "b": torch.ones(16)}
+    keep, notes = alloc.latency_aware_keep(ones, {"a": 1.0, "b": -1.0}, 8.0, 8)
+    assert keep == {"a": 8, "b": 16} and "would not pay" in notes[0] and notes[0].startswith("b")
+    # same importance per chunk: all of the budget goes to the group that saves more per channel
+    scores = {"a": torch.ones(32), "b": torch.ones(32)}
+    keep, _ = alloc.latency_aware_keep(scores, {"a": 1.0, "b": 3.0}, 16.0, 8, max_ratio=0.9)
+    assert keep == {"a": 32, "b": 16}
+    # a chunk too costly for what is left retires its group; cheaper chunks elsewhere still get spent
+    scores = {"a": torch.tensor([5.0] * 16), "b": torch.tensor([0.1] * 8 + [1.0] * 8)}
+    keep, _ = alloc.latency_aware_keep(scores, {"a": 10.0, "b": 1.0}, 1.5, 8, normalize=False)
+    assert keep == {"a": 16, "b": 8}
+    # with a target, cuts stop as soon as the saving is reached; saving may depend on other groups
+    calls = []
+
+    def saving(k: dict, g: str, new_k: int) -> float:
+        calls.append(dict(k))
+        return (k[g] - new_k) * (2.0 if k["a"] == 32 else 0.5)
+
+    keep, _ = alloc.latency_aware_keep({"a": torch.ones(32), "b": torch.ones(32)}, saving, target_ms=20.0, round_to=8)
+    assert sum(32 - k for k in keep.values()) == 16 and any(c["a"] < 32 for c in calls)
+    assert alloc.importance_lost({"a": torch.tensor([1.0, 3.0])}, {"a": 1}, normalize=False) == 1.0
 
 
 def test_choose_ratio_on_val(tmp_path) -> None:
     model = _tiny("cnn")
     val = Split(X, Y)
-    sel = choose_ratio(model, lambda r: prune_structured(model, X[:1], r).model, val, 10, X[:1], floor=0.0,
-                       grid=(0.25, 0.5), bisect_steps=1, progress=False)
+    built, prepared = {}, []
+    sel = choose_ratio(model, lambda r: built.setdefault(r, prune_structured(model, X[:1], r).model), val, 10, X[:1],
+                       floor=0.0, grid=(0.25, 0.5), bisect_steps=1, progress=False, timing_rounds=3,
+                       prepare=lambda m: prepared.append(m) or m)
     assert sel.chosen is not None and sel.chosen.ratio == 0.5 and len(sel.curve) == 2
+    assert sel.chosen_model is built[0.5] and len(prepared) == 4  # dense once per point, plus each model
     write_selection(sel, tmp_path / "c.json", tmp_path / "c.png")
     data = json.loads((tmp_path / "c.json").read_text())
     assert data["chosen"]["ratio"] == 0.5 and (tmp_path / "c.png").stat().st_size > 1000
@@ -199,3 +224,112 @@ def test_iterative_prune_reaches_ratio() -> None:
                              round_to=4)
     assert len(calls) == 2
     assert result.kept["fc1"] == (16, 64) and result.model.fc1.out_features == 16
+
+
+# ----- latency lookup table, BN folding and recalibration ---------------------------------------------
+
+def test_table_grid_is_monotone_and_interpolates() -> None:
+    from slimkit.prune.latency_cost import Site, monotone
+
+    grid = monotone([[1.0, 5.0], [0.5, 4.0]])  # the narrower input measured slower: clipped to the wider
+    assert grid == [[0.5, 4.0], [0.5, 4.0]]
+    site = Site("c", "conv", [1, 16, 8, 8], 16, 16, [3, 3], [1, 1], [1, 1], False, "g", "h", [8, 16], [8, 16], 1,
+                [[1.0, 3.0], [2.0, 6.0]])
+    assert site.time_at(16, 16) == 6.0 and site.time_at(8, 8) == 1.0 and site.time_at(4, 40) == 3.0
+    assert site.time_at(12, 12) == pytest.approx((1.0 + 3.0 + 2.0 + 6.0) / 4)
+    dw = Site("d", "conv", [1, 16, 8, 8], 16, 16, [3, 3], [1, 1], [1, 1], True, "g", "g", [8, 16], [8, 16], 1,
+              [[1.0, 2.0], [2.0, 2.0]])
+    assert dw.time_at(12, 12) == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenet", "cnn"])
+def test_latency_table_is_sane_on_tiny_models(name: str, tmp_path) -> None:
+    from slimkit.prune.latency_cost import latency_table
+
+    model = _tiny(name)
+    table = latency_table(model, X[:1], threads=1, rounds=5, cache=tmp_path / "t.json", progress=False)
+    graph = build_graph(model, X[:1])
+    assert set(table.sizes) == set(graph.sizes)
+    assert {g for s in table.sites.values() for g in (s.in_group, s.out_group) if g} == set(graph.sizes)
+    for site in table.sites.values():
+        assert all(v > 0 for row in site.ms for v in row)
+        assert all(a <= b for row in site.ms for a, b in zip(row, row[1:]))
+        assert all(a <= b for col in zip(*site.ms) for a, b in zip(col, col[1:]))
+    full = dict(table.sizes)
+    assert table.saving_ms(full) == 0.0
+    half = {g: max(1, n // 2) for g, n in full.items()}
+    assert table.saving_ms(half) >= 0.0 and all(v >= 0 for v in table.per_channel().values())
+    again = latency_table(model, X[:1], threads=1, rounds=5, cache=tmp_path / "t.json", progress=False)
+    assert again.as_dict() == table.as_dict()  # read back from the JSON cache, not re-measured
+
+
+def test_sites_follow_couplings() -> None:
+    from slimkit.prune.latency_cost import find_sites
+
+    sites = find_sites(build_graph(_tiny("cnn"), X[:1]), X[:1])
+    assert sites["conv1"].out_group == "conv1" and sites["conv2"].in_group == "conv1"
+    assert sites["fc1"].in_group == "conv2" and sites["fc1"].in_scale == 49  # flatten of a 7x7 map
+    assert sites["fc2"].in_group == "fc1" and sites["fc2"].out_group is None  # the head keeps its outputs
+    mb = find_sites(build_graph(_tiny("mobilenet"), X[:1]), X[:1])
+    dws = [s for s in mb.values() if s.depthwise]
+    assert dws and all(s.in_group == s.out_group for s in dws)
+
+
+def test_latency_aware_cuts_where_the_table_says_time_goes() -> None:
+    from slimkit.prune.latency_cost import LatencyTable, find_sites, prune_latency_aware
+
+    model = _tiny("cnn")
+    sites = find_sites(build_graph(model, X[:1]), X[:1], round_to=4)
+    for s in sites.values():  # synthetic timings: only conv2's output channels cost time
+        s.ms = [[float(o) if s.name == "conv2" else 1.0 for o in s.out_widths] for _ in s.in_widths]
+    table = LatencyTable(sites, {"conv1": 16, "conv2": 32, "fc1": 64})
+    la, info = prune_latency_aware(model, X[:1], 0.5, "l2", round_to=4, threads=1, table=table, rounds=3)
+    uniform = prune_structured(model, X[:1], 0.5, round_to=4)
+    assert la.kept["conv2"][0] < uniform.kept["conv2"][0] and la.kept["conv1"][0] == 16
+    assert info["importance_spent"] <= info["importance_uniform"] * (1 + 1e-9)
+    assert info["predicted_saving_ms"] > info["uniform_predicted_saving_ms"]
+    assert la.model(X).shape == (6, 10)
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenet"])
+def test_fold_batchnorm_keeps_outputs(name: str) -> None:
+    from slimkit.prune.batchnorm import fold_batchnorm
+
+    model = _tiny(name)
+    pruned = prune_structured(model, X[:1], 0.5).model.eval()
+    for m in (model, pruned):
+        folded = fold_batchnorm(m, X[:1])
+        assert not any(isinstance(x, nn.BatchNorm2d) for x in folded.modules())
+        assert any(isinstance(x, nn.BatchNorm2d) for x in m.modules())  # the original is untouched
+        with torch.no_grad():
+            torch.testing.assert_close(folded(X), m(X), rtol=1e-4, atol=1e-4)
+
+
+def test_fold_refuses_shared_conv_output() -> None:
+    from slimkit.prune.batchnorm import fold_batchnorm
+
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    model = _randomise_bn(Shared())
+    with pytest.raises(SlimkitError, match="used elsewhere"):
+        fold_batchnorm(model, X[:2])
+
+
+def test_recalibrate_bn_matches_batch_statistics() -> None:
+    from slimkit.prune.batchnorm import recalibrate_bn
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)).eval()
+    model[1].running_mean.fill_(100.0)
+    weight = model[0].weight.detach().clone()
+    recalibrate_bn(model, [X[:3], X[3:]])
+    with torch.no_grad():
+        act = model[0](X)
+    torch.testing.assert_close(model[1].running_mean, act.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert not model.training and torch.equal(model[0].weight, weight) and model[1].momentum == 0.1

@@ -5,6 +5,7 @@ kernels vectorise over channel blocks, and a width of 37 often runs no faster th
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -77,40 +78,76 @@ def lowest(scores: torch.Tensor, keep: int) -> list[int]:
     return sorted(order[: len(scores) - keep])
 
 
-def importance_lost(scores: dict[str, torch.Tensor], keep: dict[str, int]) -> float:
-    """Sum of group-normalised scores of the channels `keep` would remove."""
-    norm = normalise(scores)
+def importance_lost(scores: dict[str, torch.Tensor], keep: dict[str, int], normalize: bool = True) -> float:
+    """Sum of the (group-normalised, unless `normalize` is False) scores of the channels `keep` would remove."""
+    norm = normalise(scores) if normalize else {g: s.double() for g, s in scores.items()}
     return float(sum(norm[g][lowest(norm[g], keep[g])].sum() for g in keep if g in norm))
 
 
-def latency_aware_keep(scores: dict[str, torch.Tensor], ms_per_channel: dict[str, float], budget: float,
-                       round_to: int = 8, max_ratio: float = 0.9) -> tuple[dict[str, int], list[str]]:
-    """Greedy cuts by measured latency saved per unit of importance lost, until `budget` is spent.
+# (current kept counts, group, that group's new kept count) -> milliseconds saved by the change
+Saving = Callable[[dict[str, int], str, int], float]
 
-    Each step removes `round_to` channels (the least important left) from the group whose next
-    chunk saves the most milliseconds per unit of normalised importance. Groups whose measured
-    saving is not positive are never cut; they are returned as notes ("cut would not pay").
+
+def linear_saving(ms_per_channel: dict[str, float]) -> Saving:
+    """A saving model with a fixed cost per removed channel of each group (no interactions)."""
+    return lambda keep, g, new_k: ms_per_channel.get(g, 0.0) * (keep[g] - new_k)
+
+
+def next_keep(k: int, round_to: int) -> int:
+    """The next smaller multiple of `round_to` below `k` (one chunk of channels fewer)."""
+    return k - round_to if k % round_to == 0 else k - k % round_to
+
+
+def latency_aware_keep(scores: dict[str, torch.Tensor], saving: Saving | dict[str, float], budget: float = math.inf,
+                       round_to: int = 8, max_ratio: float = 0.9, target_ms: float | None = None,
+                       normalize: bool = True) -> tuple[dict[str, int], list[str]]:
+    """Greedy cuts by latency saved per unit of importance lost, until `budget` importance is spent
+    (or, with `target_ms`, until the cuts save that many milliseconds, whichever comes first).
+
+    Each step removes one chunk (down to the next multiple of `round_to`, the least important
+    channels left) from the group whose chunk saves the most milliseconds per unit of normalised
+    importance. `saving(keep, group, new_keep)` is asked at the current widths of every group, so a
+    lookup table can account for layers whose cost depends on two groups (in and out channels);
+    a dict is read as a fixed saving per channel. A chunk that would overspend the budget retires
+    its group and the search goes on with cheaper chunks elsewhere, so the budget is spent as fully
+    as uniform cutting spends it. Groups whose first chunk saves nothing are never cut; they are
+    returned as notes ("cut would not pay"). `normalize=False` keeps raw scores, for criteria whose
+    units are comparable across groups (Taylor: an estimate of the loss increase).
     """
-    norm = normalise(scores)
+    if isinstance(saving, dict):
+        saving = linear_saving(saving)
+    norm = normalise(scores) if normalize else {g: s.double() for g, s in scores.items()}
     order = {g: sorted(s.tolist()) for g, s in norm.items()}
     keep = {g: len(s) for g, s in norm.items()}
-    notes = [f"{g}: measured saving {ms_per_channel.get(g, 0.0) * 1e3:+.2f} us/channel, cut would not pay; skipped"
-             for g in norm if ms_per_channel.get(g, 0.0) <= 0.0 and len(norm[g]) > round_to]
-    spent = 0.0
-    while True:
-        best, best_gain, best_cost = None, 0.0, 0.0
-        for g, s in order.items():
-            n, k, gain_ms = len(s), keep[g], ms_per_channel.get(g, 0.0)
-            new_k = k - round_to if k % round_to == 0 else k - k % round_to
-            if gain_ms <= 0 or n <= round_to or new_k < max(round_to, n - math.floor(n * max_ratio)):
+    done = {g for g, s in order.items() if len(s) <= round_to}
+    notes = []
+    for g in sorted(set(order) - done):
+        first = saving(keep, g, next_keep(keep[g], round_to))
+        if first <= 0.0:
+            notes.append(f"{g}: first cut saves {first * 1e3:+.1f} us, would not pay; skipped")
+            done.add(g)
+    spent = saved = 0.0
+    while target_ms is None or saved < target_ms:
+        best, best_gain, best_cost, best_ms = None, 0.0, 0.0, 0.0
+        for g in sorted(set(order) - done):
+            s, n, k = order[g], len(order[g]), keep[g]
+            new_k = next_keep(k, round_to)
+            if new_k < max(round_to, n - math.floor(n * max_ratio)):
+                done.add(g)
+                continue
+            gain_ms = saving(keep, g, new_k)
+            if gain_ms <= 0:
                 continue
             cost = sum(s[n - k: n - new_k])
-            gain = gain_ms * (k - new_k) / max(cost, 1e-9)
+            gain = gain_ms / max(cost, 1e-12)
             if gain > best_gain:
-                best, best_gain, best_cost = g, gain, cost
-        if best is None or spent + best_cost > budget + 1e-9:
+                best, best_gain, best_cost, best_ms = g, gain, cost, gain_ms
+        if best is None:
             break
-        k = keep[best]
-        keep[best] = k - round_to if k % round_to == 0 else k - k % round_to
+        if spent + best_cost > budget * (1 + 1e-9):
+            done.add(best)
+            continue
+        keep[best] = next_keep(keep[best], round_to)
         spent += best_cost
+        saved += best_ms
     return keep, notes

@@ -1,136 +1,313 @@
-"""Measured latency: interleaved timing, per-group latency costs (cached), never-slower checks.
+"""Measured latency of pruning choices: a per-layer lookup table, latency-aware shaping, never-slower.
 
-Latency on a shared CPU is noisy, so models under comparison are timed in alternation (round
-robin) and compared by their medians. Per-group costs are measured by cutting one group at a time
-and timing it against the unpruned model; they are cached in a JSON file keyed by model class and
-configuration, current layer shapes, input shape, device, thread count and torch version.
+Timing a whole model with one group cut, against the dense model, buries a few microseconds of
+saving in the noise of a millisecond-long forward pass (seen: negative predicted latencies). So,
+as in NetAdapt, each prunable layer is timed *alone*: its batch-1 input shape is captured once with
+hooks, then a fresh Conv/Linear of the same kind is built and timed at a few widths of its input
+and output channels (full, 3/4, 1/2, 1/4 of each and the narrowest width the allocator may reach),
+all widths of one layer in alternation, keeping the fastest run of each (interference only adds
+time). Timings are made monotone (a narrower layer is never recorded as slower than a wider one;
+a measured inversion is noise or a kernel switch the final never-slower check still guards), so
+no saving is negative. The table is cached in JSON keyed by model class, shapes, input, threads,
+layout, grid and torch version; building it takes seconds.
+
+A layer's time at other widths is read by bilinear interpolation in (in, out) channels, so a layer
+whose input and output both shrink is not double-counted. Predicted model latency = measured dense
+latency minus the summed savings of every layer. BatchNorm, activations and adds are left out: in
+the timed models BatchNorm is folded into the conv (which therefore carries a bias here) and the
+rest is elementwise work whose per-op overhead does not change with width.
 """
 
+import bisect
 import copy
 import hashlib
 import json
-import statistics
-import time
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from slimkit.errors import SlimkitError
 from slimkit.io import atomic_write_bytes
-from slimkit.prune.allocation import round_keep
-from slimkit.prune.structured import apply_plan, build_graph
+from slimkit.measure.cost import measure_latency_interleaved
+from slimkit.models.vit import Attention
+from slimkit.prune.allocation import importance_lost, latency_aware_keep, next_keep, round_keep, uniform_keep
+from slimkit.prune.structured import Graph, StructuredResult, apply_plan, build_graph, compute_scores, plan_channels
+
+FRACTIONS = (1.0, 0.75, 0.5, 0.25)
 
 
-@torch.inference_mode()
-def interleaved_latency(models: list[nn.Module], example: torch.Tensor, rounds: int = 40, runs: int = 1,
-                        warmup: int = 3, threads: int = 2, stat: str = "median") -> list[float]:
-    """Per-forward milliseconds of each model (median, or min), timed in alternation to share noise.
+@dataclass
+class Site:
+    """One prunable layer: how to rebuild it, its batch-1 input shape, and the groups setting its widths."""
 
-    "min" is the better estimator for small differences on a shared machine: interference only
-    ever adds time, so the fastest run is the closest to the model's own cost.
-    """
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    name: str
+    kind: str  # "conv" or "linear"
+    in_shape: list[int]
+    c_in: int
+    c_out: int
+    kernel: list[int]
+    stride: list[int]
+    padding: list[int]
+    depthwise: bool
+    in_group: str | None
+    out_group: str | None
+    in_widths: list[int]  # in the layer's own units: features of a Linear fed by a flatten
+    out_widths: list[int]
+    in_scale: int = 1  # layer input features per group channel (H*W when a flatten feeds a Linear)
+    ms: list[list[float]] = field(default_factory=list)  # ms[i][j] at in_widths[i], out_widths[j]
+
+    def time_at(self, c_in: int, c_out: int) -> float:
+        """Bilinear interpolation of the measured grid (linear along the diagonal for depthwise);
+        widths beyond the grid are clamped to its ends."""
+        m = self.ms
+        if self.depthwise:
+            i0, i1, a = _bracket(self.out_widths, c_out)
+            return (1 - a) * m[i0][i0] + a * m[i1][i1]
+        (i0, i1, a), (j0, j1, b) = _bracket(self.in_widths, c_in), _bracket(self.out_widths, c_out)
+        return (1 - a) * ((1 - b) * m[i0][j0] + b * m[i0][j1]) + a * ((1 - b) * m[i1][j0] + b * m[i1][j1])
+
+
+def _bracket(widths: list[int], w: int) -> tuple[int, int, float]:
+    if len(widths) == 1 or w <= widths[0]:
+        return 0, 0, 0.0
+    if w >= widths[-1]:
+        return len(widths) - 1, len(widths) - 1, 0.0
+    j = bisect.bisect_left(widths, w)
+    lo, hi = widths[j - 1], widths[j]
+    return j - 1, j, (w - lo) / (hi - lo)
+
+
+@dataclass
+class LatencyTable:
+    """Per-layer timings of one model on this machine; answers "how much does this shape save?"."""
+
+    sites: dict[str, Site]
+    sizes: dict[str, int]
+
+    def site_ms(self, site: Site, keep: dict[str, int]) -> float:
+        c_in = keep.get(site.in_group, site.c_in // site.in_scale) * site.in_scale if site.in_group else site.c_in
+        c_out = keep.get(site.out_group, site.c_out) if site.out_group else site.c_out
+        if site.depthwise:
+            c_in = c_out
+        return site.time_at(c_in, c_out)
+
+    def saving_ms(self, keep: dict[str, int]) -> float:
+        """Milliseconds all layers save at the kept widths `keep` (missing groups stay whole)."""
+        full = dict(self.sizes)
+        return sum(self.site_ms(s, full) - self.site_ms(s, keep) for s in self.sites.values())
+
+    def step_saving(self, keep: dict[str, int], group: str, new_k: int) -> float:
+        """Milliseconds saved by moving `group` from keep[group] to `new_k`, other groups as they are."""
+        after = {**keep, group: new_k}
+        return sum(self.site_ms(s, keep) - self.site_ms(s, after) for s in self.sites.values()
+                   if group in (s.in_group, s.out_group))
+
+    def per_channel(self, round_to: int = 8) -> dict[str, float]:
+        """Saving per removed channel of each group's first chunk, at full widths (for reports)."""
+        out = {}
+        for g, n in self.sizes.items():
+            k = next_keep(n, round_to)
+            out[g] = self.step_saving(dict(self.sizes), g, k) / (n - k) if 0 < k < n else 0.0
+        return out
+
+    def as_dict(self) -> dict:
+        return {"sites": {k: asdict(s) for k, s in self.sites.items()}, "sizes": self.sizes}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LatencyTable":
+        return cls({k: Site(**s) for k, s in d["sites"].items()}, {k: int(v) for k, v in d["sizes"].items()})
+
+
+def _widths(n: int, round_to: int, max_ratio: float) -> list[int]:
+    floor = round_keep(n, max(1, n - int(n * max_ratio)), round_to)
+    return sorted({n, floor} | {round_keep(n, n * f, round_to) for f in FRACTIONS})
+
+
+def find_sites(graph: Graph, example: torch.Tensor, round_to: int = 8, max_ratio: float = 0.9) -> dict[str, Site]:
+    """Every Conv/Linear the groups resize, with its batch-1 input shape and width grid (not timed yet)."""
+    model, dg, names = graph.model, graph.dg, graph.names
+    shapes: dict[nn.Module, list[int]] = {}
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+
+    def record(mod: nn.Module, args: tuple) -> None:  # a pre-hook must return None or it replaces the input
+        shapes.setdefault(mod, [1, *args[0].shape[1:]])
+
+    hooks = [m.register_forward_pre_hook(record) for m in layers]
     try:
-        for m in models:
-            m.eval()
-            for _ in range(warmup):
-                m(example)
-        samples: list[list[float]] = [[] for _ in models]
-        for _ in range(rounds):
-            for i, m in enumerate(models):
-                for _ in range(runs):
-                    t0 = time.perf_counter()
-                    m(example)
-                    samples[i].append((time.perf_counter() - t0) * 1e3)
-        return [statistics.median(s) if stat == "median" else min(s) for s in samples]
+        with torch.no_grad():
+            was = model.training
+            model.eval()(example[:1])
+            model.train(was)
     finally:
-        torch.set_num_threads(old)
+        for h in hooks:
+            h.remove()
+    governs: dict[nn.Module, dict[str, str]] = {}
+    for g, grp in graph.groups.items():
+        for item in grp:
+            m, is_out = item.dep.target.module, dg.is_out_channel_pruning_fn(item.dep.handler)
+            if isinstance(m, Attention):
+                targets = [(m.proj, "out")] if is_out else [(m.q, "in"), (m.k, "in"), (m.v, "in")]
+            elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+                dw = isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups > 1
+                targets = [(m, "in"), (m, "out")] if dw else [(m, "out" if is_out else "in")]
+            else:
+                continue
+            for layer, side in targets:
+                governs.setdefault(layer, {})[side] = g
+    sizes, sites = graph.sizes, {}
+    for m, gov in governs.items():
+        if m not in shapes:
+            continue  # not run on this input (a removed or unused branch)
+        conv = isinstance(m, (nn.Conv1d, nn.Conv2d))
+        c_in, c_out = (m.in_channels, m.out_channels) if conv else (m.in_features, m.out_features)
+        gi, go = gov.get("in"), gov.get("out")
+        dw = conv and m.groups > 1
+        scale = c_in // sizes[gi] if gi else 1
+        sites[names[m]] = Site(
+            names[m], "conv" if conv else "linear", shapes[m], c_in, c_out,
+            list(m.kernel_size) if conv else [], list(m.stride) if conv else [], list(m.padding) if conv else [],
+            dw, gi, go, [w * scale for w in _widths(sizes[gi], round_to, max_ratio)] if gi else [c_in],
+            _widths(sizes[go], round_to, max_ratio) if go else [c_out], scale)
+    return sites
 
 
-def cache_key(model: nn.Module, example: torch.Tensor, threads: int) -> str:
+class _Timed(nn.Module):
+    """A rebuilt layer with its own fixed input, so measure_latency_interleaved can time it alone."""
+
+    def __init__(self, site: Site, c_in: int, c_out: int, channels_last: bool) -> None:
+        super().__init__()
+        shape = list(site.in_shape)
+        if site.kind == "conv":
+            shape[1] = c_in
+            cls = nn.Conv2d if len(site.kernel) == 2 else nn.Conv1d
+            self.layer: nn.Module = cls(c_in, c_out, site.kernel, site.stride, site.padding, bias=True,
+                                        groups=c_out if site.depthwise else 1)
+        else:
+            shape[-1] = c_in
+            self.layer = nn.Linear(c_in, c_out)
+        self.x = torch.randn(shape)
+        if channels_last and self.x.dim() == 4:
+            self.layer = self.layer.to(memory_format=torch.channels_last)
+            self.x = self.x.to(memory_format=torch.channels_last)
+
+    def forward(self, _unused: torch.Tensor) -> torch.Tensor:
+        return self.layer(self.x)
+
+
+def time_site(site: Site, threads: int = 2, rounds: int = 40, channels_last: bool = False) -> list[list[float]]:
+    """Fastest-of-`rounds` milliseconds at every grid point, all points timed in alternation; monotone."""
+    points = [(i, j) for i in range(len(site.in_widths)) for j in range(len(site.out_widths))
+              if not site.depthwise or site.in_widths[i] == site.out_widths[j]]
+    mods = [_Timed(site, site.in_widths[i], site.out_widths[j], channels_last).eval() for i, j in points]
+    res = measure_latency_interleaved(mods, torch.zeros(1), runs=rounds, warmup=3, threads=threads, stat="min")
+    ms = [[0.0] * len(site.out_widths) for _ in site.in_widths]
+    for (i, j), r in zip(points, res):
+        ms[i][j] = r.ms
+    if site.depthwise:  # only in == out exists; off the diagonal, the wider point's time (read by monotone only)
+        n = len(site.out_widths)
+        ms = [[ms[max(i, j)][max(i, j)] for j in range(n)] for i in range(n)]
+    return monotone(ms)
+
+
+def monotone(ms: list[list[float]]) -> list[list[float]]:
+    """Suffix minimum over both axes: no grid point costs more than any wider one."""
+    out = [row[:] for row in ms]
+    for i in reversed(range(len(out))):
+        for j in reversed(range(len(out[i]))):
+            if i + 1 < len(out):
+                out[i][j] = min(out[i][j], out[i + 1][j])
+            if j + 1 < len(out[i]):
+                out[i][j] = min(out[i][j], out[i][j + 1])
+    return out
+
+
+def cache_key(model: nn.Module, example: torch.Tensor, threads: int, **settings) -> str:
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     cfg = model.config() if callable(getattr(model, "config", None)) else {}
     blob = json.dumps([type(model).__name__, cfg, shapes, list(example.shape), str(example.device), threads,
-                       torch.__version__], sort_keys=True)
+                       torch.__version__, settings], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def group_latency_costs(model: nn.Module, example: torch.Tensor, round_to: int = 8, threads: int = 2,
-                        cache: str | Path | None = None, ignored=None, progress: bool = True,
-                        pairs: int = 40) -> dict[str, float]:
-    """Milliseconds saved per removed channel, per group, measured by halving each group alone.
-
-    Each cost compares the fastest of `pairs` alternating runs of the dense and the cut model: on a
-    shared machine interference only adds time, and medians of 2-thread runs were seen to swing by
-    seconds when other jobs held the cores.
-
-    The value can be zero or negative (no measurable saving): the allocator then leaves the group.
-    """
-    key = cache_key(model, example, threads)
+def latency_table(model: nn.Module, example: torch.Tensor, round_to: int = 8, threads: int = 2,
+                  cache: str | Path | None = None, ignored=None, progress: bool = True, rounds: int = 40,
+                  max_ratio: float = 0.9, channels_last: bool = False) -> LatencyTable:
+    """Measure (or read from `cache`) the per-layer lookup table of `model` on this machine."""
+    settings = {"round_to": round_to, "rounds": rounds, "max_ratio": max_ratio, "channels_last": channels_last,
+                "fractions": FRACTIONS, "ignored": sorted(ignored) if ignored else None, "version": 2}
+    key = cache_key(model, example[:1], threads, **settings)
     path = Path(cache) if cache else None
-    table = json.loads(path.read_text()) if path and path.is_file() else {}
-    if key in table:
-        return table[key]
-    graph = build_graph(copy.deepcopy(model), example, ignored)
-    dense = graph.model
-    costs: dict[str, float] = {}
-    for g, n in tqdm(graph.sizes.items(), desc="latency costs", disable=not progress, leave=False):
-        keep = round_keep(n, n / 2, round_to)
-        if keep >= n:
-            costs[g] = 0.0
-            continue
-        pruned = apply_plan(build_graph(copy.deepcopy(dense), example, ignored), {g: list(range(n - keep))})
-        d_ms, p_ms = interleaved_latency([dense, pruned], example, rounds=pairs, threads=threads, stat="min")
-        costs[g] = (d_ms - p_ms) / (n - keep)
+    stored = json.loads(path.read_text()) if path and path.is_file() else {}
+    if key in stored:
+        return LatencyTable.from_dict(stored[key])
+    graph = build_graph(copy.deepcopy(model), example[:1], ignored)
+    sites = find_sites(graph, example, round_to, max_ratio)
+    for s in tqdm(sites.values(), desc="latency table", disable=not progress, leave=False):
+        s.ms = time_site(s, threads, rounds, channels_last)
+    table = LatencyTable(sites, graph.sizes)
     if path:
-        table[key] = costs
-        atomic_write_bytes(path, json.dumps(table, indent=1, sort_keys=True).encode())
-    return costs
-
-
-def predicted_latency(dense_ms: float, costs: dict[str, float], sizes: dict[str, int], keep: dict[str, int]) -> float:
-    """Dense latency minus the measured per-channel savings of every cut (a linear model)."""
-    return dense_ms - sum(max(costs.get(g, 0.0), 0.0) * (sizes[g] - keep[g]) for g in keep)
+        stored[key] = table.as_dict()
+        atomic_write_bytes(path, json.dumps(stored, indent=1, sort_keys=True).encode())
+    return table
 
 
 def not_slower(dense: nn.Module, pruned: nn.Module, example: torch.Tensor, threads: int = 2,
-               rounds: int = 60, runs: int = 1) -> tuple[nn.Module, dict]:
+               rounds: int = 60) -> tuple[nn.Module, dict]:
     """Return the pruned model if it measures faster than the dense one, else the dense one.
 
-    Compared on the fastest of alternating runs (see group_latency_costs for why).
-
-    The returned dict records both medians and a note when the cut did not pay.
+    Compared on the fastest of alternating runs (interference only adds time); the dict records
+    both and a note when the cut did not pay.
     """
-    d_ms, p_ms = interleaved_latency([dense, pruned], example, rounds, runs, threads=threads, stat="min")
-    info = {"dense_ms": d_ms, "pruned_ms": p_ms, "kept_pruned": p_ms < d_ms}
-    if p_ms >= d_ms:
-        info["note"] = f"pruned model measured {p_ms:.3f} ms vs dense {d_ms:.3f} ms: the cut does not pay, kept dense"
+    d, p = measure_latency_interleaved([dense, pruned], example, rounds, warmup=3, threads=threads, stat="min")
+    info = {"dense_ms": d.ms, "pruned_ms": p.ms, "kept_pruned": p.ms < d.ms}
+    if p.ms >= d.ms:
+        info["note"] = f"pruned model measured {p.ms:.3f} ms vs dense {d.ms:.3f} ms: the cut does not pay, kept dense"
         return dense, info
     return pruned, info
 
 
 def prune_latency_aware(model: nn.Module, example: torch.Tensor, ratio: float, importance: str = "l2",
                         calib=None, round_to: int = 8, threads: int = 2, cache: str | Path | None = None,
-                        ignored=None, max_ratio: float = 0.9, progress: bool = True, pairs: int = 40):
-    """Spend the importance a uniform `ratio` cut would lose, but where it saves the most latency.
+                        ignored=None, max_ratio: float = 0.9, progress: bool = True, rounds: int = 40,
+                        channels_last: bool = False, table: LatencyTable | None = None, match: str = "importance",
+                        normalize: bool | None = None):
+    """Shape the cut by measured time saved per unit of importance lost, matched to a uniform `ratio` cut.
 
-    Returns (StructuredResult, info) with info holding the dense latency, the latency the linear
-    cost model predicts for the result, and notes on groups whose cut would not pay.
+    match="importance" spends exactly the importance the uniform cut would lose, where it saves the
+    most time; match="latency" reaches the uniform cut's predicted saving while losing the least
+    importance. Returns (StructuredResult, info): the dense latency (measured here), the latency the
+    lookup table predicts for this result and for the uniform cut, the importance spent by each,
+    and each group's saving per channel.
+
+    `normalize` (default: all criteria but Taylor) divides scores by their group mean. Taylor
+    scores estimate the loss increase of removing a channel, a unit shared by all groups, so they
+    are compared raw; magnitudes of different layers are not comparable and need the normalising.
     """
-    from slimkit.prune.allocation import importance_lost, latency_aware_keep, uniform_keep
-    from slimkit.prune.structured import StructuredResult, compute_scores, plan_channels
-
-    costs = group_latency_costs(model, example, round_to, threads, cache, ignored, progress, pairs)
+    if match not in ("importance", "latency"):
+        raise SlimkitError(f"match must be 'importance' or 'latency', got {match!r}")
+    table = table or latency_table(model, example, round_to, threads, cache, ignored, progress, rounds, max_ratio,
+                                   channels_last)
     m = copy.deepcopy(model)
-    graph = build_graph(m, example, ignored)
+    graph = build_graph(m, example[:1], ignored)
     sizes = graph.sizes
     scores = compute_scores(graph, importance, calib)
-    budget = importance_lost(scores, uniform_keep(sizes, ratio, round_to))
-    keep, notes = latency_aware_keep(scores, costs, budget, round_to, max_ratio)
+    normalize = importance != "taylor" if normalize is None else normalize
+    uniform = uniform_keep(sizes, ratio, round_to)
+    budget = importance_lost(scores, uniform, normalize)
+    if match == "importance":
+        keep, notes = latency_aware_keep(scores, table.step_saving, budget, round_to, max_ratio, normalize=normalize)
+    else:
+        keep, notes = latency_aware_keep(scores, table.step_saving, math.inf, round_to, max_ratio,
+                                         target_ms=table.saving_ms(uniform), normalize=normalize)
     apply_plan(graph, plan_channels(graph, scores, keep))
-    dense_ms = interleaved_latency([model], example, threads=threads, stat="min")[0]
-    info = {"dense_ms": dense_ms, "predicted_ms": predicted_latency(dense_ms, costs, sizes, keep),
-            "importance_budget": budget, "costs_ms_per_channel": costs}
+    dense_ms = measure_latency_interleaved([model], example[:1], runs=rounds, warmup=3, threads=threads,
+                                           stat="min")[0].ms
+    info = {"dense_ms": dense_ms, "predicted_ms": dense_ms - table.saving_ms(keep), "match": match,
+            "predicted_saving_ms": table.saving_ms(keep), "uniform_predicted_saving_ms": table.saving_ms(uniform),
+            "importance_uniform": budget, "importance_spent": importance_lost(scores, keep, normalize),
+            "ms_per_channel": table.per_channel(round_to)}
     return StructuredResult(m, {g: (keep[g], sizes[g]) for g in sizes}, notes=notes), info

@@ -19,8 +19,7 @@ from tqdm.auto import tqdm
 from slimkit.data.arrays import Split
 from slimkit.errors import SlimkitError
 from slimkit.io import atomic_write_bytes
-from slimkit.measure import count_macs, evaluate_classifier
-from slimkit.prune.latency_cost import interleaved_latency
+from slimkit.measure import count_macs, evaluate_classifier, measure_latency_interleaved
 
 
 @dataclass
@@ -34,12 +33,14 @@ class Point:
 
 @dataclass
 class Selection:
-    """The chosen point (None when no ratio met the constraint) and every point evaluated."""
+    """The chosen point (None when no ratio met the constraint), every point evaluated, and the
+    chosen model itself, so a caller can report on test the very model that was chosen on val."""
 
     chosen: Point | None
     curve: list[Point] = field(default_factory=list)
     constraint: dict = field(default_factory=dict)
     dense: dict = field(default_factory=dict)
+    chosen_model: nn.Module | None = None
 
     def as_dict(self) -> dict:
         return {"chosen": asdict(self.chosen) if self.chosen else None, "constraint": self.constraint,
@@ -49,16 +50,28 @@ class Selection:
 def choose_ratio(dense: nn.Module, prune: Callable[[float], nn.Module], val: Split, num_classes: int,
                  example: torch.Tensor, floor: float | None = None, latency_ms: float | None = None,
                  grid: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8), bisect_steps: int = 2, threads: int = 2,
-                 progress: bool = True) -> Selection:
+                 progress: bool = True, prepare: Callable[[nn.Module], nn.Module] | None = None,
+                 timing_rounds: int = 40) -> Selection:
     """Largest ratio whose val accuracy >= `floor`, or smallest whose latency <= `latency_ms`.
 
     Exactly one constraint must be given. Accuracy is assumed to fall and latency to fall as the
-    ratio grows (checked only through the points measured).
+    ratio grows (checked only through the points measured). Each point's batch-1 latency is the
+    fastest of `timing_rounds` runs alternating with the dense model; `prepare(model)` (e.g. BN
+    folding) is applied to both before timing so the curve matches how the final table times.
     """
     if (floor is None) == (latency_ms is None):
         raise SlimkitError("give exactly one of floor (minimum val accuracy) or latency_ms (maximum latency)")
     curve: list[Point] = []
-    dense_ms = interleaved_latency([dense], example, threads=threads, stat="min")[0]
+    models: dict[float, nn.Module] = {}
+    prepare = prepare or (lambda m: m)
+    timed_dense = prepare(dense)
+
+    def time_pair(m: nn.Module) -> tuple[float, float]:
+        d, p = measure_latency_interleaved([timed_dense, prepare(m)], example, runs=timing_rounds, warmup=3,
+                                           threads=threads, stat="min")
+        return d.ms, p.ms
+
+    dense_ms = time_pair(dense)[0]
 
     def ok(acc: float, ms: float) -> bool:
         return acc >= floor if floor is not None else ms <= latency_ms
@@ -66,9 +79,10 @@ def choose_ratio(dense: nn.Module, prune: Callable[[float], nn.Module], val: Spl
     def evaluate(r: float) -> Point:
         m = prune(r)
         acc = evaluate_classifier(m, val, num_classes).accuracy
-        ms = interleaved_latency([m], example, threads=threads, stat="min")[0]
+        ms = time_pair(m)[1]
         p = Point(r, acc, ms, count_macs(m, example), ok(acc, ms))
         curve.append(p)
+        models[r] = m
         return p
 
     bar = tqdm(total=len(grid) + bisect_steps, desc="ratio search", disable=not progress, leave=False)
@@ -101,7 +115,8 @@ def choose_ratio(dense: nn.Module, prune: Callable[[float], nn.Module], val: Spl
     constraint = {"val_accuracy_floor": floor} if floor is not None else {"latency_ms_max": latency_ms}
     dense_acc = evaluate_classifier(dense, val, num_classes).accuracy
     return Selection(chosen, curve, constraint, {"val_accuracy": dense_acc, "latency_ms": dense_ms,
-                                                 "macs": count_macs(dense, example)})
+                                                 "macs": count_macs(dense, example)},
+                     models[chosen.ratio] if chosen else None)
 
 
 def write_selection(sel: Selection, json_path: str | Path, png_path: str | Path | None = None) -> None:
