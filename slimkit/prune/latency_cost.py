@@ -51,7 +51,7 @@ class Site:
     c_out: int
     kernel: list[int]
     stride: list[int]
-    padding: list[int]
+    padding: list[int] | str  # "same"/"valid" are kept as strings
     depthwise: bool
     in_group: str | None
     out_group: str | None
@@ -59,6 +59,7 @@ class Site:
     out_widths: list[int]
     in_scale: int = 1  # layer input features per group channel (H*W when a flatten feeds a Linear)
     ms: list[list[float]] = field(default_factory=list)  # ms[i][j] at in_widths[i], out_widths[j]
+    dilation: list[int] = field(default_factory=list)
 
     def time_at(self, c_in: int, c_out: int) -> float:
         """Bilinear interpolation of the measured grid (linear along the diagonal for depthwise);
@@ -169,9 +170,11 @@ def find_sites(graph: Graph, example: torch.Tensor, round_to: int = 8, max_ratio
         scale = c_in // sizes[gi] if gi else 1
         sites[names[m]] = Site(
             names[m], "conv" if conv else "linear", shapes[m], c_in, c_out,
-            list(m.kernel_size) if conv else [], list(m.stride) if conv else [], list(m.padding) if conv else [],
+            list(m.kernel_size) if conv else [], list(m.stride) if conv else [],
+            (m.padding if isinstance(m.padding, str) else list(m.padding)) if conv else [],
             dw, gi, go, [w * scale for w in _widths(sizes[gi], round_to, max_ratio)] if gi else [c_in],
-            _widths(sizes[go], round_to, max_ratio) if go else [c_out], scale)
+            _widths(sizes[go], round_to, max_ratio) if go else [c_out], scale,
+            dilation=list(m.dilation) if conv else [])
     return sites
 
 
@@ -184,8 +187,8 @@ class _Timed(nn.Module):
         if site.kind == "conv":
             shape[1] = c_in
             cls = nn.Conv2d if len(site.kernel) == 2 else nn.Conv1d
-            self.layer: nn.Module = cls(c_in, c_out, site.kernel, site.stride, site.padding, bias=True,
-                                        groups=c_out if site.depthwise else 1)
+            self.layer: nn.Module = cls(c_in, c_out, site.kernel, site.stride, site.padding,
+                                        dilation=site.dilation or 1, bias=True, groups=c_out if site.depthwise else 1)
         else:
             shape[-1] = c_in
             self.layer = nn.Linear(c_in, c_out)
@@ -238,7 +241,7 @@ def latency_table(model: nn.Module, example: torch.Tensor, round_to: int = 8, th
                   max_ratio: float = 0.9, channels_last: bool = False) -> LatencyTable:
     """Measure (or read from `cache`) the per-layer lookup table of `model` on this machine."""
     settings = {"round_to": round_to, "rounds": rounds, "max_ratio": max_ratio, "channels_last": channels_last,
-                "fractions": FRACTIONS, "ignored": sorted(ignored) if ignored else None, "version": 2}
+                "fractions": FRACTIONS, "ignored": sorted(ignored) if ignored else None, "version": 3}
     key = cache_key(model, example[:1], threads, **settings)
     path = Path(cache) if cache else None
     stored = json.loads(path.read_text()) if path and path.is_file() else {}
