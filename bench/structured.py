@@ -1,167 +1,419 @@
 """Structured pruning benchmark on Fashion-MNIST, CPU: prints one table (and writes it as JSON).
 
-Per model (ResNet-20-style, MobileNetV2-style): train a base model briefly, find the uniform ratio
-that gives >= 2x fewer MACs, compare importance criteria at equal MACs, CE vs KD recovery on the
-same budget, latency-aware vs uniform shaping, and a ratio chosen on validation against a floor.
-Latency is batch 1, the fastest of alternating runs of dense and all variants of a model, timed
-in one pass at the end (the machine is shared; see latency_cost).
+Per model (ResNet-20-style, MobileNetV2-style), on the full 54k/6k/10k train/val/test splits:
+  * a base model trained once and cached (safetensors under slimkit's cache root);
+  * the uniform ratio giving >= 2x fewer MACs; the four criteria at those equal MACs, before
+    recovery (BatchNorm statistics re-estimated) and after a short equal KD recovery;
+  * CE vs KD recovery on the same samples; latency-aware vs uniform shaping at the same importance
+    budget; blocks + channels (depth and width) at >= 2x fewer MACs;
+  * a ratio chosen on val against a floor of "dense val - 1 pt", checked on test only at the end.
+Latency: batch 1, every variant of a model and its dense model BN-folded, each in NCHW and
+channels_last, all timed in alternation at the end (fastest of N rounds); each model, the dense one
+too, is reported in its faster layout. The val sweep's latency curve is timed in NCHW.
 
-    PYTHONPATH=. python bench/structured.py --train-n 8000 --epochs 2 --recover-epochs 1
+    PYTHONPATH=. python bench/structured.py                       # the full run (~35-40 min, 2 cores)
+    PYTHONPATH=. python bench/structured.py --models resnet20 --train-n 512 --epochs 0.2 \\
+        --recover-epochs 0.02 --criteria-epochs 0.01 --sweep-epochs 0.01   # smoke test
 """
 
 import argparse
+import contextlib
 import copy
+import hashlib
 import json
+import math
+import os
+import platform
 import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from slimkit.data import load_fashion_mnist
-from slimkit.data.arrays import batches
-from slimkit.measure import count_macs, evaluate_classifier
+from slimkit.data.arrays import Split, batches
+from slimkit.io import cache_root, load_model, read_architecture, save_model
+from slimkit.measure import count_macs, evaluate_classifier, measure_latency_interleaved, predict_logits
 from slimkit.models import build_model
-from slimkit.prune.latency_cost import interleaved_latency, prune_latency_aware
+from slimkit.prune.batchnorm import fold_batchnorm, recalibrate_bn
+from slimkit.prune.latency_cost import latency_table, prune_latency_aware
+from slimkit.prune.layers import block_influences, remove_blocks
 from slimkit.prune.recovery import fine_tune
 from slimkit.prune.select import choose_ratio, write_selection
 from slimkit.prune.structured import prune_structured
 
 MODELS = {"resnet20": ("resnet", {"depth": 20}), "mobilenetv2": ("mobilenetv2", {})}
+# Base-training epochs, sized for <= ~8 min per model on 2 quiet cores. Measured (nice'd, on a
+# machine shared with other jobs, so from CPU time): one training batch of 128 in channels_last
+# costs 298 ms (ResNet-20) and 377 ms (MobileNetV2) of one core; NCHW costs 374 / 703 ms. With 2
+# threads on quiet cores assumed ~1.5x faster: ~1.4 and ~1.8 min per 54k-sample epoch, so 5 and 4
+# epochs take ~7 min each. (2-thread wall times measured under that load were meaningless: 2.8 s
+# per batch, OpenMP threads spinning while the other job held the cores.)
+EPOCHS = {"resnet20": 5.0, "mobilenetv2": 4.0}
+# Whole blocks removed in the depth+width variant (of 7 and 4 removable): each removed block takes
+# its per-op overhead with it, which channel cuts cannot remove at batch 1.
+BLOCKS = {"resnet20": 3, "mobilenetv2": 2}
+CRITERIA = ("l2", "bn", "taylor", "entropy")
 
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="resnet20,mobilenetv2")
-    p.add_argument("--train-n", type=int, default=8000, help="training samples used (subset, for a small machine)")
-    p.add_argument("--val-n", type=int, default=2000)
-    p.add_argument("--test-n", type=int, default=0, help="0 = the whole 10k test split")
-    p.add_argument("--epochs", type=float, default=2.0, help="base training epochs over the subset")
-    p.add_argument("--recover-epochs", type=float, default=1.0, help="recovery budget, same for CE and KD")
-    p.add_argument("--sweep-epochs", type=float, default=0.25, help="recovery per point of the ratio sweep")
+    p.add_argument("--train-n", type=int, default=0, help="0 = the whole train split (54k)")
+    p.add_argument("--epochs", type=float, default=None, help="base training epochs (default per model: EPOCHS)")
+    p.add_argument("--recover-epochs", type=float, default=1.0, help="main recovery budget, same for CE and KD")
+    p.add_argument("--criteria-epochs", type=float, default=0.3, help="short equal KD recovery per criterion")
+    p.add_argument("--sweep-epochs", type=float, default=0.5, help="KD recovery per point of the val ratio sweep")
+    p.add_argument("--criterion", default="taylor", choices=CRITERIA, help="criterion of the main rows")
     p.add_argument("--macs-target", type=float, default=0.5, help="pruned/dense MACs to reach (0.5 = 2x fewer)")
+    p.add_argument("--floor-pt", type=float, default=1.0, help="val floor = dense val accuracy - this many points")
+    p.add_argument("--blocks", type=int, default=None, help="blocks removed in depth+width (default: BLOCKS)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training and evaluation")
-    p.add_argument("--latency-threads", type=int, default=2,
-                   help="threads for batch-1 timing; 1 is steadier when other jobs share the cores")
+    p.add_argument("--latency-threads", type=int, default=2, help="threads for batch-1 timing")
+    p.add_argument("--layout", default="best", choices=("best", "nchw", "channels_last"),
+                   help="memory layout for timing; best = each model (dense too) in its faster layout")
+    p.add_argument("--no-fold", action="store_true", help="time with BatchNorm as separate ops")
+    p.add_argument("--timing-rounds", type=int, default=200, help="alternating batch-1 runs per model")
+    p.add_argument("--table-rounds", type=int, default=60, help="alternating runs per width in the latency table")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timing-rounds", type=int, default=40, help="alternating batch-1 runs per model")
     p.add_argument("--out", default="bench/out")
-    p.add_argument("--skip-criteria-recovery", action="store_true", help="compare criteria before recovery only")
     return p.parse_args()
 
 
-def ratio_for_macs(model, example, target: float) -> float:
-    """Close to the smallest uniform ratio whose pruned MACs are <= target x dense (5 bisection steps)."""
-    dense = count_macs(model, example)
+@contextlib.contextmanager
+def stage(name: str, estimate_s: float | None = None):
+    """Print a stage's estimated and actual wall time, so a long run shows where it is."""
+    est = f" (estimated ~{estimate_s:.0f} s)" if estimate_s is not None else ""
+    print(f"[stage] {name}{est}", flush=True)
+    t0 = time.time()
+    yield
+    print(f"[stage] {name}: took {time.time() - t0:.0f} s", flush=True)
+
+
+def channels_last(m: nn.Module) -> nn.Module:
+    """Training and evaluation run channels_last: 1.25x (ResNet) to 1.9x (MobileNetV2) faster here."""
+    return m.to(memory_format=torch.channels_last)
+
+
+def train_seconds_per_sample(model: nn.Module, train: Split, batch: int = 128) -> float:
+    """Wall seconds per training sample (forward, backward, AdamW step), from 3 timed batches."""
+    m = channels_last(copy.deepcopy(model)).train()
+    opt = torch.optim.AdamW(m.parameters(), 1e-3)
+    x, y = train.x[:batch], train.y[:batch]
+    t0 = 0.0
+    for i in range(4):
+        if i == 1:
+            t0 = time.perf_counter()
+        opt.zero_grad()
+        nn.functional.cross_entropy(m(x), y).backward()
+        opt.step()
+    return (time.perf_counter() - t0) / (3 * batch)
+
+
+def base_settings(key: str, epochs: float, train: Split, seed: int) -> tuple[dict, Path]:
+    """What a base model's training depends on, and the cache file it is stored under."""
+    name, kw = MODELS[key]
+    settings = {"model": name, "kwargs": kw, "epochs": epochs, "lr": 2e-3, "batch": 128, "seed": seed,
+                "n_train": len(train), "data": "fashion-mnist val_fraction 0.1", "layout": "channels_last", "v": 1}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return settings, cache_root() / "bench" / f"structured_{key}_{digest}.safetensors"
+
+
+def base_model(key: str, epochs: float, train: Split, seed: int) -> tuple[nn.Module, str]:
+    """The trained dense model, from the cache when these exact settings were trained before."""
+    name, kw = MODELS[key]
+    settings, path = base_settings(key, epochs, train, seed)
+    if path.is_file():
+        took = read_architecture(path).get("extra", {}).get("train_seconds", float("nan"))
+        return channels_last(load_model(path)).eval(), f"cached {path.name} (trained in {took:.0f} s)"
+    torch.manual_seed(seed)
+    model = channels_last(build_model(name, **kw))
+    est = epochs * len(train) * train_seconds_per_sample(model, train)
+    with stage(f"train {key} {epochs} epochs on {len(train)}", est):
+        t0 = time.time()
+        fine_tune(model, train, epochs=epochs, lr=2e-3, seed=seed, desc=f"train {key}")
+        took = time.time() - t0
+    save_model(model, path, extra={"train_seconds": took, "settings": settings})
+    return model.eval(), f"trained in {took:.0f} s, cached as {path.name}"
+
+
+def ratio_for_macs(model: nn.Module, example: torch.Tensor, target_macs: float) -> float:
+    """Close to the smallest uniform ratio whose pruned MACs are <= target_macs (6 bisection steps)."""
     lo, hi = 0.0, 0.9
-    for _ in range(5):  # bisection on the ratio; MACs fall monotonically as it grows
+    for _ in range(6):  # MACs fall monotonically (in steps, widths are multiples of 8) as the ratio grows
         mid = (lo + hi) / 2
-        if count_macs(prune_structured(model, example, mid).model, example) <= target * dense:
+        if count_macs(prune_structured(model, example, mid).model, example) <= target_macs:
             hi = mid
         else:
             lo = mid
-    return round(hi, 3)
+    return round(hi, 4)
+
+
+def to_layout(m, layout: str):
+    """A module (in eval mode) or tensor in the named memory layout."""
+    out = m.to(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+    return out.eval() if isinstance(out, nn.Module) else out
+
+
+class ModelBench:
+    """Rows for one model: every variant is evaluated when added and timed with the rest at the end."""
+
+    def __init__(self, key: str, a: argparse.Namespace, data, train: Split) -> None:
+        self.key, self.a, self.data, self.train = key, a, data, train
+        self.example = data.test.x[:1]
+        gen_batches = batches(train, 64, shuffle=True, seed=a.seed)
+        self.calib = [(x, y) for x, y, _ in gen_batches][:8]
+        self.bn_batches = [x for x, _, _ in batches(train, 128, shuffle=True, seed=a.seed + 1)][:20]
+        self.rows: list[dict] = []
+        self.timed: list[tuple[dict, nn.Module]] = []  # rows with a model, timed together at the end
+        self.layouts = ["nchw", "channels_last"] if a.layout == "best" else [a.layout]
+        self.tables: dict = {}
+
+    def acc(self, m: nn.Module, split: Split) -> float:
+        return 100 * evaluate_classifier(channels_last(m).eval(), split, self.data.num_classes).accuracy
+
+    def prune(self, model: nn.Module, ratio: float, crit: str) -> tuple[nn.Module, dict]:
+        """Uniform cut of `ratio` by `crit`, BatchNorm statistics re-estimated; (model, kept widths)."""
+        res = prune_structured(model, self.example, ratio, crit, calib=self.calib)
+        return recalibrate_bn(channels_last(res.model), self.bn_batches), {g: k for g, (k, _) in res.kept.items()}
+
+    def recover(self, model: nn.Module, epochs: float, kd: bool, tag: str) -> nn.Module:
+        """KD from cached dense logits, or CE, on the same seeded samples for the same budget."""
+        passes = max(1, math.ceil(epochs))
+        n = max(128, int(round(len(self.train) * epochs / passes)))
+        idx = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(self.a.seed))[:n].sort().values
+        sub = Split(self.train.x[idx], self.train.y[idx])
+        teacher = self.logits[idx] if kd else None
+        return fine_tune(channels_last(copy.deepcopy(model)), sub, epochs=passes, lr=1e-3, teacher=teacher,
+                         seed=self.a.seed, desc=f"{self.key} {tag}")
+
+    def est_recover(self, model: nn.Module, epochs: float) -> float:
+        return epochs * len(self.train) * train_seconds_per_sample(model, self.train)
+
+    def row(self, variant: str, model: nn.Module, ratio, keep: dict | None = None, val: float | None = None,
+            note: str = "") -> dict:
+        """Evaluate and record a variant; `keep` (kept widths) lets the latency table predict its time."""
+        model = model.eval()
+        macs = count_macs(model, self.example)
+        rw = {"model": self.key, "variant": variant, "ratio": ratio, "mmacs": macs / 1e6, "macs_x": self.d_macs / macs,
+              "ms": None, "speedup": None, "eff": None, "pred_ms": None, "_keep": keep,
+              "val": self.acc(model, self.data.val) if val is None else val, "test": self.acc(model, self.data.test),
+              "note": note}
+        self.rows.append(rw)
+        self.timed.append((rw, model))
+        print(json.dumps({k: v for k, v in rw.items() if not k.startswith("_")}), flush=True)
+        return rw
+
+    def run(self) -> list[dict]:
+        a, key = self.a, self.key
+        epochs = a.epochs if a.epochs is not None else EPOCHS[key]
+        dense, how = base_model(key, epochs, self.train, a.seed)
+        self.dense, self.d_macs = dense, count_macs(dense, self.example)
+        with stage(f"{key}: teacher logits over {len(self.train)} train samples, dense accuracy"):
+            self.logits = predict_logits(dense, self.train, 512)
+            t0 = time.time()
+            d_row = self.row("dense", dense, 0.0, note=f"base {epochs} epochs, {how}")
+            eval_s = time.time() - t0
+        self.d_val, self.d_test = d_row["val"], d_row["test"]
+        r = ratio_for_macs(dense, self.example, a.macs_target * self.d_macs)
+        rec = self.est_recover(self.prune(dense, r, "l2")[0], 1.0)
+        epochs_rec = 4 * a.recover_epochs + 3 * a.criteria_epochs + 5 * 0.8 * a.sweep_epochs
+        print(f"[plan] {key}: uniform ratio {r} gives <= {a.macs_target} x dense MACs; recovery ~{rec:.0f} s per epoch "
+              f"x {epochs_rec:.1f} epochs + ~13 evaluations of ~{0.7 * eval_s:.0f} s: ~"
+              f"{(epochs_rec * rec + 13 * 0.7 * eval_s) / 60:.1f} min left for this model", flush=True)
+        pruned, keeps = self.criteria(r, rec)
+        crit, R = a.criterion, a.recover_epochs
+        with stage(f"{key}: uniform-{crit} CE vs KD, {R} epoch each", 2 * R * rec):
+            self.row(f"uniform-{crit} + CE {R}ep", self.recover(pruned[crit], R, False, "CE"), r, keep=keeps[crit])
+            self.row(f"uniform-{crit} + KD {R}ep", self.recover(pruned[crit], R, True, "KD"), r, keep=keeps[crit])
+        with stage(f"{key}: latency tables ({', '.join(self.layouts)}), latency-aware {crit} + KD {R}ep", R * rec):
+            self.latency_aware(r, crit, R)
+        blocks = a.blocks if a.blocks is not None else BLOCKS[key]
+        with stage(f"{key}: {blocks} blocks + uniform-{crit} channels + KD {R}ep", R * rec):
+            shallow = copy.deepcopy(dense)
+            infl = block_influences(shallow, self.calib)
+            gone = sorted(infl, key=lambda b: (infl[b], b))[:blocks]
+            remove_blocks(shallow, gone)
+            rb = ratio_for_macs(shallow, self.example, a.macs_target * self.d_macs)
+            cut = self.prune(shallow, rb, crit)[0]
+            self.row(f"{blocks} blocks + uniform-{crit} + KD {R}ep", self.recover(cut, R, True, "KD blocks"), rb,
+                     note="removed " + ", ".join(gone))
+        self.select(crit, rec)
+        with stage(f"{key}: batch-1 timing of {len(self.timed)} models x {len(self.layouts)} layouts, "
+                   f"{a.timing_rounds} alternating rounds"):
+            self.time_all()
+        return self.rows
+
+    def criteria(self, r: float, rec: float) -> tuple[dict, dict]:
+        """All criteria at the same uniform widths (so the same MACs): before and after a short equal recovery."""
+        a, pruned, keeps = self.a, {}, {}
+        with stage(f"{self.key}: criteria at equal MACs, no recovery (BN re-estimated)"):
+            for crit in CRITERIA:
+                pruned[crit], keeps[crit] = self.prune(self.dense, r, crit)
+                self.row(f"uniform-{crit}, no recovery (BN re-est.)", pruned[crit], r, keep=keeps[crit])
+        with stage(f"{self.key}: criteria + KD {a.criteria_epochs} epoch each", 3 * a.criteria_epochs * rec):
+            for crit in ("l2", "taylor", "entropy"):
+                model = self.recover(pruned[crit], a.criteria_epochs, True, f"KD {crit}")
+                self.row(f"uniform-{crit} + KD {a.criteria_epochs}ep", model, r)
+        return pruned, keeps
+
+    def latency_aware(self, r: float, crit: str, R: float) -> None:
+        """Shape the cut with each layout's lookup table; keep the one predicted fastest, recover it."""
+        a, ex, dense_ms, best = self.a, self.example, self.dense_ms(), None
+        for layout in self.layouts:
+            table = latency_table(self.dense, ex, threads=a.latency_threads, cache=Path(a.out) / "latency_cache.json",
+                                  rounds=a.table_rounds, channels_last=layout == "channels_last")
+            self.tables[layout] = table
+            la, info = prune_latency_aware(self.dense, ex, r, crit, self.calib, threads=a.latency_threads, table=table)
+            pred = dense_ms[layout] - info["predicted_saving_ms"]
+            print(f"[latency-aware] {layout}: dense {dense_ms[layout]:.3f} ms, predicted {pred:.3f} ms (uniform "
+                  f"{dense_ms[layout] - info['uniform_predicted_saving_ms']:.3f}); kept {dict(la.kept)}", flush=True)
+            if best is None or pred < best[0]:
+                best = (pred, layout, la, info)
+        _, layout, la, info = best
+        model = recalibrate_bn(channels_last(la.model), self.bn_batches)
+        note = (f"shaped for {layout}; same {crit} importance as uniform ({info['importance_spent']:.3g} of "
+                f"{info['importance_uniform']:.3g})" + "".join(f"; {n}" for n in la.notes[:2]))
+        self.row(f"latency-aware-{crit} + KD {R}ep", self.recover(model, R, True, "KD latency-aware"), r,
+                 keep={g: k for g, (k, _) in la.kept.items()}, note=note)
+
+    def dense_ms(self) -> dict[str, float]:
+        """Batch-1 latency of the dense model (as timed) in each layout, measured in alternation."""
+        res = measure_latency_interleaved([self.timing_copy(self.dense, lay) for lay in self.layouts],
+                                          self.example, runs=self.a.timing_rounds, warmup=5,
+                                          threads=self.a.latency_threads, stat="min")
+        return {lay: r.ms for lay, r in zip(self.layouts, res)}
+
+    def timing_copy(self, m: nn.Module, layout: str | None = None) -> nn.Module:
+        """How every model is timed: BN folded (unless --no-fold), eval mode, in `layout` (default: the first)."""
+        m = copy.deepcopy(m).eval()
+        return to_layout(m if self.a.no_fold else fold_batchnorm(m, self.example), layout or self.layouts[0])
+
+    def select(self, crit: str, rec: float) -> None:
+        a, floor_val = self.a, self.d_val - self.a.floor_pt
+        grid = (0.2, 0.35, 0.5, 0.65)
+        with stage(f"{self.key}: val sweep {grid} + 1 bisection, KD {a.sweep_epochs}ep each",
+                   5 * 0.8 * a.sweep_epochs * rec):
+            def build(q: float) -> nn.Module:
+                return self.recover(self.prune(self.dense, q, crit)[0], a.sweep_epochs, True, f"sweep {q:.2f}")
+
+            sel = choose_ratio(self.dense, build, self.data.val, self.data.num_classes, self.example,
+                               floor=floor_val / 100, grid=grid, bisect_steps=1, threads=a.latency_threads,
+                               prepare=self.timing_copy)
+            out = Path(a.out)
+            write_selection(sel, out / f"{self.key}_ratio_curve.json", out / f"{self.key}_ratio_curve.png")
+        if sel.chosen is None:
+            self.rows.append({"model": self.key, "variant": "val-chosen ratio",
+                              "note": f"no ratio in the sweep met the val floor {floor_val:.2f}"})
+            return
+        q, floor_test = sel.chosen.ratio, self.d_test - a.floor_pt
+        rw = self.row(f"val-chosen (val >= dense-{a.floor_pt}) + KD {a.sweep_epochs}ep", sel.chosen_model, q,
+                      val=100 * sel.chosen.val_accuracy)
+        margin = rw["test"] - floor_test
+        rw.update(floor_val=floor_val, floor_test=floor_test, test_margin=margin)
+        rw["note"] = (f"val floor {floor_val:.2f}; test floor {floor_test:.2f}: "
+                      + (f"held (+{margin:.2f})" if margin >= 0 else f"MISSED by {-margin:.2f} pt"))
+
+    def time_all(self) -> None:
+        """One alternating pass over dense and every variant, each in every layout; a model's latency is
+        its faster layout's. A variant no faster than dense falls back to it, with a note."""
+        n, lays = len(self.timed), self.layouts
+        timed = [self.timing_copy(m, lay) for lay in lays for _, m in self.timed]
+        res = measure_latency_interleaved(timed, self.example, runs=self.a.timing_rounds, warmup=5,
+                                          threads=self.a.latency_threads, stat="min")
+        by = {lay: [r.ms for r in res[i * n:(i + 1) * n]] for i, lay in enumerate(lays)}
+        d_best = min(by[lay][0] for lay in lays)
+        for i, (rw, _) in enumerate(self.timed):
+            rw["ms_by_layout"] = {lay: by[lay][i] for lay in lays}
+            rw["layout"] = min(lays, key=lambda lay: by[lay][i])
+            rw["ms"] = by[rw["layout"]][i]
+            if rw.get("_keep"):
+                rw["pred_ms"] = min(by[lay][0] - self.tables[lay].saving_ms(rw["_keep"]) for lay in self.tables)
+            if i and rw["ms"] >= d_best:
+                rw["note"] = (rw["note"] + "; " if rw["note"] else "") + (
+                    f"measured {rw['ms']:.3f} ms >= dense {d_best:.3f} ms: cut does not pay, dense model kept "
+                    f"(pruned: {rw['mmacs']:.2f} MMACs, val {rw['val']:.2f}, test {rw['test']:.2f})")
+                rw.update(mmacs=self.d_macs / 1e6, macs_x=1.0, ms=d_best, val=self.d_val, test=self.d_test)
+            rw["dtest"] = rw["test"] - self.d_test
+            rw["speedup"] = d_best / rw["ms"]
+            rw["eff"] = rw["speedup"] / rw["macs_x"] if rw["macs_x"] > 1 else None
+
+
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def eval_seconds_per_sample(model: nn.Module, split: Split) -> float:
+    """Wall seconds per evaluated sample, from one timed batch of 512 after a warm-up batch."""
+    m = channels_last(copy.deepcopy(model)).eval()
+    with torch.inference_mode():
+        m(split.x[:512])
+        t0 = time.perf_counter()
+        m(split.x[:512])
+    return (time.perf_counter() - t0) / 512
+
+
+def plan(a: argparse.Namespace, train: Split, n_eval: int) -> None:
+    """A whole-run estimate before anything long starts, from a few timed batches of each dense model.
+
+    Assumes a pruned model trains at ~0.6x and evaluates at ~0.7x the dense cost per sample; the
+    stages print their own estimates and times too.
+    """
+    total = 0.0
+    for key in a.models.split(","):
+        name, kw = MODELS[key]
+        epochs = a.epochs if a.epochs is not None else EPOCHS[key]
+        model = build_model(name, **kw)
+        sps, eps = train_seconds_per_sample(model, train), eval_seconds_per_sample(model, train)
+        cached = base_settings(key, epochs, train, a.seed)[1].is_file()
+        t_train = 0.0 if cached else epochs * len(train) * sps
+        rec_epochs = 4 * a.recover_epochs + 3 * a.criteria_epochs + 4 * a.sweep_epochs
+        t_rest = len(train) * eps + rec_epochs * len(train) * sps * 0.6 + 14 * n_eval * eps * 0.7
+        total += t_train + t_rest
+        print(f"[plan] {key}: {sps * 1e3:.2f} ms per training sample; base training "
+              f"{'cached' if cached else f'~{t_train / 60:.1f} min'}, the rest ~{t_rest / 60:.1f} min", flush=True)
+    print(f"[plan] whole run ~{total / 60:.0f} min (+ a few minutes of pruning, tables and timing)", flush=True)
 
 
 def main() -> None:
     a = parse()
-    torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
     out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
     data = load_fashion_mnist(seed=a.seed)
-    train, val = data.train.subset(a.train_n), data.val.subset(a.val_n)
-    test = data.test.subset(a.test_n)
-    nc = data.num_classes
-    example = data.test.x[:1]
-    calib = [(x, y) for x, y, _ in batches(train, 64, shuffle=True, seed=a.seed)][:4]
-    rows: list[dict] = []
-    t_start = time.time()
-
-    def acc(m, split) -> float:
-        return 100 * evaluate_classifier(m, split, nc).accuracy
-
-    def recover(m, teacher, epochs, tag):
-        return fine_tune(m, train, epochs=epochs, lr=1e-3, teacher=teacher, seed=a.seed, desc=tag)
-
+    train = data.train.subset(a.train_n) if a.train_n else data.train
+    t_start, rows = time.time(), []
+    plan(a, train, len(data.val) + len(data.test))
     for key in a.models.split(","):
-        name, kw = MODELS[key]
-        torch.manual_seed(a.seed)
-        dense = fine_tune(build_model(name, **kw), train, epochs=a.epochs, lr=2e-3, seed=a.seed, desc=f"train {key}")
-        d_macs = count_macs(dense, example)
-        d_val, d_test = acc(dense, val), acc(dense, test)
-
-        pending: list[tuple[dict, torch.nn.Module]] = []
-
-        def row(variant, model, ratio, note="", predicted=None, val_acc=None):
-            model = model.eval()
-            macs = count_macs(model, example)
-            rw = {"model": key, "variant": variant, "ratio": ratio, "mmacs": macs / 1e6, "macs_x": d_macs / macs,
-                  "pred_ms": predicted, "val": acc(model, val) if val_acc is None else val_acc,
-                  "test": acc(model, test), "note": note}
-            rows.append(rw)
-            pending.append((rw, model))
-            print(json.dumps(rw), flush=True)
-
-        def time_all():
-            """One interleaved timing pass over dense and every variant; a slower variant falls back to dense."""
-            ms = interleaved_latency([dense] + [m for _, m in pending], example, rounds=a.timing_rounds,
-                                     threads=a.latency_threads, stat="min")
-            dense_row["ms"] = ms[0]
-            for (rw, _), m_ms in zip(pending, ms[1:]):
-                rw["dense_ms"], rw["ms"] = ms[0], m_ms
-                if m_ms >= ms[0]:
-                    rw["note"] = (rw["note"] + "; " if rw["note"] else "") + (
-                        f"measured {m_ms:.2f} ms >= dense {ms[0]:.2f} ms: cut does not pay, dense model kept")
-                    rw.update(mmacs=d_macs / 1e6, macs_x=1.0, ms=ms[0], val=d_val, test=d_test)
-                rw["speedup"] = ms[0] / rw["ms"]
-                rw["eff"] = rw["speedup"] / rw["macs_x"] if rw["macs_x"] > 1 else None
-            pending.clear()
-
-        dense_row = {"model": key, "variant": "dense", "ratio": 0.0, "mmacs": d_macs / 1e6, "macs_x": 1.0,
-                     "ms": None, "speedup": 1.0, "eff": None, "pred_ms": None, "val": d_val, "test": d_test, "note": ""}
-        rows.append(dense_row)
-        r = ratio_for_macs(dense, example, a.macs_target)
-        pruned = {k: prune_structured(dense, example, r, k, calib=calib).model for k in ("l2", "bn", "taylor", "entropy")}
-        for k, m in pruned.items():
-            row(f"uniform-{k}, no recovery", m, r)
-        ce = recover(copy.deepcopy(pruned["l2"]), None, a.recover_epochs, "CE")
-        row("uniform-l2 + CE recovery", ce, r)
-        for k in ("l2",) if a.skip_criteria_recovery else ("l2", "taylor", "entropy"):
-            row(f"uniform-{k} + KD recovery", recover(copy.deepcopy(pruned[k]), dense, a.recover_epochs, f"KD {k}"), r)
-        la, info = prune_latency_aware(dense, example, r, "l2", calib, threads=a.latency_threads,
-                                       cache=out / "latency_cache.json", pairs=a.timing_rounds // 2)
-        note = "; ".join(la.notes[:2]) + (f" (+{len(la.notes) - 2} more)" if len(la.notes) > 2 else "")
-        row("latency-aware-l2 + KD recovery", recover(la.model, dense, a.recover_epochs, "KD latency-aware"), r,
-            note=note, predicted=info["predicted_ms"])
-        floor = d_val / 100 - 0.01
-        sel = choose_ratio(dense, lambda q: recover(prune_structured(dense, example, q, "l2").model, dense,
-                                                    a.sweep_epochs, f"sweep {q:.2f}"),
-                           val, nc, example, floor=floor, grid=(0.2, 0.35, 0.5, 0.65), bisect_steps=1,
-                           threads=a.latency_threads)
-        write_selection(sel, out / f"{key}_ratio_curve.json", out / f"{key}_ratio_curve.png")
-        if sel.chosen is None:
-            rows.append({"model": key, "variant": "val-chosen ratio", "note": f"no ratio met val floor {100 * floor:.2f}"})
-        else:
-            q = sel.chosen.ratio
-            final = recover(prune_structured(dense, example, q, "l2").model, dense, a.sweep_epochs, "chosen")
-            row(f"val-chosen (floor val>={100 * floor:.2f}) + KD", final, q,
-                note=f"test floor {100 * floor:.2f}", val_acc=100 * sel.chosen.val_accuracy)
-        time_all()
-    header = (f"Fashion-MNIST, CPU, {a.threads} threads (latency timed at {a.latency_threads}), batch-1 latency (fastest "
-              f"of alternating runs); base models trained "
-              f"{a.epochs} epochs on {len(train)} train samples (seed {a.seed}); recovery {a.recover_epochs} epoch(s) "
-              f"AdamW, KD T=4 alpha=0.7; val {len(val)}, test {len(test)}; wall {time.time() - t_start:.0f}s")
+        rows += ModelBench(key, a, data, train).run()
+    layout = "each model in its faster of NCHW and channels_last" if a.layout == "best" else a.layout
+    header = (f"Fashion-MNIST; CPU {cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}; train/eval "
+              f"{a.threads} threads; latency batch 1, {a.latency_threads} threads, under inference_mode, "
+              f"{'BN as separate ops' if a.no_fold else 'BN folded'} in dense and pruned alike, {layout}, "
+              f"fastest of {a.timing_rounds} alternating rounds; pred_ms = dense ms - lookup-table saving; "
+              f"base models {len(train)} train samples "
+              f"(epochs {a.epochs or EPOCHS}); recovery AdamW lr 1e-3, KD T=4 alpha=0.7 from cached dense logits, "
+              f"CE and KD on the same samples: main {a.recover_epochs} ep, criteria {a.criteria_epochs} ep, sweep "
+              f"{a.sweep_epochs} ep; pruned models BN re-estimated on 20x128 train images; val {len(data.val)}, test "
+              f"{len(data.test)}; seed {a.seed}; wall {time.time() - t_start:.0f} s")
     print("\n" + header)
-    cols = ("model", "variant", "ratio", "mmacs", "macs_x", "ms", "speedup", "eff", "pred_ms", "val", "test", "note")
+    cols = ("model", "variant", "ratio", "mmacs", "macs_x", "ms", "layout", "speedup", "eff", "pred_ms", "val", "test",
+            "dtest", "note")
     print(" | ".join(cols))
     for rw in rows:
         print(" | ".join(_fmt(rw.get(c)) for c in cols))
-    (out / "structured_bench.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1))
+    clean = [{k: v for k, v in rw.items() if not k.startswith("_")} for rw in rows]
+    (out / "structured_bench.json").write_text(json.dumps({"header": header, "rows": clean}, indent=1))
 
 
 def _fmt(v) -> str:
     if v is None:
         return "-"
-    return f"{v:.2f}" if isinstance(v, float) else str(v)
+    return f"{v:.3f}" if isinstance(v, float) and abs(v) < 10 else f"{v:.2f}" if isinstance(v, float) else str(v)
 
 
 if __name__ == "__main__":
