@@ -78,6 +78,7 @@ def main() -> None:
 
     tok = AutoTokenizer.from_pretrained(str(src))
     cal = calibration_windows(tok, "emma", args.samples, args.seq_len, 0)
+    del tok  # pruning needs only the token ids (the CLI drops it too)
     with tempfile.TemporaryDirectory() as tmp:
         rep = prune_oneshot_folder(src, Path(tmp) / "pruned", cal, args.method, args.sparsity, progress=False)
         wall = time.perf_counter() - start

@@ -119,6 +119,7 @@ def _prune_streamed(model: str, method: str, sparsity: float, nm: Optional[str],
         raise SlimkitError(f"cannot load the tokenizer of {src}: {str(exc).splitlines()[0]}") from None
     cal = calibration_windows(tok, calib_text, calib_samples, seq_len, seed) if method != "magnitude" else None
     ev = _eval_setup(tok, eval_text, eval_tokens, seq_len) if eval_tokens else None
+    del tok  # from here on only token ids are needed: keep memory for the blocks
     report = prune_oneshot_folder(src, out, cal, method, sparsity, pattern)
     typer.echo(f"{method} {'N:M ' + nm if nm else f'{sparsity:.0%}'}: realised sparsity {report.realised:.4f} "
                f"of decoder Linear weights in {report.seconds:.1f} s, streamed block by block "

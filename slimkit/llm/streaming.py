@@ -23,8 +23,11 @@ holds the same weights as `prune_oneshot` on the fully loaded model.
 from __future__ import annotations
 
 import copy
+import ctypes
+import functools
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -188,6 +191,32 @@ def _save_shard(tensors: dict[str, torch.Tensor], folder: Path, file: str, weigh
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's malloc_trim, or None where the C library is not glibc (macOS, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def _return_freed_memory() -> None:
+    """Hand the pages of freed buffers back to the OS, so that memory stays at about one block.
+
+    Every block allocates and frees buffers of the same few large sizes (weights, Hessians,
+    activations). After the first such buffer is freed, glibc raises its mmap threshold and serves
+    later ones from its heaps, whose freed pages stay resident and fragment: without trimming, the
+    resident set crept up block after block (SmolLM2, sparsegpt on 32 x 512 tokens: peak 1.56x the
+    fp32 model over its 30 blocks; 1.26x with this after each block). A no-op where the C library
+    is not glibc.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def _copy_side_files(src: Path, dest: Path) -> None:
     """Config, tokenizer, generation config, chat template: everything in `src` that is not weights."""
     for path in src.iterdir():
@@ -206,8 +235,8 @@ def prune_oneshot_folder(src: str | Path, out: str | Path, windows: torch.Tensor
     decoder block; embeddings and lm_head dense), but only one block is materialised at a time, so
     a model larger than RAM or GPU memory can be pruned. Blocks are computed in float32 (Wanda and
     SparseGPT on the GPU when there is one, magnitude on the CPU, as in `prune_oneshot`) and stored
-    back in the checkpoint's dtype. The report
-    carries no masks (they would be the size of the model); `realised` is counted block by block.
+    back in the checkpoint's dtype. The report carries no masks (they would be the size of the
+    model); `realised` is counted block by block.
     `out` appears only when everything is written; a failure leaves neither it nor a partial folder.
     """
     sparsity, nm = check_oneshot_args(method, sparsity, nm, mask_scope)
@@ -243,12 +272,14 @@ def prune_oneshot_folder(src: str | Path, out: str | Path, windows: torch.Tensor
             del non_block
             hidden, kwargs = capture_block_inputs(model, windows, batch_size, dev)
         non_block = model = None  # the blocks only need their inputs from here on
+        _return_freed_memory()
         for i in tqdm(range(n_blocks), desc=f"{method} (streamed)", disable=not progress, leave=False):
             block, dtypes = _load_block(layers, i, ckpt, prefix, block_dev)
             masks = prune_block(block, method, sparsity, nm, hidden, kwargs, dev, blocksize, percdamp, mask_scope)
             kept += sum(int(m.sum()) for m in masks.values())
             total += sum(m.numel() for m in masks.values())
             del masks
+            _return_freed_memory()  # the Hessians and SparseGPT's work buffers, before the forward below
             if hidden is not None and i + 1 < n_blocks:
                 advance(block, hidden, kwargs)
             tensors = {f"{prefix}.{i}.{n}": t.detach().to("cpu", dtypes[n]).contiguous()
@@ -256,6 +287,7 @@ def prune_oneshot_folder(src: str | Path, out: str | Path, windows: torch.Tensor
             size += _save_shard(tensors, stage, shard.format(i + 2), weight_map)
             del tensors
             block.to("meta")  # frees this block's storage: memory stays at one block
+            _return_freed_memory()
         index = {"metadata": {"total_size": size}, "weight_map": dict(sorted(weight_map.items()))}
         (stage / INDEX).write_text(json.dumps(index, indent=2) + "\n")
         _copy_side_files(ckpt.folder, stage)
