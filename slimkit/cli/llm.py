@@ -165,6 +165,42 @@ def depth(
     typer.echo(f"saved {save_pretrained_atomic(lm, tok, out)}")
 
 
+@app.command()
+@clean_errors
+def width(
+    model: str = typer.Option("smollm2", help=MODEL_HELP),
+    ffn_ratio: float = typer.Option(0.25, help="fraction of FFN neurons to remove in every layer, in [0, 1)"),
+    kv_groups: int = typer.Option(0, help="KV groups to remove per layer, each with its query heads"),
+    out: Path = typer.Option(..., help="folder for the pruned model"),
+    calib_text: str = typer.Option("emma"),
+    calib_samples: int = typer.Option(16),
+    seq_len: int = typer.Option(512),
+    eval_text: str = typer.Option("prideprejudice"),
+    eval_tokens: int = typer.Option(16384, help="0 skips evaluation"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Remove FFN neurons and whole KV groups (GQA-correct); the result reloads with from_pretrained."""
+    from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
+    from slimkit.llm.perplexity import perplexity
+    from slimkit.llm.text import calibration_windows
+    from slimkit.llm.width import prune_width
+
+    _check_out(out)
+    lm, tok = load_causal_lm(model)
+    cal = calibration_windows(tok, calib_text, calib_samples, seq_len, seed)
+    ev = _eval_setup(tok, eval_text, eval_tokens, seq_len) if eval_tokens else None
+    dense = perplexity(lm, ev, eval_text, progress=True) if ev is not None else None
+    params = sum(p.numel() for p in lm.parameters())
+    rep = prune_width(lm, cal, ffn_ratio, kv_groups)
+    kept = sum(p.numel() for p in lm.parameters())
+    typer.echo(f"intermediate size {rep.intermediate_size}, KV groups {rep.kv_groups}, query heads {rep.heads}; "
+               f"params {params / 1e6:.1f} M -> {kept / 1e6:.1f} M")
+    if ev is not None:
+        label = f"width -{ffn_ratio:g} FFN, -{kv_groups} KV groups"
+        _table([("dense", dense), (label, perplexity(lm, ev, eval_text, progress=True))], dense)
+    typer.echo(f"saved {save_pretrained_atomic(lm, tok, out)}")
+
+
 @app.command("eval")
 @clean_errors
 def evaluate(

@@ -144,7 +144,8 @@ def recover(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, cfg: 
 
     Embeddings (tied with the LM head in SmolLM2, a fifth of the weights) are frozen by default:
     their gradient is the costliest matmul and they were not pruned. Unstructured masks are held
-    through every optimizer step. Stops after `epochs` or `max_seconds`, whichever comes first.
+    through every optimizer step. Stops after `epochs` or `max_seconds`, whichever comes first;
+    `max_seconds` counts from the call, so a teacher pass that builds the cache is inside the budget.
     """
     cfg = cfg or RecoveryConfig()
     torch.manual_seed(cfg.seed)
@@ -166,12 +167,13 @@ def recover(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, cfg: 
     student.train()
     step = 0
     start = time.perf_counter()
+    budget = None if cfg.max_seconds is None else cfg.max_seconds - teacher_s
     bar = tqdm(total=total, desc="kd recovery", disable=not progress, leave=False)
     try:
         for _ in range(cfg.epochs):
             order = torch.randperm(n, generator=gen)
             for s in range(0, n, cfg.batch_size):
-                if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
+                if budget is not None and time.perf_counter() - start > budget:
                     raise StopIteration
                 b = order[s:s + cfg.batch_size]
                 ids = windows[b]
@@ -186,12 +188,12 @@ def recover(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, cfg: 
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 # cosine decay over whichever budget ends first: the epochs or the seconds
                 done = step / total
-                if cfg.max_seconds:
-                    done = max(done, (time.perf_counter() - start) / cfg.max_seconds)
+                if budget:
+                    done = max(done, (time.perf_counter() - start) / max(budget, 1e-9))
                 for group in opt.param_groups:
                     group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
                 opt.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
