@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import resource
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,6 +76,24 @@ class Rows:
         return "\n".join(lines)
 
 
+NOTE = ("Unstructured and N:M zeros stay in dense matrices: on these dense CPU kernels they give no speed-up "
+        "and no MAC saving. Only removed layers/heads/neurons run faster; see the speed rows.")
+
+
+def print_table_from(path: Path) -> None:
+    """The table of every row in a JSON-lines file, ratios against its last dense row."""
+    rows = Rows(None)
+    every = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    dense = [r["ppl"] for r in every if r.get("stage") == "dense"]
+    if len({round(d, 6) for d in dense}) > 1:
+        print(f"note: the runs measured different dense perplexities: {sorted(set(dense))}")
+    # each stage run re-measures the dense model: show its row once
+    rows.rows = [r for i, r in enumerate(every) if r.get("stage") != "dense" or
+                 i == next(j for j, q in enumerate(every) if q.get("stage") == "dense")]
+    print(rows.table(dense[-1] if dense else None))
+    print(NOTE)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="dense,oneshot,depth,speed,encoder")
@@ -86,11 +106,20 @@ def main() -> None:
     ap.add_argument("--kd-minutes", type=float, default=30.0)
     ap.add_argument("--kd-samples", type=int, default=256)
     ap.add_argument("--kd-lr", type=float, default=2e-4)
+    ap.add_argument("--kd-ce-weight", type=float, default=0.0, help="weight of next-token CE added to the KD loss")
+    ap.add_argument("--kd-hidden-weight", type=float, default=0.0, help="weight of final-hidden-state KD")
     ap.add_argument("--encoder-minutes", type=float, default=10.0)
-    ap.add_argument("--encoder-train", type=int, default=2000)
+    ap.add_argument("--encoder-train", type=int, default=3800, help="Emma sentences (about 3,800 usable)")
+    ap.add_argument("--encoder-epochs", type=int, default=20)
+    ap.add_argument("--encoder-lr", type=float, default=2e-4)
     ap.add_argument("--json", type=Path, default=Path("runs/bench_llm.jsonl"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--table-from", type=Path, default=None,
+                    help="print the table of rows that earlier runs (one stage each) appended to this JSON-lines file")
     args = ap.parse_args()
+    if args.table_from:
+        print_table_from(args.table_from)
+        return
     stages = set(args.only.split(","))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     rows = Rows(args.json)
@@ -112,6 +141,7 @@ def main() -> None:
         if "oneshot" in stages:
             # one model in memory at a time, reloaded per run, so the peak RSS is that of pruning it
             del lm
+            gc.collect()
             for method in args.methods.split(","):
                 for ratio in args.ratios.split(","):
                     model, _ = load_causal_lm("smollm2")
@@ -122,8 +152,10 @@ def main() -> None:
                     ppl = perplexity(model, ev, progress=True)
                     rows.add(stage="one-shot", model=f"{method} {ratio}", ppl=ppl.value, seconds=round(rep.seconds),
                              rss_mb=round(rss), other=f"realised {rep.realised:.3f}; calib {rep.calibration}; "
-                             f"peak RSS {rss / fp32_mb:.2f}x the fp32 model ({fp32_mb:.0f} MB), process included")
+                             f"in-memory prune: peak RSS {rss / fp32_mb:.2f}x the fp32 model ({fp32_mb:.0f} MB), "
+                             f"process included (bench/llm_stream_rss.py measures the streamed prune)")
                     del model
+                    gc.collect()  # HF models hold reference cycles: free this one before the next loads
             lm, _ = load_causal_lm("smollm2")
 
         if "depth" in stages or "speed" in stages:
@@ -135,14 +167,19 @@ def main() -> None:
                      seconds=round(time.perf_counter() - t0), other=f"removed {drep.removed}")
             if "depth" in stages and args.kd_minutes > 0:
                 train = calibration_windows(tok, "emma", args.kd_samples, args.seq_len, args.seed + 1)
-                cfg = RecoveryConfig(epochs=100, batch_size=2, lr=args.kd_lr, top_k=64,
-                                     max_seconds=args.kd_minutes * 60, seed=args.seed)
-                rrep = recover(depth_model, lm, train, cfg)
+                cfg = RecoveryConfig(epochs=100, batch_size=2, lr=args.kd_lr, top_k=64, ce_weight=args.kd_ce_weight,
+                                     hidden_weight=args.kd_hidden_weight, max_seconds=args.kd_minutes * 60,
+                                     seed=args.seed)
+                # a fresh cache folder: the teacher pass is timed inside the budget, never reused from a past run
+                with tempfile.TemporaryDirectory() as fresh:
+                    rrep = recover(depth_model, lm, train, cfg, cache_dir=Path(fresh))
                 ppl = perplexity(depth_model, ev, progress=True)
                 rows.add(stage="depth+KD", model=f"-{args.depth_remove} layers, KD", ppl=ppl.value,
                          seconds=round(rrep.seconds + rrep.teacher_seconds),
-                         other=f"{rrep.steps} steps x 2 x {args.seq_len} tokens; teacher cache "
-                               f"{round(rrep.teacher_seconds)} s; last loss {rrep.losses[-1]:.3f}")
+                         other=f"{rrep.steps} steps x 2 x {args.seq_len} tokens over {args.kd_samples} Emma windows; "
+                               f"teacher top-64 cache {round(rrep.teacher_seconds)} s (inside the "
+                               f"{args.kd_minutes:g}-min budget); KD T=1 + {args.kd_ce_weight:g} CE + "
+                               f"{args.kd_hidden_weight:g} hidden; lr {args.kd_lr:g}; last loss {rrep.losses[-1]:.3f}")
             if "speed" in stages:
                 for name, model in (("dense", lm), (f"depth -{args.depth_remove}", depth_model)):
                     sp = measure_speed(model)
@@ -162,7 +199,7 @@ def main() -> None:
         prune_encoder(student, etok, train[:256], ffn_ratio=0.5, head_ratio=0.25)
         before = fidelity(student, teacher, etok, held)
         rows.add(stage="MiniLM", model="-50% FFN, -25% heads", seconds=round(time.perf_counter() - t0), other=str(before))
-        info = distill_encoder(student, teacher, etok, train, epochs=20, lr=2e-4,
+        info = distill_encoder(student, teacher, etok, train, epochs=args.encoder_epochs, lr=args.encoder_lr,
                                max_seconds=args.encoder_minutes * 60)
         after = fidelity(student, teacher, etok, held)
         rows.add(stage="MiniLM+KD", model="-50% FFN, -25% heads, distilled", seconds=round(info["seconds"]),
@@ -170,8 +207,7 @@ def main() -> None:
 
     print()
     print(rows.table(dense_ppl))
-    print("Unstructured and N:M zeros stay in dense matrices: on these dense CPU kernels they give no speed-up "
-          "and no MAC saving. Only removed layers/heads/neurons run faster; see the speed rows.")
+    print(NOTE)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,14 @@ reset after the imports, so the peak covers tokenizer, calibration windows, prun
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import resource
 import tempfile
 import time
 from pathlib import Path
 
-import torch  # noqa: F401  (imported before the baseline so that it counts as "the process")
+import torch  # (imported before the baseline so that it counts as "the process")
 import transformers  # noqa: F401
 from safetensors import safe_open
 
@@ -68,6 +69,9 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--eval-tokens", type=int, default=16384,
+                    help="perplexity of the streamed result on Pride and Prejudice, after the measurement; 0 skips")
+    ap.add_argument("--json", type=Path, default=None, help="append the result as a bench/llm.py row (JSON lines)")
     args = ap.parse_args()
 
     src = resolve(args.model)  # converts the built-in once, in this process only the first time
@@ -83,6 +87,7 @@ def main() -> None:
         rep = prune_oneshot_folder(src, Path(tmp) / "pruned", cal, args.method, args.sparsity, progress=False)
         wall = time.perf_counter() - start
         peak = peak_rss_mb()
+        ppl = evaluate(Path(tmp) / "pruned", args.eval_tokens, args.seq_len) if args.eval_tokens else None
     size = fp32_mb(src)
     print(f"model {src} ({size:.0f} MB fp32); {args.method} {args.sparsity} on {rep.calibration}, "
           f"realised {rep.realised:.4f}")
@@ -90,6 +95,28 @@ def main() -> None:
     print(f"peak RSS (VmHWM{'' if reset else ', not reset: since process start'}): {peak:.0f} MB "
           f"= {peak / size:.2f}x the fp32 model (target <= 1.5x)")
     print(f"wall time (tokenizer, calibration windows, streamed prune and write): {wall:.1f} s")
+    if ppl is not None:
+        print(f"perplexity {ppl.value:.2f} ({ppl.protocol})")
+    if args.json:
+        row = {"stage": "one-shot streamed", "model": f"{args.method} {args.sparsity}",
+               "ppl": ppl.value if ppl else None, "seconds": round(wall), "rss_mb": round(peak),
+               "other": f"realised {rep.realised:.3f}; calib {rep.calibration}; fresh process, peak RSS "
+                        f"{peak / size:.2f}x the fp32 model ({size:.0f} MB), Python/torch ({baseline:.0f} MB) included; "
+                        f"{torch.get_num_threads()} threads"}
+        with args.json.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def evaluate(folder: Path, tokens: int, seq_len: int):
+    """Perplexity of the pruned folder on Pride and Prejudice (loaded whole; outside the measured window)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from slimkit.llm.perplexity import perplexity
+    from slimkit.llm.text import eval_windows
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    return perplexity(model, eval_windows(tok, "prideprejudice", tokens, seq_len), progress=False)
 
 
 if __name__ == "__main__":
