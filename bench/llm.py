@@ -14,7 +14,6 @@ import argparse
 import copy
 import gc
 import json
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -28,26 +27,7 @@ from slimkit.llm.perplexity import perplexity
 from slimkit.llm.recover import RecoveryConfig, recover
 from slimkit.llm.speed import measure_speed
 from slimkit.llm.text import calibration_windows, eval_windows
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False where that is unsupported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set since the last reset (VmHWM), else since process start."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from slimkit.measure.memory import peak_rss_mb, reset_peak_rss
 
 
 class Rows:
@@ -112,6 +92,7 @@ def main() -> None:
     ap.add_argument("--encoder-train", type=int, default=3800, help="Emma sentences (about 3,800 usable)")
     ap.add_argument("--encoder-epochs", type=int, default=20)
     ap.add_argument("--encoder-lr", type=float, default=2e-4)
+    ap.add_argument("--encoder-layer-weight", type=float, default=1.0, help="layer-wise token cosine loss weight")
     ap.add_argument("--json", type=Path, default=Path("runs/bench_llm.jsonl"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--table-from", type=Path, default=None,
@@ -200,10 +181,12 @@ def main() -> None:
         before = fidelity(student, teacher, etok, held)
         rows.add(stage="MiniLM", model="-50% FFN, -25% heads", seconds=round(time.perf_counter() - t0), other=str(before))
         info = distill_encoder(student, teacher, etok, train, epochs=args.encoder_epochs, lr=args.encoder_lr,
+                               layer_weight=args.encoder_layer_weight,
                                max_seconds=args.encoder_minutes * 60)
         after = fidelity(student, teacher, etok, held)
         rows.add(stage="MiniLM+KD", model="-50% FFN, -25% heads, distilled", seconds=round(info["seconds"]),
-                 other=f"{after}; {info['steps']} steps of 32 sentences")
+                 other=f"{after}; {info['steps']} steps of 32 Emma sentences; pooled cosine + "
+                       f"{args.encoder_layer_weight:g} x layer-wise token cosine; lr {args.encoder_lr:g}")
 
     print()
     print(rows.table(dense_ppl))

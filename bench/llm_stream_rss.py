@@ -13,43 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import tempfile
 import time
 from pathlib import Path
 
-import torch  # (imported before the baseline so that it counts as "the process")
-import transformers  # noqa: F401
+import torch  # imported before the baseline so that it counts as "the process"
+import transformers  # noqa: F401  (imported before the baseline too)
 from safetensors import safe_open
 
 from slimkit.llm.load import resolve
 from slimkit.llm.streaming import Checkpoint, prune_oneshot_folder
 from slimkit.llm.text import calibration_windows
-
-
-def _status_mb(field: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False where that is unsupported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set since the last reset (VmHWM), else since process start."""
-    peak = _status_mb("VmHWM")
-    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from slimkit.measure.memory import peak_rss_mb, reset_peak_rss, status_mb
 
 
 def fp32_mb(folder: Path) -> float:
@@ -75,7 +50,7 @@ def main() -> None:
     args = ap.parse_args()
 
     src = resolve(args.model)  # converts the built-in once, in this process only the first time
-    baseline = _status_mb("VmRSS")
+    baseline = status_mb("VmRSS")
     reset = reset_peak_rss()
     start = time.perf_counter()
     from transformers import AutoTokenizer

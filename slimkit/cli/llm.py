@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 
@@ -134,6 +134,24 @@ def _prune_streamed(model: str, method: str, sparsity: float, nm: Optional[str],
     typer.echo(f"saved {out}")
 
 
+def _remove_and_save(model: str, out: Path, calib_text: str, calib_samples: int, seq_len: int, eval_text: str,
+                     eval_tokens: int, seed: int, label: str, remove: Callable[[object, object], str]) -> None:
+    """Load, calibrate, evaluate dense, apply `remove` (which returns a line to print), evaluate, save."""
+    from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
+    from slimkit.llm.perplexity import perplexity
+    from slimkit.llm.text import calibration_windows
+
+    _check_out(out)
+    lm, tok = load_causal_lm(model)
+    cal = calibration_windows(tok, calib_text, calib_samples, seq_len, seed)
+    ev = _eval_setup(tok, eval_text, eval_tokens, seq_len) if eval_tokens else None
+    dense = perplexity(lm, ev, eval_text, progress=True) if ev is not None else None
+    typer.echo(remove(lm, cal))
+    if ev is not None:
+        _table([("dense", dense), (label, perplexity(lm, ev, eval_text, progress=True))], dense)
+    typer.echo(f"saved {save_pretrained_atomic(lm, tok, out)}")
+
+
 @app.command()
 @clean_errors
 def depth(
@@ -149,20 +167,13 @@ def depth(
 ) -> None:
     """Remove the decoder layers with the lowest block influence."""
     from slimkit.llm.depth import prune_depth
-    from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
-    from slimkit.llm.perplexity import perplexity
-    from slimkit.llm.text import calibration_windows
 
-    _check_out(out)
-    lm, tok = load_causal_lm(model)
-    cal = calibration_windows(tok, calib_text, calib_samples, seq_len, seed)
-    ev = _eval_setup(tok, eval_text, eval_tokens, seq_len) if eval_tokens else None
-    dense = perplexity(lm, ev, eval_text, progress=True) if ev is not None else None
-    rep = prune_depth(lm, cal, remove)
-    typer.echo(f"removed layers {rep.removed} (block influence {[round(rep.scores[i], 4) for i in rep.removed]})")
-    if ev is not None:
-        _table([("dense", dense), (f"depth -{remove}", perplexity(lm, ev, eval_text, progress=True))], dense)
-    typer.echo(f"saved {save_pretrained_atomic(lm, tok, out)}")
+    def cut(lm, cal) -> str:
+        rep = prune_depth(lm, cal, remove)
+        return f"removed layers {rep.removed} (block influence {[round(rep.scores[i], 4) for i in rep.removed]})"
+
+    _remove_and_save(model, out, calib_text, calib_samples, seq_len, eval_text, eval_tokens, seed,
+                     f"depth -{remove}", cut)
 
 
 @app.command()
@@ -180,25 +191,17 @@ def width(
     seed: int = typer.Option(0),
 ) -> None:
     """Remove FFN neurons and whole KV groups (GQA-correct); the result reloads with from_pretrained."""
-    from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
-    from slimkit.llm.perplexity import perplexity
-    from slimkit.llm.text import calibration_windows
     from slimkit.llm.width import prune_width
 
-    _check_out(out)
-    lm, tok = load_causal_lm(model)
-    cal = calibration_windows(tok, calib_text, calib_samples, seq_len, seed)
-    ev = _eval_setup(tok, eval_text, eval_tokens, seq_len) if eval_tokens else None
-    dense = perplexity(lm, ev, eval_text, progress=True) if ev is not None else None
-    params = sum(p.numel() for p in lm.parameters())
-    rep = prune_width(lm, cal, ffn_ratio, kv_groups)
-    kept = sum(p.numel() for p in lm.parameters())
-    typer.echo(f"intermediate size {rep.intermediate_size}, KV groups {rep.kv_groups}, query heads {rep.heads}; "
-               f"params {params / 1e6:.1f} M -> {kept / 1e6:.1f} M")
-    if ev is not None:
-        label = f"width -{ffn_ratio:g} FFN, -{kv_groups} KV groups"
-        _table([("dense", dense), (label, perplexity(lm, ev, eval_text, progress=True))], dense)
-    typer.echo(f"saved {save_pretrained_atomic(lm, tok, out)}")
+    def cut(lm, cal) -> str:
+        params = sum(p.numel() for p in lm.parameters())
+        rep = prune_width(lm, cal, ffn_ratio, kv_groups)
+        kept = sum(p.numel() for p in lm.parameters())
+        return (f"intermediate size {rep.intermediate_size}, KV groups {rep.kv_groups}, query heads {rep.heads}; "
+                f"params {params / 1e6:.1f} M -> {kept / 1e6:.1f} M")
+
+    _remove_and_save(model, out, calib_text, calib_samples, seq_len, eval_text, eval_tokens, seed,
+                     f"width -{ffn_ratio:g} FFN, -{kv_groups} KV groups", cut)
 
 
 @app.command("eval")

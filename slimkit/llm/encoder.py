@@ -127,38 +127,84 @@ def embedding_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "co
     raise SlimkitError(f"embedding loss must be 'cosine' or 'mse', got {kind!r}")
 
 
+def hidden_cosine_loss(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...],
+                       mask: torch.Tensor) -> torch.Tensor:
+    """Mean over layers and real tokens of 1 − cos(student hidden, teacher hidden).
+
+    Width pruning keeps the residual stream (hidden size) of every layer, so each layer's token
+    states can be matched to the teacher's directly, without adapters. This gives every token of
+    every layer a target, far more signal per sentence than the pooled embedding alone.
+    """
+    m = mask.to(student[0].dtype)
+    per_layer = [((1.0 - F.cosine_similarity(s, t, dim=-1)) * m).sum() / m.sum() for s, t in zip(student, teacher)]
+    return torch.stack(per_layer).mean()
+
+
+def _pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+
+
 def distill_encoder(student: nn.Module, teacher: nn.Module, tokenizer, texts: list[str], epochs: int = 3,
                     batch_size: int = 32, lr: float = 5e-5, loss: str = "cosine", seed: int = 0,
-                    max_seconds: float | None = None, progress: bool = True) -> dict:
-    """Train the student's pooled embeddings towards the teacher's (teacher embeddings computed once)."""
+                    max_seconds: float | None = None, layer_weight: float = 0.0, max_length: int = 64,
+                    progress: bool = True) -> dict:
+    """Train the student's pooled sentence embeddings towards the teacher's.
+
+    The loss is `loss` ('cosine' or 'mse') on mean-pooled embeddings, plus `layer_weight` times
+    the layer-wise token cosine (`hidden_cosine_loss`, which needs the teacher live; it has the same
+    hidden size and depth as the width-pruned student). The learning rate warms up, then follows
+    a cosine to zero over whichever budget ends first, the epochs or `max_seconds`, so a run cut by
+    time still ends at a small learning rate.
+    """
+    if layer_weight < 0:
+        raise SlimkitError(f"layer_weight must be >= 0, got {layer_weight}")
     torch.manual_seed(seed)
-    target = embed(teacher, tokenizer, texts)
+    teacher.eval()
     opt = torch.optim.AdamW(student.parameters(), lr=lr)
     steps = math.ceil(len(texts) / batch_size) * epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    losses = []
-    student.train()
-    bar = tqdm(total=steps, desc="encoder KD", disable=not progress, leave=False)
-    done = False
-    for _ in range(epochs):
-        for b in torch.randperm(len(texts), generator=gen).split(batch_size):
-            if max_seconds is not None and time.perf_counter() - start > max_seconds:
-                done = True
-                break
-            out = mean_pool(student, tokenizer, [texts[i] for i in b.tolist()])
-            value = embedding_loss(out, target[b], loss)
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(value))
-            bar.update(1)
-        if done:
-            break
-    bar.close()
+    losses: list[float] = []
+    # dropout stays off: the aim is to reproduce the teacher's function, and dropout noise on the
+    # student only caps the fidelity it can reach
     student.eval()
+    bar = tqdm(total=steps, desc="encoder KD", disable=not progress, leave=False)
+    device = next(student.parameters()).device
+    try:
+        for _ in range(epochs):
+            for b in torch.randperm(len(texts), generator=gen).split(batch_size):
+                elapsed = time.perf_counter() - start
+                if max_seconds is not None and elapsed > max_seconds:
+                    raise StopIteration
+                enc = tokenizer([texts[i] for i in b.tolist()], padding=True, truncation=True,
+                                max_length=max_length, return_tensors="pt")
+                enc = {k: v.to(device) for k, v in enc.items()}
+                with torch.no_grad():
+                    t_out = teacher(**enc, output_hidden_states=layer_weight > 0)
+                s_out = student(**enc, output_hidden_states=layer_weight > 0)
+                mask = enc["attention_mask"]
+                value = embedding_loss(_pooled(s_out.last_hidden_state, mask),
+                                       _pooled(t_out.last_hidden_state, mask), loss)
+                if layer_weight > 0:
+                    value = value + layer_weight * hidden_cosine_loss(s_out.hidden_states[1:],
+                                                                      t_out.hidden_states[1:], mask)
+                done = len(losses) / steps
+                if max_seconds:
+                    done = max(done, elapsed / max_seconds)
+                for group in opt.param_groups:
+                    group["lr"] = lr * min(1.0, (len(losses) + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+                opt.zero_grad(set_to_none=True)
+                value.backward()
+                opt.step()
+                losses.append(value.item())
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    except StopIteration:
+        pass
+    finally:
+        bar.close()
+        student.eval()
     return {"steps": len(losses), "seconds": time.perf_counter() - start, "final_loss": losses[-1] if losses else None}
 
 
