@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("--encoder-minutes", type=float, default=10.0)
     ap.add_argument("--encoder-train", type=int, default=3800, help="Emma sentences (about 3,800 usable)")
     ap.add_argument("--encoder-epochs", type=int, default=20)
+    ap.add_argument("--encoder-calib", type=int, default=1024, help="Emma sentences for pruning and refit")
     ap.add_argument("--encoder-lr", type=float, default=2e-4)
     ap.add_argument("--encoder-layer-weight", type=float, default=1.0, help="layer-wise token cosine loss weight")
     ap.add_argument("--json", type=Path, default=Path("runs/bench_llm.jsonl"))
@@ -171,20 +172,25 @@ def main() -> None:
         del lm
 
     if "encoder" in stages:
-        from slimkit.llm.encoder import default_sentences, distill_encoder, fidelity, prune_encoder
+        from slimkit.llm.encoder import default_sentences, distill_encoder, fidelity
+        from slimkit.llm.encoder_prune import prune_encoder
 
         teacher, etok = load_encoder("minilm")
         train, held = default_sentences(args.encoder_train, 500, args.seed)
-        student = copy.deepcopy(teacher)
-        t0 = time.perf_counter()
-        prune_encoder(student, etok, train[:256], ffn_ratio=0.5, head_ratio=0.25)
-        before = fidelity(student, teacher, etok, held)
-        rows.add(stage="MiniLM", model="-50% FFN, -25% heads", seconds=round(time.perf_counter() - t0), other=str(before))
+        calib = train[:args.encoder_calib]
+        for reconstruct in (False, True):
+            student = copy.deepcopy(teacher)
+            t0 = time.perf_counter()
+            prune_encoder(student, etok, calib, ffn_ratio=0.5, head_ratio=0.25, reconstruct=reconstruct)
+            before = fidelity(student, teacher, etok, held)
+            how = "least-squares refit of output projections" if reconstruct else "sliced, no refit"
+            rows.add(stage="MiniLM", model=f"-50% FFN, -25% heads, {how}", seconds=round(time.perf_counter() - t0),
+                     other=f"{before}; {len(calib)} Emma calibration sentences")
         info = distill_encoder(student, teacher, etok, train, epochs=args.encoder_epochs, lr=args.encoder_lr,
                                layer_weight=args.encoder_layer_weight,
                                max_seconds=args.encoder_minutes * 60)
         after = fidelity(student, teacher, etok, held)
-        rows.add(stage="MiniLM+KD", model="-50% FFN, -25% heads, distilled", seconds=round(info["seconds"]),
+        rows.add(stage="MiniLM+KD", model="-50% FFN, -25% heads, refit, distilled", seconds=round(info["seconds"]),
                  other=f"{after}; {info['steps']} steps of 32 Emma sentences; pooled cosine + "
                        f"{args.encoder_layer_weight:g} x layer-wise token cosine; lr {args.encoder_lr:g}")
 

@@ -1,7 +1,8 @@
-"""Sentence-encoder (BERT / MiniLM) pruning and embedding distillation.
+"""Sentence-encoder (BERT / MiniLM) embedding distillation, fidelity, and saving pruned encoders.
 
-Structure removed: FFN neurons (uniform count per layer, so `intermediate_size` in the config
-stays valid and from_pretrained reloads it), attention heads and whole layers. BertConfig derives
+Pruning itself lives in `slimkit.llm.encoder_prune`: FFN neurons (uniform count per layer, so
+`intermediate_size` in the config stays valid and from_pretrained reloads it), attention heads
+and whole layers. BertConfig derives
 the head size as hidden_size / num_attention_heads, so a BERT with 9 of 12 heads per layer has no
 config that describes it: head-pruned encoders are pruned in memory (the modules shrink, the
 forward is unchanged because it reshapes with -1 heads), and `save_encoder` writes the kept heads
@@ -26,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from slimkit.errors import SlimkitError, check_sparsity
+from slimkit.errors import SlimkitError
+from slimkit.llm.encoder_prune import prune_heads
 from slimkit.llm.text import read_text
-from slimkit.llm.width import _accumulate, _shrink_linear
 
 
 def sentences(text: str, min_words: int = 6, max_words: int = 40) -> list[str]:
@@ -51,71 +52,6 @@ def mean_pool(model: nn.Module, tokenizer, batch: list[str], max_length: int = 6
 def embed(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 64) -> torch.Tensor:
     model.eval()
     return torch.cat([mean_pool(model, tokenizer, texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
-
-
-@torch.no_grad()
-def _importance(model: nn.Module, tokenizer, texts: list[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Σ a² per FFN neuron and per attention-context channel, per layer, over calibration sentences."""
-    layers = model.encoder.layer
-    ffn = [torch.zeros(l.output.dense.in_features, dtype=torch.float64) for l in layers]
-    att = [torch.zeros(l.attention.output.dense.in_features, dtype=torch.float64) for l in layers]
-    hooks = []
-    for i, l in enumerate(layers):
-        hooks.append(l.output.dense.register_forward_hook(
-            _accumulate(ffn, i)))
-        hooks.append(l.attention.output.dense.register_forward_hook(
-            _accumulate(att, i)))
-    try:
-        embed(model, tokenizer, texts)
-    finally:
-        for h in hooks:
-            h.remove()
-    return ffn, att
-
-
-@torch.no_grad()
-def prune_heads(layer: nn.Module, keep: list[int], head_size: int) -> None:
-    """Keep the listed heads of one BERT layer: shrink Q/K/V rows and the output projection's columns."""
-    sa = layer.attention.self
-    idx = torch.cat([torch.arange(h * head_size, (h + 1) * head_size) for h in sorted(keep)])
-    sa.query = _shrink_linear(sa.query, out_idx=idx)
-    sa.key = _shrink_linear(sa.key, out_idx=idx)
-    sa.value = _shrink_linear(sa.value, out_idx=idx)
-    layer.attention.output.dense = _shrink_linear(layer.attention.output.dense, in_idx=idx)
-    sa.num_attention_heads = len(keep)
-    sa.all_head_size = len(keep) * head_size
-
-
-@torch.no_grad()
-def prune_encoder(model: nn.Module, tokenizer, texts: list[str], ffn_ratio: float = 0.5, head_ratio: float = 0.25,
-                  drop_layers: int = 0) -> dict:
-    """Remove FFN neurons, heads and (the last) layers by activation-aware importance; returns what was kept."""
-    check_sparsity(ffn_ratio, "ffn_ratio")
-    check_sparsity(head_ratio, "head_ratio")
-    cfg = model.config
-    n_layers = len(model.encoder.layer)
-    if not 0 <= drop_layers < n_layers:
-        raise SlimkitError(f"can drop 0..{n_layers - 1} layers, asked for {drop_layers}")
-    if drop_layers:
-        model.encoder.layer = model.encoder.layer[: n_layers - drop_layers]
-        cfg.num_hidden_layers = n_layers - drop_layers
-    ffn, att = _importance(model, tokenizer, texts)
-    head_size = cfg.hidden_size // cfg.num_attention_heads
-    n_ffn = cfg.intermediate_size - int(cfg.intermediate_size * ffn_ratio)
-    n_heads = cfg.num_attention_heads - int(cfg.num_attention_heads * head_ratio)
-    heads_kept = []
-    for layer, a_ffn, a_att in zip(model.encoder.layer, ffn, att):
-        score = a_ffn.sqrt().float() * layer.output.dense.weight.norm(dim=0)
-        keep = torch.topk(score, n_ffn).indices.sort().values
-        layer.intermediate.dense = _shrink_linear(layer.intermediate.dense, out_idx=keep)
-        layer.output.dense = _shrink_linear(layer.output.dense, in_idx=keep)
-        w = layer.attention.output.dense.weight.pow(2).sum(0).reshape(-1, head_size).sum(1).sqrt()
-        hs = (a_att.reshape(-1, head_size).sum(1).sqrt().float() * w)
-        kept = sorted(torch.topk(hs, n_heads).indices.tolist())
-        prune_heads(layer, kept, head_size)
-        heads_kept.append(kept)
-    cfg.intermediate_size = n_ffn
-    return {"intermediate_size": n_ffn, "heads_kept": heads_kept, "head_size": head_size, "layers": cfg.num_hidden_layers}
 
 
 def embedding_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
