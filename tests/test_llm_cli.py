@@ -41,3 +41,23 @@ def test_width_command_removes_ffn_and_kv_groups_and_reloads(tmp_path):
     assert back.model.layers[0].self_attn.q_proj.out_features == 6 * 64  # 9 heads -> 6: 3 per KV group
     bad = runner.invoke(app, args[:6] + ["3"] + args[7:-1] + [str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "KV groups" in bad.output and not (tmp_path / "bad").exists()
+
+
+def test_encoder_command_prunes_distills_saves_and_reloads(tmp_path):
+    """Real MiniLM, tiny budget: FFN halved, 9 of 12 heads, one layer dropped; fidelity printed; reloads."""
+    import torch
+
+    from slimkit.llm.encoder import embed, load_encoder_pruned
+
+    out = tmp_path / "enc"
+    result = runner.invoke(app, ["encoder", "--drop-layers", "1", "--minutes", "0.05", "--train", "48",
+                                 "--calib", "32", "--held-out", "16", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "layers 5, FFN 768, heads per layer [9]" in result.output
+    assert "pruned + refit: mean cosine" in result.output and "distilled" in result.output
+    model, tok = load_encoder_pruned(out)
+    assert len(model.encoder.layer) == 5 and model.encoder.layer[0].attention.self.query.out_features == 9 * 32
+    vec = embed(model, tok, ["A short sentence to embed."])
+    assert vec.shape == (1, 384) and torch.isfinite(vec).all()
+    bad = runner.invoke(app, ["encoder", "--head-ratio", "1.0", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "head_ratio" in bad.output and not (tmp_path / "bad").exists()

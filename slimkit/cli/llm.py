@@ -1,4 +1,5 @@
-"""`slimkit llm ...`: one-shot, depth and width pruning, evaluation and KD recovery of HF LMs.
+"""`slimkit llm ...`: one-shot, depth and width pruning, evaluation and KD recovery of HF LMs,
+and pruning plus embedding distillation of sentence encoders.
 
 Each command prints a perplexity table whose every number carries its protocol, and saves the
 model atomically (written to a temporary folder beside --out, then renamed).
@@ -202,6 +203,52 @@ def width(
 
     _remove_and_save(model, out, calib_text, calib_samples, seq_len, eval_text, eval_tokens, seed,
                      f"width -{ffn_ratio:g} FFN, -{kv_groups} KV groups", cut)
+
+
+@app.command()
+@clean_errors
+def encoder(
+    model: str = typer.Option("minilm", help="built-in 'minilm' or a local Hugging Face BERT-style folder"),
+    ffn_ratio: float = typer.Option(0.5, help="fraction of FFN neurons to remove in every layer, in [0, 1)"),
+    head_ratio: float = typer.Option(0.25, help="fraction of attention heads to remove in every layer, in [0, 1)"),
+    drop_layers: int = typer.Option(0, help="last layers to remove"),
+    out: Path = typer.Option(..., help="folder for the pruned, distilled encoder"),
+    minutes: float = typer.Option(10.0, help="distillation time budget (0 skips distillation)"),
+    lr: float = typer.Option(3e-4),
+    train: int = typer.Option(3800, help="Emma sentences for calibration and distillation"),
+    calib: int = typer.Option(1024, help="of those, sentences for pruning and the least-squares refit"),
+    held_out: int = typer.Option(500, help="Pride and Prejudice sentences for the fidelity check"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Prune FFN neurons, heads and layers of a sentence encoder, refit, distill, report fidelity, save."""
+    import copy
+
+    from slimkit.llm.encoder import default_sentences, distill_encoder, fidelity, save_encoder
+    from slimkit.llm.encoder_prune import prune_encoder
+    from slimkit.llm.load import load_encoder
+
+    from slimkit.errors import check_sparsity
+
+    _check_out(out)
+    check_sparsity(ffn_ratio, "ffn_ratio")
+    check_sparsity(head_ratio, "head_ratio")
+    if minutes < 0 or train < 1 or held_out < 2 or not 0 < calib <= train:
+        raise SlimkitError("need --minutes >= 0, --train >= 1, --held-out >= 2 and 0 < --calib <= --train")
+    teacher, tok = load_encoder(model)
+    texts, held = default_sentences(train, held_out, seed)
+    student = copy.deepcopy(teacher)
+    kept = prune_encoder(student, tok, texts[:calib], ffn_ratio, head_ratio, drop_layers)
+    rows = [("pruned + refit", fidelity(student, teacher, tok, held))]
+    if minutes > 0:
+        info = distill_encoder(student, teacher, tok, texts, epochs=1000, lr=lr, seed=seed, layer_weight=1.0,
+                               max_seconds=minutes * 60)
+        rows.append((f"+ distilled {info['steps']} steps, {info['seconds']:.0f} s", fidelity(student, teacher, tok, held)))
+    params = (sum(p.numel() for p in teacher.parameters()), sum(p.numel() for p in student.parameters()))
+    typer.echo(f"layers {kept['layers']}, FFN {kept['intermediate_size']}, heads per layer "
+               f"{sorted({len(h) for h in kept['heads_kept']})}; params {params[0] / 1e6:.1f} M -> {params[1] / 1e6:.1f} M")
+    for label, fid in rows:
+        typer.echo(f"{label}: {fid}")
+    typer.echo(f"saved {save_encoder(student, tok, kept, out)} (reload with slimkit.llm.encoder.load_encoder_pruned)")
 
 
 @app.command("eval")
