@@ -333,3 +333,18 @@ def test_recalibrate_bn_matches_batch_statistics() -> None:
         act = model[0](X)
     torch.testing.assert_close(model[1].running_mean, act.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     assert not model.training and torch.equal(model[0].weight, weight) and model[1].momentum == 0.1
+
+
+def test_calibration_scale_multiplies_every_saving_and_is_cached() -> None:
+    """calibrate() returns a non-negative factor without touching the table; set, it scales savings."""
+    from slimkit.prune.latency_cost import calibrate, latency_table
+
+    model = _tiny("resnet")
+    table = latency_table(model, X[:1], threads=1, rounds=5, progress=False)
+    assert table.scale == 1.0
+    scale = calibrate(table, model, X[:1], lambda m: m, threads=1, rounds=20)
+    assert scale >= 0.0 and table.scale == 1.0  # calibrate returns the factor, the table is untouched
+    unscaled = table.saving_ms({g: max(1, n // 2) for g, n in table.sizes.items()})
+    table.scale = scale
+    assert table.saving_ms({g: max(1, n // 2) for g, n in table.sizes.items()}) == pytest.approx(scale * unscaled)
+    assert type(table).from_dict(table.as_dict()).scale == scale
