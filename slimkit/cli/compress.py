@@ -64,8 +64,14 @@ def prune(
     dataset: str = typer.Option("fashion-mnist", help="data for calibration and the before/after profile"),
     data_dir: Optional[Path] = typer.Option(None, help="folder with Fashion-MNIST IDX files"),
     seed: int = typer.Option(0, help="seed of the data split and calibration batches"),
+    keep_slower: bool = typer.Option(False, help="structured: write the pruned model even when it measures no "
+                                                 "faster than the dense one at batch 1"),
 ) -> None:
-    """Prune a checkpoint and print its measured profile before and after (no fine-tuning)."""
+    """Prune a checkpoint and print its measured profile before and after (no fine-tuning).
+
+    A structured cut that measures no faster than the dense model at batch 1 on this machine is
+    not written (unless --keep-slower): removing structure only to lose time helps nobody.
+    """
     import copy
 
     from slimkit.data import batches
@@ -89,6 +95,13 @@ def prune(
         result = prune_structured(dense, data.test.x[:1], ratio=ratio, importance=importance, allocation=allocation,
                                   round_to=round_to, calib=calib, blocks=blocks, head_ratio=heads)
         pruned = result.model
+        if not keep_slower:
+            from slimkit.prune.latency_cost import not_slower
+
+            kept, info = not_slower(dense, pruned, data.test.x[:1])
+            if kept is dense:
+                raise SlimkitError(f"{info['note']}; nothing written to {out}. Prune more, remove blocks (--blocks), "
+                                   "or pass --keep-slower")
         save_pruned(pruned, out)
     else:
         raise SlimkitError(f"unknown method {method!r}; use 'structured' or 'magnitude'")
