@@ -5,13 +5,14 @@ Per model (ResNet-20-style, MobileNetV2-style), on the full 54k/6k/10k train/val
   * the uniform ratio giving >= 2x fewer MACs; the four criteria at those equal MACs, before
     recovery (BatchNorm statistics re-estimated) and after a short equal KD recovery;
   * CE vs KD recovery on the same samples; latency-aware vs uniform shaping at the same importance
-    budget; blocks + channels (depth and width) at >= 2x fewer MACs;
+    budget; latency-aware depth+width: 0..k blocks plus channels at the same MACs, timed, the
+    fastest within 0.5 pt val (after a short KD) of the best kept and recovered;
   * a ratio chosen on val against a floor of "dense val - 1 pt", checked on test only at the end.
 Latency: batch 1, every variant of a model and its dense model BN-folded, each in NCHW and
 channels_last, all timed in alternation at the end (fastest of N rounds); each model, the dense one
 too, is reported in its faster layout. The val sweep's latency curve is timed in NCHW.
 
-    PYTHONPATH=. python bench/structured.py                       # the full run (~35-40 min, 2 cores)
+    PYTHONPATH=. python bench/structured.py                       # the full run (~35-45 min with base training, ~30 min once cached; 2 cores)
     PYTHONPATH=. python bench/structured.py --models resnet20 --train-n 512 --epochs 0.2 \\
         --recover-epochs 0.02 --criteria-epochs 0.01 --sweep-epochs 0.01   # smoke test
 """
@@ -40,6 +41,7 @@ from slimkit.prune.latency_cost import latency_table, prune_latency_aware
 from slimkit.prune.layers import block_influences, remove_blocks
 from slimkit.prune.recovery import fine_tune
 from slimkit.prune.select import choose_ratio, write_selection
+from slimkit.prune.shape_search import choose_depth_width, ratio_for_macs
 from slimkit.prune.structured import prune_structured
 
 MODELS = {"resnet20": ("resnet", {"depth": 20}), "mobilenetv2": ("mobilenetv2", {})}
@@ -50,9 +52,9 @@ MODELS = {"resnet20": ("resnet", {"depth": 20}), "mobilenetv2": ("mobilenetv2", 
 # epochs take ~7 min each. (2-thread wall times measured under that load were meaningless: 2.8 s
 # per batch, OpenMP threads spinning while the other job held the cores.)
 EPOCHS = {"resnet20": 5.0, "mobilenetv2": 4.0}
-# Whole blocks removed in the depth+width variant (of 7 and 4 removable): each removed block takes
+# Most whole blocks the depth+width search tries (of 7 and 4 removable): each removed block takes
 # its per-op overhead with it, which channel cuts cannot remove at batch 1.
-BLOCKS = {"resnet20": 3, "mobilenetv2": 2}
+MAX_BLOCKS = {"resnet20": 5, "mobilenetv2": 4}
 CRITERIA = ("l2", "bn", "taylor", "entropy")
 
 
@@ -61,13 +63,16 @@ def parse() -> argparse.Namespace:
     p.add_argument("--models", default="resnet20,mobilenetv2")
     p.add_argument("--train-n", type=int, default=0, help="0 = the whole train split (54k)")
     p.add_argument("--epochs", type=float, default=None, help="base training epochs (default per model: EPOCHS)")
-    p.add_argument("--recover-epochs", type=float, default=1.0, help="main recovery budget, same for CE and KD")
+    p.add_argument("--recover-epochs", type=float, default=2.0, help="main recovery budget, same for CE and KD")
     p.add_argument("--criteria-epochs", type=float, default=0.3, help="short equal KD recovery per criterion")
     p.add_argument("--sweep-epochs", type=float, default=0.5, help="KD recovery per point of the val ratio sweep")
     p.add_argument("--criterion", default="taylor", choices=CRITERIA, help="criterion of the main rows")
     p.add_argument("--macs-target", type=float, default=0.5, help="pruned/dense MACs to reach (0.5 = 2x fewer)")
     p.add_argument("--floor-pt", type=float, default=1.0, help="val floor = dense val accuracy - this many points")
-    p.add_argument("--blocks", type=int, default=None, help="blocks removed in depth+width (default: BLOCKS)")
+    p.add_argument("--max-blocks", type=int, default=None, help="most blocks the depth+width search removes "
+                   "(default: MAX_BLOCKS)")
+    p.add_argument("--shape-epochs", type=float, default=0.1, help="KD recovery per depth+width candidate")
+    p.add_argument("--shape-tolerance", type=float, default=0.5, help="val points a faster mix may lose")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training and evaluation")
     p.add_argument("--latency-threads", type=int, default=2, help="threads for batch-1 timing")
     p.add_argument("--layout", default="best", choices=("best", "nchw", "channels_last"),
@@ -135,18 +140,6 @@ def base_model(key: str, epochs: float, train: Split, seed: int) -> tuple[nn.Mod
         took = time.time() - t0
     save_model(model, path, extra={"train_seconds": took, "settings": settings})
     return model.eval(), f"trained in {took:.0f} s, cached as {path.name}"
-
-
-def ratio_for_macs(model: nn.Module, example: torch.Tensor, target_macs: float) -> float:
-    """Close to the smallest uniform ratio whose pruned MACs are <= target_macs (6 bisection steps)."""
-    lo, hi = 0.0, 0.9
-    for _ in range(6):  # MACs fall monotonically (in steps, widths are multiples of 8) as the ratio grows
-        mid = (lo + hi) / 2
-        if count_macs(prune_structured(model, example, mid).model, example) <= target_macs:
-            hi = mid
-        else:
-            lo = mid
-    return round(hi, 4)
 
 
 def to_layout(m, layout: str):
@@ -228,16 +221,10 @@ class ModelBench:
             self.row(f"uniform-{crit} + KD {R}ep", self.recover(pruned[crit], R, True, "KD"), r, keep=keeps[crit])
         with stage(f"{key}: latency tables ({', '.join(self.layouts)}), latency-aware {crit} + KD {R}ep", R * rec):
             self.latency_aware(r, crit, R)
-        blocks = a.blocks if a.blocks is not None else BLOCKS[key]
-        with stage(f"{key}: {blocks} blocks + uniform-{crit} channels + KD {R}ep", R * rec):
-            shallow = copy.deepcopy(dense)
-            infl = block_influences(shallow, self.calib)
-            gone = sorted(infl, key=lambda b: (infl[b], b))[:blocks]
-            remove_blocks(shallow, gone)
-            rb = ratio_for_macs(shallow, self.example, a.macs_target * self.d_macs)
-            cut = self.prune(shallow, rb, crit)[0]
-            self.row(f"{blocks} blocks + uniform-{crit} + KD {R}ep", self.recover(cut, R, True, "KD blocks"), rb,
-                     note="removed " + ", ".join(gone))
+        max_blocks = a.max_blocks if a.max_blocks is not None else MAX_BLOCKS[key]
+        with stage(f"{key}: blocks+channels search (0..{max_blocks} blocks, KD {a.shape_epochs}ep each) + KD {R}ep",
+                   (R + (max_blocks + 1) * a.shape_epochs) * rec):
+            self.depth_width(crit, R, max_blocks)
         self.select(crit, rec)
         with stage(f"{key}: batch-1 timing of {len(self.timed)} models x {len(self.layouts)} layouts, "
                    f"{a.timing_rounds} alternating rounds"):
@@ -262,11 +249,13 @@ class ModelBench:
         a, ex, dense_ms, best = self.a, self.example, self.dense_ms(), None
         for layout in self.layouts:
             table = latency_table(self.dense, ex, threads=a.latency_threads, cache=Path(a.out) / "latency_cache.json",
-                                  rounds=a.table_rounds, channels_last=layout == "channels_last")
+                                  rounds=a.table_rounds, channels_last=layout == "channels_last",
+                                  calibrate_with=lambda m, lay=layout: self.timing_copy(m, lay))
             self.tables[layout] = table
             la, info = prune_latency_aware(self.dense, ex, r, crit, self.calib, threads=a.latency_threads, table=table)
             pred = dense_ms[layout] - info["predicted_saving_ms"]
-            print(f"[latency-aware] {layout}: dense {dense_ms[layout]:.3f} ms, predicted {pred:.3f} ms (uniform "
+            print(f"[latency-aware] {layout}: table scale {table.scale:.3f}; dense {dense_ms[layout]:.3f} ms, "
+                  f"predicted {pred:.3f} ms (uniform "
                   f"{dense_ms[layout] - info['uniform_predicted_saving_ms']:.3f}); kept {dict(la.kept)}", flush=True)
             if best is None or pred < best[0]:
                 best = (pred, layout, la, info)
@@ -276,6 +265,29 @@ class ModelBench:
                 f"{info['importance_uniform']:.3g})" + "".join(f"; {n}" for n in la.notes[:2]))
         self.row(f"latency-aware-{crit} + KD {R}ep", self.recover(model, R, True, "KD latency-aware"), r,
                  keep={g: k for g, (k, _) in la.kept.items()}, note=note)
+
+    def depth_width(self, crit: str, R: float, max_blocks: int) -> None:
+        """Measured latency-aware shaping: k blocks + channels at the MACs target, k chosen by batch-1
+        time among candidates whose val accuracy after a short KD is within tolerance of the best."""
+        a = self.a
+
+        def score(m: nn.Module) -> float:
+            m = recalibrate_bn(channels_last(copy.deepcopy(m)), self.bn_batches)
+            return self.acc(self.recover(m, a.shape_epochs, True, "KD shape"), self.data.val)
+
+        choice = choose_depth_width(self.dense, self.example, a.macs_target * self.d_macs, score, crit, self.calib,
+                                    max_blocks=max_blocks, tolerance=a.shape_tolerance, threads=a.latency_threads,
+                                    rounds=a.timing_rounds // 2, prepare=self.timing_copy)
+        (Path(a.out) / f"{self.key}_depth_width.json").write_text(json.dumps(choice.as_dict(), indent=1))
+        for c in choice.candidates:
+            print(f"[shape] {self.key}: {c.blocks} blocks + ratio {c.ratio}: {c.macs / 1e6:.2f} MMACs, {c.ms:.3f} ms, "
+                  f"val {c.score:.2f} after KD {a.shape_epochs}ep", flush=True)
+        c = choice.chosen
+        model = recalibrate_bn(channels_last(choice.model), self.bn_batches)
+        self.row(f"latency-aware depth+width: {c.blocks} blocks + uniform-{crit} + KD {R}ep",
+                 self.recover(model, R, True, "KD depth+width"), c.ratio,
+                 note=(f"fastest of {len(choice.candidates)} measured mixes within {a.shape_tolerance} pt val of the "
+                       f"best after KD {a.shape_epochs}ep" + (f"; removed {', '.join(c.removed)}" if c.removed else "")))
 
     def dense_ms(self) -> dict[str, float]:
         """Batch-1 latency of the dense model (as timed) in each layout, measured in alternation."""
@@ -394,7 +406,8 @@ def main() -> None:
     header = (f"Fashion-MNIST; CPU {cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}; train/eval "
               f"{a.threads} threads; latency batch 1, {a.latency_threads} threads, under inference_mode, "
               f"{'BN as separate ops' if a.no_fold else 'BN folded'} in dense and pruned alike, {layout}, "
-              f"fastest of {a.timing_rounds} alternating rounds; pred_ms = dense ms - lookup-table saving; "
+              f"fastest of {a.timing_rounds} alternating rounds; pred_ms = dense ms - lookup-table saving "
+              f"(table scaled to one measured 50% uniform cut); "
               f"base models {len(train)} train samples "
               f"(epochs {a.epochs or EPOCHS}); recovery AdamW lr 1e-3, KD T=4 alpha=0.7 from cached dense logits, "
               f"CE and KD on the same samples: main {a.recover_epochs} ep, criteria {a.criteria_epochs} ep, sweep "

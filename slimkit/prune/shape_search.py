@@ -1,0 +1,116 @@
+"""Latency-aware shaping by measurement: how many whole blocks to remove and how thin the channels.
+
+At batch 1 on a CPU a small network's time is largely per-op overhead: a channel cut shrinks the
+work of every op but keeps every op, while removing a block removes its ops outright. Which mix
+is fastest at equal MACs, and what it costs in accuracy, depends on the model and the device, so
+both are measured rather than predicted:
+
+1. for k = 0, 1, ..., the k removable blocks of lowest block influence go, then the smallest
+   uniform channel ratio reaching the MACs target (k stops growing once blocks alone reach it);
+2. every candidate is timed at batch 1, all in alternation, fastest of `rounds` runs;
+3. the caller scores each candidate (e.g. validation accuracy after a short recovery);
+4. the fastest candidate scoring within `tolerance` of the best score is chosen.
+
+k = 0 is plain uniform channel pruning, so the choice is uniform unless removing blocks is
+measured faster at a score no more than `tolerance` below the best.
+"""
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from slimkit.errors import SlimkitError
+from slimkit.measure import count_macs, measure_latency_interleaved
+from slimkit.prune.layers import removable_blocks
+from slimkit.prune.structured import Batch, prune_structured
+
+
+@dataclass
+class ShapeCandidate:
+    blocks: int
+    removed: list[str]
+    ratio: float
+    macs: int
+    ms: float
+    score: float
+
+
+@dataclass
+class ShapeChoice:
+    """The chosen candidate, every candidate measured (for the report), and the chosen pruned model."""
+
+    chosen: ShapeCandidate
+    candidates: list[ShapeCandidate] = field(default_factory=list)
+    model: nn.Module | None = None
+
+    def as_dict(self) -> dict:
+        return {"chosen": asdict(self.chosen), "candidates": [asdict(c) for c in self.candidates]}
+
+
+def ratio_for_macs(model: nn.Module, example: torch.Tensor, target_macs: float, calib: list[Batch] | None = None,
+                   blocks: int = 0, steps: int = 6) -> float:
+    """Close to the smallest uniform channel ratio whose pruned MACs are <= target_macs (bisection).
+
+    Uniform widths depend on the ratio alone, not on the importance criterion, so the cheap L2
+    score is used here. MACs fall monotonically (in steps, as widths are rounded) as the ratio
+    grows. Returns 0.0 when removing `blocks` alone reaches the target; raises when even the
+    largest ratio cannot.
+    """
+    def macs(ratio: float) -> int:
+        res = prune_structured(model, example, ratio, "l2", calib=calib, blocks=blocks)
+        return count_macs(res.model, example)
+
+    if macs(0.0) <= target_macs:
+        return 0.0
+    lo, hi = 0.0, 0.9
+    if macs(hi) > target_macs:
+        raise SlimkitError(f"no channel ratio up to {hi} reaches {target_macs / 1e6:.2f} MMACs with {blocks} blocks removed")
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        if macs(mid) <= target_macs:
+            hi = mid
+        else:
+            lo = mid
+    return round(hi, 4)
+
+
+def choose_depth_width(model: nn.Module, example: torch.Tensor, target_macs: float,
+                       score: Callable[[nn.Module], float], importance: str = "l2",
+                       calib: Iterable[Batch] | None = None, max_blocks: int | None = None,
+                       tolerance: float = 0.5, threads: int = 2, rounds: int = 100,
+                       prepare: Callable[[nn.Module], nn.Module] | None = None,
+                       progress: bool = True) -> ShapeChoice:
+    """Measure block-plus-channel mixes at one MACs target; keep the fastest that scores near the best.
+
+    `score(pruned_model)` is higher-is-better and in the same units as `tolerance` (e.g. val
+    accuracy points after a short recovery; it may train a copy). `prepare(model)` is applied
+    before timing (e.g. BN folding and memory layout), so candidates are timed as they will run.
+    """
+    calib = list(calib or [])
+    if not calib:
+        raise SlimkitError("choose_depth_width ranks blocks by block influence; pass calib batches")
+    if tolerance < 0:
+        raise SlimkitError(f"tolerance must be >= 0, got {tolerance}")
+    n_removable = len(removable_blocks(model))
+    max_blocks = n_removable if max_blocks is None else max_blocks
+    if not 0 <= max_blocks <= n_removable:
+        raise SlimkitError(f"max_blocks must be in 0..{n_removable} (removable blocks of this model), got {max_blocks}")
+    prepare = prepare or (lambda m: m)
+    built: list[tuple[int, float, nn.Module, list[str]]] = []
+    for k in range(max_blocks + 1):
+        ratio = ratio_for_macs(model, example, target_macs, calib, blocks=k)
+        res = prune_structured(model, example, ratio, importance, calib=calib, blocks=k)
+        built.append((k, ratio, res.model, list(res.removed_blocks)))
+        if ratio == 0.0:
+            break
+    times = measure_latency_interleaved([prepare(m) for _, _, m, _ in built], example, runs=rounds, warmup=5,
+                                        threads=threads, stat="min")
+    candidates = []
+    for (k, ratio, m, removed), t in zip(tqdm(built, desc="score shapes", disable=not progress, leave=False), times):
+        candidates.append(ShapeCandidate(k, removed, ratio, count_macs(m, example), t.ms, float(score(m))))
+    best = max(c.score for c in candidates)
+    chosen = min((c for c in candidates if c.score >= best - tolerance), key=lambda c: (c.ms, c.blocks))
+    return ShapeChoice(chosen, candidates, built[candidates.index(chosen)][2])

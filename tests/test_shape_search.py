@@ -1,0 +1,65 @@
+"""Latency-aware depth+width search: candidates at the MACs target, choice by measured time and score."""
+
+import pytest
+import torch
+
+from slimkit.errors import SlimkitError
+from slimkit.measure import count_macs
+from slimkit.models import ResNetCifar
+from slimkit.prune.layers import removable_blocks
+from slimkit.prune.shape_search import choose_depth_width, ratio_for_macs
+
+X = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+CALIB = [(X, torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(1)))]
+
+
+def _model() -> ResNetCifar:
+    torch.manual_seed(0)
+    return ResNetCifar(depth=14, width=16).eval()
+
+
+def test_ratio_for_macs_reaches_the_target_and_is_zero_when_blocks_suffice() -> None:
+    model = _model()
+    dense = count_macs(model, X[:1])
+    r = ratio_for_macs(model, X[:1], 0.5 * dense, CALIB)
+    assert 0 < r < 0.9
+    assert ratio_for_macs(model, X[:1], 1.01 * dense, CALIB) == 0.0
+    with pytest.raises(SlimkitError, match="no channel ratio"):
+        ratio_for_macs(model, X[:1], 0.001 * dense, CALIB)
+
+
+def test_every_candidate_meets_the_target_and_the_choice_follows_score_then_time() -> None:
+    model = _model()
+    target = 0.6 * count_macs(model, X[:1])
+    # the score is the number of blocks left, so each removed block costs 1 point: with tolerance 0
+    # only k = 0 qualifies
+    choice = choose_depth_width(model, X[:1], target, lambda m: float(len(removable_blocks(m))), "l2", CALIB,
+                                max_blocks=2, tolerance=0.0, rounds=5, progress=False)
+    assert [c.blocks for c in choice.candidates] == [0, 1, 2]
+    assert all(c.macs <= target for c in choice.candidates)
+    assert [len(c.removed) for c in choice.candidates] == [0, 1, 2]
+    assert choice.chosen.blocks == 0 and choice.chosen.removed == []
+    # a flat score makes every candidate eligible: the measured fastest wins
+    flat = choose_depth_width(model, X[:1], target, lambda m: 1.0, "l2", CALIB, max_blocks=2, tolerance=0.0,
+                              rounds=5, progress=False)
+    assert flat.chosen.ms == min(c.ms for c in flat.candidates)
+    assert count_macs(flat.model, X[:1]) == flat.chosen.macs
+
+
+def test_bad_arguments_name_the_problem() -> None:
+    model = _model()
+    with pytest.raises(SlimkitError, match="max_blocks"):
+        choose_depth_width(model, X[:1], 1e6, lambda m: 0.0, calib=CALIB, max_blocks=99, progress=False)
+    with pytest.raises(SlimkitError, match="calib"):
+        choose_depth_width(model, X[:1], 1e6, lambda m: 0.0, progress=False)
+
+
+def test_not_slower_keeps_the_dense_model_when_the_cut_does_not_pay() -> None:
+    from slimkit.prune.latency_cost import not_slower
+
+    torch.manual_seed(0)
+    small, big = ResNetCifar(depth=8, width=8).eval(), ResNetCifar(depth=14, width=48).eval()
+    kept, info = not_slower(small, big, X[:1], rounds=10)  # "pruned" is 10x the work: must be refused
+    assert kept is small and not info["kept_pruned"] and "does not pay" in info["note"]
+    kept, info = not_slower(big, small, X[:1], rounds=10)
+    assert kept is small and info["kept_pruned"] and info["pruned_ms"] < info["dense_ms"]
