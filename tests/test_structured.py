@@ -342,9 +342,26 @@ def test_calibration_scale_multiplies_every_saving_and_is_cached() -> None:
     model = _tiny("resnet")
     table = latency_table(model, X[:1], threads=1, rounds=5, progress=False)
     assert table.scale == 1.0
-    scale = calibrate(table, model, X[:1], lambda m: m, threads=1, rounds=20)
-    assert scale >= 0.0 and table.scale == 1.0  # calibrate returns the factor, the table is untouched
+    scale, dense_ms = calibrate(table, model, X[:1], lambda m: m, threads=1, rounds=20)
+    assert scale >= 0.0 and dense_ms > 0 and table.scale == 1.0  # returns the factor, the table is untouched
     unscaled = table.saving_ms({g: max(1, n // 2) for g, n in table.sizes.items()})
     table.scale = scale
     assert table.saving_ms({g: max(1, n // 2) for g, n in table.sizes.items()}) == pytest.approx(scale * unscaled)
     assert type(table).from_dict(table.as_dict()).scale == scale
+
+
+def test_cached_calibrated_table_is_retaken_when_the_dense_time_moved(tmp_path) -> None:
+    import json
+
+    from slimkit.prune.latency_cost import latency_table
+
+    model, cache = _tiny("cnn"), tmp_path / "t.json"
+    first = latency_table(model, X[:1], threads=1, rounds=5, cache=cache, progress=False, calibrate_with=lambda m: m)
+    assert first.dense_ms > 0
+    stored = json.loads(cache.read_text())
+    (key,) = stored
+    stored[key]["dense_ms"] = first.dense_ms * 10  # as if calibrated while the machine was 10x slower
+    stored[key]["scale"] = 123.0
+    cache.write_text(json.dumps(stored))
+    again = latency_table(model, X[:1], threads=1, rounds=5, cache=cache, progress=False, calibrate_with=lambda m: m)
+    assert again.scale != 123.0 and again.dense_ms < first.dense_ms * 5

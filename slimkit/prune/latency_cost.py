@@ -93,6 +93,8 @@ class LatencyTable:
     # measured whole-model saving / summed per-layer saving, for one uniform cut (see `calibrate`);
     # 1.0 until calibrated
     scale: float = 1.0
+    # the prepared dense model's batch-1 time when the table was calibrated (None: not calibrated)
+    dense_ms: float | None = None
 
     def site_ms(self, site: Site, keep: dict[str, int]) -> float:
         c_in = keep.get(site.in_group, site.c_in // site.in_scale) * site.in_scale if site.in_group else site.c_in
@@ -121,12 +123,13 @@ class LatencyTable:
         return out
 
     def as_dict(self) -> dict:
-        return {"sites": {k: asdict(s) for k, s in self.sites.items()}, "sizes": self.sizes, "scale": self.scale}
+        return {"sites": {k: asdict(s) for k, s in self.sites.items()}, "sizes": self.sizes, "scale": self.scale,
+                "dense_ms": self.dense_ms}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LatencyTable":
         return cls({k: Site(**s) for k, s in d["sites"].items()}, {k: int(v) for k, v in d["sizes"].items()},
-                   float(d.get("scale", 1.0)))
+                   float(d.get("scale", 1.0)), d.get("dense_ms"))
 
 
 def _widths(n: int, round_to: int, max_ratio: float) -> list[int]:
@@ -249,7 +252,9 @@ def latency_table(model: nn.Module, example: torch.Tensor, round_to: int = 8, th
     """Measure (or read from `cache`) the per-layer lookup table of `model` on this machine.
 
     With `calibrate_with` (how a model is prepared for timing: e.g. BN folding and memory layout),
-    the table's scale is fitted to one whole-model measurement, see `calibrate`.
+    the table's scale is fitted to one whole-model measurement, see `calibrate`. A cached calibrated
+    table is reused only while the dense model still measures within 25% of its time at
+    calibration: timings taken while the machine was busy, or on another machine state, are retaken.
     """
     settings = {"round_to": round_to, "rounds": rounds, "max_ratio": max_ratio, "channels_last": channels_last,
                 "fractions": FRACTIONS, "ignored": sorted(ignored) if ignored else None, "version": 4,
@@ -258,15 +263,17 @@ def latency_table(model: nn.Module, example: torch.Tensor, round_to: int = 8, th
     path = Path(cache) if cache else None
     stored = json.loads(path.read_text()) if path and path.is_file() else {}
     if key in stored:
-        return LatencyTable.from_dict(stored[key])
+        table = LatencyTable.from_dict(stored[key])
+        if calibrate_with is None or _still_valid(table, model, example, calibrate_with, threads):
+            return table
     graph = build_graph(copy.deepcopy(model), example[:1], ignored)
     sites = find_sites(graph, example, round_to, max_ratio)
     for s in tqdm(sites.values(), desc="latency table", disable=not progress, leave=False):
         s.ms = time_site(s, threads, rounds, channels_last)
     table = LatencyTable(sites, graph.sizes)
     if calibrate_with is not None:
-        table.scale = calibrate(table, model, example, calibrate_with, threads=threads, rounds=max(rounds, 100),
-                                round_to=round_to, ignored=ignored)
+        table.scale, table.dense_ms = calibrate(table, model, example, calibrate_with, threads=threads,
+                                                rounds=max(rounds, 100), round_to=round_to, ignored=ignored)
     if path:
         stored[key] = table.as_dict()
         atomic_write_bytes(path, json.dumps(stored, indent=1, sort_keys=True).encode())
@@ -275,8 +282,8 @@ def latency_table(model: nn.Module, example: torch.Tensor, round_to: int = 8, th
 
 def calibrate(table: LatencyTable, model: nn.Module, example: torch.Tensor,
               prepare: Callable[[nn.Module], nn.Module], ratio: float = 0.5, threads: int = 2, rounds: int = 100,
-              round_to: int = 8, ignored=None) -> float:
-    """Scale that makes the table's predicted saving equal one measured whole-model saving.
+              round_to: int = 8, ignored=None) -> tuple[float, float]:
+    """(scale, dense ms): the factor making the table's predicted saving equal one measured saving.
 
     Layers timed alone overstate what narrowing them saves inside the model at batch 1: the
     per-call overhead the isolated timing sees is still paid in the model, and work overlaps. A
@@ -295,7 +302,16 @@ def calibrate(table: LatencyTable, model: nn.Module, example: torch.Tensor,
         table.scale = table_scale
     d, p = measure_latency_interleaved([prepare(model), prepare(cut)], example[:1], runs=rounds, warmup=5,
                                        threads=threads, stat="min")
-    return max(0.0, d.ms - p.ms) / predicted if predicted > 0 else 1.0
+    return (max(0.0, d.ms - p.ms) / predicted if predicted > 0 else 1.0), d.ms
+
+
+def _still_valid(table: LatencyTable, model: nn.Module, example: torch.Tensor,
+                 prepare: Callable[[nn.Module], nn.Module], threads: int, stale: float = 0.25) -> bool:
+    if table.dense_ms is None:
+        return False
+    now = measure_latency_interleaved([prepare(model)], example[:1], runs=100, warmup=5, threads=threads,
+                                      stat="min")[0].ms
+    return abs(now / table.dense_ms - 1.0) <= stale
 
 
 def not_slower(dense: nn.Module, pruned: nn.Module, example: torch.Tensor, threads: int = 2,
