@@ -344,8 +344,8 @@ class ModelBench:
             rw["ms_by_layout"] = {lay: by[lay][i] for lay in lays}
             rw["layout"] = min(lays, key=lambda lay: by[lay][i])
             rw["ms"] = by[rw["layout"]][i]
-            if rw.get("_keep"):
-                rw["pred_ms"] = min(by[lay][0] - self.tables[lay].saving_ms(rw["_keep"]) for lay in self.tables)
+            if rw.get("_keep") and rw["layout"] in self.tables:  # predicted by the table of the layout it runs in
+                rw["pred_ms"] = by[rw["layout"]][0] - self.tables[rw["layout"]].saving_ms(rw["_keep"])
             if i and rw["ms"] >= d_best:
                 rw["note"] = (rw["note"] + "; " if rw["note"] else "") + (
                     f"measured {rw['ms']:.3f} ms >= dense {d_best:.3f} ms: cut does not pay, dense model kept "

@@ -43,6 +43,7 @@ def test_every_candidate_meets_the_target_and_the_choice_follows_score_then_time
     flat = choose_depth_width(model, X[:1], target, lambda m: 1.0, "l2", CALIB, max_blocks=2, tolerance=0.0,
                               rounds=5, progress=False)
     assert flat.chosen.ms == min(c.ms for c in flat.candidates)
+    assert flat.dense_ms > 0 and flat.pays == (flat.chosen.ms < flat.dense_ms)
     assert count_macs(flat.model, X[:1]) == flat.chosen.macs
 
 

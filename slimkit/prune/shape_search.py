@@ -7,7 +7,8 @@ both are measured rather than predicted:
 
 1. for k = 0, 1, ..., the k removable blocks of lowest block influence go, then the smallest
    uniform channel ratio reaching the MACs target (k stops growing once blocks alone reach it);
-2. every candidate is timed at batch 1, all in alternation, fastest of `rounds` runs;
+2. every candidate and the dense model are timed at batch 1, all in alternation, fastest of
+   `rounds` runs;
 3. the caller scores each candidate (e.g. validation accuracy after a short recovery);
 4. the fastest candidate scoring within `tolerance` of the best score is chosen.
 
@@ -40,14 +41,22 @@ class ShapeCandidate:
 
 @dataclass
 class ShapeChoice:
-    """The chosen candidate, every candidate measured (for the report), and the chosen pruned model."""
+    """The chosen candidate, every candidate measured (for the report), the chosen pruned model, and
+    the dense model's time from the same alternating runs: `pays` is False when even the chosen
+    cut measured no faster than the dense model, and the caller should keep the dense one."""
 
     chosen: ShapeCandidate
     candidates: list[ShapeCandidate] = field(default_factory=list)
     model: nn.Module | None = None
+    dense_ms: float = 0.0
+
+    @property
+    def pays(self) -> bool:
+        return self.chosen.ms < self.dense_ms
 
     def as_dict(self) -> dict:
-        return {"chosen": asdict(self.chosen), "candidates": [asdict(c) for c in self.candidates]}
+        return {"chosen": asdict(self.chosen), "candidates": [asdict(c) for c in self.candidates],
+                "dense_ms": self.dense_ms, "pays": self.pays}
 
 
 def ratio_for_macs(model: nn.Module, example: torch.Tensor, target_macs: float, calib: list[Batch] | None = None,
@@ -106,11 +115,11 @@ def choose_depth_width(model: nn.Module, example: torch.Tensor, target_macs: flo
         built.append((k, ratio, res.model, list(res.removed_blocks)))
         if ratio == 0.0:
             break
-    times = measure_latency_interleaved([prepare(m) for _, _, m, _ in built], example, runs=rounds, warmup=5,
-                                        threads=threads, stat="min")
+    dense, *times = measure_latency_interleaved([prepare(model)] + [prepare(m) for _, _, m, _ in built], example[:1],
+                                                runs=rounds, warmup=5, threads=threads, stat="min")
     candidates = []
     for (k, ratio, m, removed), t in zip(tqdm(built, desc="score shapes", disable=not progress, leave=False), times):
         candidates.append(ShapeCandidate(k, removed, ratio, count_macs(m, example), t.ms, float(score(m))))
     best = max(c.score for c in candidates)
     chosen = min((c for c in candidates if c.score >= best - tolerance), key=lambda c: (c.ms, c.blocks))
-    return ShapeChoice(chosen, candidates, built[candidates.index(chosen)][2])
+    return ShapeChoice(chosen, candidates, built[candidates.index(chosen)][2], dense.ms)
