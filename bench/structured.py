@@ -38,7 +38,6 @@ from slimkit.measure import count_macs, evaluate_classifier, measure_latency_int
 from slimkit.models import build_model
 from slimkit.prune.batchnorm import fold_batchnorm, recalibrate_bn
 from slimkit.prune.latency_cost import latency_table, prune_latency_aware
-from slimkit.prune.layers import block_influences, remove_blocks
 from slimkit.prune.recovery import fine_tune
 from slimkit.prune.select import choose_ratio, write_selection
 from slimkit.prune.shape_search import choose_depth_width, ratio_for_macs

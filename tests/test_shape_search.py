@@ -18,14 +18,14 @@ def _model() -> ResNetCifar:
     return ResNetCifar(depth=14, width=16).eval()
 
 
-def test_ratio_for_macs_reaches_the_target_and_is_zero_when_blocks_suffice() -> None:
+def test_ratio_for_macs_reaches_the_target_and_is_zero_when_already_met() -> None:
     model = _model()
     dense = count_macs(model, X[:1])
-    r = ratio_for_macs(model, X[:1], 0.5 * dense, CALIB)
+    r = ratio_for_macs(model, X[:1], 0.5 * dense)
     assert 0 < r < 0.9
-    assert ratio_for_macs(model, X[:1], 1.01 * dense, CALIB) == 0.0
+    assert ratio_for_macs(model, X[:1], 1.01 * dense) == 0.0
     with pytest.raises(SlimkitError, match="no channel ratio"):
-        ratio_for_macs(model, X[:1], 0.001 * dense, CALIB)
+        ratio_for_macs(model, X[:1], 0.001 * dense)
 
 
 def test_every_candidate_meets_the_target_and_the_choice_follows_score_then_time() -> None:

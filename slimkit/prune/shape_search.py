@@ -16,6 +16,7 @@ k = 0 is plain uniform channel pruning, so the choice is uniform unless removing
 measured faster at a score no more than `tolerance` below the best.
 """
 
+import copy
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 
 from slimkit.errors import SlimkitError
 from slimkit.measure import count_macs, measure_latency_interleaved
-from slimkit.prune.layers import removable_blocks
+from slimkit.prune.layers import block_influences, removable_blocks, remove_blocks
 from slimkit.prune.structured import Batch, prune_structured
 
 
@@ -59,24 +60,22 @@ class ShapeChoice:
                 "dense_ms": self.dense_ms, "pays": self.pays}
 
 
-def ratio_for_macs(model: nn.Module, example: torch.Tensor, target_macs: float, calib: list[Batch] | None = None,
-                   blocks: int = 0, steps: int = 6) -> float:
+def ratio_for_macs(model: nn.Module, example: torch.Tensor, target_macs: float, steps: int = 6) -> float:
     """Close to the smallest uniform channel ratio whose pruned MACs are <= target_macs (bisection).
 
     Uniform widths depend on the ratio alone, not on the importance criterion, so the cheap L2
     score is used here. MACs fall monotonically (in steps, as widths are rounded) as the ratio
-    grows. Returns 0.0 when removing `blocks` alone reaches the target; raises when even the
-    largest ratio cannot.
+    grows. Returns 0.0 when the model already meets the target; raises when even the largest
+    ratio cannot.
     """
     def macs(ratio: float) -> int:
-        res = prune_structured(model, example, ratio, "l2", calib=calib, blocks=blocks)
-        return count_macs(res.model, example)
+        return count_macs(prune_structured(model, example, ratio, "l2").model, example)
 
     if macs(0.0) <= target_macs:
         return 0.0
     lo, hi = 0.0, 0.9
     if macs(hi) > target_macs:
-        raise SlimkitError(f"no channel ratio up to {hi} reaches {target_macs / 1e6:.2f} MMACs with {blocks} blocks removed")
+        raise SlimkitError(f"no channel ratio up to {hi} reaches {target_macs / 1e6:.2f} MMACs")
     for _ in range(steps):
         mid = (lo + hi) / 2
         if macs(mid) <= target_macs:
@@ -108,11 +107,14 @@ def choose_depth_width(model: nn.Module, example: torch.Tensor, target_macs: flo
     if not 0 <= max_blocks <= n_removable:
         raise SlimkitError(f"max_blocks must be in 0..{n_removable} (removable blocks of this model), got {max_blocks}")
     prepare = prepare or (lambda m: m)
+    # block influence is measured once on the dense model; candidate k drops the k lowest
+    infl = block_influences(model, calib)
+    order = sorted(infl, key=lambda n: (infl[n], n))
     built: list[tuple[int, float, nn.Module, list[str]]] = []
     for k in range(max_blocks + 1):
-        ratio = ratio_for_macs(model, example, target_macs, calib, blocks=k)
-        res = prune_structured(model, example, ratio, importance, calib=calib, blocks=k)
-        built.append((k, ratio, res.model, list(res.removed_blocks)))
+        shallow = remove_blocks(copy.deepcopy(model), order[:k])
+        ratio = ratio_for_macs(shallow, example, target_macs)
+        built.append((k, ratio, prune_structured(shallow, example, ratio, importance, calib=calib).model, order[:k]))
         if ratio == 0.0:
             break
     dense, *times = measure_latency_interleaved([prepare(model)] + [prepare(m) for _, _, m, _ in built], example[:1],
