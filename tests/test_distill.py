@@ -75,3 +75,16 @@ def test_masks_are_held_during_finetune(digits):
     train_classifier(model, digits, TrainConfig(epochs=1, batch_size=64, warmup_steps=1), masks=report.masks, progress=False)
     weights = prunable_weights(model)
     assert all(torch.all(weights[n][~m] == 0) for n, m in report.masks.items())
+
+
+def test_budget_cosine_decays_over_whichever_budget_ends_first():
+    import pytest
+
+    from slimkit.distill.config import budget_cosine
+
+    assert budget_cosine(0, 100) == 1.0 and budget_cosine(100, 100) == pytest.approx(0.0)
+    assert budget_cosine(50, 100) == pytest.approx(0.5)
+    # half the seconds spent at a tenth of the steps: time is the binding budget
+    assert budget_cosine(10, 100, elapsed=30.0, budget=60.0) == pytest.approx(0.5)
+    assert budget_cosine(10, 100, elapsed=90.0, budget=60.0) == pytest.approx(0.0)
+    assert budget_cosine(4, 100, warmup=20) == pytest.approx(0.25 * budget_cosine(4, 100))

@@ -107,3 +107,15 @@ def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def budget_cosine(step: int, total: int, elapsed: float = 0.0, budget: float | None = None,
+                  warmup: int = 0) -> float:
+    """LR multiplier for time-budgeted runs: a cosine to 0 over whichever ends first, `total` steps
+    or `budget` seconds (so a run cut by time still ends at a small LR), times a linear ramp over
+    the first `warmup` steps."""
+    done = step / total
+    if budget:
+        done = max(done, elapsed / max(budget, 1e-9))
+    ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    return ramp * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from slimkit.distill.config import budget_cosine
 from slimkit.errors import SlimkitError
 from slimkit.llm.encoder_prune import prune_heads
 from slimkit.llm.text import read_text
@@ -125,11 +126,9 @@ def distill_encoder(student: nn.Module, teacher: nn.Module, tokenizer, texts: li
                 if layer_weight > 0:
                     value = value + layer_weight * hidden_cosine_loss(s_out.hidden_states[1:],
                                                                       t_out.hidden_states[1:], mask)
-                done = len(losses) / steps
-                if max_seconds:
-                    done = max(done, elapsed / max_seconds)
+                step_lr = lr * budget_cosine(len(losses), steps, elapsed, max_seconds, warmup=20)
                 for group in opt.param_groups:
-                    group["lr"] = lr * min(1.0, (len(losses) + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+                    group["lr"] = step_lr
                 opt.zero_grad(set_to_none=True)
                 value.backward()
                 opt.step()

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from slimkit.distill.config import budget_cosine
 from slimkit.errors import SlimkitError
 from slimkit.io import cache_root
 from slimkit.prune.magnitude import MaskHolder
@@ -186,12 +187,9 @@ def recover(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, cfg: 
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
-                # cosine decay over whichever budget ends first: the epochs or the seconds
-                done = step / total
-                if budget:
-                    done = max(done, (time.perf_counter() - start) / max(budget, 1e-9))
+                lr = cfg.lr * budget_cosine(step, total, time.perf_counter() - start, budget)
                 for group in opt.param_groups:
-                    group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+                    group["lr"] = lr
                 opt.step()
                 losses.append(loss.item())
                 step += 1
