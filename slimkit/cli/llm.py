@@ -223,13 +223,13 @@ def encoder(
     """Prune FFN neurons, heads and layers of a sentence encoder, refit, distill, report fidelity, save."""
     import copy
 
+    from slimkit.errors import check_sparsity
     from slimkit.llm.encoder import default_sentences, distill_encoder, fidelity, save_encoder
     from slimkit.llm.encoder_prune import prune_encoder
     from slimkit.llm.load import load_encoder
 
-    from slimkit.errors import check_sparsity
-
     _check_out(out)
+    # checked here too (prune_encoder checks again) so bad input fails before the model loads
     check_sparsity(ffn_ratio, "ffn_ratio")
     check_sparsity(head_ratio, "head_ratio")
     if minutes < 0 or train < 1 or held_out < 2 or not 0 < calib <= train:

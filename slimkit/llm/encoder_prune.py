@@ -12,7 +12,7 @@ min ‖W·x − W'·x_K‖² over calibration tokens; the constant column carrie
 the removed units into the bias. Layers are processed in order on the *pruned* model's hidden
 states (sequential calibration), so each refit also absorbs the errors of the layers before it,
 and memory stays at one layer's activations. On MiniLM (-50% FFN, -25% heads) this lifts
-embedding cosine to the unpruned model from 0.71 to about 0.90 before any training.
+embedding cosine to the unpruned model from 0.72 to 0.91 before any training (1,024 sentences).
 """
 
 from __future__ import annotations

@@ -14,9 +14,10 @@ layout, grid and torch version; building it takes seconds.
 A layer's time at other widths is read by bilinear interpolation in (in, out) channels, so a layer
 whose input and output both shrink is not double-counted. Predicted model latency = measured dense
 latency minus the summed savings of every layer, times a scale fitted on one measured uniform cut
-(`calibrate`), because layers timed alone overstate what narrowing them saves inside the model. BatchNorm, activations and adds are left out: in
-the timed models BatchNorm is folded into the conv (which therefore carries a bias here) and the
-rest is elementwise work whose per-op overhead does not change with width.
+(`calibrate`), because layers timed alone overstate what narrowing them saves inside the model.
+BatchNorm, activations and adds are left out: in the timed models BatchNorm is folded into the
+conv (which therefore carries a bias here) and the rest is elementwise work whose per-op overhead
+does not change with width.
 """
 
 import bisect
