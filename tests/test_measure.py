@@ -75,7 +75,7 @@ def test_interleaved_latency_ranks_models_by_work_and_restores_modes():
     small.train()
     results = measure_latency_interleaved([small, nn.Sequential(nn.Linear(64, 512), large)], torch.zeros(32, 64),
                                           runs=9, warmup=2, threads=1)
-    assert [r.runs for r in results] == [9, 9] and all(r.threads == 1 for r in results)
+    assert [r.runs for r in results] == [9 * 4, 9 * 4] and all(r.threads == 1 for r in results)  # default burst 5
     assert results[0].median_ms < results[1].median_ms
     assert small.training
 
@@ -93,3 +93,26 @@ def test_interleaved_latency_stat_picks_min_or_median():
         measure_latency_interleaved([model], torch.zeros(1, 32), runs=3, stat="mean")
     with pytest.raises(SlimkitError, match="runs"):
         measure_latency_interleaved([model], torch.zeros(1, 32), runs=0)
+
+
+def test_interleaved_latency_burst_runs_each_model_in_a_row_and_drops_the_cold_call():
+    from slimkit.errors import SlimkitError
+    from slimkit.measure import measure_latency_interleaved
+
+    calls: list[str] = []
+
+    class Tagged(nn.Linear):
+        def __init__(self, tag: str) -> None:
+            super().__init__(8, 8)
+            self.tag = tag
+
+        def forward(self, x):
+            calls.append(self.tag)
+            return super().forward(x)
+
+    a, b = Tagged("a"), Tagged("b")
+    ra, rb = measure_latency_interleaved([a, b], torch.zeros(1, 8), runs=4, warmup=0, threads=1, burst=3)
+    assert ra.runs == rb.runs == 4 * 2  # the first call of each burst of 3 is not recorded
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3 + ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3
+    with pytest.raises(SlimkitError, match="burst"):
+        measure_latency_interleaved([a], torch.zeros(1, 8), runs=2, burst=0)

@@ -216,7 +216,10 @@ def time_site(site: Site, threads: int = 2, rounds: int = 40, channels_last: boo
     points = [(i, j) for i in range(len(site.in_widths)) for j in range(len(site.out_widths))
               if not site.depthwise or site.in_widths[i] == site.out_widths[j]]
     mods = [_Timed(site, site.in_widths[i], site.out_widths[j], channels_last).eval() for i, j in points]
-    res = measure_latency_interleaved(mods, torch.zeros(1), runs=rounds, warmup=3, threads=threads, stat="min")
+    # burst=1: dozens of small layer variants, and the table's scale is fitted afterwards on whole
+    # models timed warm (calibrate), which absorbs the cold-cache share of the layer timings
+    res = measure_latency_interleaved(mods, torch.zeros(1), runs=rounds, warmup=3, threads=threads, stat="min",
+                                      burst=1)
     ms = [[0.0] * len(site.out_widths) for _ in site.in_widths]
     for (i, j), r in zip(points, res):
         ms[i][j] = r.ms
