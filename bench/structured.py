@@ -19,13 +19,11 @@ too, is reported in its faster layout. The val sweep's latency curve is timed in
 """
 
 import argparse
-import contextlib
 import copy
 import hashlib
 import json
 import math
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -43,6 +41,8 @@ from slimkit.prune.recovery import fine_tune
 from slimkit.prune.select import choose_ratio, write_selection
 from slimkit.prune.shape_search import choose_depth_width, ratio_for_macs
 from slimkit.prune.structured import prune_structured
+
+from run_clock import channels_last, cpu_name, eval_seconds_per_sample, stage, train_seconds_per_sample
 
 MODELS = {"resnet20": ("resnet", {"depth": 20}), "mobilenetv2": ("mobilenetv2", {})}
 # Base-training epochs, sized for <= ~8 min per model on 2 quiet cores. Measured (nice'd, on a
@@ -92,36 +92,6 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/out")
     return p.parse_args()
-
-
-@contextlib.contextmanager
-def stage(name: str, estimate_s: float | None = None):
-    """Print a stage's estimated and actual wall time, so a long run shows where it is."""
-    est = f" (estimated ~{estimate_s:.0f} s)" if estimate_s is not None else ""
-    print(f"[stage] {name}{est}", flush=True)
-    t0 = time.time()
-    yield
-    print(f"[stage] {name}: took {time.time() - t0:.0f} s", flush=True)
-
-
-def channels_last(m: nn.Module) -> nn.Module:
-    """Training and evaluation run channels_last: 1.25x (ResNet) to 1.9x (MobileNetV2) faster here."""
-    return m.to(memory_format=torch.channels_last)
-
-
-def train_seconds_per_sample(model: nn.Module, train: Split, batch: int = 128) -> float:
-    """Wall seconds per training sample (forward, backward, AdamW step), from 3 timed batches."""
-    m = channels_last(copy.deepcopy(model)).train()
-    opt = torch.optim.AdamW(m.parameters(), 1e-3)
-    x, y = train.x[:batch], train.y[:batch]
-    t0 = 0.0
-    for i in range(4):
-        if i == 1:
-            t0 = time.perf_counter()
-        opt.zero_grad()
-        nn.functional.cross_entropy(m(x), y).backward()
-        opt.step()
-    return (time.perf_counter() - t0) / (3 * batch)
 
 
 def base_settings(key: str, epochs: float, train: Split, seed: int) -> tuple[dict, Path]:
@@ -371,24 +341,6 @@ class ModelBench:
             rw["dtest"] = rw["test"] - self.d_test
             rw["speedup"] = d_best / rw["ms"]
             rw["eff"] = rw["speedup"] / rw["macs_x"] if rw["macs_x"] > 1 else None
-
-
-def cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def eval_seconds_per_sample(model: nn.Module, split: Split) -> float:
-    """Wall seconds per evaluated sample, from one timed batch of 512 after a warm-up batch."""
-    m = channels_last(copy.deepcopy(model)).eval()
-    with torch.inference_mode():
-        m(split.x[:512])
-        t0 = time.perf_counter()
-        m(split.x[:512])
-    return (time.perf_counter() - t0) / 512
 
 
 def plan(a: argparse.Namespace, train: Split, n_eval: int) -> None:
