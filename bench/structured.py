@@ -4,16 +4,18 @@ Per model (ResNet-20-style, MobileNetV2-style), on the full 54k/6k/10k train/val
   * a base model trained once and cached (safetensors under slimkit's cache root);
   * the uniform ratio giving >= 2x fewer MACs; the four criteria at those equal MACs, before
     recovery (BatchNorm statistics re-estimated) and after a short equal KD recovery;
-  * CE vs KD recovery on the same samples, for each of two recovery seeds; latency-aware vs uniform shaping at the same importance
-    budget; latency-aware depth+width: 0..k blocks plus channels at the same MACs, timed, the
-    fastest within 1.5 pt val (after 0.3 ep KD) of the best kept and recovered;
+  * CE vs KD recovery on the same samples, for each of two recovery seeds; latency-aware vs
+    uniform shaping at the same importance budget; latency-aware depth+width: 0..k blocks plus
+    channels at the same MACs, timed, the fastest within 1.5 pt val (after 0.3 ep KD) of the best
+    kept and recovered;
   * a ratio chosen on val against a floor of "dense val - 1 pt", checked on test only at the end.
 Latency: batch 1, every variant of a model and its dense model BN-folded, each in NCHW and
 channels_last, all timed in alternation at the end (fastest of N rounds of 5 calls in a row, the
 first of each 5 not recorded, so every model runs warm as it would alone); each model, the dense one
 too, is reported in its faster layout. The val sweep's latency curve is timed in NCHW.
 
-    PYTHONPATH=. python bench/structured.py                       # the full run (~45 min with base training, ~35 min once cached; 2 cores)
+    # the full run: ~45 min with base training, ~35 min once the base models are cached (2 cores)
+    PYTHONPATH=. python bench/structured.py
     PYTHONPATH=. python bench/structured.py --models resnet20 --train-n 512 --epochs 0.2 \\
         --recover-epochs 0.02 --criteria-epochs 0.01 --sweep-epochs 0.01   # smoke test
 """
@@ -22,7 +24,6 @@ import argparse
 import copy
 import hashlib
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -64,8 +65,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--train-n", type=int, default=0, help="0 = the whole train split (54k)")
     p.add_argument("--epochs", type=float, default=None, help="base training epochs (default per model: EPOCHS)")
     p.add_argument("--recover-epochs", type=float, default=2.0, help="main recovery budget, same for CE and KD")
-    p.add_argument("--recover-seeds", default="0,1", help="recovery seeds of the CE vs KD comparison (shuffling only; "
-                   "the first also drives every other recovery)")
+    p.add_argument("--recover-seeds", default=[0, 1], type=lambda s: [int(x) for x in s.split(",")],
+                   help="comma-separated recovery seeds of the CE vs KD comparison (sample order only; --seed "
+                        "drives every other recovery)")
     # Chosen on val before this table: ResNet-20, uniform Taylor cut, 2 ep, seeds 0 and 1, mean val accuracy
     # CE 92.72, KD T=4 alpha=0.7 92.88, T=4 alpha=1 92.79, T=1 alpha=1 92.78, T=2 alpha=0.5 92.93.
     p.add_argument("--kd-temperature", type=float, default=2.0, help="KD temperature of every KD recovery")
@@ -152,14 +154,9 @@ class ModelBench:
 
     def recover(self, model: nn.Module, epochs: float, kd: bool, tag: str, seed: int | None = None) -> nn.Module:
         """KD from cached dense logits, or CE, on the same seeded samples for the same budget."""
-        seed = self.a.seed if seed is None else seed
-        passes = max(1, math.ceil(epochs))
-        n = max(128, int(round(len(self.train) * epochs / passes)))
-        idx = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-        sub = Split(self.train.x[idx], self.train.y[idx])
-        teacher = self.logits[idx] if kd else None
-        return fine_tune(channels_last(copy.deepcopy(model)), sub, epochs=passes, lr=1e-3, teacher=teacher,
-                         temperature=self.a.kd_temperature, alpha=self.a.kd_alpha, seed=seed, desc=f"{self.key} {tag}")
+        return fine_tune(channels_last(copy.deepcopy(model)), self.train, epochs=epochs, lr=1e-3,
+                         teacher=self.logits if kd else None, temperature=self.a.kd_temperature, alpha=self.a.kd_alpha,
+                         seed=self.a.seed if seed is None else seed, desc=f"{self.key} {tag}")
 
     def est_recover(self, model: nn.Module, epochs: float) -> float:
         return epochs * len(self.train) * train_seconds_per_sample(model, self.train)
@@ -191,14 +188,14 @@ class ModelBench:
         self.d_val, self.d_test = d_row["val"], d_row["test"]
         r = ratio_for_macs(dense, self.example, a.macs_target * self.d_macs)
         rec = self.est_recover(self.prune(dense, r, "l2")[0], 1.0)
-        n_seeds = len(a.recover_seeds.split(","))
-        epochs_rec = (2 * n_seeds + 2) * a.recover_epochs + 3 * a.criteria_epochs + 5 * 0.8 * a.sweep_epochs
+        n_main = 2 * len(a.recover_seeds) + 2  # CE and KD per seed, latency-aware, depth+width
+        epochs_rec = n_main * a.recover_epochs + 3 * a.criteria_epochs + 5 * 0.8 * a.sweep_epochs
         print(f"[plan] {key}: uniform ratio {r} gives <= {a.macs_target} x dense MACs; recovery ~{rec:.0f} s per epoch "
               f"x {epochs_rec:.1f} epochs + ~13 evaluations of ~{0.7 * eval_s:.0f} s: ~"
               f"{(epochs_rec * rec + 13 * 0.7 * eval_s) / 60:.1f} min left for this model", flush=True)
         pruned, keeps = self.criteria(r, rec)
         crit, R = a.criterion, a.recover_epochs
-        seeds = [int(s) for s in a.recover_seeds.split(",")]
+        seeds = a.recover_seeds
         with stage(f"{key}: uniform-{crit} CE vs KD, {R} epoch each, recovery seeds {seeds}", 2 * len(seeds) * R * rec):
             for s in seeds:
                 tag = "" if s == a.seed else f", recovery seed {s}"
@@ -357,7 +354,7 @@ def plan(a: argparse.Namespace, train: Split, n_eval: int) -> None:
         sps, eps = train_seconds_per_sample(model, train), eval_seconds_per_sample(model, train)
         cached = base_settings(key, epochs, train, a.seed)[1].is_file()
         t_train = 0.0 if cached else epochs * len(train) * sps
-        n_main = 2 * len(a.recover_seeds.split(",")) + 2
+        n_main = 2 * len(a.recover_seeds) + 2
         rec_epochs = n_main * a.recover_epochs + 3 * a.criteria_epochs + 4 * a.sweep_epochs
         t_rest = len(train) * eps + rec_epochs * len(train) * sps * 0.6 + 14 * n_eval * eps * 0.7
         total += t_train + t_rest
