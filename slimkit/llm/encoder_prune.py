@@ -21,14 +21,14 @@ import torch
 from torch import nn
 
 from slimkit.errors import SlimkitError, check_sparsity
-from slimkit.llm.width import _shrink_linear
+from slimkit.llm.width import _shrink_linear, head_columns
 
 
 @torch.no_grad()
 def prune_heads(layer: nn.Module, keep: list[int], head_size: int) -> None:
     """Keep the listed heads of one BERT layer: shrink Q/K/V rows and the output projection's columns."""
     sa = layer.attention.self
-    idx = torch.cat([torch.arange(h * head_size, (h + 1) * head_size) for h in sorted(keep)])
+    idx = head_columns(sorted(keep), head_size)
     sa.query = _shrink_linear(sa.query, out_idx=idx)
     sa.key = _shrink_linear(sa.key, out_idx=idx)
     sa.value = _shrink_linear(sa.value, out_idx=idx)
@@ -159,8 +159,8 @@ def prune_encoder(model: nn.Module, tokenizer, texts: list[str], ffn_ratio: floa
         per_channel = gram.value.diagonal()[:-1].float().clamp_min(0)
         w = att_out.weight.pow(2).sum(0).reshape(-1, head_size).sum(1).sqrt()
         kept = sorted(torch.topk(per_channel.reshape(-1, head_size).sum(1).sqrt() * w, n_heads).indices.tolist())
-        idx = torch.cat([torch.arange(h * head_size, (h + 1) * head_size) for h in kept])
-        refit = reconstruct_linear(att_out.weight, att_out.bias, gram.value, idx) if reconstruct else None
+        refit = (reconstruct_linear(att_out.weight, att_out.bias, gram.value, head_columns(kept, head_size))
+                 if reconstruct else None)
         prune_heads(layer, kept, head_size)
         if refit is not None:
             layer.attention.output.dense = _replace(layer.attention.output.dense, *refit)

@@ -30,6 +30,11 @@ from slimkit.errors import SlimkitError, check_sparsity
 from slimkit.llm.oneshot import decoder_layers
 
 
+def head_columns(heads: list[int], head_dim: int) -> torch.Tensor:
+    """The channel indices that the listed heads occupy in a projection, in the order given."""
+    return torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in heads])
+
+
 def _shrink_linear(lin: nn.Linear, out_idx: torch.Tensor | None = None, in_idx: torch.Tensor | None = None) -> nn.Linear:
     w = lin.weight.data
     b = lin.bias.data if lin.bias is not None else None
@@ -108,9 +113,9 @@ def prune_kv_groups(model: nn.Module, keep_groups_per_layer: list[list[int]]) ->
             raise SlimkitError(f"KV group indices must lie in [0, {n_kv}), got {groups}")
         groups = sorted(groups)
         attn = layer.self_attn
-        kv_idx = torch.cat([torch.arange(g * head_dim, (g + 1) * head_dim) for g in groups])
+        kv_idx = head_columns(groups, head_dim)
         q_heads = [g * group + j for g in groups for j in range(group)]
-        q_idx = torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in q_heads])
+        q_idx = head_columns(q_heads, head_dim)
         attn.q_proj = _shrink_linear(attn.q_proj, out_idx=q_idx)
         attn.k_proj = _shrink_linear(attn.k_proj, out_idx=kv_idx)
         attn.v_proj = _shrink_linear(attn.v_proj, out_idx=kv_idx)
