@@ -7,7 +7,7 @@ from slimkit.errors import SlimkitError
 from slimkit.measure import count_macs
 from slimkit.models import ResNetCifar
 from slimkit.prune.layers import removable_blocks
-from slimkit.prune.shape_search import choose_depth_width, ratio_for_macs
+from slimkit.prune.shape_search import choose_depth_width, interleaved_timer, rank_blocks, ratio_for_macs
 
 X = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 CALIB = [(X, torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(1)))]
@@ -34,17 +34,44 @@ def test_every_candidate_meets_the_target_and_the_choice_follows_score_then_time
     # the score is the number of blocks left, so each removed block costs 1 point: with tolerance 0
     # only k = 0 qualifies
     choice = choose_depth_width(model, X[:1], target, lambda m: float(len(removable_blocks(m))), "l2", CALIB,
-                                max_blocks=2, tolerance=0.0, rounds=5, progress=False)
+                                max_blocks=2, tolerance=0.0, time_models=interleaved_timer(X[:1], rounds=5),
+                                progress=False)
     assert [c.blocks for c in choice.candidates] == [0, 1, 2]
+    # candidate k removes the first k blocks of the reported ranking
+    order = [r["block"] for r in choice.block_ranking]
+    assert sorted(order) == sorted(removable_blocks(model))
+    assert [c.removed for c in choice.candidates] == [order[:k] for k in range(3)]
     assert all(c.macs <= target for c in choice.candidates)
     assert [len(c.removed) for c in choice.candidates] == [0, 1, 2]
     assert choice.chosen.blocks == 0 and choice.chosen.removed == []
     # a flat score makes every candidate eligible: the measured fastest wins
     flat = choose_depth_width(model, X[:1], target, lambda m: 1.0, "l2", CALIB, max_blocks=2, tolerance=0.0,
-                              rounds=5, progress=False)
+                              time_models=interleaved_timer(X[:1], rounds=5), progress=False)
     assert flat.chosen.ms == min(c.ms for c in flat.candidates)
     assert flat.dense_ms > 0 and flat.pays == (flat.chosen.ms < flat.dense_ms)
     assert count_macs(flat.model, X[:1]) == flat.chosen.macs
+
+
+def test_blocks_rank_by_influence_per_millisecond_saved_and_non_paying_blocks_go_last() -> None:
+    influence = {"a": 0.1, "b": 0.3, "c": 0.2, "d": 0.05, "e": 0.01}
+    saving = {"a": 0.05, "b": 0.3, "c": 0.4, "d": 0.0, "e": -0.01}
+    # a: 2.0 per ms, b: 1.0, c: 0.5; d and e saved nothing, so they go last by influence
+    assert rank_blocks(influence, saving) == ["c", "b", "a", "e", "d"]
+    # with equal savings the order is plain influence order
+    assert rank_blocks(influence, dict.fromkeys(influence, 0.1)) == ["e", "d", "a", "c", "b"]
+
+
+def test_a_custom_timer_drives_the_choice() -> None:
+    model = _model()
+    target = 0.6 * count_macs(model, X[:1])
+
+    def by_blocks_left(models: list) -> list[float]:  # a "device" where time is the number of blocks left
+        return [float(len(removable_blocks(m))) for m in models]
+
+    choice = choose_depth_width(model, X[:1], target, lambda m: 1.0, "l2", CALIB, max_blocks=2, tolerance=0.0,
+                                time_models=by_blocks_left, progress=False)
+    assert choice.chosen.blocks == 2 and choice.chosen.ms == choice.dense_ms - 2
+    assert all(r["saving_ms"] == 1.0 for r in choice.block_ranking)
 
 
 def test_bad_arguments_name_the_problem() -> None:

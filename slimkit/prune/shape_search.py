@@ -1,16 +1,18 @@
-"""Latency-aware shaping by measurement: how many whole blocks to remove and how thin the channels.
+"""Latency-aware shaping by measurement: which whole blocks to remove and how thin the channels.
 
 At batch 1 on a CPU a small network's time is largely per-op overhead: a channel cut shrinks the
 work of every op but keeps every op, while removing a block removes its ops outright. Which mix
 is fastest at equal MACs, and what it costs in accuracy, depends on the model and the device, so
 both are measured rather than predicted:
 
-1. for k = 0, 1, ..., the k removable blocks of lowest block influence go, then the smallest
-   uniform channel ratio reaching the MACs target (k stops growing once blocks alone reach it);
-2. every candidate and the dense model are timed at batch 1, all in alternation, fastest of
-   `rounds` runs;
-3. the caller scores each candidate (e.g. validation accuracy after a short recovery);
-4. the fastest candidate scoring within `tolerance` of the best score is chosen.
+1. every removable block is timed away on its own (one alternating pass over the dense model and
+   each single-block removal); blocks are ranked by block influence per millisecond saved, the
+   same "importance lost per time saved" rule the channel lookup table follows;
+2. for k = 0, 1, ..., the first k blocks of that ranking go, then the smallest uniform channel
+   ratio reaching the MACs target (k stops growing once blocks alone reach it);
+3. every candidate and the dense model are timed in one alternating pass;
+4. the caller scores each candidate (e.g. validation accuracy after a short recovery);
+5. the fastest candidate scoring within `tolerance` of the best score is chosen.
 
 k = 0 is plain uniform channel pruning, so the choice is uniform unless removing blocks is
 measured faster at a score no more than `tolerance` below the best.
@@ -29,6 +31,25 @@ from slimkit.measure import count_macs, measure_latency_interleaved
 from slimkit.prune.layers import block_influences, removable_blocks, remove_blocks
 from slimkit.prune.structured import Batch, prune_structured
 
+# Times a list of models the same way (alternating, on this device); returns one ms per model.
+Timer = Callable[[list[nn.Module]], list[float]]
+
+
+def interleaved_timer(example: torch.Tensor, threads: int = 2, rounds: int = 100,
+                      prepare: Callable[[nn.Module], nn.Module] | None = None) -> Timer:
+    """A Timer running every model in this process, fastest of `rounds` alternating warm bursts.
+
+    `prepare(model)` is applied to a copy before timing (e.g. BN folding and memory layout), so
+    models are timed as they will run.
+    """
+    prepare = prepare or (lambda m: m)
+
+    def time_models(models: list[nn.Module]) -> list[float]:
+        res = measure_latency_interleaved([prepare(copy.deepcopy(m)) for m in models], example[:1], runs=rounds,
+                                          warmup=5, threads=threads, stat="min")
+        return [r.ms for r in res]
+    return time_models
+
 
 @dataclass
 class ShapeCandidate:
@@ -44,12 +65,15 @@ class ShapeCandidate:
 class ShapeChoice:
     """The chosen candidate, every candidate measured (for the report), the chosen pruned model, and
     the dense model's time from the same alternating runs: `pays` is False when even the chosen
-    cut measured no faster than the dense model, and the caller should keep the dense one."""
+    cut measured no faster than the dense model, and the caller should keep the dense one.
+    `block_ranking` is the order blocks were taken in, with each block's influence and the time its
+    removal alone saved."""
 
     chosen: ShapeCandidate
     candidates: list[ShapeCandidate] = field(default_factory=list)
     model: nn.Module | None = None
     dense_ms: float = 0.0
+    block_ranking: list[dict] = field(default_factory=list)
 
     @property
     def pays(self) -> bool:
@@ -57,16 +81,29 @@ class ShapeChoice:
 
     def as_dict(self) -> dict:
         return {"chosen": asdict(self.chosen), "candidates": [asdict(c) for c in self.candidates],
-                "dense_ms": self.dense_ms, "pays": self.pays}
+                "dense_ms": self.dense_ms, "pays": self.pays, "block_ranking": self.block_ranking}
 
 
-def ratio_for_macs(model: nn.Module, example: torch.Tensor, target_macs: float, steps: int = 6) -> float:
+def rank_blocks(influence: dict[str, float], saving_ms: dict[str, float]) -> list[str]:
+    """Blocks in the order to remove them: least influence lost per millisecond saved first.
+
+    A block whose removal measured no saving is never worth its accuracy for speed, so those come
+    last, by influence; ties break by name so the order is reproducible.
+    """
+    paying = sorted((n for n in influence if saving_ms.get(n, 0.0) > 0),
+                    key=lambda n: (influence[n] / saving_ms[n], n))
+    rest = sorted((n for n in influence if saving_ms.get(n, 0.0) <= 0), key=lambda n: (influence[n], n))
+    return paying + rest
+
+
+def ratio_for_macs(model: nn.Module, example: torch.Tensor, target_macs: float, steps: int = 10) -> float:
     """Close to the smallest uniform channel ratio whose pruned MACs are <= target_macs (bisection).
 
     Uniform widths depend on the ratio alone, not on the importance criterion, so the cheap L2
     score is used here. MACs fall monotonically (in steps, as widths are rounded) as the ratio
-    grows. Returns 0.0 when the model already meets the target; raises when even the largest
-    ratio cannot.
+    grows; 10 steps resolve the ratio to 0.001, finer than one rounding step of any layer here, so
+    the result lands on the first width step under the target rather than overshooting it.
+    Returns 0.0 when the model already meets the target; raises when even the largest ratio cannot.
     """
     def macs(ratio: float) -> int:
         return count_macs(prune_structured(model, example, ratio, "l2").model, example)
@@ -88,14 +125,14 @@ def ratio_for_macs(model: nn.Module, example: torch.Tensor, target_macs: float, 
 def choose_depth_width(model: nn.Module, example: torch.Tensor, target_macs: float,
                        score: Callable[[nn.Module], float], importance: str = "l2",
                        calib: Iterable[Batch] | None = None, max_blocks: int | None = None,
-                       tolerance: float = 0.5, threads: int = 2, rounds: int = 100,
-                       prepare: Callable[[nn.Module], nn.Module] | None = None,
+                       tolerance: float = 0.5, time_models: Timer | None = None,
                        progress: bool = True) -> ShapeChoice:
     """Measure block-plus-channel mixes at one MACs target; keep the fastest that scores near the best.
 
     `score(pruned_model)` is higher-is-better and in the same units as `tolerance` (e.g. val
-    accuracy points after a short recovery; it may train a copy). `prepare(model)` is applied
-    before timing (e.g. BN folding and memory layout), so candidates are timed as they will run.
+    accuracy points after a short recovery; it may train a copy). `time_models` times a list of
+    models alike (default: `interleaved_timer(example)`, in this process); a caller that wants
+    timings free of its own process's state can time them elsewhere.
     """
     calib = list(calib or [])
     if not calib:
@@ -106,10 +143,13 @@ def choose_depth_width(model: nn.Module, example: torch.Tensor, target_macs: flo
     max_blocks = n_removable if max_blocks is None else max_blocks
     if not 0 <= max_blocks <= n_removable:
         raise SlimkitError(f"max_blocks must be in 0..{n_removable} (removable blocks of this model), got {max_blocks}")
-    prepare = prepare or (lambda m: m)
-    # block influence is measured once on the dense model; candidate k drops the k lowest
+    time_models = time_models or interleaved_timer(example)
     infl = block_influences(model, calib)
-    order = sorted(infl, key=lambda n: (infl[n], n))
+    names = sorted(infl)
+    dense_alone, *without = time_models([model] + [remove_blocks(copy.deepcopy(model), [n]) for n in names])
+    saving = {n: dense_alone - t for n, t in zip(names, without)}
+    order = rank_blocks(infl, saving)
+    ranking = [{"block": n, "influence": infl[n], "saving_ms": saving[n]} for n in order]
     built: list[tuple[int, float, nn.Module, list[str]]] = []
     for k in range(max_blocks + 1):
         shallow = remove_blocks(copy.deepcopy(model), order[:k])
@@ -117,11 +157,10 @@ def choose_depth_width(model: nn.Module, example: torch.Tensor, target_macs: flo
         built.append((k, ratio, prune_structured(shallow, example, ratio, importance, calib=calib).model, order[:k]))
         if ratio == 0.0:
             break
-    dense, *times = measure_latency_interleaved([prepare(model)] + [prepare(m) for _, _, m, _ in built], example[:1],
-                                                runs=rounds, warmup=5, threads=threads, stat="min")
+    dense_ms, *times = time_models([model] + [m for _, _, m, _ in built])
     candidates = []
     for (k, ratio, m, removed), t in zip(tqdm(built, desc="score shapes", disable=not progress, leave=False), times):
-        candidates.append(ShapeCandidate(k, removed, ratio, count_macs(m, example), t.ms, float(score(m))))
+        candidates.append(ShapeCandidate(k, removed, ratio, count_macs(m, example), t, float(score(m))))
     best = max(c.score for c in candidates)
     chosen = min((c for c in candidates if c.score >= best - tolerance), key=lambda c: (c.ms, c.blocks))
-    return ShapeChoice(chosen, candidates, built[candidates.index(chosen)][2], dense.ms)
+    return ShapeChoice(chosen, candidates, built[candidates.index(chosen)][2], dense_ms, ranking)
