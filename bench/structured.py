@@ -6,13 +6,15 @@ Per model (ResNet-20-style, MobileNetV2-style), on the full 54k/6k/10k train/val
     recovery (BatchNorm statistics re-estimated) and after a short equal KD recovery;
   * CE vs KD recovery on the same samples, for each of two recovery seeds; latency-aware vs
     uniform shaping at the same importance budget; latency-aware depth+width: 0..k blocks plus
-    channels at the same MACs, timed, the fastest within 1.5 pt val (after 0.3 ep KD) of the best
-    kept and recovered;
+    channels at the same MACs (blocks ranked by influence per ms their removal saves), timed, the
+    fastest within 2.5 pt val (after 0.3 ep KD) of the best kept and recovered with 4 ep of KD;
   * a ratio chosen on val against a floor of "dense val - 1 pt", checked on test only at the end.
 Latency: batch 1, every variant of a model and its dense model BN-folded, each in NCHW and
 channels_last, all timed in alternation at the end (fastest of N rounds of 5 calls in a row, the
-first of each 5 not recorded, so every model runs warm as it would alone); each model, the dense one
-too, is reported in its faster layout. The val sweep's latency curve is timed in NCHW.
+first of each 5 not recorded, so every model runs warm as it would alone) in a fresh process that
+loads the saved checkpoints (bench/fresh_timing.py says why); each model, the dense one too, is
+reported in its faster layout. The depth+width candidates are timed the same way. The val sweep's
+latency curve is timed in this process, in NCHW.
 
     # the full run: ~45 min with base training, ~35 min once the base models are cached (2 cores)
     PYTHONPATH=. python bench/structured.py
@@ -34,7 +36,7 @@ from torch import nn
 from slimkit.data import load_fashion_mnist
 from slimkit.data.arrays import Split, batches
 from slimkit.io import cache_root, load_model, read_architecture, save_model
-from slimkit.measure import count_macs, evaluate_classifier, measure_latency_interleaved, predict_logits
+from slimkit.measure import count_macs, evaluate_classifier, predict_logits
 from slimkit.models import build_model
 from slimkit.prune.batchnorm import fold_batchnorm, recalibrate_bn
 from slimkit.prune.latency_cost import latency_table, prune_latency_aware
@@ -43,6 +45,7 @@ from slimkit.prune.select import choose_ratio, write_selection
 from slimkit.prune.shape_search import choose_depth_width, ratio_for_macs
 from slimkit.prune.structured import prune_structured
 
+from fresh_timing import time_in_fresh_process
 from run_clock import channels_last, cpu_name, eval_seconds_per_sample, stage, train_seconds_per_sample
 
 MODELS = {"resnet20": ("resnet", {"depth": 20}), "mobilenetv2": ("mobilenetv2", {})}
@@ -80,9 +83,14 @@ def parse() -> argparse.Namespace:
     p.add_argument("--max-blocks", type=int, default=None, help="most blocks the depth+width search removes "
                    "(default: MAX_BLOCKS)")
     p.add_argument("--shape-epochs", type=float, default=0.3, help="KD recovery per depth+width candidate")
-    p.add_argument("--shape-tolerance", type=float, default=1.5,
-                   help="val points (after --shape-epochs of KD) a faster mix may lose; a short recovery understates "
-                        "how much of a removed block's loss a full recovery wins back")
+    # A short recovery understates how much of a removed block's loss a full one wins back. On val, MobileNetV2
+    # without 4 blocks scored 2.2 pt under the best 2-block mix after 0.3 ep of KD and 0.3 pt above it after a
+    # full recovery (91.72 after 4 ep vs 91.45 after 2 ep); ResNet-20 without 5 blocks scored 6.6 pt under
+    # after 0.3 ep and still ended 1.1 pt under the dense model after 2 ep. 2.5 pt admits the first, not the second.
+    p.add_argument("--shape-tolerance", type=float, default=2.5,
+                   help="val points (after --shape-epochs of KD) a faster mix may lose against the best")
+    p.add_argument("--shape-recover-epochs", type=float, default=4.0,
+                   help="KD recovery of the chosen depth+width mix: whole blocks removed take longer to win back")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training and evaluation")
     p.add_argument("--latency-threads", type=int, default=2, help="threads for batch-1 timing")
     p.add_argument("--layout", default="best", choices=("best", "nchw", "channels_last"),
@@ -188,8 +196,7 @@ class ModelBench:
         self.d_val, self.d_test = d_row["val"], d_row["test"]
         r = ratio_for_macs(dense, self.example, a.macs_target * self.d_macs)
         rec = self.est_recover(self.prune(dense, r, "l2")[0], 1.0)
-        n_main = 2 * len(a.recover_seeds) + 2  # CE and KD per seed, latency-aware, depth+width
-        epochs_rec = n_main * a.recover_epochs + 3 * a.criteria_epochs + 5 * 0.8 * a.sweep_epochs
+        epochs_rec = recovery_epochs(a, key)
         print(f"[plan] {key}: uniform ratio {r} gives <= {a.macs_target} x dense MACs; recovery ~{rec:.0f} s per epoch "
               f"x {epochs_rec:.1f} epochs + ~13 evaluations of ~{0.7 * eval_s:.0f} s: ~"
               f"{(epochs_rec * rec + 13 * 0.7 * eval_s) / 60:.1f} min left for this model", flush=True)
@@ -208,9 +215,10 @@ class ModelBench:
         with stage(f"{key}: latency tables ({', '.join(self.layouts)}), latency-aware {crit} + KD {R}ep", R * rec):
             self.latency_aware(r, crit, R)
         max_blocks = a.max_blocks if a.max_blocks is not None else MAX_BLOCKS[key]
-        with stage(f"{key}: blocks+channels search (0..{max_blocks} blocks, KD {a.shape_epochs}ep each) + KD {R}ep",
-                   (R + (max_blocks + 1) * a.shape_epochs) * rec):
-            self.depth_width(crit, R, max_blocks)
+        RS = a.shape_recover_epochs
+        with stage(f"{key}: blocks+channels search (0..{max_blocks} blocks, KD {a.shape_epochs}ep each) + KD {RS}ep",
+                   (RS + (max_blocks + 1) * a.shape_epochs) * rec):
+            self.depth_width(crit, RS, max_blocks)
         self.select(crit, rec)
         with stage(f"{key}: batch-1 timing of {len(self.timed)} models x {len(self.layouts)} layouts, "
                    f"{a.timing_rounds} alternating rounds"):
@@ -264,9 +272,11 @@ class ModelBench:
         dense_ms = self.dense_ms()
         layout = min(dense_ms, key=dense_ms.get)  # candidates are timed in the layout the dense model runs fastest in
         choice = choose_depth_width(self.dense, self.example, a.macs_target * self.d_macs, score, crit, self.calib,
-                                    max_blocks=max_blocks, tolerance=a.shape_tolerance, threads=a.latency_threads,
-                                    rounds=a.timing_rounds // 2, prepare=lambda m: self.timing_copy(m, layout))
+                                    max_blocks=max_blocks, tolerance=a.shape_tolerance,
+                                    time_models=lambda ms: [t[layout] for t in self.fresh_times(ms, [layout])])
         (Path(a.out) / f"{self.key}_depth_width.json").write_text(json.dumps(choice.as_dict(), indent=1))
+        print(f"[shape] {self.key}: blocks by influence per ms saved: " + ", ".join(
+            f"{b['block']} ({b['influence']:.3f} / {b['saving_ms']:.3f} ms)" for b in choice.block_ranking), flush=True)
         for c in choice.candidates:
             print(f"[shape] {self.key}: {c.blocks} blocks + ratio {c.ratio}: {c.macs / 1e6:.2f} MMACs, {c.ms:.3f} ms "
                   f"({layout}), "
@@ -276,14 +286,18 @@ class ModelBench:
         self.row(f"latency-aware depth+width: {c.blocks} blocks + uniform-{crit} + KD {R}ep",
                  self.recover(model, R, True, "KD depth+width"), c.ratio,
                  note=(f"fastest of {len(choice.candidates)} measured mixes within {a.shape_tolerance} pt val of the "
-                       f"best after KD {a.shape_epochs}ep" + (f"; removed {', '.join(c.removed)}" if c.removed else "")))
+                       f"best after KD {a.shape_epochs}ep" + (f"; removed {', '.join(c.removed)}" if c.removed else "")
+                       + "; blocks ranked by influence per ms saved"))
 
     def dense_ms(self) -> dict[str, float]:
-        """Batch-1 latency of the dense model (as timed) in each layout, measured in alternation."""
-        res = measure_latency_interleaved([self.timing_copy(self.dense, lay) for lay in self.layouts],
-                                          self.example, runs=self.a.timing_rounds, warmup=5,
-                                          threads=self.a.latency_threads, stat="min")
-        return {lay: r.ms for lay, r in zip(self.layouts, res)}
+        """Batch-1 latency of the dense model in each layout, timed in a fresh process."""
+        return self.fresh_times([self.dense])[0]
+
+    def fresh_times(self, models: list[nn.Module], layouts: list[str] | None = None) -> list[dict[str, float]]:
+        """Per model {layout: ms}, all timed in alternation in one fresh process (bench/fresh_timing.py)."""
+        a = self.a
+        return time_in_fresh_process(models, self.example, layouts or self.layouts, a.timing_rounds,
+                                     a.latency_threads, fold=not a.no_fold)
 
     def timing_copy(self, m: nn.Module, layout: str | None = None) -> nn.Module:
         """How every model is timed: BN folded (unless --no-fold), eval mode, in `layout` (default: the first)."""
@@ -316,13 +330,11 @@ class ModelBench:
                       + (f"held (+{margin:.2f})" if margin >= 0 else f"MISSED by {-margin:.2f} pt"))
 
     def time_all(self) -> None:
-        """One alternating pass over dense and every variant, each in every layout; a model's latency is
-        its faster layout's. A variant no faster than dense falls back to it, with a note."""
-        n, lays = len(self.timed), self.layouts
-        timed = [self.timing_copy(m, lay) for lay in lays for _, m in self.timed]
-        res = measure_latency_interleaved(timed, self.example, runs=self.a.timing_rounds, warmup=5,
-                                          threads=self.a.latency_threads, stat="min")
-        by = {lay: [r.ms for r in res[i * n:(i + 1) * n]] for i, lay in enumerate(lays)}
+        """One alternating pass over dense and every variant, each in every layout, in a fresh process; a
+        model's latency is its faster layout's. A variant no faster than dense falls back to it, with a note."""
+        lays = self.layouts
+        times = self.fresh_times([m for _, m in self.timed])
+        by = {lay: [t[lay] for t in times] for lay in lays}
         d_best = min(by[lay][0] for lay in lays)
         for i, (rw, _) in enumerate(self.timed):
             rw["ms_by_layout"] = {lay: by[lay][i] for lay in lays}
@@ -340,6 +352,14 @@ class ModelBench:
             rw["eff"] = rw["speedup"] / rw["macs_x"] if rw["macs_x"] > 1 else None
 
 
+def recovery_epochs(a: argparse.Namespace, key: str) -> float:
+    """Epochs of pruned-model recovery one model's rows take (run estimates and the plan share it)."""
+    max_blocks = a.max_blocks if a.max_blocks is not None else MAX_BLOCKS[key]
+    return ((2 * len(a.recover_seeds) + 1) * a.recover_epochs  # CE and KD per seed, latency-aware
+            + a.shape_recover_epochs + (max_blocks + 1) * a.shape_epochs  # depth+width search and its recovery
+            + 3 * a.criteria_epochs + 5 * 0.8 * a.sweep_epochs)  # criteria, val sweep (4 points + bisection)
+
+
 def plan(a: argparse.Namespace, train: Split, n_eval: int) -> None:
     """A whole-run estimate before anything long starts, from a few timed batches of each dense model.
 
@@ -354,9 +374,7 @@ def plan(a: argparse.Namespace, train: Split, n_eval: int) -> None:
         sps, eps = train_seconds_per_sample(model, train), eval_seconds_per_sample(model, train)
         cached = base_settings(key, epochs, train, a.seed)[1].is_file()
         t_train = 0.0 if cached else epochs * len(train) * sps
-        n_main = 2 * len(a.recover_seeds) + 2
-        rec_epochs = n_main * a.recover_epochs + 3 * a.criteria_epochs + 4 * a.sweep_epochs
-        t_rest = len(train) * eps + rec_epochs * len(train) * sps * 0.6 + 14 * n_eval * eps * 0.7
+        t_rest = len(train) * eps + recovery_epochs(a, key) * len(train) * sps * 0.6 + 14 * n_eval * eps * 0.7
         total += t_train + t_rest
         print(f"[plan] {key}: {sps * 1e3:.2f} ms per training sample; base training "
               f"{'cached' if cached else f'~{t_train / 60:.1f} min'}, the rest ~{t_rest / 60:.1f} min", flush=True)
@@ -381,12 +399,12 @@ def main() -> None:
     header = (f"Fashion-MNIST; CPU {cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}; train/eval "
               f"{a.threads} threads; latency batch 1, {a.latency_threads} threads, under inference_mode, "
               f"{'BN as separate ops' if a.no_fold else 'BN folded'} in dense and pruned alike, {layout}, "
-              f"fastest of {a.timing_rounds} alternating rounds x 4 warm calls; pred_ms = dense ms - lookup-table saving "
-              f"(table scaled to one measured 50% uniform cut); "
-              f"base models {len(train)} train samples "
-              f"(epochs {a.epochs or EPOCHS}); recovery AdamW lr 1e-3, KD T={a.kd_temperature} alpha={a.kd_alpha} from cached dense "
-              f"logits, "
-              f"CE and KD on the same samples: main {a.recover_epochs} ep, criteria {a.criteria_epochs} ep, sweep "
+              f"fastest of {a.timing_rounds} alternating rounds x 4 warm calls, in a fresh process loading the "
+              f"saved checkpoints, OMP_WAIT_POLICY=ACTIVE; pred_ms = dense ms - lookup-table saving "
+              f"(table scaled to one measured 50% uniform cut); base models {len(train)} train samples "
+              f"(epochs {a.epochs or EPOCHS}); recovery AdamW lr 1e-3, KD T={a.kd_temperature} alpha={a.kd_alpha} "
+              f"from cached dense logits, CE and KD on the same samples: main {a.recover_epochs} ep, criteria "
+              f"{a.criteria_epochs} ep, sweep "
               f"{a.sweep_epochs} ep; pruned models BN re-estimated on 20x128 train images; val {len(data.val)}, test "
               f"{len(data.test)}; seed {a.seed}; wall {time.time() - t_start:.0f} s")
     print("\n" + header)
