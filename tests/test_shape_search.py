@@ -74,6 +74,28 @@ def test_a_custom_timer_drives_the_choice() -> None:
     assert all(r["saving_ms"] == 1.0 for r in choice.block_ranking)
 
 
+def test_with_a_floor_mixes_are_scored_fastest_first_until_one_holds() -> None:
+    model = _model()
+    target = 0.6 * count_macs(model, X[:1])
+    n = len(removable_blocks(model))
+
+    def by_blocks_left(models: list) -> list[float]:  # more blocks removed = faster
+        return [float(len(removable_blocks(m))) for m in models]
+
+    def blocks_left(m) -> float:  # each removed block costs a point
+        return float(len(removable_blocks(m)))
+
+    choice = choose_depth_width(model, X[:1], target, blocks_left, "l2", CALIB, max_blocks=2, floor=n - 1,
+                                time_models=by_blocks_left, progress=False)
+    # k = 2 is fastest but scores n - 2; k = 1 holds the floor, so k = 0 is never scored
+    assert choice.chosen.blocks == 1
+    assert [c.score for c in choice.candidates] == [None, n - 1, n - 2]
+    # a floor no mix holds: all are scored and the best-scoring is kept
+    missed = choose_depth_width(model, X[:1], target, blocks_left, "l2", CALIB, max_blocks=2, floor=n + 1,
+                                time_models=by_blocks_left, progress=False)
+    assert missed.chosen.blocks == 0 and all(c.score is not None for c in missed.candidates)
+
+
 def test_bad_arguments_name_the_problem() -> None:
     model = _model()
     with pytest.raises(SlimkitError, match="max_blocks"):

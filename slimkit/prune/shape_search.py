@@ -11,11 +11,15 @@ both are measured rather than predicted:
 2. for k = 0, 1, ..., the first k blocks of that ranking go, then the smallest uniform channel
    ratio reaching the MACs target (k stops growing once blocks alone reach it);
 3. every candidate and the dense model are timed in one alternating pass;
-4. the caller scores each candidate (e.g. validation accuracy after a short recovery);
-5. the fastest candidate scoring within `tolerance` of the best score is chosen.
+4. the caller scores candidates (e.g. validation accuracy after a recovery), and one is chosen:
+   - by default every candidate is scored (a cheap score: a short recovery) and the fastest
+     scoring within `tolerance` of the best is chosen;
+   - with a `floor`, candidates are scored fastest first and the first scoring >= floor is chosen,
+     so an expensive score (the full recovery) runs only until a mix holds the floor; when none
+     does, the best-scoring one is chosen and the caller can see it missed.
 
 k = 0 is plain uniform channel pruning, so the choice is uniform unless removing blocks is
-measured faster at a score no more than `tolerance` below the best.
+measured faster at a score the rule accepts.
 """
 
 import copy
@@ -58,7 +62,7 @@ class ShapeCandidate:
     ratio: float
     macs: int
     ms: float
-    score: float
+    score: float | None  # None: not scored (a faster mix already held the floor)
 
 
 @dataclass
@@ -125,12 +129,13 @@ def ratio_for_macs(model: nn.Module, example: torch.Tensor, target_macs: float, 
 def choose_depth_width(model: nn.Module, example: torch.Tensor, target_macs: float,
                        score: Callable[[nn.Module], float], importance: str = "l2",
                        calib: Iterable[Batch] | None = None, max_blocks: int | None = None,
-                       tolerance: float = 0.5, time_models: Timer | None = None,
+                       tolerance: float = 0.5, floor: float | None = None, time_models: Timer | None = None,
                        progress: bool = True) -> ShapeChoice:
     """Measure block-plus-channel mixes at one MACs target; keep the fastest that scores near the best.
 
     `score(pruned_model)` is higher-is-better and in the same units as `tolerance` (e.g. val
-    accuracy points after a short recovery; it may train a copy). `time_models` times a list of
+    accuracy points after a recovery; it may train a copy). `floor` switches to the fastest-first
+    rule of the module docstring. `time_models` times a list of
     models alike (default: `interleaved_timer(example)`, in this process); a caller that wants
     timings free of its own process's state can time them elsewhere.
     """
@@ -157,10 +162,21 @@ def choose_depth_width(model: nn.Module, example: torch.Tensor, target_macs: flo
         built.append((k, ratio, prune_structured(shallow, example, ratio, importance, calib=calib).model, order[:k]))
         if ratio == 0.0:
             break
-    dense_ms, *times = time_models([model] + [m for _, _, m, _ in built])
-    candidates = []
-    for (k, ratio, m, removed), t in zip(tqdm(built, desc="score shapes", disable=not progress, leave=False), times):
-        candidates.append(ShapeCandidate(k, removed, ratio, count_macs(m, example), t, float(score(m))))
-    best = max(c.score for c in candidates)
-    chosen = min((c for c in candidates if c.score >= best - tolerance), key=lambda c: (c.ms, c.blocks))
-    return ShapeChoice(chosen, candidates, built[candidates.index(chosen)][2], dense_ms, ranking)
+    models = [m for _, _, m, _ in built]
+    dense_ms, *times = time_models([model] + models)
+    candidates = [ShapeCandidate(k, removed, ratio, count_macs(m, example), t, None)
+                  for (k, ratio, m, removed), t in zip(built, times)]
+    fastest_first = sorted(range(len(candidates)), key=lambda i: (candidates[i].ms, candidates[i].blocks))
+    chosen = None
+    for i in tqdm(fastest_first if floor is not None else range(len(candidates)), desc="score shapes",
+                  disable=not progress, leave=False):
+        candidates[i].score = float(score(models[i]))
+        if floor is not None and candidates[i].score >= floor:
+            chosen = candidates[i]
+            break
+    scored = [c for c in candidates if c.score is not None]
+    if chosen is None:
+        best = max(c.score for c in scored)
+        within = best if floor is not None else best - tolerance  # no mix held the floor: the best one
+        chosen = min((c for c in scored if c.score >= within), key=lambda c: (c.ms, c.blocks))
+    return ShapeChoice(chosen, candidates, models[candidates.index(chosen)], dense_ms, ranking)
