@@ -16,6 +16,7 @@ be set before the OpenMP runtime starts, which a new process allows.
     python bench/fresh_timing.py DIR   # child side: times DIR/m*.safetensors, writes DIR/times.json
 """
 
+import copy
 import json
 import os
 import subprocess
@@ -26,6 +27,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from slimkit.errors import SlimkitError
+from slimkit.io import load_model
+from slimkit.measure import measure_latency_interleaved
+from slimkit.prune.batchnorm import fold_batchnorm
+from slimkit.prune.reshape import save_pruned
 
 REPO = Path(__file__).resolve().parents[1]
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -43,9 +50,6 @@ def time_in_fresh_process(models: list[nn.Module], example: torch.Tensor, layout
     first model's times, so a spell shows in the log.
     Models must be rebuildable from their checkpoint (slimkit's model classes, pruned or not).
     """
-    from slimkit.errors import SlimkitError
-    from slimkit.prune.reshape import save_pruned
-
     with tempfile.TemporaryDirectory(prefix="slimkit-timing-") as d:
         for i, m in enumerate(models):
             save_pruned(m, Path(d) / f"m{i:03d}.safetensors")
@@ -67,19 +71,13 @@ def time_in_fresh_process(models: list[nn.Module], example: torch.Tensor, layout
 
 
 def _child(d: Path) -> None:
-    from slimkit.io import load_model
-    from slimkit.measure import measure_latency_interleaved
-    from slimkit.prune.batchnorm import fold_batchnorm
-
     spec = json.loads((d / "spec.json").read_text())
     torch.set_num_threads(spec["threads"])
     example = load_file(str(d / "example.safetensors"))["x"]
-    timed = []
-    for layout in spec["layouts"]:
-        for i in range(spec["n"]):
-            m = load_model(d / f"m{i:03d}.safetensors").eval()
-            m = fold_batchnorm(m, example) if spec["fold"] else m
-            timed.append(m.to(memory_format=LAYOUTS[layout]).eval())
+    loaded = [load_model(d / f"m{i:03d}.safetensors").eval() for i in range(spec["n"])]
+    ready = [fold_batchnorm(m, example) if spec["fold"] else m for m in loaded]
+    # Module.to(memory_format=...) converts in place, so each layout gets its own copy
+    timed = [copy.deepcopy(m).to(memory_format=LAYOUTS[layout]).eval() for layout in spec["layouts"] for m in ready]
     res = measure_latency_interleaved(timed, example, runs=spec["rounds"], warmup=5, threads=spec["threads"],
                                       stat="min")
     n = spec["n"]

@@ -11,8 +11,8 @@ Per model (ResNet-20-style, MobileNetV2-style), on the full 54k/6k/10k train/val
   * a ratio chosen on val against a floor of "dense val - 1 pt", checked on test only at the end.
 Latency: batch 1, every variant of a model and its dense model BN-folded, each in NCHW and
 channels_last, all timed in alternation at the end (fastest of N rounds of 5 calls in a row, the
-first of each 5 not recorded, so every model runs warm as it would alone) in a fresh process that
-loads the saved checkpoints (bench/fresh_timing.py says why); each model, the dense one too, is
+first of each 5 not recorded, so every model runs warm as it would alone), fastest of 3 fresh
+processes that load the saved checkpoints (bench/fresh_timing.py says why); each model, the dense one too, is
 reported in its faster layout. The depth+width candidates are timed the same way. The val sweep's
 latency curve is timed in this process, in NCHW.
 
@@ -24,6 +24,7 @@ latency curve is timed in this process, in NCHW.
 
 import argparse
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -237,7 +238,7 @@ class ModelBench:
 
     def latency_aware(self, r: float, crit: str, R: float) -> None:
         """Shape the cut with each layout's lookup table; keep the one predicted fastest, recover it."""
-        a, ex, dense_ms, best = self.a, self.example, self.dense_ms(), None
+        a, ex, dense_ms, best = self.a, self.example, self.dense_ms, None
         for layout in self.layouts:
             table = latency_table(self.dense, ex, threads=a.latency_threads, cache=Path(a.out) / "latency_cache.json",
                                   rounds=a.table_rounds, channels_last=layout == "channels_last",
@@ -269,7 +270,7 @@ class ModelBench:
             recovered[id(m)] = rec
             return self.acc(rec, self.data.val)
 
-        dense_ms = self.dense_ms()
+        dense_ms = self.dense_ms
         layout = min(dense_ms, key=dense_ms.get)  # candidates are timed in the layout the dense model runs fastest in
         choice = choose_depth_width(self.dense, self.example, a.macs_target * self.d_macs, score, crit, self.calib,
                                     max_blocks=max_blocks, floor=floor_val,
@@ -291,12 +292,14 @@ class ModelBench:
         self.row(f"latency-aware depth+width: {c.blocks} blocks + uniform-{crit} + KD {R}ep",
                  recovered[id(choice.model)], c.ratio, val=c.score, note=note)
 
+    @functools.cached_property
     def dense_ms(self) -> dict[str, float]:
-        """Batch-1 latency of the dense model in each layout, timed in a fresh process."""
+        """Batch-1 latency of the dense model in each layout, timed once per model in fresh processes (it
+        only picks the layout and anchors the lookup-table prediction; the table rows time it again)."""
         return self.fresh_times([self.dense])[0]
 
     def fresh_times(self, models: list[nn.Module], layouts: list[str] | None = None) -> list[dict[str, float]]:
-        """Per model {layout: ms}, all timed in alternation in one fresh process (bench/fresh_timing.py)."""
+        """Per model {layout: ms}, all timed in alternation in fresh processes (bench/fresh_timing.py)."""
         a = self.a
         return time_in_fresh_process(models, self.example, layouts or self.layouts, a.timing_rounds,
                                      a.latency_threads, fold=not a.no_fold)
@@ -332,7 +335,7 @@ class ModelBench:
                       + (f"held (+{margin:.2f})" if margin >= 0 else f"MISSED by {-margin:.2f} pt"))
 
     def time_all(self) -> None:
-        """One alternating pass over dense and every variant, each in every layout, in a fresh process; a
+        """One alternating pass over dense and every variant, each in every layout, in fresh processes; a
         model's latency is its faster layout's. A variant no faster than dense falls back to it, with a note."""
         lays = self.layouts
         times = self.fresh_times([m for _, m in self.timed])
@@ -400,8 +403,8 @@ def main() -> None:
     header = (f"Fashion-MNIST; CPU {cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}; train/eval "
               f"{a.threads} threads; latency batch 1, {a.latency_threads} threads, under inference_mode, "
               f"{'BN as separate ops' if a.no_fold else 'BN folded'} in dense and pruned alike, {layout}, "
-              f"fastest of {a.timing_rounds} alternating rounds x 4 warm calls, in a fresh process loading the "
-              f"saved checkpoints, OMP_WAIT_POLICY=ACTIVE; pred_ms = dense ms - lookup-table saving "
+              f"fastest of {a.timing_rounds} alternating rounds x 4 warm calls, fastest of 3 fresh processes "
+              f"loading the saved checkpoints, OMP_WAIT_POLICY=ACTIVE; pred_ms = dense ms - lookup-table saving "
               f"(table scaled to one measured 50% uniform cut); base models {len(train)} train samples "
               f"(epochs {a.epochs or EPOCHS}); recovery AdamW lr 1e-3, KD T={a.kd_temperature} alpha={a.kd_alpha} "
               f"from cached dense logits, CE and KD on the same samples: main {a.recover_epochs} ep, criteria "
