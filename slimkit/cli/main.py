@@ -101,11 +101,15 @@ def main() -> None:
 
 
 # Commands defined in sibling modules register themselves on `app` when imported.
-from slimkit.cli import compress  # noqa: E402,F401
+from slimkit.cli import compress, export  # noqa: E402,F401
 from slimkit.cli.llm import app as _llm_app  # noqa: E402
 
 app.add_typer(_llm_app, name="llm")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m slimkit.cli.main`, this file is __main__, while the sibling modules registered their
+    # commands (train, prune, export) on the importable slimkit.cli.main's app: run that one.
+    from slimkit.cli.main import main as _main
+
+    sys.exit(_main())
