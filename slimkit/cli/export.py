@@ -76,10 +76,10 @@ def export(
         typer.echo(f"wrote {report / 'report.json'} and {report / 'report.md'}")
 
 
-def _timing(threads: int, runs: int) -> str:
+def _timing(threads: int, runs: int, folded: bool) -> str:
     from slimkit.export import describe_session
 
-    return (f"median of {runs} rounds x 4 warm calls; PyTorch eager (BatchNorm folded where it follows a conv) timed "
+    return (f"median of {runs} rounds x 4 warm calls; PyTorch eager{' (BatchNorm folded into its conv)' * folded} timed "
             f"alone in this process with {threads} threads, then the ONNX models alternating: "
             f"{describe_session(threads)}")
 
@@ -112,8 +112,8 @@ def _classifier(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, 
         typer.echo(f"wrote {int8_path(onnx)} ({int8} int8: {q.details})")
         variants.append(("onnx int8", f"int8 {int8}", q.model_bytes, acc, int8_path(onnx), "onnx fp32"))
     example = test.x[:1]
-    eager = fold_batchnorm(model, example) if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) \
-        else model
+    folded = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    eager = fold_batchnorm(model, example) if folded else model
     eager_ms, ort_ms = {}, {name: {} for name, *_ in variants}
     for b in BATCHES:
         x = test.x[:b] if len(test) >= b else test.x[torch.arange(b) % len(test)]
@@ -121,7 +121,7 @@ def _classifier(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, 
         times = time_onnx([v[2] for v in variants], x, runs=runs, threads=threads)
         for (name, *_), t in zip(variants, times):
             ort_ms[name][f"batch {b}"] = t.ms
-    timing = _timing(threads, runs)
+    timing = _timing(threads, runs, folded)
     rows = [DeployRow("pytorch", "pytorch eager", "fp32", "accuracy", res.checks["pytorch"], eager_ms,
                       str(checkpoint), file_size_bytes(checkpoint), timing,
                       extra={"macs": count_macs(model, example)})]
@@ -169,7 +169,7 @@ def _encoder(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, thr
         eager_ms[key] = measure_latency_interleaved([model], x, runs=runs, warmup=5, threads=threads)[0].ms
         for (name, *_), t in zip(variants, time_onnx([v[2] for v in variants], x, runs=runs, threads=threads)):
             ort_ms[name][key] = t.ms
-    timing = _timing(threads, runs) + "; batch 1"
+    timing = _timing(threads, runs, False) + "; batch 1"
     weights = path / "model.safetensors"
     rows = [DeployRow("pytorch", "pytorch eager", "fp32", "cosine", 1.0, eager_ms, str(path),
                       file_size_bytes(weights if weights.is_file() else path), timing)]

@@ -20,8 +20,11 @@ ONNX Runtime failed in, or the output tensor that differs.
 
 import contextlib
 import copy
+import io
 import logging
+import os
 import re
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -130,12 +133,34 @@ def _resize(named: dict[str, torch.Tensor], axes: dict[str, dict[int, str]], bat
     return out
 
 
+@contextlib.contextmanager
+def _fds_to_devnull():
+    """Point file descriptors 1 and 2 at /dev/null: the TorchScript exporter prints whole graphs from C++."""
+    saved: list[tuple[int, int]] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        with open(os.devnull, "w") as null:
+            for fd in (1, 2):
+                with contextlib.suppress(OSError):
+                    saved.append((fd, os.dup(fd)))
+                    os.dup2(null.fileno(), fd)
+        yield
+    finally:
+        for fd, kept in saved:
+            os.dup2(kept, fd)
+            os.close(kept)
+
+
 def _quiet():
     """Silence the exporters' progress prints and deprecation chatter; their errors still propagate."""
     stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    stack.enter_context(_fds_to_devnull())
     stack.enter_context(warnings.catch_warnings())
     warnings.simplefilter("ignore")
-    for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript"):
+    for name in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript"):
         logger = logging.getLogger(name)
         stack.callback(logger.setLevel, logger.level)
         logger.setLevel(logging.ERROR)
@@ -163,6 +188,7 @@ def _export_error(exc: BaseException) -> str:
     text = str(exc)
     summary = re.search(r"Exception summary\s+(.+)", text)
     line = summary.group(1).strip() if summary else first_line(exc)
+    line = re.sub(r"^<class '(?:[\w.]+\.)?(\w+)'>:\s*", r"\1: ", line)
     op = re.search(r"\baten(?:::|\.)[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?", text)
     if op and op.group(0) not in line:
         line = f"operator {op.group(0)}: {line}"

@@ -14,6 +14,8 @@ optimisation, which folds BatchNorm into the convolutions), as onnxruntime recom
 is never assumed: the caller measures it on the quantized model.
 """
 
+import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -70,11 +72,55 @@ def _reader(feeds: Iterable[dict[str, np.ndarray]]):
     return FeedReader()
 
 
+def _pre_process(quant_pre_process, src: Path, dst: Path) -> str:
+    """Run onnxruntime's pre-processing; without symbolic shape inference where that is incomplete (it is
+    on transformer graphs with dynamic sequence length). Says what ran."""
+    first = None
+    for skip_symbolic in (False, True):
+        try:
+            with _quiet_root():
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic)
+            return "full" if not skip_symbolic else f"without symbolic shape inference ({first})"
+        except Exception as exc:
+            first = first or first_line(exc)
+    return f"skipped: {first}"
+
+
+@contextlib.contextmanager
+def _quiet_root():
+    """onnxruntime.quantization logs advice on the root logger; the result's details say what was done."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _quantize(mode: str, src: Path, dst: Path, calibration, calibrate_method: str, per_channel: bool) -> dict:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    weights = "int8 per channel" if per_channel else "int8"
+    if mode == "dynamic":
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=per_channel,
+                         weight_type=QuantType.QInt8)
+        return {"ops": "MatMul, Gemm", "weights": weights, "activations": "uint8, scale per run"}
+    reader = _reader(calibration)
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[calibrate_method]
+    quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method)
+    if reader.count == 0:
+        raise SlimkitError("static int8 got no calibration batches")
+    return {"format": "QDQ", "activations": "uint8", "weights": weights, "calibration": calibrate_method,
+            "calibration_batches": reader.count}
+
+
 def quantize_int8(model: bytes | str | os.PathLike, mode: str, calibration: Iterable[dict[str, np.ndarray]] | None = None,
                   calibrate_method: str = "minmax", per_channel: bool = True) -> QuantResult:
     """An int8 copy of an ONNX model, in memory (see the module docstring for the two modes)."""
     require_deploy()
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if mode not in MODES:
@@ -89,27 +135,12 @@ def quantize_int8(model: bytes | str | os.PathLike, mode: str, calibration: Iter
             src.write_bytes(model)
         else:
             src = Path(model)
-        details: dict = {"mode": mode, "pre_process": True}
+        details: dict = {"mode": mode, "pre_process": _pre_process(quant_pre_process, src, pre)}
+        if details["pre_process"].startswith("skipped"):
+            pre = src
         try:
-            quant_pre_process(str(src), str(pre))
-        except Exception as exc:  # a graph the pre-processor cannot handle is quantized as it is
-            pre, details["pre_process"] = src, f"skipped: {first_line(exc)}"
-        try:
-            if mode == "static":
-                reader = _reader(calibration)
-                quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                calibrate_method=getattr(CalibrationMethod, {"minmax": "MinMax", "entropy": "Entropy",
-                                                                             "percentile": "Percentile"}[calibrate_method]))
-                if reader.count == 0:
-                    raise SlimkitError("static int8 got no calibration batches")
-                details.update(format="QDQ", activations="uint8", weights="int8 per channel" if per_channel else "int8",
-                               calibration=calibrate_method, calibration_batches=reader.count)
-            else:
-                quantize_dynamic(str(pre), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=per_channel,
-                                 weight_type=QuantType.QInt8)
-                details.update(ops="MatMul, Gemm", weights="int8 per channel" if per_channel else "int8",
-                               activations="uint8, scale per run")
+            with _quiet_root():
+                details.update(_quantize(mode, pre, dst, calibration, calibrate_method, per_channel))
         except SlimkitError:
             raise
         except Exception as exc:
