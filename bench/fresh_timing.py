@@ -39,9 +39,9 @@ LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last
 
 
 def time_in_fresh_process(models: list[nn.Module], example: torch.Tensor, layouts: list[str], rounds: int,
-                          threads: int, fold: bool = True, passes: int = 3) -> list[dict[str, float]]:
+                          threads: int, fold: bool = True, passes: int = 3, batch: int = 1) -> list[dict[str, float]]:
     """Per model, {layout: ms}: the fastest over `passes` new processes, each timing every model in every
-    layout in one alternating pass.
+    layout in one alternating pass, at `batch` (the first rows of `example`).
 
     Several processes, one after another: this machine has slow spells that can cover a whole pass.
     Two back-to-back processes timing the same 14 ResNet-20 variants measured the dense model at 1.70
@@ -53,7 +53,7 @@ def time_in_fresh_process(models: list[nn.Module], example: torch.Tensor, layout
     with tempfile.TemporaryDirectory(prefix="slimkit-timing-") as d:
         for i, m in enumerate(models):
             save_pruned(m, Path(d) / f"m{i:03d}.safetensors")
-        save_file({"x": example[:1].contiguous()}, str(Path(d) / "example.safetensors"))
+        save_file({"x": example[:batch].contiguous()}, str(Path(d) / "example.safetensors"))
         spec = {"n": len(models), "layouts": layouts, "rounds": rounds, "threads": threads, "fold": fold}
         (Path(d) / "spec.json").write_text(json.dumps(spec))
         path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
