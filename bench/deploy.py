@@ -37,8 +37,8 @@ from torch import nn
 
 from slimkit.data import batches, load_fashion_mnist
 from slimkit.data.arrays import Split
-from slimkit.export import OrtModel, classifier_check, classifier_scores, describe_session, quantize_onnx, split_feeds
-from slimkit.export import to_onnx
+from slimkit.export import (OrtModel, classifier_check, classifier_scores, describe_session, quantize_onnx,
+                            split_feeds, to_onnx)
 from slimkit.measure import count_macs, evaluate_classifier, predict_logits
 from slimkit.prune.batchnorm import recalibrate_bn
 from slimkit.prune.recovery import fine_tune
@@ -157,8 +157,9 @@ class CnnBench:
                 files += [res.path, q.path]
         settings = {"batch 1": test.x[:1], "batch 32": test.x[:32]}
         with stage(f"{self.key}: ONNX Runtime timing, {len(files)} models alternating, {a.passes} fresh processes"):
-            ort = time_onnx_in_fresh_process(files, settings, {"batch 1": a.rounds_1, "batch 32": a.rounds_32},
-                                             a.threads, a.passes)
+            ort, prof = time_onnx_in_fresh_process(files, settings, {"batch 1": a.rounds_1, "batch 32": a.rounds_32},
+                                                   a.threads, a.passes, profile="batch 1")
+        self.profile_lines = [_profile_line(f"{self.key} {name} fp32", p) for name, p in zip(models, prof[::2])]
         with stage(f"{self.key}: eager PyTorch timing, batch 1 and 32, {a.passes} fresh processes"):
             eager = {b: [min(t.values()) for t in self.eager_times(list(models.values()), b)] for b in (1, 32)}
         return self.rows(info, ort, eager)
@@ -171,7 +172,7 @@ class CnnBench:
             o32, o8 = ort[2 * i], ort[2 * i + 1]
             s_ort = [ort[0][k] / o32[k] for k in ("batch 1", "batch 32")]
             s_eager = [eager[b][0] / eager[b][i] for b in (1, 32)]
-            eff = (lambda s: s / macs_x) if i else (lambda s: None)
+            eff = (lambda s, mx=macs_x: s / mx) if i else (lambda s: None)
             notes = [f"{v['exporter']} exporter, max abs diff {v['diff']:.1e}"]
             notes += [self.how] if not i else [self.dw_note] if name == "depth+width" else []
             for j, b in enumerate(("batch 1", "batch 32")):
@@ -200,6 +201,12 @@ class CnnBench:
         return rows
 
 
+def _profile_line(label: str, p: dict) -> str:
+    top = sorted(p["by_op"].items(), key=lambda kv: -kv[1])[:3]
+    return (f"  {label}: {p['nodes']} nodes; run {p['wall_us']:.0f} us, of which kernels {p['kernel_us']:.0f} us ("
+            + ", ".join(f"{op} {us:.0f}" for op, us in top) + f"), outside kernels {p['wall_us'] - p['kernel_us']:.0f} us")
+
+
 def end_to_end(rows: list[dict]) -> list[str]:
     """Dense fp32 -> each pruned int8, in ONNX Runtime: one latency and one size number each."""
     lines = []
@@ -225,9 +232,12 @@ def main() -> None:
         data = dataclasses.replace(data, test=data.test.subset(a.test_n))
     train = data.train.subset(a.train_n) if a.train_n else data.train
     rows: list[dict] = []
+    profiles: list[str] = []
     for key in a.models.split(","):
         if key:
-            rows += CnnBench(key, a, data, train).run()
+            bench = CnnBench(key, a, data, train)
+            rows += bench.run()
+            profiles += bench.profile_lines
     if a.minilm == "on":
         rows += minilm_rows(a, out)
     header = (f"{'QUICK SMOKE RUN (numbers meaningless); ' if a.quick else ''}CPU {cpu_name()} ({os.cpu_count()} "
@@ -247,7 +257,10 @@ def main() -> None:
         print(" | ".join(_fmt(r.get(c)) for c in COLS))
     e2e = end_to_end(rows)
     print("\nEnd-to-end in ONNX Runtime (dense fp32 -> pruned int8):\n" + "\n".join(e2e))
-    (out / "deploy_bench.json").write_text(json.dumps({"header": header, "rows": rows, "end_to_end": e2e}, indent=1))
+    print("\nONNX Runtime profiler at batch 1 (fastest of 50 runs with the profiler on, which adds time per node; "
+          "kernel time per op type shows where a cut saves and what it keeps):\n" + "\n".join(profiles))
+    (out / "deploy_bench.json").write_text(json.dumps({"header": header, "rows": rows, "end_to_end": e2e,
+                                                       "ort_profile_batch1": profiles}, indent=1))
 
 
 def _fmt(v) -> str:

@@ -55,7 +55,7 @@ def minilm_rows(a: argparse.Namespace, out: Path) -> list[dict]:
             files += [res.path, q.path]
     rounds = max(2, a.rounds_32 // 2)
     with stage(f"minilm: ONNX Runtime timing at {', '.join(settings)}, batch 1, {a.passes} fresh processes"):
-        ort = time_onnx_in_fresh_process(files, settings, {k: rounds for k in settings}, a.threads, a.passes)
+        ort, _ = time_onnx_in_fresh_process(files, settings, {k: rounds for k in settings}, a.threads, a.passes)
     with stage("minilm: eager PyTorch timing in this process"):
         eager = {k: [r.ms for r in measure_latency_interleaved([teacher, pruned], x, runs=rounds, warmup=2,
                                                                 threads=a.threads, stat="min")]
@@ -71,7 +71,7 @@ def _rows(info: dict, ort: list[dict], eager: dict, to_dense: float) -> list[dic
         o32, o8 = ort[2 * i], ort[2 * i + 1]
         s_ort = [ort[0][k] / o32[k] for k in keys]
         s_eager = [eager[k][0] / eager[k][i] for k in keys]
-        eff = (lambda s: s / macs_x) if i else (lambda s: None)
+        eff = (lambda s, mx=macs_x: s / mx) if i else (lambda s: None)
         notes = [f"{v['exporter']} exporter, min cosine {v['min_cos']:.5f}"]
         if i:
             notes.append(f"pruned, refit, NOT distilled: cosine to dense MiniLM {to_dense:.3f}")

@@ -47,19 +47,25 @@ def _unflatten(flat: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | dict]:
 
 
 def time_onnx_in_fresh_process(files: list[Path], settings: dict[str, torch.Tensor | dict],
-                               rounds: dict[str, int], threads: int = 2, passes: int = 3) -> list[dict[str, float]]:
-    """Per file, {setting: ms}: fastest over `passes` new processes, each timing all files alternating."""
+                               rounds: dict[str, int], threads: int = 2, passes: int = 3,
+                               profile: str | None = None) -> tuple[list[dict[str, float]], list[dict]]:
+    """Per file, {setting: ms}: fastest over `passes` new processes, each timing all files alternating.
+
+    With `profile` (a setting name), the last process then runs every file under ONNX Runtime's
+    profiler at that setting (`_profile`); the second list holds those profiles (empty without it).
+    """
     with tempfile.TemporaryDirectory(prefix="slimkit-ort-timing-") as d:
         for i, f in enumerate(files):
             shutil.copyfile(f, Path(d) / f"m{i:03d}.onnx")
         save_file(_flatten(settings), str(Path(d) / "inputs.safetensors"))
         order = list(settings)
-        (Path(d) / "spec.json").write_text(json.dumps({"n": len(files), "threads": threads, "order": order,
-                                                       "rounds": rounds}))
+        spec = {"n": len(files), "threads": threads, "order": order, "rounds": rounds}
         path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         env = {**os.environ, "PYTHONPATH": path}
         best: list[dict[str, float]] = []
         for k in range(passes):
+            spec["profile"] = profile if k == passes - 1 else None
+            (Path(d) / "spec.json").write_text(json.dumps(spec))
             done = subprocess.run([sys.executable, __file__, d], env=env, capture_output=True, text=True)
             if done.returncode != 0:
                 raise SlimkitError(f"ORT timing process failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
@@ -67,7 +73,37 @@ def time_onnx_in_fresh_process(files: list[Path], settings: dict[str, torch.Tens
             print(f"[ort timing] pass {k + 1}/{passes}, {len(files)} models: first model "
                   + ", ".join(f"{s} {ms:.3f} ms" for s, ms in times[0].items()), flush=True)
             best = times if not best else [{s: min(b[s], t[s]) for s in t} for b, t in zip(best, times)]
-        return best
+        profiles = json.loads((Path(d) / "profiles.json").read_text()) if profile else []
+        return best, profiles
+
+
+def _profile(d: Path, i: int, feeds: dict, threads: int, runs: int = 50, warm: int = 5) -> dict:
+    """The fastest of `runs` profiled runs (after `warm`): its wall time, summed node kernel time, kernel time per
+    op type, and the nodes it ran. The fastest, as for the timings: other jobs on the machine only add time.
+
+    Wall minus kernel time is what a run spends outside the operators (scheduling, memory, thread
+    hand-offs): a cut that removes arithmetic but keeps every node keeps that part.
+    """
+    import onnxruntime
+
+    from slimkit.export import session_options
+
+    so = session_options(threads)
+    so.enable_profiling = True
+    so.profile_file_prefix = str(d / f"profile_{i:03d}")
+    sess = onnxruntime.InferenceSession(str(d / f"m{i:03d}.onnx"), so, providers=["CPUExecutionProvider"])
+    for _ in range(warm + runs):
+        sess.run(None, feeds)
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    model_runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])[warm:]
+    fastest = min(model_runs, key=lambda e: e["dur"])
+    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+               and fastest["ts"] <= e["ts"] <= fastest["ts"] + fastest["dur"]]
+    by_op: dict[str, float] = {}
+    for e in kernels:
+        by_op[e["args"]["op_name"]] = by_op.get(e["args"]["op_name"], 0.0) + e["dur"]
+    return {"wall_us": fastest["dur"], "kernel_us": sum(by_op.values()), "nodes": len(kernels), "by_op": by_op,
+            "runs": len(model_runs)}
 
 
 def _child(d: Path) -> None:
@@ -84,6 +120,11 @@ def _child(d: Path) -> None:
         for o, r in zip(out, res):
             o[name] = r.ms
     (d / "times.json").write_text(json.dumps(out))
+    if spec.get("profile"):
+        x = settings[spec["profile"]]
+        feeds = [s.feeds(**x) if isinstance(x, dict) else s.feeds(x) for s in sessions]
+        profiles = [_profile(d, i, f, spec["threads"]) for i, f in enumerate(feeds)]
+        (d / "profiles.json").write_text(json.dumps(profiles))
 
 
 if __name__ == "__main__":

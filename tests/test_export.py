@@ -3,7 +3,6 @@ bad input as one line, int8 models that run and are scored."""
 
 import os
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,8 +11,19 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from slimkit.errors import SlimkitError  # noqa: E402
-from slimkit.export import (OrtModel, classifier_check, classifier_scores, encoder_check, export_onnx,  # noqa: E402
-                            quantize_int8, quantize_onnx, split_feeds, time_onnx, to_onnx, write_output)
+from slimkit.export import (  # noqa: E402
+    OrtModel,
+    classifier_check,
+    classifier_scores,
+    encoder_check,
+    export_onnx,
+    quantize_int8,
+    quantize_onnx,
+    split_feeds,
+    time_onnx,
+    to_onnx,
+    write_output,
+)
 from slimkit.io import load_model  # noqa: E402
 from slimkit.models import MobileNetV2Small, ResNetCifar, SmallViT, TargetModel  # noqa: E402
 from slimkit.prune.layers import remove_blocks  # noqa: E402
@@ -128,6 +138,23 @@ def test_bert_dense_and_head_ffn_pruned_with_dynamic_sequence_length(tiny_bert, 
             want = m(**other).last_hidden_state
         got = OrtModel(res.path)(**other)["last_hidden_state"]
         assert got.shape == want.shape and torch.allclose(got, want, atol=1e-4)
+
+
+def test_dynamic_int8_of_an_encoder_is_scored_and_writes_nothing_outside(tiny_bert, tmp_path, monkeypatch):
+    from slimkit.export import embedding_cosines
+    from slimkit.llm.encoder import default_sentences
+
+    model, tok = tiny_bert
+    _, held = default_sentences(2, 16)
+    fp32 = export_onnx(model, dict(tok(held[:2], return_tensors="pt", padding=True)))
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)  # onnxruntime's symbolic shape inference would leave files here on failure
+    q = quantize_int8(fp32.model_bytes, "dynamic")
+    assert not list(work.iterdir())
+    assert "MatMulInteger" in {n.op_type for n in onnx.load_model_from_string(q.model_bytes).graph.node}
+    cos = embedding_cosines(OrtModel(q.model_bytes), model, tok, held)
+    assert len(cos) == 16 and 0.9 < float(cos.mean()) <= 1.0 + 1e-6
 
 
 def test_write_is_atomic_and_refuses_an_existing_file(digits, tmp_path, monkeypatch):

@@ -29,4 +29,5 @@ __all__ = [
     "split_feeds",
     "time_onnx",
     "to_onnx",
+    "write_output",
 ]

@@ -11,7 +11,8 @@
 
 The model is first run through onnxruntime's `quant_pre_process` (shape inference and graph
 optimisation, which folds BatchNorm into the convolutions), as onnxruntime recommends; accuracy
-is never assumed: the caller measures it on the quantized model.
+is never assumed: the caller measures it on the quantized model. Nothing is written outside a
+temporary folder until the caller writes the result.
 """
 
 import contextlib
@@ -73,17 +74,16 @@ def _reader(feeds: Iterable[dict[str, np.ndarray]]):
 
 
 def _pre_process(quant_pre_process, src: Path, dst: Path) -> str:
-    """Run onnxruntime's pre-processing; without symbolic shape inference where that is incomplete (it is
-    on transformer graphs with dynamic sequence length). Says what ran."""
-    first = None
-    for skip_symbolic in (False, True):
-        try:
-            with _quiet_root():
-                quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic)
-            return "full" if not skip_symbolic else f"without symbolic shape inference ({first})"
-        except Exception as exc:
-            first = first or first_line(exc)
-    return f"skipped: {first}"
+    """onnxruntime's pre-processing: ONNX shape inference and graph optimisation (BatchNorm folded into
+    convolutions). Its symbolic shape inference is skipped: it fails on transformer graphs with a dynamic
+    sequence length, and on failure it saves a model with external data into the current directory,
+    which is the user's. Says what ran."""
+    try:
+        with _quiet_root():
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        return "shape inference and graph optimisation"
+    except Exception as exc:  # a graph the pre-processor cannot handle is quantized as it is
+        return f"skipped: {first_line(exc)}"
 
 
 @contextlib.contextmanager
