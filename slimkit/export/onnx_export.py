@@ -247,7 +247,18 @@ def export_onnx(model: nn.Module, example: torch.Tensor | tuple | dict, *,
     if len({t.shape[0] for t in named.values()}) != 1:
         raise SlimkitError(f"example inputs disagree on the batch size: {[tuple(t.shape) for t in named.values()]}")
     was_training = model.training
-    model = model.eval()
+    model.eval()
+    try:
+        return _export_checked(model, named, as_kwargs, check_inputs, sequence_axis, opset, exporters, atol, rtol,
+                               validate, onnx)
+    finally:
+        model.train(was_training)
+
+
+def _export_checked(model: nn.Module, named: dict[str, torch.Tensor], as_kwargs: bool,
+                    check_inputs: Sequence[torch.Tensor | tuple | dict], sequence_axis: int | None, opset: int | None,
+                    exporters: Sequence[str], atol: float, rtol: float, validate: Validator | None,
+                    onnx) -> ExportResult:
     try:
         with torch.no_grad():
             out_names = list(_flat_outputs(_call(model, named, as_kwargs)))
@@ -266,18 +277,14 @@ def export_onnx(model: nn.Module, example: torch.Tensor | tuple | dict, *,
         held.append(_resize(traced, axes, batch=1, grow_sequence=True))
     held += [_as_named(x) for x in check_inputs]
     reasons: list[str] = []
-    try:
-        for kind in exporters:
-            try:
-                result = _attempt(kind, model, traced, as_kwargs, axes, out_names, opset, held, atol, rtol, validate,
-                                  onnx)
-            except SlimkitError as exc:
-                reasons.append(f"{kind}: {exc}")
-                continue
-            result.fallback_reason = "; ".join(reasons) or None
-            return result
-    finally:
-        model.train(was_training)
+    for kind in exporters:
+        try:
+            result = _attempt(kind, model, traced, as_kwargs, axes, out_names, opset, held, atol, rtol, validate, onnx)
+        except SlimkitError as exc:
+            reasons.append(f"{kind}: {exc}")
+            continue
+        result.fallback_reason = "; ".join(reasons) or None
+        return result
     raise SlimkitError("ONNX export failed: " + "; ".join(reasons))
 
 
