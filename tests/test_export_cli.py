@@ -83,3 +83,23 @@ def test_onnxruntime_not_installed_names_the_extra(ckpt, tmp_path, monkeypatch):
 def test_unknown_int8_mode(ckpt, tmp_path):
     result = runner.invoke(app, ["export", str(ckpt), "--onnx", str(tmp_path / "m.onnx"), "--int8", "int4"])
     _one_error(result, "--int8 must be 'static' or 'dynamic'")
+
+
+def test_export_an_encoder_folder_with_dynamic_int8(tmp_path):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from slimkit.llm.load import minilm_dir
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(tmp_path / "enc")
+    tok.save_pretrained(tmp_path / "enc")
+    out, rep = tmp_path / "enc.onnx", tmp_path / "rep"
+    result = runner.invoke(app, ["export", str(tmp_path / "enc"), "--onnx", str(out), "--int8", "dynamic",
+                                 "--runs", "2", "--report", str(rep)])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads((rep / "report.json").read_text())["deployment"]}
+    assert rows["onnx fp32"]["metric"] == "cosine" and rows["onnx fp32"]["value"] > 0.999
+    assert 0.9 < rows["onnx int8"]["value"] <= 1.0 + 1e-6 and rows["onnx int8"]["precision"] == "int8 dynamic"
+    assert set(rows["onnx int8"]["latency_ms"]) == {"seq 32", "seq 128"}
