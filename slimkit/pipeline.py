@@ -43,7 +43,7 @@ class DemoConfig(BaseModel):
     student_lr: float = Field(3e-3, gt=0)
     finetune_lr: float = Field(3e-4, gt=0)
     sparsity: float | None = 0.5
-    theta: float | None = None
+    theta: float | None = Field(None, ge=0, description="remove |w| <= theta; overrides sparsity")
     prune_scope: Literal["global", "layer"] = "global"
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.7, ge=0, le=1)
@@ -62,8 +62,6 @@ class DemoConfig(BaseModel):
     @model_validator(mode="after")
     def _one_pruning_knob(self) -> "DemoConfig":
         if self.theta is not None:
-            if self.theta < 0:
-                raise ValueError(f"theta must be >= 0, got {self.theta}")
             self.sparsity = None
         elif self.sparsity is None:
             raise ValueError("give sparsity or theta")

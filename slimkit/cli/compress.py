@@ -10,8 +10,8 @@ from typing import Optional
 import typer
 
 from slimkit.cli import clean_errors
-from slimkit.cli.main import app, check_input_shape
-from slimkit.errors import SlimkitError, check_sparsity
+from slimkit.cli.main import app, check_model_fits
+from slimkit.errors import SlimkitError, check_count, check_positive, check_sparsity
 
 
 def _data(dataset: str, data_dir: Optional[Path], seed: int):
@@ -40,6 +40,9 @@ def train(
     from slimkit.measure import evaluate_classifier
     from slimkit.models import build_model
 
+    check_count(epochs, "--epochs")
+    check_count(batch_size, "--batch-size")
+    check_positive(lr, "--lr")
     data = _data(dataset, data_dir, seed)
     torch.manual_seed(seed)
     net = build_model(model, in_channels=data.in_channels, input_size=data.input_size, num_classes=data.num_classes)
@@ -79,10 +82,10 @@ def prune(
     from slimkit.prune import magnitude_prune
     from slimkit.report import print_table, profile_classifiers, speed_notes
 
-    check_sparsity(ratio, "ratio")
+    _check_prune_options(method, ratio, importance, allocation, round_to, blocks, heads)
     dense = load_model(checkpoint)
     data = _data(dataset, data_dir, seed)
-    check_input_shape(dense, data.test.x[:1], data.name)
+    check_model_fits(dense, data)
     if method == "magnitude":
         pruned = copy.deepcopy(dense)
         report = magnitude_prune(pruned, sparsity=ratio)
@@ -108,3 +111,21 @@ def prune(
     rows = profile_classifiers({"dense": (dense, checkpoint), f"{method} {ratio:g}": (pruned, out)},
                                data.test, data.num_classes)
     print_table(rows, speed_notes(rows, "dense"), title=f"{checkpoint.name} -> {out} on {data.name} (before fine-tuning)")
+
+
+def _check_prune_options(method: str, ratio: float, importance: str, allocation: str, round_to: int, blocks: int,
+                         heads: float) -> None:
+    """Every `prune` option that can be judged without the model, judged before it is loaded."""
+    from slimkit.prune.importance import IMPORTANCE_KINDS
+
+    if method not in ("structured", "magnitude"):
+        raise SlimkitError(f"unknown method {method!r}; use 'structured' or 'magnitude'")
+    check_sparsity(ratio, "--ratio")
+    if method == "structured":
+        if importance not in IMPORTANCE_KINDS:
+            raise SlimkitError(f"unknown --importance {importance!r}; choose one of {', '.join(IMPORTANCE_KINDS)}")
+        if allocation not in ("uniform", "global"):
+            raise SlimkitError(f"unknown --allocation {allocation!r}; use 'uniform' or 'global'")
+        check_count(round_to, "--round-to", 1)
+        check_count(blocks, "--blocks", 0)
+        check_sparsity(heads, "--heads")

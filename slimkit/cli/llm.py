@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import typer
 
 from slimkit.cli import clean_errors
-from slimkit.errors import SlimkitError
+from slimkit.errors import SlimkitError, check_count, check_nonnegative, check_positive, check_sparsity
 
 app = typer.Typer(help="Compress Hugging Face causal LMs: one-shot, depth and width pruning, KD recovery.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -43,6 +43,16 @@ def _eval_setup(tok, eval_text: str, eval_tokens: int, seq_len: int):
     return eval_windows(tok, eval_text, eval_tokens, seq_len)
 
 
+def _check_windows(seq_len: int, eval_tokens: int, samples: int = 1, samples_option: str = "--calib-samples") -> None:
+    """Token-window options, checked before any model is loaded."""
+    check_count(samples, samples_option)
+    check_count(seq_len, "--seq-len", 2)
+    check_count(eval_tokens, "--eval-tokens", 0)
+    if 0 < eval_tokens < seq_len:
+        raise SlimkitError(f"--eval-tokens {eval_tokens} is less than one window of --seq-len {seq_len}; pass at least "
+                           f"{seq_len}, or 0 to skip evaluation")
+
+
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise SlimkitError(f"--out {out} exists and is not a folder")
@@ -68,7 +78,6 @@ def prune(
                                      "so pass --eval-tokens 0 when they do not fit)"),
 ) -> None:
     """One-shot unstructured or N:M pruning of every Linear in the decoder blocks."""
-    from slimkit.errors import check_sparsity
     from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
     from slimkit.llm.oneshot import METHODS, parse_nm, prune_oneshot
     from slimkit.llm.perplexity import perplexity
@@ -79,6 +88,7 @@ def prune(
     pattern = parse_nm(nm)
     if pattern is None:
         check_sparsity(sparsity)
+    _check_windows(seq_len, eval_tokens, calib_samples)
     _check_out(out)
     if stream:
         _prune_streamed(model, method, sparsity, nm, pattern, out, calib_text, calib_samples, seq_len, eval_text,
@@ -136,14 +146,17 @@ def _prune_streamed(model: str, method: str, sparsity: float, nm: Optional[str],
 
 
 def _remove_and_save(model: str, out: Path, calib_text: str, calib_samples: int, seq_len: int, eval_text: str,
-                     eval_tokens: int, seed: int, label: str, remove: Callable[[object, object], str]) -> None:
-    """Load, calibrate, evaluate dense, apply `remove` (which returns a line to print), evaluate, save."""
+                     eval_tokens: int, seed: int, label: str, remove: Callable[[object, object], str],
+                     check: Callable[[object], None]) -> None:
+    """Load, `check` the cut fits the model, calibrate, evaluate dense, apply `remove` (which returns a line to
+    print), evaluate, save."""
     from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
     from slimkit.llm.perplexity import perplexity
     from slimkit.llm.text import calibration_windows
 
     _check_out(out)
     lm, tok = load_causal_lm(model)
+    check(lm)
     cal = calibration_windows(tok, calib_text, calib_samples, seq_len, seed)
     ev = _eval_setup(tok, eval_text, eval_tokens, seq_len) if eval_tokens else None
     dense = perplexity(lm, ev, eval_text, progress=True) if ev is not None else None
@@ -167,14 +180,17 @@ def depth(
     seed: int = typer.Option(0),
 ) -> None:
     """Remove the decoder layers with the lowest block influence."""
-    from slimkit.llm.depth import prune_depth
+    from slimkit.llm.depth import check_depth_cut, prune_depth
+
+    check_count(remove, "--remove", 0)
+    _check_windows(seq_len, eval_tokens, calib_samples)
 
     def cut(lm, cal) -> str:
         rep = prune_depth(lm, cal, remove)
         return f"removed layers {rep.removed} (block influence {[round(rep.scores[i], 4) for i in rep.removed]})"
 
     _remove_and_save(model, out, calib_text, calib_samples, seq_len, eval_text, eval_tokens, seed,
-                     f"depth -{remove}", cut)
+                     f"depth -{remove}", cut, lambda lm: check_depth_cut(lm, remove))
 
 
 @app.command()
@@ -192,7 +208,11 @@ def width(
     seed: int = typer.Option(0),
 ) -> None:
     """Remove FFN neurons and whole KV groups (GQA-correct); the result reloads with from_pretrained."""
-    from slimkit.llm.width import prune_width
+    from slimkit.llm.width import check_width_cut, prune_width
+
+    check_sparsity(ffn_ratio, "--ffn-ratio")
+    check_count(kv_groups, "--kv-groups", 0)
+    _check_windows(seq_len, eval_tokens, calib_samples)
 
     def cut(lm, cal) -> str:
         params = sum(p.numel() for p in lm.parameters())
@@ -202,7 +222,8 @@ def width(
                 f"params {params / 1e6:.1f} M -> {kept / 1e6:.1f} M")
 
     _remove_and_save(model, out, calib_text, calib_samples, seq_len, eval_text, eval_tokens, seed,
-                     f"width -{ffn_ratio:g} FFN, -{kv_groups} KV groups", cut)
+                     f"width -{ffn_ratio:g} FFN, -{kv_groups} KV groups", cut,
+                     lambda lm: check_width_cut(lm, ffn_ratio, kv_groups))
 
 
 @app.command()
@@ -223,7 +244,6 @@ def encoder(
     """Prune FFN neurons, heads and layers of a sentence encoder, refit, distill, report fidelity, save."""
     import copy
 
-    from slimkit.errors import check_sparsity
     from slimkit.llm.encoder import default_sentences, distill_encoder, fidelity, save_encoder
     from slimkit.llm.encoder_prune import prune_encoder
     from slimkit.llm.load import load_encoder
@@ -232,6 +252,9 @@ def encoder(
     # checked here too (prune_encoder checks again) so bad input fails before the model loads
     check_sparsity(ffn_ratio, "ffn_ratio")
     check_sparsity(head_ratio, "head_ratio")
+    check_nonnegative(minutes, "--minutes")
+    check_positive(lr, "--lr")
+    check_count(drop_layers, "--drop-layers", 0)
     if minutes < 0 or train < 1 or held_out < 2 or not 0 < calib <= train:
         raise SlimkitError("need --minutes >= 0, --train >= 1, --held-out >= 2 and 0 < --calib <= --train")
     teacher, tok = load_encoder(model)
@@ -265,6 +288,8 @@ def evaluate(
     from slimkit.llm.load import load_causal_lm
     from slimkit.llm.perplexity import perplexity
 
+    check_count(seq_len, "--seq-len", 2)
+    check_count(eval_tokens, "--eval-tokens", seq_len)
     lm, tok = load_causal_lm(model)
     ev = _eval_setup(tok, eval_text, eval_tokens, seq_len)
     rows = []
@@ -313,6 +338,11 @@ def distill(
     from slimkit.llm.recover import RecoveryConfig, recover
     from slimkit.llm.text import calibration_windows
 
+    _check_windows(seq_len, eval_tokens, samples, "--samples")
+    if max_minutes is not None:
+        check_positive(max_minutes, "--max-minutes")
+    cfg = RecoveryConfig(epochs=epochs, batch_size=batch_size, lr=lr, top_k=top_k, hidden_weight=hidden_weight,
+                         max_seconds=max_minutes * 60 if max_minutes is not None else None, seed=seed)
     _check_out(out)
     st, tok = load_causal_lm(student)
     te, _ = load_causal_lm(teacher)
@@ -331,8 +361,6 @@ def distill(
         # dequantized checkpoint are not worth holding
         masks = {n + ".weight": m.weight != 0 for n, m in st.named_modules()
                  if isinstance(m, torch.nn.Linear) and float((m.weight == 0).float().mean()) >= 0.1} or None
-    cfg = RecoveryConfig(epochs=epochs, batch_size=batch_size, lr=lr, top_k=top_k, hidden_weight=hidden_weight,
-                         max_seconds=max_minutes * 60 if max_minutes else None, seed=seed)
     t0 = time.perf_counter()
     rep = recover(st, te, train, cfg, masks=masks)
     typer.echo(f"{rep.steps} steps in {time.perf_counter() - t0:.0f} s (teacher cache "
