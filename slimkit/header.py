@@ -24,6 +24,7 @@ import torch.nn.modules.module as module_hooks
 from torch import nn
 
 from slimkit.errors import SlimkitError
+from slimkit.io import CORRUPT
 from slimkit.prune.reshape import apply_layout, check_layout
 
 # A constructor may register this many modules, parameters and buffers beyond 16 per file tensor.
@@ -56,7 +57,7 @@ def build_checked(cls: type[nn.Module], kwargs: dict[str, Any], extra: dict[str,
     kept = _nbytes(model)
     if dense_bytes > _DENSE_GROWTH * kept + 2**26:
         raise SlimkitError(f"checkpoint {where} holds {kept / 2**20:.1f} MiB of weights but its header's dense "
-                           f"{cls.__name__} would need {dense_bytes / 2**20:.0f} MiB; the header is corrupt")
+                           f"{cls.__name__} would need {dense_bytes / 2**20:.0f} MiB; {CORRUPT}")
     return _build(cls, kwargs, layout, limit, where, meta=False)[0]
 
 
@@ -105,7 +106,7 @@ def check_kwargs(cls: type, kwargs: dict[str, Any], where: str | os.PathLike) ->
     for key, value in kwargs.items():
         if key in hints and not _fits(value, hints[key]):
             raise SlimkitError(f"checkpoint {where} gives {cls.__name__} argument {key}={_short(value)}, which is "
-                               f"not a {_type_name(hints[key])}; the header is corrupt")
+                               f"not a {_type_name(hints[key])}; {CORRUPT}")
 
 
 def compare_shapes(model: nn.Module, file_shapes: dict[str, list[int]], where: str | os.PathLike) -> None:
@@ -120,7 +121,7 @@ def compare_shapes(model: nn.Module, file_shapes: dict[str, list[int]], where: s
     for key, shape in mine.items():
         if file_shapes[key] != shape:
             raise SlimkitError(f"checkpoint {where}: tensor {key!r} has shape {file_shapes[key]} in the file but "
-                               f"{shape} in the {name} its header describes; the file does not match its header")
+                               f"{shape} in the {name} its header describes; {CORRUPT}")
 
 
 @contextmanager
@@ -133,7 +134,7 @@ def _registration_cap(limit: int) -> Iterator[None]:
         count += 1
         if count > limit:
             raise SlimkitError(f"its constructor creates more than {limit} layers and tensors, far more than the "
-                               f"file holds; the header is corrupt")
+                               f"file holds; {CORRUPT}")
 
     handles = [module_hooks.register_module_module_registration_hook(hook),
                module_hooks.register_module_parameter_registration_hook(hook),

@@ -24,6 +24,8 @@ from slimkit.errors import SlimkitError
 
 FORMAT_VERSION = 1
 _META_KEY = "slimkit"
+# The advice every refusal of a malformed header ends with.
+CORRUPT = "the header is corrupt (save the model again with slimkit)"
 
 
 def cache_root() -> Path:
@@ -137,13 +139,14 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, list
         raise SlimkitError(f"checkpoint {p} is a folder; pass the .safetensors file (slimkit run folders keep "
                            f"theirs under checkpoints/)")
     if not p.is_file():
-        raise SlimkitError(f"checkpoint {p} does not exist")
+        raise SlimkitError(f"checkpoint {p} does not exist; check the path (slimkit checkpoints end in .safetensors)")
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
             shapes = {name: list(f.get_slice(name).get_shape()) for name in f.keys()}
     except (SafetensorError, OSError, ValueError, TypeError) as exc:
-        raise SlimkitError(f"cannot read {p} as a safetensors checkpoint: {str(exc)[:200]}") from None
+        raise SlimkitError(f"cannot read {p} as a safetensors checkpoint ({str(exc)[:200]}); pass a .safetensors "
+                           f"file written by slimkit") from None
     return meta, shapes
 
 
@@ -154,18 +157,18 @@ def check_description(description: Any, where: str | os.PathLike) -> dict[str, A
                            f"({type(description).__name__}); it was not written by slimkit's save_model")
     version = description.get("format")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise SlimkitError(f"{where} has no valid checkpoint format version (got {repr(version)[:60]}); it was not written "
-                           f"by slimkit's save_model")
+        raise SlimkitError(f"{where} has no valid checkpoint format version (got {repr(version)[:60]}); it was not "
+                           f"written by slimkit's save_model")
     if version > FORMAT_VERSION:
         raise SlimkitError(f"{where} was written by a newer slimkit (checkpoint format {version}; this one reads up to "
                            f"{FORMAT_VERSION}); upgrade slimkit to load it")
     if not isinstance(description.get("class"), str):
         raise SlimkitError(f"{where} names its model class as {type(description.get('class')).__name__}, not text; "
-                           f"the header is corrupt")
+                           f"{CORRUPT}")
     for key in ("kwargs", "extra"):
         if not isinstance(description.setdefault(key, {}), dict):
             raise SlimkitError(f"{where} has header {key!r} of type {type(description[key]).__name__}, not an "
-                               f"object; the header is corrupt")
+                               f"object; {CORRUPT}")
     return description
 
 

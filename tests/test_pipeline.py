@@ -82,7 +82,7 @@ def test_recipe_is_safe_yaml(tmp_path):
     (b"dataset: no/such/data.npz\n", "names data file no/such/data.npz, which is not a file"),
     (b"data_dir: /no/such/fashion\n", "names data folder /no/such/fashion, which does not exist"),
     (b"theta: .nan\n", "invalid setting theta: Input should be a finite number"),
-    (b"theta: -0.1\n", "theta must be >= 0"),
+    (b"theta: -0.1\n", "invalid setting theta: Input should be greater than or equal to 0"),
     (b"lr: .inf\n", "invalid setting lr: Input should be a finite number"),
 ])
 def test_bad_recipes_are_refused_when_loaded(tmp_path, text, message):

@@ -33,6 +33,9 @@ def train(
     seed: int = typer.Option(0, help="seed for split, init and shuffling"),
 ) -> None:
     """Train a reference model from scratch and save it as a checkpoint."""
+    check_count(epochs, "--epochs")
+    check_count(batch_size, "--batch-size")
+    check_positive(lr, "--lr")
     import torch
 
     from slimkit.distill import TrainConfig, train_classifier
@@ -40,9 +43,6 @@ def train(
     from slimkit.measure import evaluate_classifier
     from slimkit.models import build_model
 
-    check_count(epochs, "--epochs")
-    check_count(batch_size, "--batch-size")
-    check_positive(lr, "--lr")
     data = _data(dataset, data_dir, seed)
     torch.manual_seed(seed)
     net = build_model(model, in_channels=data.in_channels, input_size=data.input_size, num_classes=data.num_classes)
@@ -75,6 +75,7 @@ def prune(
     A structured cut that measures no faster than the dense model at batch 1 on this machine is
     not written (unless --keep-slower): removing structure only to lose time helps nobody.
     """
+    _check_prune_options(method, ratio, importance, allocation, round_to, blocks, heads)
     import copy
 
     from slimkit.data import batches
@@ -82,7 +83,6 @@ def prune(
     from slimkit.prune import magnitude_prune
     from slimkit.report import print_table, profile_classifiers, speed_notes
 
-    _check_prune_options(method, ratio, importance, allocation, round_to, blocks, heads)
     dense = load_model(checkpoint)
     data = _data(dataset, data_dir, seed)
     check_model_fits(dense, data)
@@ -116,16 +116,16 @@ def prune(
 def _check_prune_options(method: str, ratio: float, importance: str, allocation: str, round_to: int, blocks: int,
                          heads: float) -> None:
     """Every `prune` option that can be judged without the model, judged before it is loaded."""
-    from slimkit.prune.importance import IMPORTANCE_KINDS
-
     if method not in ("structured", "magnitude"):
         raise SlimkitError(f"unknown method {method!r}; use 'structured' or 'magnitude'")
     check_sparsity(ratio, "--ratio")
     if method == "structured":
-        if importance not in IMPORTANCE_KINDS:
-            raise SlimkitError(f"unknown --importance {importance!r}; choose one of {', '.join(IMPORTANCE_KINDS)}")
-        if allocation not in ("uniform", "global"):
-            raise SlimkitError(f"unknown --allocation {allocation!r}; use 'uniform' or 'global'")
         check_count(round_to, "--round-to", 1)
         check_count(blocks, "--blocks", 0)
         check_sparsity(heads, "--heads")
+        if allocation not in ("uniform", "global"):
+            raise SlimkitError(f"unknown --allocation {allocation!r}; use 'uniform' or 'global'")
+        from slimkit.prune.importance import IMPORTANCE_KINDS
+
+        if importance not in IMPORTANCE_KINDS:
+            raise SlimkitError(f"unknown --importance {importance!r}; choose one of {', '.join(IMPORTANCE_KINDS)}")

@@ -43,14 +43,19 @@ def _eval_setup(tok, eval_text: str, eval_tokens: int, seq_len: int):
     return eval_windows(tok, eval_text, eval_tokens, seq_len)
 
 
-def _check_windows(seq_len: int, eval_tokens: int, samples: int = 1, samples_option: str = "--calib-samples") -> None:
-    """Token-window options, checked before any model is loaded."""
+def _check_windows(seq_len: int, eval_tokens: int, samples: int = 1, samples_option: str = "--calib-samples",
+                   texts: tuple[str, ...] = ()) -> None:
+    """Token-window options and the texts they are cut from, checked before any model is loaded."""
     check_count(samples, samples_option)
     check_count(seq_len, "--seq-len", 2)
     check_count(eval_tokens, "--eval-tokens", 0)
     if 0 < eval_tokens < seq_len:
         raise SlimkitError(f"--eval-tokens {eval_tokens} is less than one window of --seq-len {seq_len}; pass at least "
                            f"{seq_len}, or 0 to skip evaluation")
+    from slimkit.llm.text import check_text
+
+    for text in texts:
+        check_text(text)
 
 
 def _check_out(out: Path) -> None:
@@ -78,6 +83,7 @@ def prune(
                                      "so pass --eval-tokens 0 when they do not fit)"),
 ) -> None:
     """One-shot unstructured or N:M pruning of every Linear in the decoder blocks."""
+    _check_windows(seq_len, eval_tokens, calib_samples, texts=(calib_text, eval_text))
     from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
     from slimkit.llm.oneshot import METHODS, parse_nm, prune_oneshot
     from slimkit.llm.perplexity import perplexity
@@ -88,7 +94,6 @@ def prune(
     pattern = parse_nm(nm)
     if pattern is None:
         check_sparsity(sparsity)
-    _check_windows(seq_len, eval_tokens, calib_samples)
     _check_out(out)
     if stream:
         _prune_streamed(model, method, sparsity, nm, pattern, out, calib_text, calib_samples, seq_len, eval_text,
@@ -148,15 +153,15 @@ def _prune_streamed(model: str, method: str, sparsity: float, nm: Optional[str],
 def _remove_and_save(model: str, out: Path, calib_text: str, calib_samples: int, seq_len: int, eval_text: str,
                      eval_tokens: int, seed: int, label: str, remove: Callable[[object, object], str],
                      check: Callable[[object], None]) -> None:
-    """Load, `check` the cut fits the model, calibrate, evaluate dense, apply `remove` (which returns a line to
-    print), evaluate, save."""
-    from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
+    """`check` the cut against the model's config, load, calibrate, evaluate dense, apply `remove` (which returns
+    a line to print), evaluate, save."""
+    from slimkit.llm.load import load_causal_lm, load_config, save_pretrained_atomic
     from slimkit.llm.perplexity import perplexity
     from slimkit.llm.text import calibration_windows
 
     _check_out(out)
+    check(load_config(model))
     lm, tok = load_causal_lm(model)
-    check(lm)
     cal = calibration_windows(tok, calib_text, calib_samples, seq_len, seed)
     ev = _eval_setup(tok, eval_text, eval_tokens, seq_len) if eval_tokens else None
     dense = perplexity(lm, ev, eval_text, progress=True) if ev is not None else None
@@ -180,17 +185,16 @@ def depth(
     seed: int = typer.Option(0),
 ) -> None:
     """Remove the decoder layers with the lowest block influence."""
-    from slimkit.llm.depth import check_depth_cut, prune_depth
-
     check_count(remove, "--remove", 0)
-    _check_windows(seq_len, eval_tokens, calib_samples)
+    _check_windows(seq_len, eval_tokens, calib_samples, texts=(calib_text, eval_text))
+    from slimkit.llm.depth import check_depth_cut, prune_depth
 
     def cut(lm, cal) -> str:
         rep = prune_depth(lm, cal, remove)
         return f"removed layers {rep.removed} (block influence {[round(rep.scores[i], 4) for i in rep.removed]})"
 
     _remove_and_save(model, out, calib_text, calib_samples, seq_len, eval_text, eval_tokens, seed,
-                     f"depth -{remove}", cut, lambda lm: check_depth_cut(lm, remove))
+                     f"depth -{remove}", cut, lambda config: check_depth_cut(config.num_hidden_layers, remove))
 
 
 @app.command()
@@ -208,11 +212,10 @@ def width(
     seed: int = typer.Option(0),
 ) -> None:
     """Remove FFN neurons and whole KV groups (GQA-correct); the result reloads with from_pretrained."""
-    from slimkit.llm.width import check_width_cut, prune_width
-
     check_sparsity(ffn_ratio, "--ffn-ratio")
     check_count(kv_groups, "--kv-groups", 0)
-    _check_windows(seq_len, eval_tokens, calib_samples)
+    _check_windows(seq_len, eval_tokens, calib_samples, texts=(calib_text, eval_text))
+    from slimkit.llm.width import check_width_cut, prune_width
 
     def cut(lm, cal) -> str:
         params = sum(p.numel() for p in lm.parameters())
@@ -223,7 +226,7 @@ def width(
 
     _remove_and_save(model, out, calib_text, calib_samples, seq_len, eval_text, eval_tokens, seed,
                      f"width -{ffn_ratio:g} FFN, -{kv_groups} KV groups", cut,
-                     lambda lm: check_width_cut(lm, ffn_ratio, kv_groups))
+                     lambda config: check_width_cut(config.num_key_value_heads, ffn_ratio, kv_groups))
 
 
 @app.command()
@@ -242,6 +245,9 @@ def encoder(
     seed: int = typer.Option(0),
 ) -> None:
     """Prune FFN neurons, heads and layers of a sentence encoder, refit, distill, report fidelity, save."""
+    check_nonnegative(minutes, "--minutes")
+    check_positive(lr, "--lr")
+    check_count(drop_layers, "--drop-layers", 0)
     import copy
 
     from slimkit.llm.encoder import default_sentences, distill_encoder, fidelity, save_encoder
@@ -252,9 +258,6 @@ def encoder(
     # checked here too (prune_encoder checks again) so bad input fails before the model loads
     check_sparsity(ffn_ratio, "ffn_ratio")
     check_sparsity(head_ratio, "head_ratio")
-    check_nonnegative(minutes, "--minutes")
-    check_positive(lr, "--lr")
-    check_count(drop_layers, "--drop-layers", 0)
     if minutes < 0 or train < 1 or held_out < 2 or not 0 < calib <= train:
         raise SlimkitError("need --minutes >= 0, --train >= 1, --held-out >= 2 and 0 < --calib <= --train")
     teacher, tok = load_encoder(model)
@@ -285,11 +288,13 @@ def evaluate(
     speed: bool = typer.Option(False, help="also measure params, MACs, prefill and decode tokens/s"),
 ) -> None:
     """Perplexity of a model (and optionally of a reference), with the protocol."""
-    from slimkit.llm.load import load_causal_lm
-    from slimkit.llm.perplexity import perplexity
-
     check_count(seq_len, "--seq-len", 2)
     check_count(eval_tokens, "--eval-tokens", seq_len)
+    from slimkit.llm.load import load_causal_lm
+    from slimkit.llm.perplexity import perplexity
+    from slimkit.llm.text import check_text
+
+    check_text(eval_text)
     lm, tok = load_causal_lm(model)
     ev = _eval_setup(tok, eval_text, eval_tokens, seq_len)
     rows = []
@@ -333,14 +338,14 @@ def distill(
     seed: int = typer.Option(1),
 ) -> None:
     """KD recovery of a pruned model against its unpruned teacher (teacher top-k logits cached once)."""
+    _check_windows(seq_len, eval_tokens, samples, "--samples", texts=(train_text, eval_text))
+    if max_minutes is not None:
+        check_positive(max_minutes, "--max-minutes")
     from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
     from slimkit.llm.perplexity import perplexity
     from slimkit.llm.recover import RecoveryConfig, recover
     from slimkit.llm.text import calibration_windows
 
-    _check_windows(seq_len, eval_tokens, samples, "--samples")
-    if max_minutes is not None:
-        check_positive(max_minutes, "--max-minutes")
     cfg = RecoveryConfig(epochs=epochs, batch_size=batch_size, lr=lr, top_k=top_k, hidden_weight=hidden_weight,
                          max_seconds=max_minutes * 60 if max_minutes is not None else None, seed=seed)
     _check_out(out)

@@ -135,7 +135,8 @@ def _read_npz(p: Path) -> dict[str, np.ndarray]:
     try:
         loaded = np.load(p, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise SlimkitError(f"{p} holds a single array (.npy), not a .npz archive; save it with np.savez(path, x=..., y=...)")
+            raise SlimkitError(f"{p} holds a single array (.npy), not a .npz archive; save it with "
+                               f"np.savez(path, x=..., y=...)")
         with loaded as npz:
             return {k: npz[k] for k in npz.files}
     except SlimkitError:
@@ -148,7 +149,8 @@ def _read_npz(p: Path) -> dict[str, np.ndarray]:
 def _npz_split(p: Path, x: np.ndarray, y: np.ndarray, x_name: str, y_name: str) -> Split:
     """Check one pair of arrays and turn it into a float32 NCHW Split."""
     if x.dtype == np.bool_ or not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-        raise SlimkitError(f"{p}: {x_name} must hold real numbers, got dtype {x.dtype}; convert it with x.astype('float32')")
+        raise SlimkitError(f"{p}: {x_name} must hold real numbers, got dtype {x.dtype}; convert it with "
+                           f"x.astype('float32')")
     if y.ndim != 1:
         raise SlimkitError(f"{p}: {y_name} must be 1-D class labels of shape (N,), got {y.shape}; "
                            f"save {y_name}.reshape(-1) (or argmax of one-hot labels)")
@@ -169,8 +171,9 @@ def _npz_split(p: Path, x: np.ndarray, y: np.ndarray, x_name: str, y_name: str) 
     if not np.isfinite(x).all():
         raise SlimkitError(f"{p}: {x_name} holds NaN or infinite values; replace or drop those samples")
     if y.min() < 0 or y.max() >= MAX_CLASSES:
-        raise SlimkitError(f"{p}: {y_name} holds labels from {int(y.min())} to {int(y.max())}; class labels must be "
-                           f"0, 1, ..., K-1 with K <= {MAX_CLASSES}: renumber them with np.unique(y, return_inverse=True)")
+        raise SlimkitError(f"{p}: {y_name} holds labels from {int(y.min())} to {int(y.max())}; class labels must "
+                           f"be 0, 1, ..., K-1 with K <= {MAX_CLASSES}: renumber them with "
+                           f"np.unique(y, return_inverse=True)")
     return Split(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64)))
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import SlimkitError
-from slimkit.io import save_model
+from slimkit.io import CORRUPT, save_model
 from slimkit.models.vit import Attention
 
 
@@ -67,17 +67,17 @@ def check_layout(layout: dict[str, Any], file_shapes: dict[str, list[int]], wher
     shapes, removed = layout.get("shapes"), layout.get("removed_blocks", [])
     if not isinstance(shapes, dict) or not all(_is_shape(v) for v in shapes.values()):
         raise SlimkitError(f"checkpoint {where} has a pruned layout whose 'shapes' is not a map of tensor names to "
-                           f"lists of sizes; the header is corrupt")
+                           f"lists of sizes; {CORRUPT}")
     if not isinstance(removed, list) or not all(isinstance(n, str) and n for n in removed):
         raise SlimkitError(f"checkpoint {where} has a pruned layout whose 'removed_blocks' is not a list of block "
-                           f"names; the header is corrupt")
+                           f"names; {CORRUPT}")
     for key, shape in shapes.items():
         if key not in file_shapes:
             raise SlimkitError(f"checkpoint {where}: its layout records tensor {key!r}, which the file does not hold; "
-                               f"the header is corrupt")
+                               f"{CORRUPT}")
         if list(shape) != file_shapes[key]:
             raise SlimkitError(f"checkpoint {where}: tensor {key!r} has shape {file_shapes[key]} in the file but "
-                               f"{list(shape)} in its layout; the header is corrupt")
+                               f"{list(shape)} in its layout; {CORRUPT}")
 
 
 def _is_shape(value: Any) -> bool:
