@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from slimkit.errors import SlimkitError
-from slimkit.io import atomic_write_bytes
+from slimkit.outputs import atomic_write_bytes
 from slimkit.measure.cost import measure_latency_interleaved
 from slimkit.models.vit import Attention
 from slimkit.prune.allocation import importance_lost, latency_aware_keep, next_keep, round_keep, uniform_keep
