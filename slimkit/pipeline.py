@@ -30,7 +30,7 @@ from slimkit.report import print_table, profile_classifiers, speed_notes, write_
 class DemoConfig(BaseModel):
     """Settings of the prune-and-distill pipeline (CLI options and YAML recipe alike)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
@@ -44,7 +44,7 @@ class DemoConfig(BaseModel):
     student_lr: float = Field(3e-3, gt=0)
     finetune_lr: float = Field(3e-4, gt=0)
     sparsity: float | None = 0.5
-    theta: float | None = None
+    theta: float | None = Field(None, ge=0, description="remove |w| <= theta; overrides sparsity")
     prune_scope: Literal["global", "layer"] = "global"
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.7, ge=0, le=1)
@@ -71,8 +71,6 @@ class DemoConfig(BaseModel):
     @model_validator(mode="after")
     def _one_pruning_knob(self) -> "DemoConfig":
         if self.theta is not None:
-            if self.theta < 0:
-                raise ValueError(f"theta must be >= 0, got {self.theta}")
             self.sparsity = None
         elif self.sparsity is None:
             raise ValueError("give sparsity or theta")
@@ -80,17 +78,40 @@ class DemoConfig(BaseModel):
 
 
 def load_recipe(path: str | Path) -> DemoConfig:
-    """Read a YAML recipe (safe_load) into a validated DemoConfig."""
+    """Read a YAML recipe (safe_load) into a validated DemoConfig whose data paths exist.
+
+    Relative data paths are read from the current folder, as on the command line.
+    """
     p = Path(path)
+    if p.is_dir():
+        raise SlimkitError(f"recipe {p} is a folder; pass a YAML file such as recipes/demo.yaml")
     if not p.is_file():
         raise SlimkitError(f"recipe {p} does not exist")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise SlimkitError(f"recipe {p} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise SlimkitError(f"recipe {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise SlimkitError(f"recipe {p} must be a mapping of settings, got {type(raw).__name__}")
-    return make_config(**raw)
+    odd = [k for k in raw if not isinstance(k, str)]
+    if odd:
+        raise SlimkitError(f"recipe {p} has setting names that are not text: {odd[:3]}; write each key as a name "
+                           f"such as 'dataset'")
+    cfg = make_config(**raw)
+    check_data_paths(cfg, f"recipe {p}")
+    return cfg
+
+
+def check_data_paths(cfg: DemoConfig, source: str = "settings") -> None:
+    """Refuse a data file or folder that does not exist, before anything is loaded or trained."""
+    if cfg.dataset.endswith(".npz") and not Path(cfg.dataset).is_file():
+        raise SlimkitError(f"{source} names data file {cfg.dataset}, which is not a file (relative paths are read "
+                           f"from {Path.cwd()}); fix 'dataset'")
+    if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
+        raise SlimkitError(f"{source} names data folder {cfg.data_dir}, which does not exist (relative paths are read "
+                           f"from {Path.cwd()}); fix 'data_dir'")
 
 
 def make_config(**settings) -> DemoConfig:

@@ -14,7 +14,15 @@ def test_topk_kl_with_all_classes_equals_full_kl_and_ignores_dropped_mass():
     v, i = t.topk(10, -1)
     assert soft_target_kl_topk(s, v, i, 2.0).item() == pytest.approx(soft_target_kl(s, t, 2.0).item(), rel=1e-5)
     v3, i3 = t.topk(3, -1)
-    assert soft_target_kl_topk(s, v3, i3, 2.0).item() >= 0.0
+    loss = soft_target_kl_topk(s, v3, i3, 2.0).item()
+    q = F.softmax(v3 / 2.0, -1)  # the teacher renormalised over its top 3: the dropped mass is ignored
+    log_p = F.log_softmax(s / 2.0, -1).gather(-1, i3)  # the student keeps its full softmax
+    assert loss == pytest.approx(((q * (q.log() - log_p)).sum(-1).mean() * 4.0).item(), rel=1e-5)
+    low = t.clone().scatter_(-1, t.topk(7, -1, largest=False).indices, -30.0)  # move only the dropped mass
+    assert soft_target_kl(s, low, 2.0).item() != pytest.approx(soft_target_kl(s, t, 2.0).item(), rel=1e-3)
+    assert soft_target_kl_topk(s, *low.topk(3, -1), 2.0).item() == pytest.approx(loss, rel=1e-6)
+    elsewhere = s.clone().scatter_add_(-1, t.topk(7, -1, largest=False).indices[:, :1], torch.full((6, 1), 5.0))
+    assert soft_target_kl_topk(elsewhere, v3, i3, 2.0).item() > loss  # student mass off the top-k still costs
     seq_s, seq_t = torch.randn(2, 5, 10), torch.randn(2, 5, 10)  # per-position mean over (N, L)
     assert soft_target_kl(seq_s, seq_t, 1.0).item() == pytest.approx(
         soft_target_kl(seq_s.reshape(10, 10), seq_t.reshape(10, 10), 1.0).item(), rel=1e-6)

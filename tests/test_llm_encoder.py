@@ -1,6 +1,11 @@
 """MiniLM: head and FFN pruning, then embedding distillation, on the real weights."""
 
+import pytest
 
+from tests.llm_helpers import MINILM, require
+
+
+@pytest.mark.slow
 def test_encoder_distillation_smoke():
     """MiniLM: prune FFN and heads, distill a few steps; fidelity rises and stays in [0, 1]."""
     import copy
@@ -9,6 +14,7 @@ def test_encoder_distillation_smoke():
     from slimkit.llm.encoder_prune import prune_encoder
     from slimkit.llm.load import load_encoder
 
+    require(*MINILM)
     teacher, tok = load_encoder("minilm")
     student = copy.deepcopy(teacher)
     train, held = default_sentences(64, 32)
@@ -65,6 +71,7 @@ def test_reconstruct_linear_rejects_a_gram_of_the_wrong_size():
         reconstruct_linear(torch.randn(3, 5), None, torch.eye(5, dtype=torch.float64), torch.arange(3))
 
 
+@pytest.mark.slow
 def test_refit_brings_the_pruned_encoder_closer_than_slicing():
     """On the real MiniLM weights, the sequential least-squares refit beats plain slicing before training."""
     import copy
@@ -73,6 +80,7 @@ def test_refit_brings_the_pruned_encoder_closer_than_slicing():
     from slimkit.llm.encoder_prune import prune_encoder
     from slimkit.llm.load import load_encoder
 
+    require(*MINILM)
     teacher, tok = load_encoder("minilm")
     train, held = default_sentences(128, 48)
     cos = {}

@@ -5,7 +5,9 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+
+pytest.importorskip("transformers", reason="needs transformers: run scripts/install.sh")
+from transformers import AutoModelForCausalLM  # noqa: E402
 
 from slimkit.errors import SlimkitError
 from slimkit.llm.depth import block_influence, prune_depth, remove_layers
@@ -22,6 +24,7 @@ def _logits(model, ids):
         return model(input_ids=ids, use_cache=False).logits
 
 
+@pytest.mark.slow
 def test_depth_removal_reloads_with_fewer_layers(tmp_path):
     model, tok = small_lm(3)
     cal = windows(tok, 2, 32)
@@ -38,6 +41,7 @@ def test_depth_removal_reloads_with_fewer_layers(tmp_path):
     assert gen.shape == (1, 11)
 
 
+@pytest.mark.slow
 def test_gqa_group_removal_identity_and_equals_masking(tmp_path):
     model, tok = small_lm(1)
     ids = windows(tok, 1, 32)
@@ -57,6 +61,7 @@ def test_gqa_group_removal_identity_and_equals_masking(tmp_path):
     torch.testing.assert_close(_logits(again, ids), _logits(removed, ids), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_ffn_removal_equals_zeroing_and_prune_width_reloads(tmp_path):
     model, tok = small_lm(1)
     ids = windows(tok, 1, 32)
@@ -74,6 +79,7 @@ def test_ffn_removal_equals_zeroing_and_prune_width_reloads(tmp_path):
     torch.testing.assert_close(_logits(again, ids), _logits(small, ids), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_perplexity_finite_and_tagged():
     model, tok = small_lm(1)
     from slimkit.llm.text import eval_windows
@@ -93,6 +99,7 @@ def test_topk_kd_loss_matches_full_cross_entropy_when_k_is_vocab():
     torch.testing.assert_close(topk_kd_loss(s, top.values, top.indices), full)
 
 
+@pytest.mark.slow
 def test_recovery_caches_teacher_and_holds_masks(tmp_path):
     teacher, tok = small_lm(1)
     student = copy.deepcopy(teacher)
@@ -109,6 +116,7 @@ def test_recovery_caches_teacher_and_holds_masks(tmp_path):
     assert again.reused and again.values.shape == (2, 32, 8)
 
 
+@pytest.mark.slow
 def test_speed_report_says_zeros_give_no_speedup():
     model, tok = small_lm(1)
     with torch.no_grad():
@@ -118,6 +126,7 @@ def test_speed_report_says_zeros_give_no_speedup():
     assert "no speed-up" in rep.note
 
 
+@pytest.mark.slow
 def test_bad_model_and_layer_input(tmp_path):
     with pytest.raises(SlimkitError, match="neither a built-in"):
         resolve(tmp_path / "nope")

@@ -45,10 +45,15 @@ def test_unstructured_zeros_do_not_change_macs():
 
 
 def test_latency_reports_conditions():
-    result = measure_latency(nn.Linear(8, 8), torch.zeros(4, 8), runs=7, warmup=2, threads=1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # not the 1 asked for below, so a leaked setting would show
+    try:
+        result = measure_latency(nn.Linear(8, 8), torch.zeros(4, 8), runs=7, warmup=2, threads=1)
+        assert torch.get_num_threads() == 2  # the caller's thread count is restored
+    finally:
+        torch.set_num_threads(before)
     assert result.runs == 7 and result.threads == 1 and result.batch_size == 4
     assert 0 < result.median_ms <= result.p90_ms
-    assert torch.get_num_threads() >= 1
 
 
 def test_metrics_accuracy_f1_confusion():

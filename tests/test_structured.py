@@ -114,6 +114,13 @@ def test_save_load_heterogeneous_widths(name: str, tmp_path) -> None:
     loaded = load_model(path).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(X), result.model.eval()(X), rtol=0, atol=0)
+    dense = {k: list(v.shape) for k, v in _tiny(name).state_dict().items()}
+    shapes = {k: list(v.shape) for k, v in loaded.state_dict().items()}
+    assert shapes == {k: list(v.shape) for k, v in result.model.state_dict().items()}
+    narrowed = [k for k, s in shapes.items() if k in dense and s != dense[k]]
+    assert narrowed, "the round trip must carry pruned widths, not the dense ones"
+    assert sum(p.numel() for p in loaded.parameters()) < sum(p.numel() for p in _tiny(name).parameters())
+    assert len(result.removed_blocks) == 1 and isinstance(loaded.get_submodule(result.removed_blocks[0]), nn.Identity)
 
 
 def test_unsupported_module_is_named() -> None:

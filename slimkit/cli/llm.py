@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import typer
 
 from slimkit.cli import clean_errors
-from slimkit.errors import SlimkitError
+from slimkit.errors import SlimkitError, check_count, check_nonnegative, check_positive, check_sparsity
 
 app = typer.Typer(help="Compress Hugging Face causal LMs: one-shot, depth and width pruning, KD recovery.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -41,6 +41,21 @@ def _eval_setup(tok, eval_text: str, eval_tokens: int, seq_len: int):
     from slimkit.llm.text import eval_windows
 
     return eval_windows(tok, eval_text, eval_tokens, seq_len)
+
+
+def _check_windows(seq_len: int, eval_tokens: int, samples: int = 1, samples_option: str = "--calib-samples",
+                   texts: tuple[str, ...] = ()) -> None:
+    """Token-window options and the texts they are cut from, checked before any model is loaded."""
+    check_count(samples, samples_option)
+    check_count(seq_len, "--seq-len", 2)
+    check_count(eval_tokens, "--eval-tokens", 0)
+    if 0 < eval_tokens < seq_len:
+        raise SlimkitError(f"--eval-tokens {eval_tokens} is less than one window of --seq-len {seq_len}; pass at least "
+                           f"{seq_len}, or 0 to skip evaluation")
+    from slimkit.llm.text import check_text
+
+    for text in texts:
+        check_text(text)
 
 
 OVERWRITE_HELP = "replace an earlier slimkit result in --out (never a folder slimkit did not write)"
@@ -74,7 +89,7 @@ def prune(
                                      "so pass --eval-tokens 0 when they do not fit)"),
 ) -> None:
     """One-shot unstructured or N:M pruning of every Linear in the decoder blocks."""
-    from slimkit.errors import check_sparsity
+    _check_windows(seq_len, eval_tokens, calib_samples, texts=(calib_text, eval_text))
     from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
     from slimkit.llm.oneshot import METHODS, parse_nm, prune_oneshot
     from slimkit.llm.perplexity import perplexity
@@ -144,13 +159,15 @@ def _prune_streamed(model: str, method: str, sparsity: float, nm: Optional[str],
 
 def _remove_and_save(model: str, out: Path, overwrite: bool, calib_text: str, calib_samples: int, seq_len: int,
                      eval_text: str, eval_tokens: int, seed: int, label: str,
-                     remove: Callable[[object, object], str]) -> None:
-    """Load, calibrate, evaluate dense, apply `remove` (which returns a line to print), evaluate, save."""
-    from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
+                     remove: Callable[[object, object], str], check: Callable[[object], None]) -> None:
+    """`check` the cut against the model's config, load, calibrate, evaluate dense, apply `remove` (which returns
+    a line to print), evaluate, save."""
+    from slimkit.llm.load import load_causal_lm, load_config, save_pretrained_atomic
     from slimkit.llm.perplexity import perplexity
     from slimkit.llm.text import calibration_windows
 
     _check_out(out, overwrite, model)
+    check(load_config(model))
     lm, tok = load_causal_lm(model)
     cal = calibration_windows(tok, calib_text, calib_samples, seq_len, seed)
     ev = _eval_setup(tok, eval_text, eval_tokens, seq_len) if eval_tokens else None
@@ -176,14 +193,16 @@ def depth(
     seed: int = typer.Option(0),
 ) -> None:
     """Remove the decoder layers with the lowest block influence."""
-    from slimkit.llm.depth import prune_depth
+    check_count(remove, "--remove", 0)
+    _check_windows(seq_len, eval_tokens, calib_samples, texts=(calib_text, eval_text))
+    from slimkit.llm.depth import check_depth_cut, prune_depth
 
     def cut(lm, cal) -> str:
         rep = prune_depth(lm, cal, remove)
         return f"removed layers {rep.removed} (block influence {[round(rep.scores[i], 4) for i in rep.removed]})"
 
     _remove_and_save(model, out, overwrite, calib_text, calib_samples, seq_len, eval_text, eval_tokens, seed,
-                     f"depth -{remove}", cut)
+                     f"depth -{remove}", cut, lambda config: check_depth_cut(config.num_hidden_layers, remove))
 
 
 @app.command()
@@ -202,7 +221,10 @@ def width(
     seed: int = typer.Option(0),
 ) -> None:
     """Remove FFN neurons and whole KV groups (GQA-correct); the result reloads with from_pretrained."""
-    from slimkit.llm.width import prune_width
+    check_sparsity(ffn_ratio, "--ffn-ratio")
+    check_count(kv_groups, "--kv-groups", 0)
+    _check_windows(seq_len, eval_tokens, calib_samples, texts=(calib_text, eval_text))
+    from slimkit.llm.width import check_width_cut, prune_width
 
     def cut(lm, cal) -> str:
         params = sum(p.numel() for p in lm.parameters())
@@ -212,7 +234,8 @@ def width(
                 f"params {params / 1e6:.1f} M -> {kept / 1e6:.1f} M")
 
     _remove_and_save(model, out, overwrite, calib_text, calib_samples, seq_len, eval_text, eval_tokens, seed,
-                     f"width -{ffn_ratio:g} FFN, -{kv_groups} KV groups", cut)
+                     f"width -{ffn_ratio:g} FFN, -{kv_groups} KV groups", cut,
+                     lambda config: check_width_cut(config.num_key_value_heads, ffn_ratio, kv_groups))
 
 
 @app.command()
@@ -232,9 +255,11 @@ def encoder(
     seed: int = typer.Option(0),
 ) -> None:
     """Prune FFN neurons, heads and layers of a sentence encoder, refit, distill, report fidelity, save."""
+    check_nonnegative(minutes, "--minutes")
+    check_positive(lr, "--lr")
+    check_count(drop_layers, "--drop-layers", 0)
     import copy
 
-    from slimkit.errors import check_sparsity
     from slimkit.llm.encoder import default_sentences, distill_encoder, fidelity, save_encoder
     from slimkit.llm.encoder_prune import prune_encoder
     from slimkit.llm.load import load_encoder
@@ -274,9 +299,13 @@ def evaluate(
     speed: bool = typer.Option(False, help="also measure params, MACs, prefill and decode tokens/s"),
 ) -> None:
     """Perplexity of a model (and optionally of a reference), with the protocol."""
+    check_count(seq_len, "--seq-len", 2)
+    check_count(eval_tokens, "--eval-tokens", seq_len)
     from slimkit.llm.load import load_causal_lm
     from slimkit.llm.perplexity import perplexity
+    from slimkit.llm.text import check_text
 
+    check_text(eval_text)
     lm, tok = load_causal_lm(model)
     ev = _eval_setup(tok, eval_text, eval_tokens, seq_len)
     rows = []
@@ -321,11 +350,16 @@ def distill(
     seed: int = typer.Option(1),
 ) -> None:
     """KD recovery of a pruned model against its unpruned teacher (teacher top-k logits cached once)."""
+    _check_windows(seq_len, eval_tokens, samples, "--samples", texts=(train_text, eval_text))
+    if max_minutes is not None:
+        check_positive(max_minutes, "--max-minutes")
     from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
     from slimkit.llm.perplexity import perplexity
     from slimkit.llm.recover import RecoveryConfig, recover
     from slimkit.llm.text import calibration_windows
 
+    cfg = RecoveryConfig(epochs=epochs, batch_size=batch_size, lr=lr, top_k=top_k, hidden_weight=hidden_weight,
+                         max_seconds=max_minutes * 60 if max_minutes is not None else None, seed=seed)
     _check_out(out, overwrite, student, teacher)
     st, tok = load_causal_lm(student)
     te, _ = load_causal_lm(teacher)
@@ -344,8 +378,6 @@ def distill(
         # dequantized checkpoint are not worth holding
         masks = {n + ".weight": m.weight != 0 for n, m in st.named_modules()
                  if isinstance(m, torch.nn.Linear) and float((m.weight == 0).float().mean()) >= 0.1} or None
-    cfg = RecoveryConfig(epochs=epochs, batch_size=batch_size, lr=lr, top_k=top_k, hidden_weight=hidden_weight,
-                         max_seconds=max_minutes * 60 if max_minutes else None, seed=seed)
     t0 = time.perf_counter()
     rep = recover(st, te, train, cfg, masks=masks)
     typer.echo(f"{rep.steps} steps in {time.perf_counter() - t0:.0f} s (teacher cache "

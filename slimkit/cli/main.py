@@ -85,24 +85,29 @@ def profile(
 
     model = load_model(checkpoint)
     data = load_dataset(dataset, str(data_dir) if data_dir else None, seed=seed)
-    check_input_shape(model, data.test.x[:1], data.name)
+    check_model_fits(model, data)
     row = profile_classifier(checkpoint.name, model, data.test, data.num_classes, checkpoint)
     print_table([row], [], title=f"{checkpoint} on {data.name} test ({len(data.test)} samples)")
 
 
-def check_input_shape(model, example, data_name: str) -> None:
-    """Turn a model/data shape mismatch into one clear line."""
+def check_model_fits(model, data) -> None:
+    """Turn a model/data mismatch (input shape or number of classes) into one clear line."""
     import torch
 
+    example = data.test.x[:1]
     try:
         with torch.no_grad():
-            model.eval()(example)
+            out = model.eval()(example)
     except SlimkitError:
         raise
     except RuntimeError as exc:
         raise SlimkitError(
-            f"model does not accept {data_name} inputs of shape {tuple(example.shape)}: {str(exc).splitlines()[0]}"
+            f"model does not accept {data.name} inputs of shape {tuple(example.shape)}: {str(exc).splitlines()[0]}"
         ) from None
+    width = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+    if width != data.num_classes:
+        raise SlimkitError(f"the checkpoint predicts {width} classes but {data.name} has {data.num_classes} "
+                           f"(labels 0..{data.num_classes - 1}); use a checkpoint trained on {data.name}'s classes")
 
 
 def main() -> None:
@@ -117,8 +122,8 @@ app.add_typer(_llm_app, name="llm")
 
 
 if __name__ == "__main__":
-    # Run as `python -m slimkit.cli.main`, this file is `__main__`, while the sibling modules register
-    # their commands on the app of `slimkit.cli.main`: run that one.
-    from slimkit.cli.main import app as _registered
+    # Run as `python -m slimkit.cli.main`, this file is __main__, while the sibling modules above
+    # registered their commands on the imported slimkit.cli.main: run that one's app.
+    from slimkit.cli.main import main as _registered_main
 
-    sys.exit(_registered())
+    sys.exit(_registered_main())

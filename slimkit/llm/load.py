@@ -97,8 +97,22 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     if not path.exists():
         raise SlimkitError(f"model {text!r} is neither a built-in ({', '.join(BUILTINS)}) nor an existing folder")
     if not (path / "config.json").is_file():
-        raise SlimkitError(f"{path} is not a Hugging Face model folder (no config.json)")
+        raise SlimkitError(f"{path} is not a Hugging Face model folder (no config.json); pass a folder written by "
+                           f"save_pretrained, or a built-in ({', '.join(BUILTINS)})")
     return path
+
+
+def load_config(name_or_path: str | os.PathLike):
+    """The Hugging Face config of a built-in or a folder, read without loading any weights."""
+    _offline()
+    from transformers import AutoConfig
+
+    path = resolve(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as exc:
+        raise SlimkitError(f"cannot read the model config in {path}: {str(exc).splitlines()[0]}; pass a folder "
+                           f"written by save_pretrained") from None
 
 
 def load_causal_lm(name_or_path: str | os.PathLike = "smollm2"):

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from slimkit.distill.config import budget_cosine
-from slimkit.errors import SlimkitError
+from slimkit.errors import SlimkitError, check_count, check_nonnegative, check_positive
 from slimkit.io import cache_root
 from slimkit.prune.magnitude import MaskHolder
 
@@ -124,6 +124,18 @@ class RecoveryConfig:
     freeze_embeddings: bool = True
     max_seconds: float | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_count(self.epochs, "epochs")
+        check_count(self.batch_size, "batch_size")
+        check_positive(self.lr, "lr")
+        check_nonnegative(self.weight_decay, "weight_decay")
+        check_positive(self.temperature, "temperature")
+        check_count(self.top_k, "top_k")
+        check_nonnegative(self.ce_weight, "ce_weight")
+        check_nonnegative(self.hidden_weight, "hidden_weight")
+        if self.max_seconds is not None:
+            check_positive(self.max_seconds, "max_seconds")
 
 
 @dataclass
