@@ -255,9 +255,14 @@ def test_ctrl_c_message_says_what_was_written(tmp_path):
     out = tmp_path / "m.safetensors"
     proc = subprocess.Popen([sys.executable, "-m", "slimkit.cli.main", "train", "target", "--dataset", "digits",
                              "--epochs", "500", "--out", str(out)], stderr=subprocess.PIPE, text=True)
-    time.sleep(8)
+    seen = ""
+    while "epoch" not in seen:  # interrupt once training runs, however long start-up takes on a busy machine
+        char = proc.stderr.read(1)
+        assert char, f"the command ended before training: {seen}"
+        seen += char
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=120)
+    err = seen + err
     assert proc.returncode == 130
     assert err.rstrip().endswith("interrupted; nothing was written or replaced")  # after the progress bar
     assert not out.exists() and list(tmp_path.iterdir()) == []
