@@ -149,8 +149,11 @@ def recover_interrupted(out: Path) -> str | None:
         elif read_manifest(out) is not None:
             shutil.rmtree(aside)
             note = f"removed the previous result left aside by an interrupted replace of {out}"
-    if out.parent.is_dir():
-        for stage in out.parent.glob(f".{out.name}.*{_STAGE}"):
+    home = out.parent  # where output_folder puts the stages (the nearest existing folder)
+    while not home.exists():
+        home = home.parent
+    if home.is_dir():
+        for stage in home.glob(f".{out.name}.*{_STAGE}"):
             pid = _stage_pid(stage)
             if pid is not None and pid != os.getpid() and not _alive(pid):
                 shutil.rmtree(stage, ignore_errors=True)
@@ -227,7 +230,7 @@ def _sigint_held() -> Iterator[None]:
 def _swap_in(stage: Path, out: Path) -> None:
     """Old result aside, new one in, old one deleted; either is complete at every instant."""
     aside = out.parent / f".{out.name}{_ASIDE}"
-    with _sigint_held():
+    with _sigint_held():  # `stage` lies in out's folder or in a folder above it: one file system either way
         if out.exists():
             if any(out.iterdir()):
                 os.rename(out, aside)
@@ -248,9 +251,11 @@ def output_folder(path: str | os.PathLike, overwrite: bool = False, inputs: Iter
     """
     inputs = list(inputs)
     out = check_output_folder(path, overwrite, inputs).resolve()
+    home = out.parent  # the stage waits in the nearest existing folder: a failed run creates no parents
+    while not home.exists():
+        home = home.parent
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=_STAGE, dir=out.parent))
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=_STAGE, dir=home))
     except OSError as exc:
         raise write_error(exc, out) from None
     _stages.add(stage)
@@ -263,6 +268,7 @@ def output_folder(path: str | os.PathLike, overwrite: bool = False, inputs: Iter
         except SlimkitError as exc:
             keep_stage = True
             raise SlimkitError(f"{exc} (it changed while slimkit worked; the finished result is in {stage})") from None
+        out.parent.mkdir(parents=True, exist_ok=True)
         _swap_in(stage, out)
     except OSError as exc:
         raise write_error(exc, out) from None

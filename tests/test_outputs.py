@@ -280,3 +280,15 @@ def test_interrupt_summary_names_committed_results(tmp_path):
     assert str(tmp_path / "a.safetensors") in summary and str(tmp_path / "run") in summary
     assert "inner" not in summary  # written inside the staging folder: part of the run, not a result of its own
     outputs.written.clear()
+
+
+def test_a_failed_run_creates_no_parent_folders(tmp_path):
+    out = tmp_path / "runs" / "deep" / "demo"
+    with pytest.raises(RuntimeError):
+        with output_folder(out) as stage:
+            assert stage.parent == tmp_path
+            raise RuntimeError("training failed")
+    assert list(tmp_path.iterdir()) == []
+    with output_folder(out) as stage:
+        (stage / "a.txt").write_text("a")
+    assert (out / "a.txt").read_text() == "a" and sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
