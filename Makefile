@@ -7,7 +7,7 @@ install:
 	./scripts/install.sh
 
 demo: install
-	$(BIN)/slimkit demo
+	$(BIN)/slimkit demo --overwrite  # replaces only an earlier demo run (slimkit.outputs)
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -6,12 +6,10 @@ apart from its description. Loading looks the class name up in a fixed table, ne
 read from a file, and never unpickles.
 """
 
+import errno
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from slimkit.errors import SlimkitError
+from slimkit.outputs import write_file_atomic
 
 FORMAT_VERSION = 1
 _META_KEY = "slimkit"
@@ -44,56 +43,13 @@ def architecture_of(model: nn.Module) -> dict[str, Any]:
     return {"class": type(model).__name__, "kwargs": config()}
 
 
-def _temp_beside(path: Path) -> str:
-    """A new temporary file next to `path`, with the permissions a plain open() would give."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return tmp
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
-def atomic_folder(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield a staging folder beside `dest`; it replaces `dest` only if the block succeeds.
-
-    A failed or interrupted run leaves neither a half-written `dest` nor the staging folder.
-    """
-    out = Path(dest).expanduser()
-    try:
-        out.resolve().parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.resolve().parent))
-    except OSError as exc:
-        raise SlimkitError(f"output folder {out} is not writable ({exc.strerror}); choose a writable folder") from None
-    try:
-        yield stage
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-
-
 def save_model(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] | None = None,
                extra: dict[str, Any] | None = None) -> Path:
-    """Save weights and architecture to one .safetensors file, atomically; returns the path."""
+    """Save weights and architecture to one .safetensors file, atomically; returns the path.
+
+    This replaces `path` if it exists: callers that take a user's path check it first with
+    slimkit.outputs.check_output_file.
+    """
     out = Path(path)
     description = {"format": FORMAT_VERSION, **(arch or architecture_of(model)), "extra": extra or {}}
     tensors: dict[str, torch.Tensor] = {}
@@ -105,18 +61,17 @@ def save_model(model: nn.Module, path: str | os.PathLike, arch: dict[str, Any] |
             continue
         seen[key] = name
         tensors[name] = tensor.detach().contiguous().cpu()
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _temp_beside(out)
-    except OSError as exc:
-        raise SlimkitError(f"cannot write checkpoint to {out.parent}: {exc.strerror}; choose a writable folder") from None
-    try:
-        save_file(tensors, tmp, metadata={_META_KEY: json.dumps(description)})
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    metadata = {_META_KEY: json.dumps(description)}
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as exc:  # safetensors reports I/O failures (a full disk) as its own error
+            code = re.search(r"os error (\d+)", str(exc))
+            raise OSError(int(code.group(1)) if code else errno.EIO, os.strerror(int(code.group(1))) if code
+                          else str(exc)) from None
+
+    return write_file_atomic(out, write)
 
 
 def read_architecture(path: str | os.PathLike) -> dict[str, Any]:

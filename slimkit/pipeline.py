@@ -19,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from slimkit.data import Dataset, load_dataset
 from slimkit.distill import TrainConfig, teacher_logits, train_classifier
 from slimkit.errors import SlimkitError, check_sparsity
-from slimkit.io import atomic_folder, cache_root, load_model, save_model
-from slimkit.models import build_model
+from slimkit.io import cache_root, load_model, save_model
+from slimkit.models import MODEL_CLASSES, MODEL_NAMES, build_model
+from slimkit.outputs import check_output_folder, output_folder
 from slimkit.prune import bake, magnitude_prune
 from slimkit.prune.recovery import fine_tune
 from slimkit.report import print_table, profile_classifiers, speed_notes, write_reports
@@ -50,6 +51,7 @@ class DemoConfig(BaseModel):
     seed: int = 0
     val_fraction: float = Field(0.1, ge=0, lt=1)
     out: str = "runs/demo"
+    overwrite: bool = Field(False, description="replace an earlier slimkit result in `out`")
     reuse_teacher: bool = True
     latency_runs: int = Field(50, ge=5)
     train_subset: int = Field(0, ge=0, description="use only the first N training samples (0 = all)")
@@ -58,6 +60,13 @@ class DemoConfig(BaseModel):
     @classmethod
     def _sparsity_range(cls, v: float | None) -> float | None:
         return None if v is None else check_sparsity(v)
+
+    @field_validator("teacher", "student")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        if v not in MODEL_NAMES and v not in MODEL_CLASSES:
+            raise ValueError(f"unknown model {v!r}; choose one of: {', '.join(sorted(MODEL_NAMES))}")
+        return v
 
     @model_validator(mode="after")
     def _one_pruning_knob(self) -> "DemoConfig":
@@ -143,24 +152,26 @@ def get_teacher(cfg: DemoConfig, data: Dataset, train: TrainConfig, progress: bo
     return teacher, "trained"
 
 
-def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
+def run_demo(cfg: DemoConfig, progress: bool = True, inputs: tuple = ()) -> dict:
     """Run the pipeline and write checkpoints plus report.json/report.md into `cfg.out`.
 
-    Work happens in a staging folder that replaces `cfg.out` only when everything succeeded, so a
-    failed run leaves no half-written results behind (the folder is checked writable before training).
+    The output folder is checked first (slimkit.outputs: never a folder slimkit did not write, an
+    earlier result only with `overwrite`, never one holding an input such as the recipe or the
+    data file), then the data; work happens in a staging folder that replaces `cfg.out` only when
+    everything succeeded.
     """
     t_start = time.perf_counter()
-    out = Path(cfg.out)
+    inputs = (*inputs, cfg.dataset if cfg.dataset.endswith(".npz") else None, cfg.data_dir)
+    check_output_folder(cfg.out, cfg.overwrite, inputs, what="out")
     data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction)
     if cfg.train_subset:
         data = Dataset(data.name, data.train.subset(cfg.train_subset), data.val, data.test, data.num_classes)
-    build_model(cfg.student, **_model_kwargs(data))  # fail on an unknown student before training the teacher
-    with atomic_folder(out) as stage:
+    with output_folder(cfg.out, cfg.overwrite, inputs, command="demo") as stage:
         result = _run_stages(cfg, data, stage, progress)
         result["seconds"] = time.perf_counter() - t_start
         write_reports(stage, result.pop("rows"), result["notes"], result["header"], result)
     if progress:
-        print(f"wrote {out}/report.json, {out}/report.md and checkpoints in {result['seconds']:.0f} s")
+        print(f"wrote {cfg.out}/report.json, {cfg.out}/report.md and checkpoints in {result['seconds']:.0f} s")
     return result
 
 

@@ -136,7 +136,7 @@ def test_bad_input(lm_folder, cal, tmp_path):
         assert "\n" not in str(info.value)
     with pytest.raises(SlimkitError, match="calibration"):
         prune_oneshot_folder(lm_folder, tmp_path / "out", None, "wanda", 0.5, progress=False)
-    with pytest.raises(SlimkitError, match="source folder"):
+    with pytest.raises(SlimkitError, match="holds the input"):
         prune_oneshot_folder(lm_folder, lm_folder, cal, "magnitude", 0.5, progress=False)
     assert not (tmp_path / "out").exists()
 

@@ -121,3 +121,16 @@ def test_interleaved_latency_burst_runs_each_model_in_a_row_and_drops_the_cold_c
     assert calls == ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3 + ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3
     with pytest.raises(SlimkitError, match="burst"):
         measure_latency_interleaved([a], torch.zeros(1, 8), runs=2, burst=0)
+
+
+def test_fresh_process_timer_ranks_models_and_spins():
+    """The deciding timer runs in new processes with OMP_WAIT_POLICY=ACTIVE (it refuses otherwise)."""
+    from slimkit.measure.fresh import time_in_fresh_processes
+    from slimkit.models import ResNetCifar
+
+    torch.manual_seed(0)
+    small, big = ResNetCifar(depth=8, width=8).eval(), ResNetCifar(depth=14, width=48).eval()
+    x = torch.randn(1, 1, 28, 28)
+    times = time_in_fresh_processes([small, big], x, ["nchw", "channels_last"], rounds=5, passes=2, log=False)
+    assert [sorted(t) for t in times] == [["channels_last", "nchw"]] * 2
+    assert times[0]["nchw"] < times[1]["nchw"] and times[0]["channels_last"] < times[1]["channels_last"]

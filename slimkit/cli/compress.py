@@ -31,12 +31,17 @@ def train(
     batch_size: int = typer.Option(256, help="batch size"),
     lr: float = typer.Option(2e-3, help="peak learning rate (AdamW, warm-up then cosine)"),
     seed: int = typer.Option(0, help="seed for split, init and shuffling"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it exists"),
 ) -> None:
     """Train a reference model from scratch and save it as a checkpoint."""
     check_count(epochs, "--epochs")
     check_count(batch_size, "--batch-size")
     check_positive(lr, "--lr")
     import torch
+
+    from slimkit.outputs import check_output_file
+
+    check_output_file(out, overwrite, what="--out")
 
     from slimkit.distill import TrainConfig, train_classifier
     from slimkit.io import save_model
@@ -69,6 +74,7 @@ def prune(
     seed: int = typer.Option(0, help="seed of the data split and calibration batches"),
     keep_slower: bool = typer.Option(False, help="structured: write the pruned model even when it measures no "
                                                  "faster than the dense one at batch 1"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it exists (never the input)"),
 ) -> None:
     """Prune a checkpoint and print its measured profile before and after (no fine-tuning).
 
@@ -83,6 +89,9 @@ def prune(
     from slimkit.prune import magnitude_prune
     from slimkit.report import print_table, profile_classifiers, speed_notes
 
+    from slimkit.outputs import check_output_file
+
+    check_output_file(out, overwrite, inputs=[checkpoint], what="--out")
     dense = load_model(checkpoint)
     data = _data(dataset, data_dir, seed)
     check_model_fits(dense, data)

@@ -58,9 +58,14 @@ def _check_windows(seq_len: int, eval_tokens: int, samples: int = 1, samples_opt
         check_text(text)
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise SlimkitError(f"--out {out} exists and is not a folder")
+OVERWRITE_HELP = "replace an earlier slimkit result in --out (never a folder slimkit did not write)"
+
+
+def _check_out(out: Path, overwrite: bool, *models: str) -> None:
+    """Refuse --out before any model loads (slimkit.outputs' rules); model folders count as inputs."""
+    from slimkit.outputs import check_output_folder
+
+    check_output_folder(out, overwrite, [m for m in models if m and Path(m).expanduser().exists()])
 
 
 @app.command()
@@ -71,6 +76,7 @@ def prune(
     sparsity: float = typer.Option(0.5, help="fraction of each Linear to zero, in [0, 1)"),
     nm: Optional[str] = typer.Option(None, help="N:M pattern such as 2:4 (overrides --sparsity)"),
     out: Path = typer.Option(..., help="folder for the pruned model"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     calib_text: str = typer.Option("emma", help="calibration text: built-in name or a file"),
     calib_samples: int = typer.Option(32, help="calibration windows"),
     seq_len: int = typer.Option(512, help="tokens per window (calibration and evaluation)"),
@@ -94,10 +100,10 @@ def prune(
     pattern = parse_nm(nm)
     if pattern is None:
         check_sparsity(sparsity)
-    _check_out(out)
+    _check_out(out, overwrite, model)
     if stream:
         _prune_streamed(model, method, sparsity, nm, pattern, out, calib_text, calib_samples, seq_len, eval_text,
-                        eval_tokens, seed)
+                        eval_tokens, seed, overwrite)
         return
     lm, tok = load_causal_lm(model)
     cal = calibration_windows(tok, calib_text, calib_samples, seq_len, seed) if method != "magnitude" else None
@@ -109,11 +115,12 @@ def prune(
     if ev is not None:
         _table([("dense", dense), (f"{method} {nm or sparsity}", perplexity(lm, ev, eval_text, progress=True))], dense)
     typer.echo("note: unstructured/N:M zeros stay in dense matrices and give no CPU speed-up")
-    typer.echo(f"saved {save_pretrained_atomic(lm, tok, out)}")
+    typer.echo(f"saved {save_pretrained_atomic(lm, tok, out, overwrite, [model], command='llm prune')}")
 
 
 def _prune_streamed(model: str, method: str, sparsity: float, nm: Optional[str], pattern, out: Path, calib_text: str,
-                    calib_samples: int, seq_len: int, eval_text: str, eval_tokens: int, seed: int) -> None:
+                    calib_samples: int, seq_len: int, eval_text: str, eval_tokens: int, seed: int,
+                    overwrite: bool) -> None:
     """`prune --stream`: prune from the checkpoint folder block by block, then evaluate from disk.
 
     Pruning holds one block at a time. Evaluation needs whole models, so the dense and the pruned
@@ -136,7 +143,7 @@ def _prune_streamed(model: str, method: str, sparsity: float, nm: Optional[str],
     cal = calibration_windows(tok, calib_text, calib_samples, seq_len, seed) if method != "magnitude" else None
     ev = _eval_setup(tok, eval_text, eval_tokens, seq_len) if eval_tokens else None
     del tok  # from here on only token ids are needed: keep memory for the blocks
-    report = prune_oneshot_folder(src, out, cal, method, sparsity, pattern)
+    report = prune_oneshot_folder(src, out, cal, method, sparsity, pattern, overwrite=overwrite)
     typer.echo(f"{method} {'N:M ' + nm if nm else f'{sparsity:.0%}'}: realised sparsity {report.realised:.4f} "
                f"of decoder Linear weights in {report.seconds:.1f} s, streamed block by block "
                f"(calibration: {report.calibration})")
@@ -150,16 +157,16 @@ def _prune_streamed(model: str, method: str, sparsity: float, nm: Optional[str],
     typer.echo(f"saved {out}")
 
 
-def _remove_and_save(model: str, out: Path, calib_text: str, calib_samples: int, seq_len: int, eval_text: str,
-                     eval_tokens: int, seed: int, label: str, remove: Callable[[object, object], str],
-                     check: Callable[[object], None]) -> None:
+def _remove_and_save(model: str, out: Path, overwrite: bool, calib_text: str, calib_samples: int, seq_len: int,
+                     eval_text: str, eval_tokens: int, seed: int, label: str,
+                     remove: Callable[[object, object], str], check: Callable[[object], None]) -> None:
     """`check` the cut against the model's config, load, calibrate, evaluate dense, apply `remove` (which returns
     a line to print), evaluate, save."""
     from slimkit.llm.load import load_causal_lm, load_config, save_pretrained_atomic
     from slimkit.llm.perplexity import perplexity
     from slimkit.llm.text import calibration_windows
 
-    _check_out(out)
+    _check_out(out, overwrite, model)
     check(load_config(model))
     lm, tok = load_causal_lm(model)
     cal = calibration_windows(tok, calib_text, calib_samples, seq_len, seed)
@@ -168,7 +175,7 @@ def _remove_and_save(model: str, out: Path, calib_text: str, calib_samples: int,
     typer.echo(remove(lm, cal))
     if ev is not None:
         _table([("dense", dense), (label, perplexity(lm, ev, eval_text, progress=True))], dense)
-    typer.echo(f"saved {save_pretrained_atomic(lm, tok, out)}")
+    typer.echo(f"saved {save_pretrained_atomic(lm, tok, out, overwrite, [model], command='llm ' + label)}")
 
 
 @app.command()
@@ -177,6 +184,7 @@ def depth(
     model: str = typer.Option("smollm2", help=MODEL_HELP),
     remove: int = typer.Option(8, help="number of decoder layers to remove"),
     out: Path = typer.Option(..., help="folder for the pruned model"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     calib_text: str = typer.Option("emma"),
     calib_samples: int = typer.Option(16),
     seq_len: int = typer.Option(512),
@@ -193,7 +201,7 @@ def depth(
         rep = prune_depth(lm, cal, remove)
         return f"removed layers {rep.removed} (block influence {[round(rep.scores[i], 4) for i in rep.removed]})"
 
-    _remove_and_save(model, out, calib_text, calib_samples, seq_len, eval_text, eval_tokens, seed,
+    _remove_and_save(model, out, overwrite, calib_text, calib_samples, seq_len, eval_text, eval_tokens, seed,
                      f"depth -{remove}", cut, lambda config: check_depth_cut(config.num_hidden_layers, remove))
 
 
@@ -204,6 +212,7 @@ def width(
     ffn_ratio: float = typer.Option(0.25, help="fraction of FFN neurons to remove in every layer, in [0, 1)"),
     kv_groups: int = typer.Option(0, help="KV groups to remove per layer, each with its query heads"),
     out: Path = typer.Option(..., help="folder for the pruned model"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     calib_text: str = typer.Option("emma"),
     calib_samples: int = typer.Option(16),
     seq_len: int = typer.Option(512),
@@ -224,7 +233,7 @@ def width(
         return (f"intermediate size {rep.intermediate_size}, KV groups {rep.kv_groups}, query heads {rep.heads}; "
                 f"params {params / 1e6:.1f} M -> {kept / 1e6:.1f} M")
 
-    _remove_and_save(model, out, calib_text, calib_samples, seq_len, eval_text, eval_tokens, seed,
+    _remove_and_save(model, out, overwrite, calib_text, calib_samples, seq_len, eval_text, eval_tokens, seed,
                      f"width -{ffn_ratio:g} FFN, -{kv_groups} KV groups", cut,
                      lambda config: check_width_cut(config.num_key_value_heads, ffn_ratio, kv_groups))
 
@@ -237,6 +246,7 @@ def encoder(
     head_ratio: float = typer.Option(0.25, help="fraction of attention heads to remove in every layer, in [0, 1)"),
     drop_layers: int = typer.Option(0, help="last layers to remove"),
     out: Path = typer.Option(..., help="folder for the pruned, distilled encoder"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     minutes: float = typer.Option(10.0, help="distillation time budget (0 skips distillation)"),
     lr: float = typer.Option(3e-4),
     train: int = typer.Option(3800, help="Emma sentences for calibration and distillation"),
@@ -254,7 +264,7 @@ def encoder(
     from slimkit.llm.encoder_prune import prune_encoder
     from slimkit.llm.load import load_encoder
 
-    _check_out(out)
+    _check_out(out, overwrite, model)
     # checked here too (prune_encoder checks again) so bad input fails before the model loads
     check_sparsity(ffn_ratio, "ffn_ratio")
     check_sparsity(head_ratio, "head_ratio")
@@ -274,7 +284,8 @@ def encoder(
                f"{sorted({len(h) for h in kept['heads_kept']})}; params {params[0] / 1e6:.1f} M -> {params[1] / 1e6:.1f} M")
     for label, fid in rows:
         typer.echo(f"{label}: {fid}")
-    typer.echo(f"saved {save_encoder(student, tok, kept, out)} (reload with slimkit.llm.encoder.load_encoder_pruned)")
+    saved = save_encoder(student, tok, kept, out, overwrite, [model])
+    typer.echo(f"saved {saved} (reload with slimkit.llm.encoder.load_encoder_pruned)")
 
 
 @app.command("eval")
@@ -323,6 +334,7 @@ def distill(
     student: str = typer.Option(..., help="pruned model folder"),
     teacher: str = typer.Option("smollm2", help=MODEL_HELP),
     out: Path = typer.Option(..., help="folder for the recovered model"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     train_text: str = typer.Option("emma"),
     samples: int = typer.Option(64, help="training windows"),
     seq_len: int = typer.Option(512),
@@ -348,7 +360,7 @@ def distill(
 
     cfg = RecoveryConfig(epochs=epochs, batch_size=batch_size, lr=lr, top_k=top_k, hidden_weight=hidden_weight,
                          max_seconds=max_minutes * 60 if max_minutes is not None else None, seed=seed)
-    _check_out(out)
+    _check_out(out, overwrite, student, teacher)
     st, tok = load_causal_lm(student)
     te, _ = load_causal_lm(teacher)
     train = calibration_windows(tok, train_text, samples, seq_len, seed)
@@ -373,4 +385,4 @@ def distill(
     if ev is not None:
         rows.append(("student after KD", perplexity(st, ev, eval_text, progress=True)))
         _table(rows, dense)
-    typer.echo(f"saved {save_pretrained_atomic(st, tok, out)}")
+    typer.echo(f"saved {save_pretrained_atomic(st, tok, out, overwrite, [student, teacher], command='llm distill')}")

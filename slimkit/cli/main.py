@@ -31,7 +31,9 @@ def demo(
     temperature: float = typer.Option(4.0, help="KD softmax temperature T"),
     alpha: float = typer.Option(0.7, help="KD weight: alpha*T^2*KL + (1-alpha)*CE"),
     seed: int = typer.Option(0, help="seed for data split, init and shuffling"),
-    out: Path = typer.Option(Path("runs/demo"), help="run folder for checkpoints and report.json/.md"),
+    out: Path = typer.Option(Path("runs/demo"), help="run folder for checkpoints and report.json/.md (a new folder, "
+                                                    "or an earlier slimkit run with --overwrite)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier slimkit run in --out"),
     dataset: str = typer.Option("fashion-mnist", help="'fashion-mnist', 'digits' or a .npz path with x, y"),
     data_dir: Optional[Path] = typer.Option(None, help="folder with Fashion-MNIST IDX files (default: Debian's)"),
     teacher: str = typer.Option("source", help="teacher model name"),
@@ -47,18 +49,25 @@ def demo(
         teacher_epochs=epochs, student_epochs=student_epochs, finetune_epochs=finetune_epochs,
         sparsity=sparsity, theta=theta, temperature=temperature, alpha=alpha, seed=seed, out=str(out),
         dataset=dataset, data_dir=str(data_dir) if data_dir else None, teacher=teacher, student=student,
-        batch_size=batch_size, reuse_teacher=not no_cache, train_subset=train_subset,
+        batch_size=batch_size, reuse_teacher=not no_cache, train_subset=train_subset, overwrite=overwrite,
     )
     run_demo(cfg)
 
 
 @app.command()
 @clean_errors
-def run(recipe: Path = typer.Argument(..., help="YAML recipe; keys are the demo's settings")) -> None:
+def run(
+    recipe: Path = typer.Argument(..., help="YAML recipe; keys are the demo's settings"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier slimkit run in the recipe's out "
+                                                              "(same as `overwrite: true` in the recipe)"),
+) -> None:
     """Run the pipeline from a YAML recipe (see recipes/demo.yaml)."""
     from slimkit.pipeline import load_recipe, run_demo
 
-    run_demo(load_recipe(recipe))
+    cfg = load_recipe(recipe)
+    if overwrite:
+        cfg = cfg.model_copy(update={"overwrite": True})
+    run_demo(cfg, inputs=(recipe,))
 
 
 @app.command()

@@ -174,14 +174,13 @@ def default_sentences(n_train: int = 2000, n_eval: int = 500, seed: int = 0) -> 
     return pick(train, n_train), pick(held, n_eval)
 
 
-def save_encoder(model: nn.Module, tokenizer, kept: dict, out: str | Path) -> Path:
-    """save_pretrained (atomic) plus slimkit_heads.json describing the kept heads per layer."""
-    from slimkit.io import atomic_write_bytes
+def save_encoder(model: nn.Module, tokenizer, kept: dict, out: str | Path, overwrite: bool = False,
+                 inputs=()) -> Path:
+    """save_pretrained plus slimkit_heads.json (the kept heads per layer), committed as one folder."""
     from slimkit.llm.load import save_pretrained_atomic
 
-    dest = save_pretrained_atomic(model, tokenizer, out)
-    atomic_write_bytes(dest / "slimkit_heads.json", json.dumps(kept).encode())
-    return dest
+    return save_pretrained_atomic(model, tokenizer, out, overwrite, inputs,
+                                  extra_files={"slimkit_heads.json": json.dumps(kept).encode()}, command="llm encoder")
 
 
 def load_encoder_pruned(path: str | Path):

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from slimkit.data.arrays import Split
 from slimkit.errors import SlimkitError
-from slimkit.io import atomic_write_bytes
+from slimkit.outputs import atomic_write_bytes
 from slimkit.measure import count_macs, evaluate_classifier, measure_latency_interleaved
 
 
