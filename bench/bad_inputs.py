@@ -215,7 +215,7 @@ CASES: list[Case] = [
     Case("right class, wrong tensor shapes", "tensor 'fc1.weight' has shape [16, 16] in the file but [8, 16]",
          ("shapes.safetensors",), (P, "shapes.safetensors")),
     Case("layout disagrees with file", "in its layout", ("layout.safetensors",), (P, "layout.safetensors")),
-    Case("class count differs from data", "use a checkpoint trained on digits's classes", ("seven.safetensors",),
+    Case("class count differs from data", "use a checkpoint trained on the classes of digits", ("seven.safetensors",),
          (P, "seven.safetensors", *DIGITS)),
     Case("checkpoint missing", "check the path", (), (P, "absent.safetensors")),
     # data

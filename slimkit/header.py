@@ -38,7 +38,6 @@ _DENSE_GROWTH = 100
 def build_checked(cls: type[nn.Module], kwargs: dict[str, Any], extra: dict[str, Any],
                   file_shapes: dict[str, list[int]], where: str | os.PathLike) -> nn.Module:
     """`cls(**kwargs)` resized to the layout in `extra`, after proving it matches `file_shapes`."""
-    name = cls.__name__
     check_kwargs(cls, kwargs, where)
     layout = extra if "shapes" in extra else None
     if layout is not None:

@@ -107,7 +107,7 @@ def check_model_fits(model, data) -> None:
     width = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
     if width != data.num_classes:
         raise SlimkitError(f"the checkpoint predicts {width} classes but {data.name} has {data.num_classes} "
-                           f"(labels 0..{data.num_classes - 1}); use a checkpoint trained on {data.name}'s classes")
+                           f"(labels 0..{data.num_classes - 1}); use a checkpoint trained on the classes of {data.name}")
 
 
 def main() -> None:
