@@ -49,22 +49,24 @@ def rebuildable(model: nn.Module) -> bool:
 
 def time_in_fresh_processes(models: list[nn.Module], example: torch.Tensor, layouts: list[str] | None = None,
                             rounds: int = 60, threads: int = 2, fold: bool = True, passes: int = 3,
-                            log: bool = True) -> list[dict[str, float]]:
+                            log: bool = True, batch: int = 1) -> list[dict[str, float]]:
     """Per model, {layout: ms}: the fastest over `passes` new processes, each timing every model in
-    every layout in one alternating pass. Each pass logs the first model's times, so a slow spell
-    shows. Models must be rebuildable from their checkpoint (`rebuildable`).
+    every layout in one alternating pass at `batch` (the first rows of `example`). Each pass logs the
+    first model's times, so a slow spell shows. Models must be rebuildable from their checkpoint
+    (`rebuildable`).
     """
     from slimkit.prune.reshape import save_pruned  # the layout code lives with pruning
 
     layouts = layouts or ["nchw"]
     unknown = [lay for lay in layouts if lay not in LAYOUTS]
-    if unknown or rounds < 1 or passes < 1 or threads < 1:
+    if unknown or rounds < 1 or passes < 1 or threads < 1 or not 1 <= batch <= example.shape[0]:
         raise SlimkitError(f"fresh-process timing needs layouts from {sorted(LAYOUTS)}, rounds, passes and threads "
-                           f">= 1; got layouts={layouts}, rounds={rounds}, passes={passes}, threads={threads}")
+                           f">= 1 and 1 <= batch <= len(example); got layouts={layouts}, rounds={rounds}, passes={passes}, "
+                           f"threads={threads}, batch={batch}")
     with tempfile.TemporaryDirectory(prefix="slimkit-timing-") as d:
         for i, m in enumerate(models):
             save_pruned(m, Path(d) / f"m{i:03d}.safetensors")
-        save_file({"x": example[:1].contiguous()}, str(Path(d) / "example.safetensors"))
+        save_file({"x": example[:batch].contiguous()}, str(Path(d) / "example.safetensors"))
         spec = {"n": len(models), "layouts": layouts, "rounds": rounds, "threads": threads, "fold": fold}
         (Path(d) / "spec.json").write_text(json.dumps(spec))
         root = str(Path(__file__).resolve().parents[2])  # this slimkit, also when run from a checkout
