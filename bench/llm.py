@@ -150,7 +150,7 @@ def main() -> None:
             if "depth" in stages and args.kd_minutes > 0:
                 train = calibration_windows(tok, "emma", args.kd_samples, args.seq_len, args.seed + 1)
                 cfg = RecoveryConfig(epochs=100, batch_size=2, lr=args.kd_lr, top_k=64, ce_weight=args.kd_ce_weight,
-                                     hidden_weight=args.kd_hidden_weight, max_seconds=args.kd_minutes * 60,
+                                     hidden_weight=args.kd_hidden_weight, max_minutes=args.kd_minutes,
                                      seed=args.seed)
                 # a fresh cache folder: the teacher pass is timed inside the budget, never reused from a past run
                 with tempfile.TemporaryDirectory() as fresh:
@@ -187,8 +187,7 @@ def main() -> None:
             rows.add(stage="MiniLM", model=f"-50% FFN, -25% heads, {how}", seconds=round(time.perf_counter() - t0),
                      other=f"{before}; {len(calib)} Emma calibration sentences")
         info = distill_encoder(student, teacher, etok, train, epochs=args.encoder_epochs, lr=args.encoder_lr,
-                               layer_weight=args.encoder_layer_weight,
-                               max_seconds=args.encoder_minutes * 60)
+                               layer_weight=args.encoder_layer_weight, max_minutes=args.encoder_minutes)
         after = fidelity(student, teacher, etok, held)
         rows.add(stage="MiniLM+KD", model="-50% FFN, -25% heads, refit, distilled", seconds=round(info["seconds"]),
                  other=f"{after}; {info['steps']} steps of 32 Emma sentences; pooled cosine + "

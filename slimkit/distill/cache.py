@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from slimkit.distill.features import FeatureTap
 from slimkit.distill.tasks import Task, classification
@@ -85,14 +86,15 @@ class TeacherOutputs:
 
 @torch.no_grad()
 def _run_teacher(teacher: nn.Module, data: InMemory, task: Task, batch_size: int, topk: int | None,
-                 device: torch.device, features: list[str], write) -> None:
+                 device: torch.device, features: list[str], write, progress: bool = False) -> None:
     """Call `write(start, values, indices, features)` for consecutive batches of the teacher's outputs."""
     was_training = teacher.training
     teacher.eval()
     tap = FeatureTap(teacher, features, "teacher") if features else None
     try:
         start = 0
-        for batch in data.chunks(batch_size):
+        for batch in tqdm(data.chunks(batch_size), total=-(-len(data) // batch_size), desc="teacher cache",
+                          disable=not progress, leave=False, dynamic_ncols=True):
             inputs, _ = task.split(to_device(batch, device))
             view = task.view(task.call(teacher, inputs), inputs).float()
             feats = {p: tap.features[p].float().cpu().numpy() for p in features} if tap else {}
@@ -112,12 +114,12 @@ def _run_teacher(teacher: nn.Module, data: InMemory, task: Task, batch_size: int
 
 def compute_teacher_outputs(teacher: nn.Module, data: Any, batch_size: int = 512, topk: int | None = None,
                             device: torch.device | str = "cpu", task: Task | None = None,
-                            features: tuple[str, ...] = ()) -> TeacherOutputs:
+                            features: tuple[str, ...] = (), progress: bool = False) -> TeacherOutputs:
     """The teacher's outputs over in-memory `data`, kept in memory (the cache for runs without a folder)."""
     data = data if isinstance(data, InMemory) else as_train_data(data)
     parts: list[tuple] = []
     _run_teacher(teacher, data, task or classification(), batch_size, topk, torch.device(device), list(features),
-                 lambda _s, v, i, f: parts.append((v, i, f)))
+                 lambda _s, v, i, f: parts.append((v, i, f)), progress)
     if not parts:
         raise SlimkitError("cannot cache teacher outputs for an empty training split")
     values = torch.from_numpy(np.concatenate([v for v, _, _ in parts]))
@@ -128,7 +130,7 @@ def compute_teacher_outputs(teacher: nn.Module, data: Any, batch_size: int = 512
 
 def build_or_load(teacher: nn.Module, data: Any, folder: str | Path, settings: dict[str, Any],
                   batch_size: int = 512, topk: int | None = None, device: torch.device | str = "cpu",
-                  task: Task | None = None, features: tuple[str, ...] = ()) -> TeacherOutputs:
+                  task: Task | None = None, features: tuple[str, ...] = (), progress: bool = False) -> TeacherOutputs:
     """Memory-mapped teacher outputs under `folder/<key>`, computing them first if absent.
 
     `data` is in-memory (a tensor, a Split, a tuple or dict of tensors). `settings` must describe
@@ -142,14 +144,14 @@ def build_or_load(teacher: nn.Module, data: Any, folder: str | Path, settings: d
     target = Path(folder) / key
     reused = (target / "meta.json").is_file()
     if not reused:
-        _write_cache(teacher, data, task, target, batch_size, topk, torch.device(device), list(features), key)
+        _write_cache(teacher, data, task, target, batch_size, topk, torch.device(device), list(features), key, progress)
     out = open_cache(target)
     out.reused = reused
     return out
 
 
 def _write_cache(teacher: nn.Module, data: InMemory, task: Task, target: Path, batch_size: int, topk: int | None,
-                 device: torch.device, features: list[str], key: str) -> None:
+                 device: torch.device, features: list[str], key: str, progress: bool) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     arrays: dict[str, np.memmap] = {}
@@ -171,7 +173,7 @@ def _write_cache(teacher: nn.Module, data: InMemory, task: Task, target: Path, b
             open_like(f"feature{n}", feats[path], np.float32)[start:start + v.shape[0]] = feats[path]
 
     try:
-        _run_teacher(teacher, data, task, batch_size, topk, device, features, write)
+        _run_teacher(teacher, data, task, batch_size, topk, device, features, write, progress)
         if "values" not in arrays:
             raise SlimkitError("cannot cache teacher outputs for an empty training split")
         shape = list(arrays["values"].shape)

@@ -53,6 +53,11 @@ def setup() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, True)
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch, or a plain process (for code outside the engine: reports, saving)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def teardown(info: DistInfo) -> None:
     if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()

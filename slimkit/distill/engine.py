@@ -105,7 +105,7 @@ class Distiller:
         self._resume_rng: dict | None = None
 
     # -- teacher outputs ---------------------------------------------------------------------------
-    def _teacher_source(self, data: InMemory | Loader) -> TeacherOutputs | None:
+    def _teacher_source(self, data: InMemory | Loader, progress: bool) -> TeacherOutputs | None:
         """Cached teacher outputs when they are exact for this run, else None (run the teacher live)."""
         t, cc = self.teacher, self.cache_config
         if isinstance(t, torch.Tensor):
@@ -130,11 +130,14 @@ class Distiller:
         t.to(self.device)
         feats = tuple(self._teacher_paths)
         if cc.dir is None:
-            return compute_teacher_outputs(t, data, cc.batch_size, cc.topk, self.device, self.task, feats)
+            return compute_teacher_outputs(t, data, cc.batch_size, cc.topk, self.device, self.task, feats, progress)
         settings = {"augment": None, **dict(cc.settings)}
+        built = None
         if self.dist.is_main:
-            build_or_load(t, data, cc.dir, settings, cc.batch_size, cc.topk, self.device, self.task, feats)
+            built = build_or_load(t, data, cc.dir, settings, cc.batch_size, cc.topk, self.device, self.task, feats, progress)
         ddp.barrier(self.dist)
+        if built is not None:
+            return built
         return build_or_load(t, data, cc.dir, settings, cc.batch_size, cc.topk, self.device, self.task, feats)
 
     def _probe(self, data: InMemory | Loader) -> None:
@@ -174,7 +177,7 @@ class Distiller:
         val = None if val is None or is_empty(val) else val
         self._start, self._elapsed_before, self._resume_rng = time.perf_counter(), 0.0, None
         torch.manual_seed(cfg.seed)
-        source = self._teacher_source(data)
+        source = self._teacher_source(data, progress and self.dist.is_main)
         self.teacher_outputs, self.cache_seconds = source, time.perf_counter() - self._start
         live = isinstance(self.teacher, nn.Module) and source is None and any(t.needs_teacher for t in self.terms)
         if isinstance(self.teacher, nn.Module):
