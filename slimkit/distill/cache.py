@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from slimkit.distill import ddp
+from slimkit.distill.config import CacheConfig
 from slimkit.distill.features import FeatureTap
 from slimkit.distill.tasks import Task, classification
 from slimkit.distill.train_data import InMemory, as_train_data, to_device
@@ -209,3 +212,38 @@ def open_cache(folder: str | Path) -> TeacherOutputs:
     except (OSError, ValueError) as exc:
         raise SlimkitError(f"teacher cache {p} is unreadable ({exc}); delete the folder to rebuild it") from None
     return TeacherOutputs(values, indices, p, feats)
+
+
+def teacher_source(teacher: Any, data: Any, cfg: CacheConfig, task: Task, device: torch.device, dist: "ddp.DistInfo",
+                   needs_teacher: bool, augmented: bool, features: tuple[str, ...] = (),
+                   progress: bool = False) -> TeacherOutputs | None:
+    """The engine's teacher outputs: precomputed ones as given, a cache where it is exact for the
+    run (in-memory data, no augmentation, feature terms only with `cfg.features`), else None, and
+    the teacher runs live. Under torchrun rank 0 builds a disk cache while the others wait."""
+    if isinstance(teacher, torch.Tensor):
+        teacher = TeacherOutputs(teacher)
+    if isinstance(teacher, TeacherOutputs):
+        if not isinstance(data, InMemory):
+            raise SlimkitError("precomputed teacher outputs are looked up by sample index, so the training data "
+                               "must be in-memory tensors, not a loader; pass the teacher model instead")
+        if len(teacher) != len(data):
+            raise SlimkitError(f"teacher outputs cover {len(teacher)} samples but the training data has {len(data)}")
+        return teacher
+    if teacher is None or cfg.mode == "off" or not needs_teacher or not isinstance(data, InMemory):
+        return None  # a loader owns the order and the inputs: nothing is known to repeat
+    if augmented:
+        warnings.warn("data augmentation changes the teacher's inputs every epoch, so its outputs cannot be "
+                      "cached; running the teacher live", stacklevel=4)
+        return None
+    if features and not cfg.features:
+        return None  # features come from the same live forward pass unless caching them was asked for
+    teacher.to(device)
+    if cfg.dir is None:
+        return compute_teacher_outputs(teacher, data, cfg.batch_size, cfg.topk, device, task, features, progress)
+    settings = {"augment": None, **dict(cfg.settings)}
+    built = None
+    if dist.is_main:
+        built = build_or_load(teacher, data, cfg.dir, settings, cfg.batch_size, cfg.topk, device, task, features, progress)
+    ddp.barrier(dist)
+    return built if built is not None else build_or_load(teacher, data, cfg.dir, settings, cfg.batch_size, cfg.topk,
+                                                          device, task, features)

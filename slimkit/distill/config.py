@@ -148,3 +148,16 @@ def budget_cosine(step: int, total: int, elapsed: float = 0.0, budget: float | N
         done = max(done, elapsed / max(budget, 1e-9))
     ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
     return ramp * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+
+
+def amp_dtype(setting: str, device: "torch.device") -> "torch.dtype | None":
+    """The autocast dtype for `setting` on `device`, or None for full precision."""
+    import torch
+
+    if setting == "off" or (setting == "auto" and device.type != "cuda"):
+        return None
+    if setting == "fp16" and device.type != "cuda":
+        raise SlimkitError("amp='fp16' needs a CUDA device; use 'bf16' or 'off' on CPU")
+    if setting == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if setting == "bf16" else torch.float16

@@ -13,7 +13,6 @@ DistributedDataParallel (see `ddp.py` for why results then match).
 import copy
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from itertools import islice
@@ -25,9 +24,9 @@ from tqdm.auto import tqdm
 
 from slimkit.data.arrays import Dataset
 from slimkit.distill import ddp
-from slimkit.distill.cache import TeacherOutputs, build_or_load, compute_teacher_outputs
+from slimkit.distill.cache import TeacherOutputs, teacher_source
 from slimkit.distill.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from slimkit.distill.config import (CacheConfig, CheckpointConfig, EpochLog, TrainConfig, budget_cosine,
+from slimkit.distill.config import (CacheConfig, CheckpointConfig, EpochLog, TrainConfig, amp_dtype, budget_cosine,
                                     cosine_with_warmup)
 from slimkit.distill.features import FeatureTap, StudentBundle, resolve_module
 from slimkit.distill.losses import ADAPTED_KINDS, FEATURE_KINDS, Term, combine
@@ -42,17 +41,6 @@ Teacher = nn.Module | TeacherOutputs | torch.Tensor | None
 
 class NonFiniteLossError(SlimkitError):
     """The loss became NaN or inf; the last good checkpoint on disk is left untouched."""
-
-
-def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `setting` on `device`, or None for full precision."""
-    if setting == "off" or (setting == "auto" and device.type != "cuda"):
-        return None
-    if setting == "fp16" and device.type != "cuda":
-        raise SlimkitError("amp='fp16' needs a CUDA device; use 'bf16' or 'off' on CPU")
-    if setting == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if setting == "bf16" else torch.float16
 
 
 class Distiller:
@@ -104,47 +92,12 @@ class Distiller:
         self._elapsed_before, self._start, self._clock = 0.0, 0.0, 0.0
         self._resume_rng: dict | None = None
 
-    # -- teacher outputs ---------------------------------------------------------------------------
-    def _teacher_source(self, data: InMemory | Loader, progress: bool) -> TeacherOutputs | None:
-        """Cached teacher outputs when they are exact for this run, else None (run the teacher live)."""
-        t, cc = self.teacher, self.cache_config
-        if isinstance(t, torch.Tensor):
-            t = TeacherOutputs(t)
-        if isinstance(t, TeacherOutputs):
-            if not isinstance(data, InMemory):
-                raise SlimkitError("precomputed teacher outputs are looked up by sample index, so the training data "
-                                   "must be in-memory tensors, not a loader; pass the teacher model instead")
-            if len(t) != len(data):
-                raise SlimkitError(f"teacher outputs cover {len(t)} samples but the training data has {len(data)}")
-            return t
-        if t is None or cc.mode == "off" or not any(term.needs_teacher for term in self.terms):
-            return None
-        if not isinstance(data, InMemory):
-            return None  # a loader owns the order and the inputs: nothing is known to repeat
-        if self.augment is not None:
-            warnings.warn("data augmentation changes the teacher's inputs every epoch, so its outputs cannot be "
-                          "cached; running the teacher live", stacklevel=3)
-            return None
-        if self._teacher_paths and not cc.features:
-            return None  # features come from the same live forward pass unless caching them was asked for
-        t.to(self.device)
-        feats = tuple(self._teacher_paths)
-        if cc.dir is None:
-            return compute_teacher_outputs(t, data, cc.batch_size, cc.topk, self.device, self.task, feats, progress)
-        settings = {"augment": None, **dict(cc.settings)}
-        built = None
-        if self.dist.is_main:
-            built = build_or_load(t, data, cc.dir, settings, cc.batch_size, cc.topk, self.device, self.task, feats, progress)
-        ddp.barrier(self.dist)
-        if built is not None:
-            return built
-        return build_or_load(t, data, cc.dir, settings, cc.batch_size, cc.topk, self.device, self.task, feats)
-
+    # -- adapters ----------------------------------------------------------------------------------
     def _probe(self, data: InMemory | Loader) -> None:
         """Build the width adapters from one forward pass of each model on two samples."""
         if self.bundle.tap is None:
             return
-        sample = data.take(torch.arange(min(2, len(data)))) if isinstance(data, InMemory) else head(next(data.once_through()), 2)
+        sample = data.take(torch.arange(min(2, len(data)))) if isinstance(data, InMemory) else head(data.first(), 2)
         inputs, _ = self.task.split(to_device(sample, self.device))
         was = self.student.training
         self.student.eval()
@@ -177,7 +130,9 @@ class Distiller:
         val = None if val is None or is_empty(val) else val
         self._start, self._elapsed_before, self._resume_rng = time.perf_counter(), 0.0, None
         torch.manual_seed(cfg.seed)
-        source = self._teacher_source(data, progress and self.dist.is_main)
+        source = teacher_source(self.teacher, data, self.cache_config, self.task, self.device, self.dist,
+                                needs_teacher=any(t.needs_teacher for t in self.terms), augmented=self.augment is not None,
+                                features=tuple(self._teacher_paths), progress=progress and self.dist.is_main)
         self.teacher_outputs, self.cache_seconds = source, time.perf_counter() - self._start
         live = isinstance(self.teacher, nn.Module) and source is None and any(t.needs_teacher for t in self.terms)
         if isinstance(self.teacher, nn.Module):

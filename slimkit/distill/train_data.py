@@ -17,6 +17,7 @@ Two kinds, because they allow different things:
 A plain generator object can be read once: it trains one epoch without checkpoints.
 """
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -118,7 +119,7 @@ class Loader:
     def __init__(self, data: Iterable | Callable[[int], Iterable]) -> None:
         self.data = data
         self.factory = callable(data) and not hasattr(data, "__iter__")
-        self.once = not self.factory and iter(data) is data  # a generator object: one pass only
+        self.once = isinstance(data, Iterator)  # a generator object: one pass only
 
     def length(self) -> int | None:
         """Batches per epoch when the loader knows it (DataLoader, list), else None."""
@@ -146,6 +147,15 @@ class Loader:
     def once_through(self) -> Iterator[Batch]:
         """One pass in the loader's own order (validation)."""
         return iter(self.data(0) if self.factory else self.data)
+
+    def first(self) -> Batch:
+        """The first batch, without losing it from a generator that can be read only once."""
+        batch = next(self.once_through(), None)
+        if batch is None:
+            raise SlimkitError("the training data gave no batches")
+        if self.once:
+            self.data = itertools.chain([batch], self.data)
+        return batch
 
 
 def as_train_data(data: Any) -> InMemory | Loader:
