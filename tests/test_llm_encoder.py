@@ -26,19 +26,28 @@ def test_encoder_distillation_smoke():
     assert 0 < before.mean_cosine < after.mean_cosine <= 1
 
 
-def test_hidden_cosine_loss_ignores_padding_and_is_zero_on_match():
+def test_layerwise_token_cosine_ignores_padding_and_is_zero_on_match():
+    """The encoder's layer terms through the engine's `combine`: padding positions never count."""
     import torch
 
-    from slimkit.llm.encoder import hidden_cosine_loss
+    from slimkit.distill.losses import Term, combine
 
-    t = tuple(torch.randn(2, 5, 8) for _ in range(3))
-    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
-    assert float(hidden_cosine_loss(t, t, mask)) < 1e-6
-    s = tuple(x.clone() for x in t)
-    s[0][0, 3:] = -s[0][0, 3:]  # only padding positions differ
-    assert float(hidden_cosine_loss(s, t, mask)) < 1e-6
-    s[1][1, 0] = -s[1][1, 0]  # one real token reversed: cos -1, loss 2 over 8 tokens of one of 3 layers
-    assert abs(float(hidden_cosine_loss(s, t, mask)) - 2 / 8 / 3) < 1e-5
+    layers = [f"encoder.layer.{i}" for i in range(3)]
+    terms = [Term("hidden_cosine", 1 / 3, student_layer=p, teacher_layer=p) for p in layers]
+    t = {p: torch.randn(2, 5, 8) for p in layers}
+    key = {p: f"{p}__{p}".replace(".", "_") for p in layers}
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool()
+    pooled = torch.randn(2, 8)
+
+    def loss(s):
+        return float(combine(terms, pooled, None, pooled, None, {key[p]: s[p] for p in layers}, t, mask)[0])
+
+    assert loss(t) < 1e-6
+    s = {p: x.clone() for p, x in t.items()}
+    s[layers[0]][0, 3:] = -s[layers[0]][0, 3:]  # only padding positions differ
+    assert loss(s) < 1e-6
+    s[layers[1]][1, 0] = -s[layers[1]][1, 0]  # one real token reversed: cos -1, loss 2 over 8 tokens of one of 3 layers
+    assert abs(loss(s) - 2 / 8 / 3) < 1e-5
 
 
 def test_reconstruct_linear_recovers_removed_inputs_that_kept_ones_explain():

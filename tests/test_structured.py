@@ -196,7 +196,7 @@ def test_choose_ratio_on_val(tmp_path) -> None:
     model = _tiny("cnn")
     val = Split(X, Y)
     built, prepared = {}, []
-    sel = choose_ratio(model, lambda r: built.setdefault(r, prune_structured(model, X[:1], r).model), val, 10, X[:1],
+    sel = choose_ratio(model, lambda r: built.setdefault(r, prune_structured(model, X[:1], r).model), val, X[:1],
                        floor=0.0, grid=(0.25, 0.5), bisect_steps=1, progress=False, timing_rounds=3,
                        prepare=lambda m: prepared.append(m) or m)
     assert sel.chosen is not None and sel.chosen.ratio == 0.5 and len(sel.curve) == 2
@@ -205,7 +205,7 @@ def test_choose_ratio_on_val(tmp_path) -> None:
     data = json.loads((tmp_path / "c.json").read_text())
     assert data["chosen"]["ratio"] == 0.5 and (tmp_path / "c.png").stat().st_size > 1000
     with pytest.raises(SlimkitError):
-        choose_ratio(model, lambda r: model, val, 10, X[:1])
+        choose_ratio(model, lambda r: model, val, X[:1])
 
 
 def test_grouped_conv_is_named_as_unsupported() -> None:

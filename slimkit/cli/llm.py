@@ -68,6 +68,24 @@ def _check_out(out: Path, overwrite: bool, *models: str) -> None:
     check_output_folder(out, overwrite, [m for m in models if m and Path(m).expanduser().exists()])
 
 
+CHECKPOINT_HELP = ("folder for the training state; a run killed at any point resumes from it when started again "
+                   "with the same settings")
+AMP_HELP = "autocast: auto (bf16/fp16 on CUDA, off on CPU), off, bf16 or fp16 (CUDA only)"
+
+
+def _train_checks(checkpoint_dir: Optional[Path], every: int, amp: str):
+    """The engine's checkpoint settings, with --amp and --checkpoint-every checked before any model loads."""
+    from slimkit.distill.config import CheckpointConfig
+
+    if amp not in ("auto", "off", "bf16", "fp16"):
+        raise SlimkitError(f"--amp must be auto, off, bf16 or fp16, got {amp!r}")
+    if every < 1:
+        raise SlimkitError(f"--checkpoint-every must be >= 1, got {every}")
+    if checkpoint_dir is not None and checkpoint_dir.exists() and not checkpoint_dir.is_dir():
+        raise SlimkitError(f"--checkpoint-dir {checkpoint_dir} exists and is not a folder")
+    return CheckpointConfig(checkpoint_dir, every_steps=every) if checkpoint_dir is not None else None
+
+
 @app.command()
 @clean_errors
 def prune(
@@ -253,6 +271,9 @@ def encoder(
     calib: int = typer.Option(1024, help="of those, sentences for pruning and the least-squares refit"),
     held_out: int = typer.Option(500, help="Pride and Prejudice sentences for the fidelity check"),
     seed: int = typer.Option(0),
+    checkpoint_dir: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
+    checkpoint_every: int = typer.Option(50, help="optimizer steps between checkpoints (with --checkpoint-dir)"),
+    amp: str = typer.Option("auto", help=AMP_HELP),
 ) -> None:
     """Prune FFN neurons, heads and layers of a sentence encoder, refit, distill, report fidelity, save."""
     check_nonnegative(minutes, "--minutes")
@@ -260,6 +281,7 @@ def encoder(
     check_count(drop_layers, "--drop-layers", 0)
     import copy
 
+    from slimkit.distill.ddp import is_main_process
     from slimkit.llm.encoder import default_sentences, distill_encoder, fidelity, save_encoder
     from slimkit.llm.encoder_prune import prune_encoder
     from slimkit.llm.load import load_encoder
@@ -270,6 +292,7 @@ def encoder(
     check_sparsity(head_ratio, "head_ratio")
     if minutes < 0 or train < 1 or held_out < 2 or not 0 < calib <= train:
         raise SlimkitError("need --minutes >= 0, --train >= 1, --held-out >= 2 and 0 < --calib <= --train")
+    ckpt = _train_checks(checkpoint_dir, checkpoint_every, amp)
     teacher, tok = load_encoder(model)
     texts, held = default_sentences(train, held_out, seed)
     student = copy.deepcopy(teacher)
@@ -277,8 +300,12 @@ def encoder(
     rows = [("pruned + refit", fidelity(student, teacher, tok, held))]
     if minutes > 0:
         info = distill_encoder(student, teacher, tok, texts, epochs=1000, lr=lr, seed=seed, layer_weight=1.0,
-                               max_seconds=minutes * 60)
-        rows.append((f"+ distilled {info['steps']} steps, {info['seconds']:.0f} s", fidelity(student, teacher, tok, held)))
+                               max_minutes=minutes, checkpoint=ckpt, amp=amp)
+        if not is_main_process():
+            return  # under torchrun, rank 0 reports and saves
+        resumed = f", resumed from step {info['resumed_from_step']}" if info["resumed_from_step"] else ""
+        rows.append((f"+ distilled {info['steps']} steps, {info['seconds']:.0f} s{resumed}",
+                     fidelity(student, teacher, tok, held)))
     params = (sum(p.numel() for p in teacher.parameters()), sum(p.numel() for p in student.parameters()))
     typer.echo(f"layers {kept['layers']}, FFN {kept['intermediate_size']}, heads per layer "
                f"{sorted({len(h) for h in kept['heads_kept']})}; params {params[0] / 1e6:.1f} M -> {params[1] / 1e6:.1f} M")
@@ -348,19 +375,25 @@ def distill(
     eval_text: str = typer.Option("prideprejudice"),
     eval_tokens: int = typer.Option(16384, help="0 skips evaluation"),
     seed: int = typer.Option(1),
+    checkpoint_dir: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
+    checkpoint_every: int = typer.Option(50, help="optimizer steps between checkpoints (with --checkpoint-dir)"),
+    amp: str = typer.Option("auto", help=AMP_HELP),
 ) -> None:
     """KD recovery of a pruned model against its unpruned teacher (teacher top-k logits cached once)."""
     _check_windows(seq_len, eval_tokens, samples, "--samples", texts=(train_text, eval_text))
     if max_minutes is not None:
         check_positive(max_minutes, "--max-minutes")
+    from slimkit.distill.ddp import is_main_process
     from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
     from slimkit.llm.perplexity import perplexity
     from slimkit.llm.recover import RecoveryConfig, recover
     from slimkit.llm.text import calibration_windows
 
-    cfg = RecoveryConfig(epochs=epochs, batch_size=batch_size, lr=lr, top_k=top_k, hidden_weight=hidden_weight,
-                         max_seconds=max_minutes * 60 if max_minutes is not None else None, seed=seed)
     _check_out(out, overwrite, student, teacher)
+    cfg = RecoveryConfig(epochs=epochs, batch_size=batch_size, lr=lr, top_k=top_k, hidden_weight=hidden_weight,
+                         max_minutes=max_minutes, seed=seed, amp=amp)
+    cfg.terms(), cfg.train_config()  # bad settings fail here, before any model loads
+    ckpt = _train_checks(checkpoint_dir, checkpoint_every, amp)
     st, tok = load_causal_lm(student)
     te, _ = load_causal_lm(teacher)
     train = calibration_windows(tok, train_text, samples, seq_len, seed)
@@ -379,9 +412,12 @@ def distill(
         masks = {n + ".weight": m.weight != 0 for n, m in st.named_modules()
                  if isinstance(m, torch.nn.Linear) and float((m.weight == 0).float().mean()) >= 0.1} or None
     t0 = time.perf_counter()
-    rep = recover(st, te, train, cfg, masks=masks)
+    rep = recover(st, te, train, cfg, masks=masks, checkpoint=ckpt)
+    if not is_main_process():
+        return  # under torchrun, rank 0 reports and saves
+    resumed = f", resumed from step {rep.resumed_from_step}" if rep.resumed_from_step else ""
     typer.echo(f"{rep.steps} steps in {time.perf_counter() - t0:.0f} s (teacher cache "
-               f"{'reused' if rep.cache_reused else f'built in {rep.teacher_seconds:.0f} s'})")
+               f"{'reused' if rep.cache_reused else f'built in {rep.teacher_seconds:.0f} s'}{resumed})")
     if ev is not None:
         rows.append(("student after KD", perplexity(st, ev, eval_text, progress=True)))
         _table(rows, dense)
