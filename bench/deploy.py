@@ -14,7 +14,7 @@ Per CNN (ResNet-20-style, MobileNetV2-style) on Fashion-MNIST (54k/6k/10k train/
     inputs, test accuracy equal to PyTorch's within 0.1 pt), then static int8 (QDQ, per-channel
     weights, MinMax calibration on --calib-samples validation images);
   * latency at batch 1 and 32: ONNX Runtime (bench/ort_timing.py: ORT_ENABLE_ALL, 2 intra-op threads, all
-    of a model's ONNX files alternating) and eager PyTorch (bench/fresh_timing.py: BN folded, each model in
+    of a model's ONNX files alternating) and eager PyTorch (slimkit.measure.fresh: BN folded, each model in
     its faster of NCHW and channels_last, OMP_WAIT_POLICY=ACTIVE), each the fastest of 3 fresh processes.
 MiniLM (bench/deploy_encoder.py): dense and pruned as `slimkit llm encoder --ffn-ratio 0.5 --head-ratio
 0.25` does (least-squares refit), without distillation, exported and int8 (dynamic), timed at batch 1.
@@ -40,13 +40,13 @@ from slimkit.data.arrays import Split
 from slimkit.export import (OrtModel, classifier_check, classifier_scores, describe_session, quantize_onnx,
                             split_feeds, to_onnx)
 from slimkit.measure import count_macs, evaluate_classifier, predict_logits
+from slimkit.measure.fresh import time_in_fresh_processes
 from slimkit.prune.batchnorm import recalibrate_bn
 from slimkit.prune.recovery import fine_tune
 from slimkit.prune.shape_search import choose_depth_width, ratio_for_macs
 from slimkit.prune.structured import prune_structured
 
 from deploy_encoder import minilm_rows
-from fresh_timing import time_in_fresh_process
 from ort_timing import time_onnx_in_fresh_process
 from run_clock import channels_last, cpu_name, stage
 from structured import EPOCHS, MAX_BLOCKS, base_model
@@ -103,8 +103,8 @@ class CnnBench:
 
     def eager_times(self, models: list[nn.Module], batch: int, layouts: list[str] = LAYOUTS) -> list[dict[str, float]]:
         a = self.a
-        return time_in_fresh_process(models, self.data.test.x, layouts, a.rounds_1 if batch == 1 else a.rounds_32,
-                                     a.threads, passes=a.passes, batch=batch)
+        return time_in_fresh_processes(models, self.data.test.x, layouts, a.rounds_1 if batch == 1 else a.rounds_32,
+                                       a.threads, passes=a.passes, batch=batch)
 
     def cuts(self) -> dict[str, nn.Module]:
         a, key = self.a, self.key

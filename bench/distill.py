@@ -1,17 +1,23 @@
-"""Distillation engine benchmark on Fashion-MNIST with the seed CNN pair, on CPU; prints one table.
+"""Distillation engine benchmark on CPU (Fashion-MNIST with the seed CNN pair, and a SmolLM2 slice); prints one table.
 
 Parts (run all, or pick with --parts 1,2,...):
-  1  throughput of slimkit's KD loop vs a minimal hand-written PyTorch KD loop (target >= 0.95x);
-     also bf16 autocast vs fp32 on this CPU (why AMP is off by default here)
+  1  classification: throughput of slimkit's engine vs a minimal hand-written PyTorch KD loop
+     (target >= 0.95x); also bf16 autocast vs fp32 on this CPU (why AMP is off by default here)
   2  epoch time with the teacher-output cache vs the live teacher, no augmentation (target >= 1.5x)
   3  hint + KD vs KD alone vs scratch, same budget, several seeds (reported as measured)
   4  kill -9 in the middle of epoch 2, resume: final accuracy vs the unbroken run, steps lost
   5  torchrun with 2 processes vs 1 process: accuracy and samples/s
+  6  causal LM (SmolLM2 cut to --lm-layers blocks, top-k cached teacher logits, the recipe of
+     `slimkit llm distill`): throughput of the engine vs a hand-written loop (target >= 0.95x)
 
-Timings on a shared machine are noisy: paired runs are interleaved (alternating order) and throughput
-is the batch over the median per-step time, which load bursts barely move.
+Timing (parts 1 and 6): both loops run in the same process with the same thread count, in short
+interleaved rounds (--rounds rounds of --round-steps optimizer steps each, the order alternating
+every round), each round with a fresh model and optimizer; throughput is the batch over the
+median per-step time (the first step of a round, which pays one-off allocations, is dropped), so
+load bursts from other processes hit both loops alike.
 
-    PYTHONPATH=. python bench/distill.py --parts 1,2 --train-subset 6000
+    PYTHONPATH=. python bench/distill.py --parts 1,6          # the throughput table (minutes)
+    PYTHONPATH=. python bench/distill.py --parts 1,2,3,4,5 --train-subset 6000
 """
 
 import argparse
@@ -56,14 +62,20 @@ def get_teacher(data: Dataset, args: argparse.Namespace) -> SourceModel:
     return teacher
 
 
-def hand_kd_epoch(student: torch.nn.Module, data: Dataset, cached: torch.Tensor, batch: int, seed: int) -> list[float]:
-    """The minimal loop: one epoch of KD from cached logits with AdamW; returns per-step seconds."""
+def _median_step(stamps: list[float]) -> list[float]:
+    """Per-step seconds from step-end stamps, the first interval (one-off allocations) dropped."""
+    return [b - a for a, b in zip(stamps, stamps[1:])][1:]
+
+
+def hand_kd_steps(student: torch.nn.Module, data: Dataset, cached: torch.Tensor, batch: int, steps: int,
+                  seed: int) -> list[float]:
+    """The minimal loop: KD from cached logits with AdamW over `steps` batches; per-step seconds."""
     opt = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=1e-4)
     x_all, y_all = data.train.x, data.train.y
     order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed))
     student.train()
     stamps = [time.perf_counter()]
-    for i in range(0, len(order) - batch + 1, batch):
+    for i in range(0, steps * batch, batch):
         idx = order[i:i + batch]
         x, y, t = x_all[idx], y_all[idx], cached[idx]
         s = student(x)
@@ -73,15 +85,15 @@ def hand_kd_epoch(student: torch.nn.Module, data: Dataset, cached: torch.Tensor,
         loss.backward()
         opt.step()
         stamps.append(time.perf_counter())
-    return [b - a for a, b in zip(stamps, stamps[1:])][1:]  # the first step pays one-off allocations
+    return _median_step(stamps)
 
 
-def slimkit_epoch(teacher, data: Dataset, batch: int, seed: int, cache: str = "auto", amp: str = "off",
-                  terms=None) -> list[float]:
-    """One slimkit KD epoch; returns per-step seconds (timed by the engine's on_step callback)."""
+def slimkit_steps(teacher, data: Dataset, batch: int, seed: int, steps: int | None = None, cache: str = "auto",
+                  amp: str = "off", terms=None) -> list[float]:
+    """slimkit's engine over `steps` batches (one epoch when None); per-step seconds from its on_step callback."""
     torch.manual_seed(seed)
     student = TargetModel()
-    n = len(data.train) - len(data.train) % batch
+    n = len(data.train) - len(data.train) % batch if steps is None else steps * batch
     sub = Dataset(data.name, data.train.subset(n), data.val.subset(1), data.test, data.num_classes)
     cfg = TrainConfig(epochs=1, batch_size=batch, lr=1e-3, grad_clip=None, seed=seed, amp=amp)
     stamps: list[float] = []
@@ -91,24 +103,30 @@ def slimkit_epoch(teacher, data: Dataset, batch: int, seed: int, cache: str = "a
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
+def interleaved(runs: dict[str, callable], rounds: int) -> dict[str, list[float]]:
+    """Per-step seconds of each run over `rounds` rounds, the order alternating every round."""
+    out: dict[str, list[float]] = {k: [] for k in runs}
+    names = list(runs)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            torch.manual_seed(r)
+            out[name].extend(runs[name](r))
+    return out
+
+
 def part1(data: Dataset, teacher, args) -> None:
     cached = teacher_logits(teacher, data.train)
-    ours, ref, bf16 = [], [], []
-    for r in range(args.repeats):  # interleaved, order alternating, so load bursts hit both sides
-        runs = [lambda: ref.extend(hand_kd_epoch(TargetModel(), data, cached, args.batch_size, r)),
-                lambda: ours.extend(slimkit_epoch(cached, data, args.batch_size, r)),
-                lambda: bf16.extend(slimkit_epoch(cached, data, args.batch_size, r, amp="bf16"))]
-        for run in (runs if r % 2 == 0 else runs[::-1]):
-            torch.manual_seed(r)
-            run()
-    b = args.batch_size
-    m_ours, m_ref, m_bf16 = (statistics.median(v) for v in (ours, ref, bf16))
-    ratio = m_ref / m_ours
-    row("1 KD loop throughput (cached logits)", f"slimkit {b / m_ours:.0f} samples/s",
-        f"hand-written {b / m_ref:.0f} samples/s", f"{ratio:.3f}x (target >= 0.95) {'PASS' if ratio >= 0.95 else 'MISS'}")
-    r16 = m_ours / m_bf16
-    row("1b bf16 autocast on CPU (slimkit loop)", f"{b / m_bf16:.0f} samples/s", f"fp32 {b / m_ours:.0f} samples/s",
-        f"{r16:.2f}x")
+    b, k = args.batch_size, args.round_steps
+    t = interleaved({"hand": lambda r: hand_kd_steps(TargetModel(), data, cached, b, k, r),
+                     "engine": lambda r: slimkit_steps(cached, data, b, r, k),
+                     "bf16": lambda r: slimkit_steps(cached, data, b, r, k, amp="bf16")}, args.rounds)
+    m = {name: statistics.median(v) for name, v in t.items()}
+    ratio = m["hand"] / m["engine"]
+    row("1 classification KD throughput (cached logits)", f"slimkit {b / m['engine']:.0f} samples/s",
+        f"hand-written {b / m['hand']:.0f} samples/s",
+        f"{ratio:.3f}x (target >= 0.95) {'PASS' if ratio >= 0.95 else 'MISS'}")
+    row("1b bf16 autocast on CPU (slimkit loop)", f"{b / m['bf16']:.0f} samples/s", f"fp32 {b / m['engine']:.0f} samples/s",
+        f"{m['engine'] / m['bf16']:.2f}x")
 
 
 def part2(data: Dataset, teacher, args) -> None:
@@ -117,8 +135,8 @@ def part2(data: Dataset, teacher, args) -> None:
         t0 = time.perf_counter()
         teacher_logits(teacher, data.train)
         build.append(time.perf_counter() - t0)
-        pair = [lambda: cached_s.extend(slimkit_epoch(teacher, data, args.batch_size, r, cache="auto")),
-                lambda: live_s.extend(slimkit_epoch(teacher, data, args.batch_size, r, cache="off"))]
+        pair = [lambda: cached_s.extend(slimkit_steps(teacher, data, args.batch_size, r, cache="auto")),
+                lambda: live_s.extend(slimkit_steps(teacher, data, args.batch_size, r, cache="off"))]
         for run in (pair if r % 2 == 0 else pair[::-1]):
             run()
     steps = len(data.train) // args.batch_size
@@ -202,29 +220,106 @@ def part5(data: Dataset, teacher, args) -> None:
         f"1 proc: acc {one['val_accuracy']:.4f}, {one['train_samples_per_s']:.0f} samples/s", f"acc diff {diff:.2f} pts")
 
 
+def hand_lm_steps(student: torch.nn.Module, windows: torch.Tensor, cache, batch: int, steps: int, seed: int) -> list[float]:
+    """The loop `slimkit llm distill` ran before the engine: top-k KD from cached teacher logits,
+    AdamW, clipping at 1 (with the engine's loss function, so only the loop differs)."""
+    from slimkit.distill import soft_target_kl_topk
+
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))
+    student.train()
+    stamps = [time.perf_counter()]
+    for i in range(0, steps * batch, batch):
+        b = order[i:i + batch]
+        logits = student(input_ids=windows[b], use_cache=False).logits
+        loss = soft_target_kl_topk(logits, cache.values[b], cache.indices[b].long(), 1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        stamps.append(time.perf_counter())
+    return _median_step(stamps)
+
+
+def engine_lm_steps(student: torch.nn.Module, windows: torch.Tensor, cache, batch: int, steps: int, seed: int) -> list[float]:
+    """The same steps through `Distiller` with the causal-LM task and the cached top-k outputs."""
+    from slimkit.distill import TeacherOutputs, causal_lm, kd
+
+    n = steps * batch
+    cfg = TrainConfig(epochs=1, batch_size=batch, lr=1e-4, weight_decay=0.0, warmup_steps=0, grad_clip=1.0, seed=seed,
+                      amp="off")
+    stamps: list[float] = []
+    Distiller(TeacherOutputs(cache.values[:n], cache.indices[:n]), student, [kd(1.0, 1.0)], cfg, task=causal_lm()).fit(
+        {"input_ids": windows[:n]}, progress=False, on_step=lambda _s: stamps.append(time.perf_counter()))
+    return _median_step(stamps)
+
+
+def part6(args) -> None:
+    import copy
+
+    from slimkit.distill import causal_lm, compute_teacher_outputs
+    from slimkit.llm.depth import remove_layers
+    from slimkit.llm.load import load_causal_lm
+    from slimkit.llm.text import calibration_windows
+
+    teacher, tok = load_causal_lm("smollm2")
+    remove_layers(teacher, list(range(args.lm_layers, len(teacher.model.layers))))
+    student = copy.deepcopy(teacher)
+    remove_layers(student, [args.lm_layers // 2])  # a depth-pruned student, as in `slimkit llm depth`
+    for module in student.modules():  # the recovery recipe freezes the (tied) embeddings
+        if isinstance(module, torch.nn.Embedding):
+            module.weight.requires_grad_(False)
+    b, k = args.lm_batch, args.round_steps
+    windows = calibration_windows(tok, "emma", b * k, args.lm_seq_len, 0)
+    cache = compute_teacher_outputs(teacher, {"input_ids": windows}, 2, 64, task=causal_lm())
+    t = interleaved({"hand": lambda r: hand_lm_steps(copy.deepcopy(student), windows, cache, b, k, r),
+                     "engine": lambda r: engine_lm_steps(copy.deepcopy(student), windows, cache, b, k, r)}, args.rounds)
+    m = {name: statistics.median(v) for name, v in t.items()}
+    ratio = m["hand"] / m["engine"]
+    tokens = b * args.lm_seq_len
+    row(f"6 causal-LM KD throughput (SmolLM2 {args.lm_layers - 1} of {args.lm_layers} blocks, top-64 cache)",
+        f"slimkit {tokens / m['engine']:.0f} tokens/s", f"hand-written {tokens / m['hand']:.0f} tokens/s",
+        f"{ratio:.3f}x (target >= 0.95) {'PASS' if ratio >= 0.95 else 'MISS'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="1,2,3,4,5")
+    ap.add_argument("--parts", default="1,2,3,4,5,6")
     ap.add_argument("--train-subset", type=int, default=6000, help="first N training images (0 = all 54k)")
     ap.add_argument("--epochs", type=int, default=3, help="student epochs for parts 3 and 5")
     ap.add_argument("--teacher-epochs", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats for timing parts 1-2")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats for timing part 2")
+    ap.add_argument("--rounds", type=int, default=8, help="interleaved rounds for the throughput parts 1 and 6")
+    ap.add_argument("--round-steps", type=int, default=12, help="optimizer steps per round (parts 1 and 6)")
+    ap.add_argument("--lm-layers", type=int, default=4, help="part 6: SmolLM2 blocks kept for the teacher")
+    ap.add_argument("--lm-seq-len", type=int, default=256, help="part 6: tokens per window")
+    ap.add_argument("--lm-batch", type=int, default=2, help="part 6: windows per batch")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="runs/bench-distill")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    data = load_fashion_mnist(seed=0)
-    data = Dataset(data.name, data.train.subset(args.train_subset), data.val, data.test, data.num_classes)
-    teacher = get_teacher(data, args)
+    chosen = [p.strip() for p in args.parts.split(",")]
+    data = teacher = None
+    if set(chosen) - {"6"}:
+        data = load_fashion_mnist(seed=0)
+        data = Dataset(data.name, data.train.subset(args.train_subset), data.val, data.test, data.num_classes)
+        teacher = get_teacher(data, args)
     parts = {"1": part1, "2": part2, "3": part3, "4": part4, "5": part5}
-    for p in args.parts.split(","):
+    for p in chosen:
         print(f"part {p} ...", flush=True)
-        parts[p.strip()](data, teacher, args)
-    header = (f"slimkit distill bench: Fashion-MNIST, train subset {len(data.train)}, val {len(data.val)}, "
-              f"batch {args.batch_size}, CPU {args.threads} threads, SourceModel -> TargetModel")
+        if p == "6":
+            part6(args)
+        else:
+            parts[p](data, teacher, args)
+    header = (f"slimkit distill bench: CPU, {args.threads} torch threads, load average at the end "
+              f"{os.getloadavg()[0]:.1f} (other processes share these cores)")
+    if data is not None:
+        header += (f"; Fashion-MNIST train subset {len(data.train)}, val {len(data.val)}, batch {args.batch_size}, "
+                   f"SourceModel -> TargetModel")
     widths = [max(len(r[i]) for r in ROWS + [("check", "slimkit / measured", "reference", "verdict")]) for i in range(4)]
     print("\n" + header)
     for r in [("check", "slimkit / measured", "reference", "verdict"), tuple("-" * w for w in widths), *ROWS]:

@@ -2,10 +2,22 @@
 
 Stages (pick with --only, comma-separated): dense, oneshot, depth (includes KD recovery unless
 --kd-minutes 0), speed, encoder. Every finished row is appended to --json as it completes, so a
-long run that is stopped keeps what it measured. Perplexity rows carry their protocol.
+long run that is stopped keeps what it measured. Perplexity rows carry their protocol. KD recovery
+(`slimkit.llm.recover`) and encoder distillation (`slimkit.llm.encoder`) run on the shared engine,
+`slimkit.distill.Distiller`, with the causal-LM and embeddings tasks.
 
     PYTHONPATH=. python bench/llm.py                      # everything (long on 2 CPU cores)
     PYTHONPATH=. python bench/llm.py --only oneshot --methods sparsegpt --ratios 0.5,2:4
+
+The README's KD and encoder rows (full size; run one at a time, nothing else on the machine):
+
+    PYTHONPATH=. python bench/llm.py --only depth --json runs/bench_llm_kd.jsonl      # 8 of 30 layers removed + 30 min KD
+    PYTHONPATH=. python bench/llm.py --only encoder --json runs/bench_llm_enc.jsonl   # MiniLM -50% FFN -25% heads, refit, 20 min
+
+Smoke test of the same paths (a minute or two each; the numbers mean nothing):
+
+    PYTHONPATH=. python bench/llm.py --only depth --kd-minutes 1 --kd-samples 8 --calib-samples 8 --eval-tokens 2048
+    PYTHONPATH=. python bench/llm.py --only encoder --encoder-minutes 0.5 --encoder-train 256 --encoder-calib 64
 """
 
 from __future__ import annotations
@@ -150,7 +162,7 @@ def main() -> None:
             if "depth" in stages and args.kd_minutes > 0:
                 train = calibration_windows(tok, "emma", args.kd_samples, args.seq_len, args.seed + 1)
                 cfg = RecoveryConfig(epochs=100, batch_size=2, lr=args.kd_lr, top_k=64, ce_weight=args.kd_ce_weight,
-                                     hidden_weight=args.kd_hidden_weight, max_seconds=args.kd_minutes * 60,
+                                     hidden_weight=args.kd_hidden_weight, max_minutes=args.kd_minutes,
                                      seed=args.seed)
                 # a fresh cache folder: the teacher pass is timed inside the budget, never reused from a past run
                 with tempfile.TemporaryDirectory() as fresh:
@@ -160,8 +172,9 @@ def main() -> None:
                          seconds=round(rrep.seconds + rrep.teacher_seconds),
                          other=f"{rrep.steps} steps x 2 x {args.seq_len} tokens over {args.kd_samples} Emma windows; "
                                f"teacher top-64 cache {round(rrep.teacher_seconds)} s (inside the "
-                               f"{args.kd_minutes:g}-min budget); KD T=1 + {args.kd_ce_weight:g} CE + "
-                               f"{args.kd_hidden_weight:g} hidden; lr {args.kd_lr:g}; last loss {rrep.losses[-1]:.3f}")
+                               f"{args.kd_minutes:g}-min budget); top-64 KL T=1 + {args.kd_ce_weight:g} CE + "
+                               f"{args.kd_hidden_weight:g} hidden MSE; lr {args.kd_lr:g}; last loss {rrep.losses[-1]:.3f}; "
+                               f"engine: Distiller, causal-LM task")
             if "speed" in stages:
                 for name, model in (("dense", lm), (f"depth -{args.depth_remove}", depth_model)):
                     sp = measure_speed(model)
@@ -187,12 +200,12 @@ def main() -> None:
             rows.add(stage="MiniLM", model=f"-50% FFN, -25% heads, {how}", seconds=round(time.perf_counter() - t0),
                      other=f"{before}; {len(calib)} Emma calibration sentences")
         info = distill_encoder(student, teacher, etok, train, epochs=args.encoder_epochs, lr=args.encoder_lr,
-                               layer_weight=args.encoder_layer_weight,
-                               max_seconds=args.encoder_minutes * 60)
+                               layer_weight=args.encoder_layer_weight, max_minutes=args.encoder_minutes)
         after = fidelity(student, teacher, etok, held)
         rows.add(stage="MiniLM+KD", model="-50% FFN, -25% heads, refit, distilled", seconds=round(info["seconds"]),
                  other=f"{after}; {info['steps']} steps of 32 Emma sentences; pooled cosine + "
-                       f"{args.encoder_layer_weight:g} x layer-wise token cosine; lr {args.encoder_lr:g}")
+                       f"{args.encoder_layer_weight:g} x layer-wise token cosine; lr {args.encoder_lr:g}; "
+                       f"engine: Distiller, embeddings task")
 
     print()
     print(rows.table(dense_ppl))

@@ -1,4 +1,4 @@
-"""ONNX Runtime timing in fresh processes, the counterpart of bench/fresh_timing.py for eager PyTorch.
+"""ONNX Runtime timing in fresh processes, the counterpart of slimkit.measure.fresh for eager PyTorch.
 
 A child process loads every .onnx file into a session with the same options
 (`slimkit.export.session_options`: ORT_ENABLE_ALL, 2 intra-op threads, 1 inter-op thread) and,

@@ -12,7 +12,7 @@ Per model (ResNet-20-style, MobileNetV2-style), on the full 54k/6k/10k train/val
 Latency: batch 1, every variant of a model and its dense model BN-folded, each in NCHW and
 channels_last, all timed in alternation at the end (fastest of N rounds of 5 calls in a row, the
 first of each 5 not recorded, so every model runs warm as it would alone), fastest of 3 fresh
-processes that load the saved checkpoints (bench/fresh_timing.py says why); each model, the dense one too, is
+processes that load the saved checkpoints (slimkit/measure/fresh.py says why); each model, the dense one too, is
 reported in its faster layout. The depth+width candidates are timed the same way. The val sweep's
 latency curve is timed in this process, in NCHW.
 
@@ -38,6 +38,7 @@ from slimkit.data import load_fashion_mnist
 from slimkit.data.arrays import Split, batches
 from slimkit.io import cache_root, load_model, read_architecture, save_model
 from slimkit.measure import count_macs, evaluate_classifier, predict_logits
+from slimkit.measure.fresh import time_in_fresh_processes
 from slimkit.models import build_model
 from slimkit.prune.batchnorm import fold_batchnorm, recalibrate_bn
 from slimkit.prune.latency_cost import latency_table, prune_latency_aware
@@ -46,7 +47,6 @@ from slimkit.prune.select import choose_ratio, write_selection
 from slimkit.prune.shape_search import choose_depth_width, ratio_for_macs
 from slimkit.prune.structured import prune_structured
 
-from fresh_timing import time_in_fresh_process
 from run_clock import channels_last, cpu_name, eval_seconds_per_sample, stage, train_seconds_per_sample
 
 MODELS = {"resnet20": ("resnet", {"depth": 20}), "mobilenetv2": ("mobilenetv2", {})}
@@ -299,10 +299,10 @@ class ModelBench:
         return self.fresh_times([self.dense])[0]
 
     def fresh_times(self, models: list[nn.Module], layouts: list[str] | None = None) -> list[dict[str, float]]:
-        """Per model {layout: ms}, all timed in alternation in fresh processes (bench/fresh_timing.py)."""
+        """Per model {layout: ms}, all timed in alternation in fresh processes (slimkit.measure.fresh)."""
         a = self.a
-        return time_in_fresh_process(models, self.example, layouts or self.layouts, a.timing_rounds,
-                                     a.latency_threads, fold=not a.no_fold)
+        return time_in_fresh_processes(models, self.example, layouts or self.layouts, a.timing_rounds,
+                                       a.latency_threads, fold=not a.no_fold)
 
     def timing_copy(self, m: nn.Module, layout: str | None = None) -> nn.Module:
         """How every model is timed: BN folded (unless --no-fold), eval mode, in `layout` (default: the first)."""
@@ -317,7 +317,7 @@ class ModelBench:
             def build(q: float) -> nn.Module:
                 return self.recover(self.prune(self.dense, q, crit)[0], a.sweep_epochs, True, f"sweep {q:.2f}")
 
-            sel = choose_ratio(self.dense, build, self.data.val, self.data.num_classes, self.example,
+            sel = choose_ratio(self.dense, build, self.data.val, self.example,
                                floor=floor_val / 100, grid=grid, bisect_steps=1, threads=a.latency_threads,
                                prepare=self.timing_copy)
             out = Path(a.out)
@@ -328,7 +328,7 @@ class ModelBench:
             return
         q, floor_test = sel.chosen.ratio, self.d_test - a.floor_pt
         rw = self.row(f"val-chosen (val >= dense-{a.floor_pt}) + KD {a.sweep_epochs}ep", sel.chosen_model, q,
-                      val=100 * sel.chosen.val_accuracy)
+                      val=100 * sel.chosen.val_metric)
         margin = rw["test"] - floor_test
         rw.update(floor_val=floor_val, floor_test=floor_test, test_margin=margin)
         rw["note"] = (f"val floor {floor_val:.2f}; test floor {floor_test:.2f}: "

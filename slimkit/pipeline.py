@@ -19,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from slimkit.data import Dataset, load_dataset
 from slimkit.distill import TrainConfig, teacher_logits, train_classifier
 from slimkit.errors import SlimkitError, check_sparsity
-from slimkit.io import atomic_folder, cache_root, load_model, save_model
-from slimkit.models import build_model
+from slimkit.io import cache_root, load_model, save_model
+from slimkit.models import MODEL_CLASSES, MODEL_NAMES, build_model
+from slimkit.outputs import check_output_folder, output_folder
 from slimkit.prune import bake, magnitude_prune
 from slimkit.prune.recovery import fine_tune
 from slimkit.report import print_table, profile_classifiers, speed_notes, write_reports
@@ -29,7 +30,7 @@ from slimkit.report import print_table, profile_classifiers, speed_notes, write_
 class DemoConfig(BaseModel):
     """Settings of the prune-and-distill pipeline (CLI options and YAML recipe alike)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
@@ -43,13 +44,14 @@ class DemoConfig(BaseModel):
     student_lr: float = Field(3e-3, gt=0)
     finetune_lr: float = Field(3e-4, gt=0)
     sparsity: float | None = 0.5
-    theta: float | None = None
+    theta: float | None = Field(None, ge=0, description="remove |w| <= theta; overrides sparsity")
     prune_scope: Literal["global", "layer"] = "global"
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.7, ge=0, le=1)
     seed: int = 0
     val_fraction: float = Field(0.1, ge=0, lt=1)
     out: str = "runs/demo"
+    overwrite: bool = Field(False, description="replace an earlier slimkit result in `out`")
     reuse_teacher: bool = True
     latency_runs: int = Field(50, ge=5)
     train_subset: int = Field(0, ge=0, description="use only the first N training samples (0 = all)")
@@ -59,11 +61,16 @@ class DemoConfig(BaseModel):
     def _sparsity_range(cls, v: float | None) -> float | None:
         return None if v is None else check_sparsity(v)
 
+    @field_validator("teacher", "student")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        if v not in MODEL_NAMES and v not in MODEL_CLASSES:
+            raise ValueError(f"unknown model {v!r}; choose one of: {', '.join(sorted(MODEL_NAMES))}")
+        return v
+
     @model_validator(mode="after")
     def _one_pruning_knob(self) -> "DemoConfig":
         if self.theta is not None:
-            if self.theta < 0:
-                raise ValueError(f"theta must be >= 0, got {self.theta}")
             self.sparsity = None
         elif self.sparsity is None:
             raise ValueError("give sparsity or theta")
@@ -71,17 +78,40 @@ class DemoConfig(BaseModel):
 
 
 def load_recipe(path: str | Path) -> DemoConfig:
-    """Read a YAML recipe (safe_load) into a validated DemoConfig."""
+    """Read a YAML recipe (safe_load) into a validated DemoConfig whose data paths exist.
+
+    Relative data paths are read from the current folder, as on the command line.
+    """
     p = Path(path)
+    if p.is_dir():
+        raise SlimkitError(f"recipe {p} is a folder; pass a YAML file such as recipes/demo.yaml")
     if not p.is_file():
         raise SlimkitError(f"recipe {p} does not exist")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise SlimkitError(f"recipe {p} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise SlimkitError(f"recipe {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise SlimkitError(f"recipe {p} must be a mapping of settings, got {type(raw).__name__}")
-    return make_config(**raw)
+    odd = [k for k in raw if not isinstance(k, str)]
+    if odd:
+        raise SlimkitError(f"recipe {p} has setting names that are not text: {odd[:3]}; write each key as a name "
+                           f"such as 'dataset'")
+    cfg = make_config(**raw)
+    check_data_paths(cfg, f"recipe {p}")
+    return cfg
+
+
+def check_data_paths(cfg: DemoConfig, source: str = "settings") -> None:
+    """Refuse a data file or folder that does not exist, before anything is loaded or trained."""
+    if cfg.dataset.endswith(".npz") and not Path(cfg.dataset).is_file():
+        raise SlimkitError(f"{source} names data file {cfg.dataset}, which is not a file (relative paths are read "
+                           f"from {Path.cwd()}); fix 'dataset'")
+    if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
+        raise SlimkitError(f"{source} names data folder {cfg.data_dir}, which does not exist (relative paths are read "
+                           f"from {Path.cwd()}); fix 'data_dir'")
 
 
 def make_config(**settings) -> DemoConfig:
@@ -122,24 +152,26 @@ def get_teacher(cfg: DemoConfig, data: Dataset, train: TrainConfig, progress: bo
     return teacher, "trained"
 
 
-def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
+def run_demo(cfg: DemoConfig, progress: bool = True, inputs: tuple = ()) -> dict:
     """Run the pipeline and write checkpoints plus report.json/report.md into `cfg.out`.
 
-    Work happens in a staging folder that replaces `cfg.out` only when everything succeeded, so a
-    failed run leaves no half-written results behind (the folder is checked writable before training).
+    The output folder is checked first (slimkit.outputs: never a folder slimkit did not write, an
+    earlier result only with `overwrite`, never one holding an input such as the recipe or the
+    data file), then the data; work happens in a staging folder that replaces `cfg.out` only when
+    everything succeeded.
     """
     t_start = time.perf_counter()
-    out = Path(cfg.out)
+    inputs = (*inputs, cfg.dataset if cfg.dataset.endswith(".npz") else None, cfg.data_dir)
+    check_output_folder(cfg.out, cfg.overwrite, inputs, what="out")
     data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction)
     if cfg.train_subset:
         data = Dataset(data.name, data.train.subset(cfg.train_subset), data.val, data.test, data.num_classes)
-    build_model(cfg.student, **_model_kwargs(data))  # fail on an unknown student before training the teacher
-    with atomic_folder(out) as stage:
+    with output_folder(cfg.out, cfg.overwrite, inputs, command="demo") as stage:
         result = _run_stages(cfg, data, stage, progress)
         result["seconds"] = time.perf_counter() - t_start
         write_reports(stage, result.pop("rows"), result["notes"], result["header"], result)
     if progress:
-        print(f"wrote {out}/report.json, {out}/report.md and checkpoints in {result['seconds']:.0f} s")
+        print(f"wrote {cfg.out}/report.json, {cfg.out}/report.md and checkpoints in {result['seconds']:.0f} s")
     return result
 
 

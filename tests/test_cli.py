@@ -22,6 +22,8 @@ def test_help_lists_commands_and_demo_knobs():
     demo = slimkit("demo", "--help")
     for knob in ("--epochs", "--sparsity", "--theta", "--temperature", "--alpha", "--seed", "--out"):
         assert knob in demo.stdout
+    assert "train" in top.stdout and "prune" in top.stdout and "llm" in top.stdout  # sibling modules' commands
+    assert slimkit("train", "--help").returncode == 0
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
 import gzip
+import re
 import struct
 
 import numpy as np
@@ -110,3 +111,56 @@ def test_digits_and_unknown_name(digits):
     assert len(digits.train) + len(digits.val) + len(digits.test) == 1797
     with pytest.raises(SlimkitError, match="unknown dataset"):
         load_dataset("imagenet")
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (dict(x=np.array([["a"] * 4] * 20), y=np.zeros(20, int)), "x must hold real numbers, got dtype <U1"),
+    (dict(x=np.zeros((0, 8, 8)), y=np.zeros(0, int)), "no samples (N = 0)"),
+    (dict(x=np.zeros((20, 8, 8)), y=np.full(20, -1)), "labels from -1 to -1; class labels must be 0, 1, ..., K-1"),
+    (dict(x=np.full((20, 8, 8), np.nan), y=np.zeros(20, int)), "NaN or infinite"),
+    (dict(x=np.full((20, 8, 8), np.inf), y=np.zeros(20, int)), "NaN or infinite"),
+    (dict(x=np.zeros((20, 8, 8)), y=np.zeros(19, int)), "x has 20 samples but y has 19"),
+    (dict(x=np.zeros((20, 28, 28, 1)), y=np.zeros(20, int)), "looks channels-last (N, H, W, C)"),
+    (dict(x=np.zeros((20, 32, 32, 3)), y=np.zeros(20, int)), "save x.transpose(0, 3, 1, 2)"),
+    (dict(x=np.zeros((20, 8, 8)), y=np.zeros((20, 1), int)), "y must be 1-D class labels"),
+    (dict(x=np.zeros((20, 8, 8)), y=np.zeros(20)), "y must hold integer class labels"),
+    (dict(x=np.zeros((20, 8, 8)), y=np.zeros(20, int), x_test=np.zeros((5, 8, 8))), "only one of x_test and y_test"),
+    (dict(x=np.zeros((20, 8, 8)), y=np.zeros(20, int), x_test=np.zeros((5, 4, 4)), y_test=np.zeros(5, int)),
+     "x_test samples have shape (1, 4, 4) but x samples (1, 8, 8)"),
+    (dict(x=np.zeros((2, 8, 8)), y=np.zeros(2, int)), "too few samples"),
+])
+def test_npz_contents_are_checked_before_use(tmp_path, arrays, message):
+    with pytest.raises(SlimkitError, match=re.escape(message)):
+        load_npz(_npz(tmp_path / "d.npz", **arrays))
+
+
+def test_npz_files_that_are_not_npz(tmp_path):
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    with pytest.raises(SlimkitError, match="is empty"):
+        load_npz(empty)
+    whole = _npz(tmp_path / "whole.npz", x=np.zeros((20, 8, 8)), y=np.zeros(20, int)).read_bytes()
+    (tmp_path / "cut.npz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(SlimkitError, match="cannot read .* as .npz without pickle"):
+        load_npz(tmp_path / "cut.npz")
+    np.save(tmp_path / "single.npy", np.zeros((20, 8, 8)))
+    (tmp_path / "single.npy").rename(tmp_path / "single.npz")
+    with pytest.raises(SlimkitError, match="single array \\(.npy\\), not a .npz archive"):
+        load_npz(tmp_path / "single.npz")
+    (tmp_path / "folder.npz").mkdir()
+    with pytest.raises(SlimkitError, match="is a folder"):
+        load_npz(tmp_path / "folder.npz")
+
+
+def test_truncated_idx_header_is_rejected(tmp_path):
+    from slimkit.data.sources import read_idx
+
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 8, 3]) + b"\x00\x00")
+    with pytest.raises(SlimkitError, match="truncated"):
+        read_idx(path)

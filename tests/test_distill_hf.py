@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers", reason="needs transformers: run scripts/install.sh")
 
 from slimkit.distill import Term, kd  # noqa: E402
 from slimkit.distill.hf import DistillationTrainer  # noqa: E402

@@ -14,7 +14,15 @@ def test_topk_kl_with_all_classes_equals_full_kl_and_ignores_dropped_mass():
     v, i = t.topk(10, -1)
     assert soft_target_kl_topk(s, v, i, 2.0).item() == pytest.approx(soft_target_kl(s, t, 2.0).item(), rel=1e-5)
     v3, i3 = t.topk(3, -1)
-    assert soft_target_kl_topk(s, v3, i3, 2.0).item() >= 0.0
+    loss = soft_target_kl_topk(s, v3, i3, 2.0).item()
+    q = F.softmax(v3 / 2.0, -1)  # the teacher renormalised over its top 3: the dropped mass is ignored
+    log_p = F.log_softmax(s / 2.0, -1).gather(-1, i3)  # the student keeps its full softmax
+    assert loss == pytest.approx(((q * (q.log() - log_p)).sum(-1).mean() * 4.0).item(), rel=1e-5)
+    low = t.clone().scatter_(-1, t.topk(7, -1, largest=False).indices, -30.0)  # move only the dropped mass
+    assert soft_target_kl(s, low, 2.0).item() != pytest.approx(soft_target_kl(s, t, 2.0).item(), rel=1e-3)
+    assert soft_target_kl_topk(s, *low.topk(3, -1), 2.0).item() == pytest.approx(loss, rel=1e-6)
+    elsewhere = s.clone().scatter_add_(-1, t.topk(7, -1, largest=False).indices[:, :1], torch.full((6, 1), 5.0))
+    assert soft_target_kl_topk(elsewhere, v3, i3, 2.0).item() > loss  # student mass off the top-k still costs
     seq_s, seq_t = torch.randn(2, 5, 10), torch.randn(2, 5, 10)  # per-position mean over (N, L)
     assert soft_target_kl(seq_s, seq_t, 1.0).item() == pytest.approx(
         soft_target_kl(seq_s.reshape(10, 10), seq_t.reshape(10, 10), 1.0).item(), rel=1e-6)
@@ -51,3 +59,22 @@ def test_terms_validate_and_combine_with_weights():
     expected = 0.5 * soft_target_kl(s, t, 2.0) + 0.25 * F.cross_entropy(s, y) + 2.0 * F.mse_loss(s, t)
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
     assert set(parts) == {"kd", "ce", "logit_mse"}
+
+
+def test_topk_kl_is_the_kl_of_the_renormalised_top_k_and_not_its_cross_entropy():
+    """The one top-k KD loss, against its definition in float64: T^2 * sum_k p_t (log p_t - log p_s)
+    with p_t renormalised over the teacher's k largest logits and log p_s the student's
+    full-vocabulary log-softmax at those indices; cross-entropy would add the teacher's entropy."""
+    torch.manual_seed(0)
+    s, t, temp = torch.randn(2, 3, 50, dtype=torch.float64), torch.randn(2, 3, 50, dtype=torch.float64), 2.0
+    v, i = t.topk(8, -1)
+    p_t = torch.softmax(v / temp, -1)
+    log_p_s = torch.log_softmax(s / temp, -1).gather(-1, i)
+    kl = (p_t * (p_t.log() - log_p_s)).sum(-1).mean() * temp ** 2
+    assert soft_target_kl_topk(s, v, i, temp).item() == pytest.approx(kl.item(), rel=1e-9)
+    entropy = -(p_t * p_t.log()).sum(-1).mean() * temp ** 2
+    cross_entropy = -(p_t * log_p_s).sum(-1).mean() * temp ** 2
+    assert cross_entropy.item() == pytest.approx(kl.item() + entropy.item(), rel=1e-9)
+    assert soft_target_kl_topk(t, v, i, temp).item() > 0  # the teacher itself still pays for its mass outside the top k
+    full = torch.full_like(t, -1e4).scatter(-1, i, v)  # a student matching the kept logits, nothing elsewhere
+    assert soft_target_kl_topk(full, v, i, temp).item() == pytest.approx(0.0, abs=1e-9)

@@ -56,14 +56,19 @@ def test_existing_output_is_refused_without_overwrite(ckpt, tmp_path):
     out = tmp_path / "m.onnx"
     out.write_bytes(b"keep me")
     result = runner.invoke(app, ["export", str(ckpt), "--onnx", str(out), "--dataset", "digits"])
-    _one_error(result, "already exists")
+    _one_error(result, "exists; pass --overwrite")
     assert out.read_bytes() == b"keep me"
     # the int8 copy's name is checked up front too
     (tmp_path / "n.int8.onnx").write_bytes(b"keep me too")
     result = runner.invoke(app, ["export", str(ckpt), "--onnx", str(tmp_path / "n.onnx"), "--int8", "dynamic",
                                  "--dataset", "digits"])
-    _one_error(result, "n.int8.onnx already exists")
+    _one_error(result, "n.int8.onnx exists")
     assert not (tmp_path / "n.onnx").exists()
+
+
+def test_output_that_is_the_checkpoint_is_refused_even_with_overwrite(ckpt):
+    result = runner.invoke(app, ["export", str(ckpt), "--onnx", str(ckpt), "--overwrite", "--dataset", "digits"])
+    _one_error(result, "is also an input")
 
 
 def test_model_whose_forward_does_not_take_the_data(tmp_path):

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from torch import nn
 
 from slimkit.errors import SlimkitError
 from slimkit.io import load_model, read_architecture, save_model
-from slimkit.models import SourceModel, TargetModel
+from slimkit.models import SmallViT, SourceModel, TargetModel
 
 
 def test_round_trip_keeps_architecture_and_outputs(tmp_path):
@@ -57,5 +58,67 @@ def test_unknown_class_needs_the_users_class(tmp_path):
 def test_unwritable_folder_is_reported(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(SlimkitError, match="cannot write checkpoint"):
+    with pytest.raises(SlimkitError, match="cannot write .*Not a directory"):
         save_model(TargetModel(), blocker / "sub" / "m.safetensors")
+
+
+def _with_description(tmp_path, description, model=None, name="m.safetensors"):
+    """A real checkpoint whose header description is replaced by `description` (any JSON)."""
+    model = model or TargetModel(in_channels=1, input_size=8, num_classes=3, widths=(4, 4, 8))
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    path = tmp_path / name
+    save_file(tensors, str(path), metadata={"slimkit": json.dumps(description)})
+    return path
+
+
+def _description(**changes):
+    base = {"format": 1, "class": "TargetModel",
+            "kwargs": {"in_channels": 1, "input_size": 8, "num_classes": 3, "widths": [4, 4, 8]}, "extra": {}}
+    return {**base, **changes}
+
+
+@pytest.mark.parametrize("description, message", [
+    ([1, 2], "not a JSON object"),
+    ("TargetModel", "not a JSON object"),
+    (_description(**{"class": 7}), "model class as int, not text"),
+    (_description(format=2), "written by a newer slimkit (checkpoint format 2; this one reads up to 1); upgrade slimkit"),
+    (_description(format="1"), "no valid checkpoint format version"),
+    (_description(kwargs=[1]), "header 'kwargs' of type list"),
+    (_description(kwargs={"in_channels": 1, "input_size": 8, "num_classes": 3, "widths": [4, 4, 8], "depth": 3}),
+     "arguments it does not take: ['depth']"),
+    (_description(kwargs={"in_channels": "1", "input_size": 8, "num_classes": 3, "widths": [4, 4, 8]}),
+     "argument in_channels='1', which is not a int"),
+    (_description(kwargs={"in_channels": 1, "input_size": 8, "num_classes": 3, "widths": [4, 4]}),
+     "argument widths=[4, 4], which is not a tuple"),
+    (_description(kwargs={"in_channels": 1, "input_size": 8, "num_classes": 5, "widths": [4, 4, 8]}),
+     "tensor 'fc2.weight' has shape [3, 8] in the file but [5, 8] in the TargetModel"),
+    (_description(extra={"shapes": {"fc2.bias": [4]}}), "tensor 'fc2.bias' has shape [3] in the file but [4] in its layout"),
+    (_description(extra={"shapes": {"fc2.bias": [3]}, "removed_blocks": ["fc2"]}), "not a removable block"),
+])
+def test_malformed_headers_are_one_line(tmp_path, description, message):
+    path = _with_description(tmp_path, description)
+    with pytest.raises(SlimkitError, match=re.escape(message)) as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
+
+
+def test_huge_declared_sizes_are_refused_without_allocating(tmp_path):
+    """kwargs that would build petabytes of weights or a billion layers fail in well under a few seconds."""
+    huge_width = _description(kwargs={"in_channels": 1, "input_size": 8, "num_classes": 3, "widths": [2**20] * 3})
+    with pytest.raises(SlimkitError, match="has shape .* in the file but"):
+        load_model(_with_description(tmp_path, huge_width, name="wide.safetensors"))
+    vit = SmallViT(num_classes=3, input_size=4, patch=2, dim=4, depth=1, num_heads=2)
+    deep = {"format": 1, "class": "SmallViT", "extra": {},
+            "kwargs": {**vit.config(), "depth": 10**9}}
+    with pytest.raises(SlimkitError, match="more than .* layers and tensors"):
+        load_model(_with_description(tmp_path, deep, model=vit, name="deep.safetensors"))
+    pruned_lie = _description(kwargs={"in_channels": 1, "input_size": 8, "num_classes": 3, "widths": [4, 4, 2**26]},
+                              extra={"shapes": {k: list(v.shape) for k, v in TargetModel(
+                                  in_channels=1, input_size=8, num_classes=3, widths=(4, 4, 8)).state_dict().items()}})
+    with pytest.raises(SlimkitError, match="dense TargetModel would need"):
+        load_model(_with_description(tmp_path, pruned_lie, name="lie.safetensors"))
+
+
+def test_a_folder_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(SlimkitError, match="is a folder; pass the .safetensors file"):
+        load_model(tmp_path)

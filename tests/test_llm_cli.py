@@ -4,6 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from slimkit.cli.llm import app
+from tests.llm_helpers import MINILM, require
 
 runner = CliRunner()
 
@@ -21,6 +22,7 @@ def test_bad_input_is_one_line(args, needle, tmp_path):
     assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("error:")
 
 
+@pytest.mark.slow
 def test_width_command_removes_ffn_and_kv_groups_and_reloads(tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -43,12 +45,14 @@ def test_width_command_removes_ffn_and_kv_groups_and_reloads(tmp_path):
     assert bad.exit_code == 2 and "KV groups" in bad.output and not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_encoder_command_prunes_distills_saves_and_reloads(tmp_path):
     """Real MiniLM, tiny budget: FFN halved, 9 of 12 heads, one layer dropped; fidelity printed; reloads."""
     import torch
 
     from slimkit.llm.encoder import embed, load_encoder_pruned
 
+    require(*MINILM)
     out = tmp_path / "enc"
     result = runner.invoke(app, ["encoder", "--drop-layers", "1", "--minutes", "0.05", "--train", "48",
                                  "--calib", "32", "--held-out", "16", "--out", str(out)])

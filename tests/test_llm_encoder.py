@@ -1,6 +1,11 @@
 """MiniLM: head and FFN pruning, then embedding distillation, on the real weights."""
 
+import pytest
 
+from tests.llm_helpers import MINILM, require
+
+
+@pytest.mark.slow
 def test_encoder_distillation_smoke():
     """MiniLM: prune FFN and heads, distill a few steps; fidelity rises and stays in [0, 1]."""
     import copy
@@ -9,6 +14,7 @@ def test_encoder_distillation_smoke():
     from slimkit.llm.encoder_prune import prune_encoder
     from slimkit.llm.load import load_encoder
 
+    require(*MINILM)
     teacher, tok = load_encoder("minilm")
     student = copy.deepcopy(teacher)
     train, held = default_sentences(64, 32)
@@ -20,19 +26,28 @@ def test_encoder_distillation_smoke():
     assert 0 < before.mean_cosine < after.mean_cosine <= 1
 
 
-def test_hidden_cosine_loss_ignores_padding_and_is_zero_on_match():
+def test_layerwise_token_cosine_ignores_padding_and_is_zero_on_match():
+    """The encoder's layer terms through the engine's `combine`: padding positions never count."""
     import torch
 
-    from slimkit.llm.encoder import hidden_cosine_loss
+    from slimkit.distill.losses import Term, combine
 
-    t = tuple(torch.randn(2, 5, 8) for _ in range(3))
-    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
-    assert float(hidden_cosine_loss(t, t, mask)) < 1e-6
-    s = tuple(x.clone() for x in t)
-    s[0][0, 3:] = -s[0][0, 3:]  # only padding positions differ
-    assert float(hidden_cosine_loss(s, t, mask)) < 1e-6
-    s[1][1, 0] = -s[1][1, 0]  # one real token reversed: cos -1, loss 2 over 8 tokens of one of 3 layers
-    assert abs(float(hidden_cosine_loss(s, t, mask)) - 2 / 8 / 3) < 1e-5
+    layers = [f"encoder.layer.{i}" for i in range(3)]
+    terms = [Term("hidden_cosine", 1 / 3, student_layer=p, teacher_layer=p) for p in layers]
+    t = {p: torch.randn(2, 5, 8) for p in layers}
+    key = {p: f"{p}__{p}".replace(".", "_") for p in layers}
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool()
+    pooled = torch.randn(2, 8)
+
+    def loss(s):
+        return float(combine(terms, pooled, None, pooled, None, {key[p]: s[p] for p in layers}, t, mask)[0])
+
+    assert loss(t) < 1e-6
+    s = {p: x.clone() for p, x in t.items()}
+    s[layers[0]][0, 3:] = -s[layers[0]][0, 3:]  # only padding positions differ
+    assert loss(s) < 1e-6
+    s[layers[1]][1, 0] = -s[layers[1]][1, 0]  # one real token reversed: cos -1, loss 2 over 8 tokens of one of 3 layers
+    assert abs(loss(s) - 2 / 8 / 3) < 1e-5
 
 
 def test_reconstruct_linear_recovers_removed_inputs_that_kept_ones_explain():
@@ -65,6 +80,7 @@ def test_reconstruct_linear_rejects_a_gram_of_the_wrong_size():
         reconstruct_linear(torch.randn(3, 5), None, torch.eye(5, dtype=torch.float64), torch.arange(3))
 
 
+@pytest.mark.slow
 def test_refit_brings_the_pruned_encoder_closer_than_slicing():
     """On the real MiniLM weights, the sequential least-squares refit beats plain slicing before training."""
     import copy
@@ -73,6 +89,7 @@ def test_refit_brings_the_pruned_encoder_closer_than_slicing():
     from slimkit.llm.encoder_prune import prune_encoder
     from slimkit.llm.load import load_encoder
 
+    require(*MINILM)
     teacher, tok = load_encoder("minilm")
     train, held = default_sentences(128, 48)
     cos = {}

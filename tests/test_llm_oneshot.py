@@ -13,6 +13,7 @@ def _linears(model):
     return {n: m for n, m in model.model.layers.named_modules() if isinstance(m, torch.nn.Linear)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,nm", [("wanda", "2:4"), ("sparsegpt", "4:8"), ("magnitude", "2:4")])
 def test_nm_masks_keep_exactly_n_of_every_m(method, nm):
     model, tok = small_lm(1)
@@ -25,6 +26,7 @@ def test_nm_masks_keep_exactly_n_of_every_m(method, nm):
     assert rep.realised == pytest.approx(1 - n / m, abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
 def test_unstructured_ratio_is_exact(method):
     model, tok = small_lm(1)
@@ -37,6 +39,7 @@ def test_unstructured_ratio_is_exact(method):
     assert set(rep.masks) == {f"model.layers.{n}.weight" for n in _linears(model)}
 
 
+@pytest.mark.slow
 def test_calibration_is_sequential():
     model, tok = small_lm(2)
     cal = windows(tok)
@@ -52,6 +55,7 @@ def test_calibration_is_sequential():
     assert (only1["0.mlp.down_proj"].weight == 0).float().mean() < 0.01  # block 0 left dense
 
 
+@pytest.mark.slow
 def test_sparsegpt_beats_wanda_and_magnitude_on_layer_reconstruction():
     model, tok = small_lm(1)
     hidden, _ = capture_block_inputs(model, windows(tok, 4, 128), 4, torch.device("cpu"))
@@ -80,6 +84,7 @@ def test_bad_nm_string(bad):
         parse_nm(bad)
 
 
+@pytest.mark.slow
 def test_bad_method_and_sparsity():
     model, tok = small_lm(1)
     with pytest.raises(SlimkitError, match="unknown method"):
@@ -90,6 +95,7 @@ def test_bad_method_and_sparsity():
         prune_oneshot(model, None, "wanda", 0.5, progress=False)
 
 
+@pytest.mark.slow
 def test_input_stats_belong_to_each_linears_own_input():
     """q/k/v and gate/up share one statistic; every statistic is that of the layer's real inputs."""
     from slimkit.llm.oneshot import collect_input_stats

@@ -40,6 +40,7 @@ def _assert_same_weights(expected: torch.nn.Module, folder) -> None:
     assert got.lm_head.weight is got.model.embed_tokens.weight  # still tied after loading
 
 
+@pytest.mark.slow
 def test_skeleton_captures_what_the_full_model_gives(lm_folder, cal):
     from transformers import AutoConfig
 
@@ -62,6 +63,7 @@ def test_skeleton_captures_what_the_full_model_gives(lm_folder, cal):
                 assert got[key] == value, key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,sparsity,nm", [("magnitude", 0.5, None), ("wanda", 0.5, None),
                                                  ("sparsegpt", 0.5, None), ("wanda", 0.5, "2:4")])
 def test_streamed_equals_in_memory(lm_folder, cal, tmp_path, method, sparsity, nm):
@@ -80,6 +82,7 @@ def test_streamed_equals_in_memory(lm_folder, cal, tmp_path, method, sparsity, n
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
 
 
+@pytest.mark.slow
 def test_sharded_input_and_one_block_at_a_time(lm_folder, tmp_path, monkeypatch):
     """A sharded checkpoint streams too; no two blocks ever hold real weights at once."""
     model, tok = small_lm(2)
@@ -100,6 +103,7 @@ def test_sharded_input_and_one_block_at_a_time(lm_folder, tmp_path, monkeypatch)
     _assert_same_weights(model, tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_failure_leaves_nothing(lm_folder, cal, tmp_path, monkeypatch):
     """The second shard fails to write: neither --out nor the staging folder is left behind."""
     save = streaming._save_shard
@@ -117,6 +121,7 @@ def test_failure_leaves_nothing(lm_folder, cal, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_bad_input(lm_folder, cal, tmp_path):
     (tmp_path / "noweights").mkdir()
     (tmp_path / "noweights" / "config.json").write_text((lm_folder / "config.json").read_text())
@@ -131,11 +136,12 @@ def test_bad_input(lm_folder, cal, tmp_path):
         assert "\n" not in str(info.value)
     with pytest.raises(SlimkitError, match="calibration"):
         prune_oneshot_folder(lm_folder, tmp_path / "out", None, "wanda", 0.5, progress=False)
-    with pytest.raises(SlimkitError, match="source folder"):
+    with pytest.raises(SlimkitError, match="holds the input"):
         prune_oneshot_folder(lm_folder, lm_folder, cal, "magnitude", 0.5, progress=False)
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_stream_prunes_and_evaluates_from_disk(lm_folder, tmp_path):
     from slimkit.cli.llm import app
 

@@ -45,10 +45,15 @@ def test_unstructured_zeros_do_not_change_macs():
 
 
 def test_latency_reports_conditions():
-    result = measure_latency(nn.Linear(8, 8), torch.zeros(4, 8), runs=7, warmup=2, threads=1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # not the 1 asked for below, so a leaked setting would show
+    try:
+        result = measure_latency(nn.Linear(8, 8), torch.zeros(4, 8), runs=7, warmup=2, threads=1)
+        assert torch.get_num_threads() == 2  # the caller's thread count is restored
+    finally:
+        torch.set_num_threads(before)
     assert result.runs == 7 and result.threads == 1 and result.batch_size == 4
     assert 0 < result.median_ms <= result.p90_ms
-    assert torch.get_num_threads() >= 1
 
 
 def test_metrics_accuracy_f1_confusion():
@@ -116,3 +121,16 @@ def test_interleaved_latency_burst_runs_each_model_in_a_row_and_drops_the_cold_c
     assert calls == ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3 + ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3
     with pytest.raises(SlimkitError, match="burst"):
         measure_latency_interleaved([a], torch.zeros(1, 8), runs=2, burst=0)
+
+
+def test_fresh_process_timer_ranks_models_and_spins():
+    """The deciding timer runs in new processes with OMP_WAIT_POLICY=ACTIVE (it refuses otherwise)."""
+    from slimkit.measure.fresh import time_in_fresh_processes
+    from slimkit.models import ResNetCifar
+
+    torch.manual_seed(0)
+    small, big = ResNetCifar(depth=8, width=8).eval(), ResNetCifar(depth=14, width=48).eval()
+    x = torch.randn(1, 1, 28, 28)
+    times = time_in_fresh_processes([small, big], x, ["nchw", "channels_last"], rounds=5, passes=2, log=False)
+    assert [sorted(t) for t in times] == [["channels_last", "nchw"]] * 2
+    assert times[0]["nchw"] < times[1]["nchw"] and times[0]["channels_last"] < times[1]["channels_last"]

@@ -1,6 +1,7 @@
 """The whole pipeline, end to end, on the real 8x8 digits (seconds, not minutes)."""
 
 import json
+import re
 
 import pytest
 
@@ -72,3 +73,28 @@ def test_recipe_is_safe_yaml(tmp_path):
     recipe.write_text("- a\n- b\n")
     with pytest.raises(SlimkitError, match="mapping"):
         load_recipe(recipe)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("dataset: digits\nout: caf\xe9\n".encode("latin-1"), "is not UTF-8 text (byte 24); save it as UTF-8"),
+    (b"1: 2\ndataset: digits\n", "setting names that are not text: [1]"),
+    (b"null: 3\n", "setting names that are not text: [None]"),
+    (b"dataset: no/such/data.npz\n", "names data file no/such/data.npz, which is not a file"),
+    (b"data_dir: /no/such/fashion\n", "names data folder /no/such/fashion, which does not exist"),
+    (b"theta: .nan\n", "invalid setting theta: Input should be a finite number"),
+    (b"theta: -0.1\n", "invalid setting theta: Input should be greater than or equal to 0"),
+    (b"lr: .inf\n", "invalid setting lr: Input should be a finite number"),
+])
+def test_bad_recipes_are_refused_when_loaded(tmp_path, text, message):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_bytes(text)
+    with pytest.raises(SlimkitError, match=re.escape(message)):
+        load_recipe(recipe)
+    with pytest.raises(SlimkitError, match="is a folder"):
+        load_recipe(tmp_path)
+
+
+def test_theta_above_every_weight_is_refused_before_the_students_train(tmp_path):
+    with pytest.raises(SlimkitError, match=r"theta 100 is at or above the largest \|w\|"):
+        run_demo(_cfg(tmp_path, theta=100.0, teacher_epochs=1, student_epochs=1, finetune_epochs=0), progress=False)
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.*"))

@@ -100,3 +100,17 @@ def test_without_holder_weights_grow_back():
     opt.step()
     regrown = sum(int((w[~report.masks[n]] != 0).sum()) for n, w in prunable_weights(model).items())
     assert regrown > 0
+
+
+@pytest.mark.parametrize("theta, message", [
+    (float("nan"), "theta must be a finite number >= 0"),
+    (-0.5, "theta must be a finite number >= 0"),
+    (float("inf"), "theta must be a finite number >= 0"),
+    (1e9, "would remove every weight; choose a theta below"),
+])
+def test_unusable_theta_is_refused_and_nothing_is_zeroed(theta, message):
+    model = _net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(SlimkitError, match=message):
+        magnitude_prune(model, theta=theta)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -109,7 +109,16 @@ def test_not_slower_keeps_the_dense_model_when_the_cut_does_not_pay() -> None:
 
     torch.manual_seed(0)
     small, big = ResNetCifar(depth=8, width=8).eval(), ResNetCifar(depth=14, width=48).eval()
-    kept, info = not_slower(small, big, X[:1], rounds=10)  # "pruned" is 10x the work: must be refused
+    kept, info = not_slower(small, big, X[:1], rounds=10, passes=1)  # "pruned" is 10x the work: must be refused
     assert kept is small and not info["kept_pruned"] and "does not pay" in info["note"]
-    kept, info = not_slower(big, small, X[:1], rounds=10)
+    assert "fresh processes" in info["method"] and "OMP_WAIT_POLICY=ACTIVE" in info["method"]
+    kept, info = not_slower(big, small, X[:1], rounds=10, passes=1)
     assert kept is small and info["kept_pruned"] and info["pruned_ms"] < info["dense_ms"]
+
+
+def test_not_slower_times_models_without_config_in_process() -> None:
+    from slimkit.prune.latency_cost import not_slower
+
+    small, big = torch.nn.Conv2d(1, 4, 3), torch.nn.Sequential(*[torch.nn.Conv2d(1, 1, 3, padding=1)] * 40)
+    kept, info = not_slower(small, big, X[:1], rounds=10)
+    assert kept is small and "in this process" in info["method"]

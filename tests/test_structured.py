@@ -114,6 +114,13 @@ def test_save_load_heterogeneous_widths(name: str, tmp_path) -> None:
     loaded = load_model(path).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(X), result.model.eval()(X), rtol=0, atol=0)
+    dense = {k: list(v.shape) for k, v in _tiny(name).state_dict().items()}
+    shapes = {k: list(v.shape) for k, v in loaded.state_dict().items()}
+    assert shapes == {k: list(v.shape) for k, v in result.model.state_dict().items()}
+    narrowed = [k for k, s in shapes.items() if k in dense and s != dense[k]]
+    assert narrowed, "the round trip must carry pruned widths, not the dense ones"
+    assert sum(p.numel() for p in loaded.parameters()) < sum(p.numel() for p in _tiny(name).parameters())
+    assert len(result.removed_blocks) == 1 and isinstance(loaded.get_submodule(result.removed_blocks[0]), nn.Identity)
 
 
 def test_unsupported_module_is_named() -> None:
@@ -189,7 +196,7 @@ def test_choose_ratio_on_val(tmp_path) -> None:
     model = _tiny("cnn")
     val = Split(X, Y)
     built, prepared = {}, []
-    sel = choose_ratio(model, lambda r: built.setdefault(r, prune_structured(model, X[:1], r).model), val, 10, X[:1],
+    sel = choose_ratio(model, lambda r: built.setdefault(r, prune_structured(model, X[:1], r).model), val, X[:1],
                        floor=0.0, grid=(0.25, 0.5), bisect_steps=1, progress=False, timing_rounds=3,
                        prepare=lambda m: prepared.append(m) or m)
     assert sel.chosen is not None and sel.chosen.ratio == 0.5 and len(sel.curve) == 2
@@ -198,7 +205,7 @@ def test_choose_ratio_on_val(tmp_path) -> None:
     data = json.loads((tmp_path / "c.json").read_text())
     assert data["chosen"]["ratio"] == 0.5 and (tmp_path / "c.png").stat().st_size > 1000
     with pytest.raises(SlimkitError):
-        choose_ratio(model, lambda r: model, val, 10, X[:1])
+        choose_ratio(model, lambda r: model, val, X[:1])
 
 
 def test_grouped_conv_is_named_as_unsupported() -> None:

@@ -7,6 +7,15 @@ import typer
 from slimkit.errors import SlimkitError
 
 
+def interrupted_summary() -> str:
+    """What this process committed before an interrupt; all else stayed as it was."""
+    from slimkit.outputs import written
+
+    if not written:
+        return "nothing was written or replaced"
+    return f"written before the interrupt: {', '.join(map(str, written))}; nothing else was written or replaced"
+
+
 def clean_errors(fn):
     """Report bad input as one `error:` line on stderr and exit status 2, instead of a traceback."""
 
@@ -18,7 +27,7 @@ def clean_errors(fn):
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted; nothing was written to the output folder", err=True)
+            typer.echo(f"interrupted; {interrupted_summary()}", err=True)
             raise typer.Exit(130) from None
 
     return wrapper

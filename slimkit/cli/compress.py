@@ -10,8 +10,8 @@ from typing import Optional
 import typer
 
 from slimkit.cli import clean_errors
-from slimkit.cli.main import app, check_input_shape
-from slimkit.errors import SlimkitError, check_sparsity
+from slimkit.cli.main import app, check_model_fits
+from slimkit.errors import SlimkitError, check_count, check_positive, check_sparsity
 
 
 def _data(dataset: str, data_dir: Optional[Path], seed: int):
@@ -31,9 +31,17 @@ def train(
     batch_size: int = typer.Option(256, help="batch size"),
     lr: float = typer.Option(2e-3, help="peak learning rate (AdamW, warm-up then cosine)"),
     seed: int = typer.Option(0, help="seed for split, init and shuffling"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it exists"),
 ) -> None:
     """Train a reference model from scratch and save it as a checkpoint."""
+    check_count(epochs, "--epochs")
+    check_count(batch_size, "--batch-size")
+    check_positive(lr, "--lr")
     import torch
+
+    from slimkit.outputs import check_output_file
+
+    check_output_file(out, overwrite, what="--out")
 
     from slimkit.distill import TrainConfig, train_classifier
     from slimkit.io import save_model
@@ -66,12 +74,14 @@ def prune(
     seed: int = typer.Option(0, help="seed of the data split and calibration batches"),
     keep_slower: bool = typer.Option(False, help="structured: write the pruned model even when it measures no "
                                                  "faster than the dense one at batch 1"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it exists (never the input)"),
 ) -> None:
     """Prune a checkpoint and print its measured profile before and after (no fine-tuning).
 
     A structured cut that measures no faster than the dense model at batch 1 on this machine is
     not written (unless --keep-slower): removing structure only to lose time helps nobody.
     """
+    _check_prune_options(method, ratio, importance, allocation, round_to, blocks, heads)
     import copy
 
     from slimkit.data import batches
@@ -79,10 +89,12 @@ def prune(
     from slimkit.prune import magnitude_prune
     from slimkit.report import print_table, profile_classifiers, speed_notes
 
-    check_sparsity(ratio, "ratio")
+    from slimkit.outputs import check_output_file
+
+    check_output_file(out, overwrite, inputs=[checkpoint], what="--out")
     dense = load_model(checkpoint)
     data = _data(dataset, data_dir, seed)
-    check_input_shape(dense, data.test.x[:1], data.name)
+    check_model_fits(dense, data)
     if method == "magnitude":
         pruned = copy.deepcopy(dense)
         report = magnitude_prune(pruned, sparsity=ratio)
@@ -108,3 +120,21 @@ def prune(
     rows = profile_classifiers({"dense": (dense, checkpoint), f"{method} {ratio:g}": (pruned, out)},
                                data.test, data.num_classes)
     print_table(rows, speed_notes(rows, "dense"), title=f"{checkpoint.name} -> {out} on {data.name} (before fine-tuning)")
+
+
+def _check_prune_options(method: str, ratio: float, importance: str, allocation: str, round_to: int, blocks: int,
+                         heads: float) -> None:
+    """Every `prune` option that can be judged without the model, judged before it is loaded."""
+    if method not in ("structured", "magnitude"):
+        raise SlimkitError(f"unknown method {method!r}; use 'structured' or 'magnitude'")
+    check_sparsity(ratio, "--ratio")
+    if method == "structured":
+        check_count(round_to, "--round-to", 1)
+        check_count(blocks, "--blocks", 0)
+        check_sparsity(heads, "--heads")
+        if allocation not in ("uniform", "global"):
+            raise SlimkitError(f"unknown --allocation {allocation!r}; use 'uniform' or 'global'")
+        from slimkit.prune.importance import IMPORTANCE_KINDS
+
+        if importance not in IMPORTANCE_KINDS:
+            raise SlimkitError(f"unknown --importance {importance!r}; choose one of {', '.join(IMPORTANCE_KINDS)}")

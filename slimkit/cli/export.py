@@ -63,9 +63,9 @@ def export(
         raise SlimkitError("--runs, --threads and --calib-samples must be >= 1")
     outputs = [onnx] + ([int8_path(onnx)] if int8 else []) + ([report / "report.json", report / "report.md"]
                                                                if report else [])
-    for out in outputs:
-        check_output(out, overwrite)
     kind = _kind(checkpoint)
+    for out in outputs:
+        check_output(out, overwrite, inputs=[checkpoint])
     run = _classifier if kind == "classifier" else _encoder
     rows, header, details = run(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, threads, runs, overwrite)
     notes = deploy_notes(rows)
@@ -100,7 +100,7 @@ def _classifier(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, 
     test, nc = data.test, data.num_classes
     res = export_onnx(model, test.x[:2], check_inputs=[test.x[:1], test.x[2:34]],
                       validate=classifier_check(model, test, nc))
-    write_output(onnx, res.model_bytes, overwrite)
+    write_output(onnx, res.model_bytes, overwrite, inputs=[checkpoint])
     typer.echo(f"wrote {onnx} ({res.exporter} exporter, opset {res.opset}"
                + (f"; dynamo fallback because {res.fallback_reason}" if res.fallback_reason else "") + ")")
     variants = [("onnx fp32", "fp32", res.model_bytes, res.checks["onnx"], onnx, "pytorch")]
@@ -108,7 +108,7 @@ def _classifier(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, 
         feeds = split_feeds(data.val, next(iter(res.inputs)), calib_samples) if int8 == "static" else None
         q = quantize_int8(res.model_bytes, int8, feeds)
         acc = classifier_scores(OrtModel(q.model_bytes, threads), test, nc)["accuracy"]
-        write_output(int8_path(onnx), q.model_bytes, overwrite)
+        write_output(int8_path(onnx), q.model_bytes, overwrite, inputs=[checkpoint])
         typer.echo(f"wrote {int8_path(onnx)} ({int8} int8: {q.details})")
         variants.append(("onnx int8", f"int8 {int8}", q.model_bytes, acc, int8_path(onnx), "onnx fp32"))
     example = test.x[:1]
@@ -146,7 +146,7 @@ def _encoder(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, thr
     enc = lambda texts, **kw: dict(tok(texts, return_tensors="pt", padding=True, truncation=True, **kw))  # noqa: E731
     res = export_onnx(model, enc(held[:2]), check_inputs=[enc(held[2:7]), enc(held[7:8])],
                       validate=encoder_check(model, tok, held))
-    write_output(onnx, res.model_bytes, overwrite)
+    write_output(onnx, res.model_bytes, overwrite, inputs=[checkpoint])
     typer.echo(f"wrote {onnx} ({res.exporter} exporter, opset {res.opset}"
                + (f"; dynamo fallback because {res.fallback_reason}" if res.fallback_reason else "") + ")")
     variants = [("onnx fp32", "fp32", res.model_bytes, res.checks["mean_cosine"], onnx, "pytorch")]
@@ -158,7 +158,7 @@ def _encoder(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, thr
                      for i in range(0, calib_samples, 32)]
         q = quantize_int8(res.model_bytes, int8, feeds)
         cos = float(embedding_cosines(OrtModel(q.model_bytes, threads), model, tok, held).mean())
-        write_output(int8_path(onnx), q.model_bytes, overwrite)
+        write_output(int8_path(onnx), q.model_bytes, overwrite, inputs=[checkpoint])
         typer.echo(f"wrote {int8_path(onnx)} ({int8} int8: {q.details})")
         variants.append(("onnx int8", f"int8 {int8}", q.model_bytes, cos, int8_path(onnx), "onnx fp32"))
     long_text = " ".join(held)

@@ -31,7 +31,9 @@ def demo(
     temperature: float = typer.Option(4.0, help="KD softmax temperature T"),
     alpha: float = typer.Option(0.7, help="KD weight: alpha*T^2*KL + (1-alpha)*CE"),
     seed: int = typer.Option(0, help="seed for data split, init and shuffling"),
-    out: Path = typer.Option(Path("runs/demo"), help="run folder for checkpoints and report.json/.md"),
+    out: Path = typer.Option(Path("runs/demo"), help="run folder for checkpoints and report.json/.md (a new folder, "
+                                                    "or an earlier slimkit run with --overwrite)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier slimkit run in --out"),
     dataset: str = typer.Option("fashion-mnist", help="'fashion-mnist', 'digits' or a .npz path with x, y"),
     data_dir: Optional[Path] = typer.Option(None, help="folder with Fashion-MNIST IDX files (default: Debian's)"),
     teacher: str = typer.Option("source", help="teacher model name"),
@@ -47,18 +49,25 @@ def demo(
         teacher_epochs=epochs, student_epochs=student_epochs, finetune_epochs=finetune_epochs,
         sparsity=sparsity, theta=theta, temperature=temperature, alpha=alpha, seed=seed, out=str(out),
         dataset=dataset, data_dir=str(data_dir) if data_dir else None, teacher=teacher, student=student,
-        batch_size=batch_size, reuse_teacher=not no_cache, train_subset=train_subset,
+        batch_size=batch_size, reuse_teacher=not no_cache, train_subset=train_subset, overwrite=overwrite,
     )
     run_demo(cfg)
 
 
 @app.command()
 @clean_errors
-def run(recipe: Path = typer.Argument(..., help="YAML recipe; keys are the demo's settings")) -> None:
+def run(
+    recipe: Path = typer.Argument(..., help="YAML recipe; keys are the demo's settings"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier slimkit run in the recipe's out "
+                                                              "(same as `overwrite: true` in the recipe)"),
+) -> None:
     """Run the pipeline from a YAML recipe (see recipes/demo.yaml)."""
     from slimkit.pipeline import load_recipe, run_demo
 
-    run_demo(load_recipe(recipe))
+    cfg = load_recipe(recipe)
+    if overwrite:
+        cfg = cfg.model_copy(update={"overwrite": True})
+    run_demo(cfg, inputs=(recipe,))
 
 
 @app.command()
@@ -76,24 +85,29 @@ def profile(
 
     model = load_model(checkpoint)
     data = load_dataset(dataset, str(data_dir) if data_dir else None, seed=seed)
-    check_input_shape(model, data.test.x[:1], data.name)
+    check_model_fits(model, data)
     row = profile_classifier(checkpoint.name, model, data.test, data.num_classes, checkpoint)
     print_table([row], [], title=f"{checkpoint} on {data.name} test ({len(data.test)} samples)")
 
 
-def check_input_shape(model, example, data_name: str) -> None:
-    """Turn a model/data shape mismatch into one clear line."""
+def check_model_fits(model, data) -> None:
+    """Turn a model/data mismatch (input shape or number of classes) into one clear line."""
     import torch
 
+    example = data.test.x[:1]
     try:
         with torch.no_grad():
-            model.eval()(example)
+            out = model.eval()(example)
     except SlimkitError:
         raise
     except RuntimeError as exc:
         raise SlimkitError(
-            f"model does not accept {data_name} inputs of shape {tuple(example.shape)}: {str(exc).splitlines()[0]}"
+            f"model does not accept {data.name} inputs of shape {tuple(example.shape)}: {str(exc).splitlines()[0]}"
         ) from None
+    width = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+    if width != data.num_classes:
+        raise SlimkitError(f"the checkpoint predicts {width} classes but {data.name} has {data.num_classes} "
+                           f"(labels 0..{data.num_classes - 1}); use a checkpoint trained on the classes of {data.name}")
 
 
 def main() -> None:
@@ -108,8 +122,8 @@ app.add_typer(_llm_app, name="llm")
 
 
 if __name__ == "__main__":
-    # Run as `python -m slimkit.cli.main`, this file is __main__, while the sibling modules registered their
-    # commands (train, prune, export) on the importable slimkit.cli.main's app: run that one.
-    from slimkit.cli.main import main as _main
+    # Run as `python -m slimkit.cli.main`, this file is __main__, while the sibling modules above
+    # registered their commands on the imported slimkit.cli.main: run that one's app.
+    from slimkit.cli.main import main as _registered_main
 
-    sys.exit(_main())
+    sys.exit(_registered_main())

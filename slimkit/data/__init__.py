@@ -5,16 +5,20 @@ batched by slicing: on 2 CPU cores this is several times faster than a per-sampl
 """
 
 from slimkit.data.arrays import Dataset, Split, batches, split_train_val
+from slimkit.data.rendered_text import RenderedWords, render_words, text_recognition_data
 from slimkit.data.sources import DEFAULT_FASHION_MNIST_DIR, load_dataset, load_digits, load_fashion_mnist, load_npz
 
 __all__ = [
     "DEFAULT_FASHION_MNIST_DIR",
     "Dataset",
+    "RenderedWords",
     "Split",
     "batches",
     "load_dataset",
     "load_digits",
     "load_fashion_mnist",
     "load_npz",
+    "render_words",
     "split_train_val",
+    "text_recognition_data",
 ]

@@ -1,8 +1,12 @@
 """Knowledge distillation: pure losses, feature hooks, a teacher-output cache and one training engine.
 
 Public surface (what other slimkit stages and users call):
-- `Distiller(teacher, student, losses, config, checkpoint=, cache=, augment=, masks=)` and `.fit(data)`;
-- loss terms `Term` with helpers `kd`, `ce`, `hint`, `attention`, `hinton`, and the pure loss functions;
+- `Distiller(teacher, student, losses, config, checkpoint=, cache=, augment=, masks=, task=)` and
+  `.fit(train, val)`, with data as in-memory tensors or any loader of tensor, tuple or dict batches;
+- tasks: `classification`, `sequence_logits` (with `ctc_loss`, `cer`), `causal_lm`, `embeddings`,
+  or a user's `Task` and `Metric`; `evaluate(model, data, task)`;
+- loss terms `Term` with helpers `kd`, `ce`, `cosine`, `hint`, `attention`, `hinton`, and the pure
+  loss functions;
 - settings `TrainConfig`, `CheckpointConfig`, `CacheConfig`; results `EpochLog`;
 - `train_classifier` / `teacher_logits`, the pipeline's conveniences;
 - `slimkit.distill.hf.DistillationTrainer` for transformers users (imported lazily: transformers is optional).
@@ -17,8 +21,10 @@ from slimkit.distill.losses import (
     attention,
     attention_transfer,
     ce,
+    cosine,
     hard_ce,
     hidden_cosine,
+    hidden_mse,
     hint,
     hint_loss,
     hinton,
@@ -28,12 +34,24 @@ from slimkit.distill.losses import (
     soft_target_kl,
     soft_target_kl_topk,
 )
+from slimkit.distill.tasks import (
+    Metric,
+    Task,
+    causal_lm,
+    cer,
+    classification,
+    ctc_loss,
+    embeddings,
+    evaluate,
+    sequence_logits,
+)
 from slimkit.distill.trainer import teacher_logits, train_classifier
 
 __all__ = [
-    "CacheConfig", "CheckpointConfig", "Distiller", "EpochLog", "FeatureTap", "NonFiniteLossError", "TeacherOutputs",
-    "Term", "TrainConfig", "attention", "attention_transfer", "build_or_load", "ce", "compute_teacher_outputs",
-    "cosine_with_warmup", "describe", "hard_ce", "hidden_cosine", "hint", "hint_loss", "hinton", "hinton_kd_loss", "kd",
+    "CacheConfig", "CheckpointConfig", "Distiller", "EpochLog", "FeatureTap", "Metric", "NonFiniteLossError", "Task",
+    "TeacherOutputs", "Term", "TrainConfig", "attention", "attention_transfer", "build_or_load", "causal_lm", "ce",
+    "cer", "classification", "compute_teacher_outputs", "cosine", "cosine_with_warmup", "ctc_loss", "describe",
+    "embeddings", "evaluate", "hard_ce", "hidden_cosine", "hidden_mse", "hint", "hint_loss", "hinton", "hinton_kd_loss", "kd",
     "logit_mse", "open_cache", "resolve_module", "soft_target_kl", "soft_target_kl_topk", "teacher_logits",
-    "train_classifier",
+    "sequence_logits", "train_classifier",
 ]

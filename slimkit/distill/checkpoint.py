@@ -19,7 +19,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from slimkit.errors import SlimkitError
-from slimkit.io import atomic_write_bytes
+from slimkit.outputs import atomic_write_bytes
 
 CHECKPOINT_FORMAT = 1
 _META_KEY = "slimkit_train_state"
@@ -89,11 +89,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = encode(state, tensors, "s")
     payload = json.dumps({"format": CHECKPOINT_FORMAT, "state": skeleton})
-    try:
-        atomic_write_bytes(out, st_save(tensors, metadata={_META_KEY: payload}))
-    except OSError as exc:
-        raise SlimkitError(f"cannot write checkpoint {out}: {exc.strerror}; choose a writable checkpoint folder") from None
-    return out
+    return atomic_write_bytes(out, st_save(tensors, metadata={_META_KEY: payload}))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

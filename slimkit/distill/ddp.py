@@ -53,6 +53,11 @@ def setup() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, True)
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch, or a plain process (for code outside the engine: reports, saving)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def teardown(info: DistInfo) -> None:
     if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
@@ -87,7 +92,25 @@ def epoch_batches(n: int, chunk: int, info: DistInfo, seed: int, epoch: int, shu
     return list(order.split(chunk))
 
 
+def _collective(t: torch.Tensor, op) -> torch.Tensor:
+    """Run a collective on `t` in place; NCCL only takes CUDA tensors, so CPU ones travel through one."""
+    if dist.get_backend() == "nccl" and t.device.type != "cuda":
+        on_gpu = t.cuda()
+        op(on_gpu)
+        t.copy_(on_gpu.cpu())
+    else:
+        op(t)
+    return t
+
+
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        _collective(t, lambda x: dist.all_reduce(x, op=dist.ReduceOp.SUM))
     return t
+
+
+def from_main(value: float, info: DistInfo) -> float:
+    """Rank 0's value on every rank (e.g. its clock, so a time budget stops all ranks at one step)."""
+    if not info.enabled:
+        return value
+    return float(_collective(torch.tensor([value], dtype=torch.float64), lambda x: dist.broadcast(x, src=0)).item())

@@ -7,7 +7,8 @@ them; they are trained with the student and saved in its checkpoints, but are no
 """
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,14 +82,17 @@ def adapter_key(student_layer: str, teacher_layer: str) -> str:
 class StudentBundle(nn.Module):
     """The student plus its adapters, as one module, so one optimizer and one DDP wrapper cover both.
 
-    `forward(x)` returns the student's output and a dict of adapted features keyed by adapter name.
-    Running the adapters inside forward matters under DistributedDataParallel, which expects every
-    trained parameter to take part in the wrapped forward pass.
+    `forward(inputs)` calls the student as `call(student, inputs)` (the task's calling convention)
+    and returns its output and a dict of adapted features keyed by adapter name. Running the
+    adapters inside forward matters under DistributedDataParallel, which expects every trained
+    parameter to take part in the wrapped forward pass.
     """
 
-    def __init__(self, student: nn.Module, pairs: list[tuple[str, str, bool]]) -> None:
+    def __init__(self, student: nn.Module, pairs: list[tuple[str, str, bool]],
+                 call: Callable[[nn.Module, Any], Any] | None = None) -> None:
         super().__init__()
         self.student = student
+        self._call = call or (lambda model, x: model(x))
         self.adapters = nn.ModuleDict()
         self._pairs = pairs  # (student_layer, teacher_layer, adapted)
         for s, _, _ in pairs:
@@ -107,8 +111,8 @@ class StudentBundle(nn.Module):
             if adapted and key not in self.adapters:
                 self.adapters[key] = make_adapter(student_feats[s], teacher_feats[t])
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = self.student(x)
+    def forward(self, inputs: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+        out = self._call(self.student, inputs)
         feats: dict[str, torch.Tensor] = {}
         if self.tap is not None:
             for s, t, _adapted in self._pairs:

@@ -2,8 +2,10 @@
 
 For users whose training already runs on `Trainer` (its data collators, its schedulers, accelerate,
 its checkpoints), this subclass only replaces `compute_loss`: the frozen teacher runs on the same
-batch and the student is trained on the weighted `Term`s, with features picked by module path as
-in `Distiller`. Width adapters for "hint"/"hidden_cosine" are built from one probe forward pass and
+batch and the student is trained on the weighted `Term`s through the same `combine` (the same
+pure losses and the same padding mask) as `Distiller`, with features picked by module path.
+`Distiller` itself takes the same dict batches (a DataLoader with an HF collator) with the
+`causal_lm()` or a dict-batch task, and adds kill -9 resume and the NaN guard. Width adapters for "hint"/"hidden_cosine" are built from one probe forward pass and
 added to the optimizer as their own parameter group.
 
 Positions where `attention_mask` is 0 (padding) are excluded from the KD and logit terms; "ce"
@@ -20,6 +22,7 @@ from transformers import Trainer
 
 from slimkit.distill.features import FeatureTap, adapter_key, make_adapter
 from slimkit.distill.losses import ADAPTED_KINDS, FEATURE_KINDS, Term, combine
+from slimkit.distill.tasks import attention_mask
 from slimkit.errors import SlimkitError
 
 
@@ -87,15 +90,10 @@ class DistillationTrainer(Trainer):
                 t_feats[t] = self.teacher_tap.features[t]
             self.student_tap.clear()
             self.teacher_tap.clear()
-        logits = outputs.logits
-        mask = inputs.get("attention_mask")
-        if mask is not None and logits.dim() == 3:  # drop padded positions from KD and feature terms
-            keep = mask.bool()
-            logits, t_logits = logits[keep], t_logits[keep]
-            s_feats = {k: v[keep] if v.dim() == 3 else v for k, v in s_feats.items()}
-            t_feats = {k: v[keep] if v.dim() == 3 else v for k, v in t_feats.items()}
+        mask = attention_mask(inputs)  # padded positions are left out of KD and feature terms, as in Distiller
         logit_terms = [t for t in self.terms if t.kind != "ce"]
-        loss, _parts = combine(logit_terms, logits, None, t_logits, None, s_feats, t_feats) if logit_terms else (0.0, {})
+        loss, _parts = (combine(logit_terms, outputs.logits, None, t_logits, None, s_feats, t_feats, mask)
+                        if logit_terms else (0.0, {}))
         for term in self.terms:
             if term.kind == "ce":
                 if outputs.loss is None:

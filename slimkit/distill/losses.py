@@ -34,8 +34,12 @@ def soft_target_kl_topk(
 ) -> torch.Tensor:
     """T^2 * KL over the teacher's top-k classes only, for vocabularies too large to cache in full.
 
-    The teacher distribution is renormalised over its k kept logits; the student keeps its full
-    softmax and is read at those k indices, so mass the student puts elsewhere is still penalised.
+    T^2 * sum_k p_t(k) (log p_t(k) - log p_s(k)), averaged over samples (and positions), with p_t
+    the softmax of the teacher's k kept logits / T (renormalised over them) and log p_s the
+    student's full-vocabulary log-softmax / T read at those k indices, so mass the student puts
+    elsewhere is still penalised. With k = V it is exactly `soft_target_kl`. (Cross-entropy
+    -sum p_t log p_s has the same gradient but is larger by the teacher's entropy, so its value is
+    not a divergence and is not 0 when the student matches the teacher.)
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -116,6 +120,15 @@ def attention_transfer(student_feat: torch.Tensor, teacher_feat: torch.Tensor, p
     return (a_s - a_t).pow(2).sum(1).mean()
 
 
+def hidden_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
+    """MSE between hidden states divided by the teacher's mean square: scale-free, so its weight
+    means the same for models whose hidden states differ in magnitude."""
+    if student_hidden.shape != teacher_hidden.shape:
+        raise SlimkitError(f"hidden states differ: student {tuple(student_hidden.shape)} vs teacher {tuple(teacher_hidden.shape)}")
+    t = teacher_hidden.float()
+    return F.mse_loss(student_hidden.float(), t) / t.pow(2).mean().clamp_min(1e-8)
+
+
 def hidden_cosine(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
     """1 - cosine similarity along the last dimension, averaged over all positions (transformers).
 
@@ -127,18 +140,20 @@ def hidden_cosine(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) ->
     return (1.0 - cos).mean()
 
 
-TermKind = Literal["kd", "ce", "logit_mse", "hint", "attention", "hidden_cosine"]
-LOGIT_KINDS = ("kd", "ce", "logit_mse")
-FEATURE_KINDS = ("hint", "attention", "hidden_cosine")
-ADAPTED_KINDS = ("hint", "hidden_cosine")
+TermKind = Literal["kd", "ce", "logit_mse", "cosine", "hint", "attention", "hidden_cosine", "hidden_mse"]
+OUTPUT_KINDS = ("kd", "ce", "logit_mse", "cosine")
+FEATURE_KINDS = ("hint", "attention", "hidden_cosine", "hidden_mse")
+ADAPTED_KINDS = ("hint", "hidden_cosine", "hidden_mse")
 
 
 @dataclass(frozen=True)
 class Term:
     """One weighted loss in a distillation recipe.
 
-    Logit terms ("kd", "ce", "logit_mse") read the models' outputs; feature terms ("hint",
-    "attention", "hidden_cosine") read the modules named by `student_layer` and `teacher_layer`.
+    Output terms read what the task's `view` gives (logits, sequence logits, a pooled embedding):
+    "kd" (soft-target KL), "ce" (the task's supervised loss: cross-entropy, CTC, next-token CE),
+    "logit_mse", "cosine" (1 - cos, for embeddings). Feature terms ("hint", "attention",
+    "hidden_cosine", "hidden_mse") read the modules named by `student_layer` and `teacher_layer`.
     """
 
     kind: TermKind
@@ -148,8 +163,8 @@ class Term:
     teacher_layer: str | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in LOGIT_KINDS + FEATURE_KINDS:
-            raise SlimkitError(f"unknown loss kind {self.kind!r}; choose one of {', '.join(LOGIT_KINDS + FEATURE_KINDS)}")
+        if self.kind not in OUTPUT_KINDS + FEATURE_KINDS:
+            raise SlimkitError(f"unknown loss kind {self.kind!r}; choose one of {', '.join(OUTPUT_KINDS + FEATURE_KINDS)}")
         if self.weight < 0:
             raise SlimkitError(f"loss weight must be >= 0, got {self.weight} for {self.kind}")
         if self.kind == "kd" and self.temperature <= 0:
@@ -160,7 +175,7 @@ class Term:
 
     @property
     def name(self) -> str:
-        return self.kind if self.kind in LOGIT_KINDS else f"{self.kind}:{self.student_layer}<-{self.teacher_layer}"
+        return self.kind if self.kind in OUTPUT_KINDS else f"{self.kind}:{self.student_layer}<-{self.teacher_layer}"
 
     @property
     def needs_teacher(self) -> bool:
@@ -173,6 +188,10 @@ def kd(weight: float = 1.0, temperature: float = 4.0) -> Term:
 
 def ce(weight: float = 1.0) -> Term:
     return Term("ce", weight)
+
+
+def cosine(weight: float = 1.0) -> Term:
+    return Term("cosine", weight)
 
 
 def hint(student_layer: str, teacher_layer: str, weight: float = 1.0) -> Term:
@@ -190,45 +209,62 @@ def hinton(temperature: float = 4.0, alpha: float = 0.9) -> list[Term]:
     return [t for t in (Term("kd", alpha, temperature), Term("ce", 1.0 - alpha)) if t.weight > 0]
 
 
+def at_positions(t: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The rows of a (N, T, ...) tensor at the True positions of an (N, T) mask; other tensors
+    (a pooled (N, D) embedding, or any shape the mask does not lead) are returned as they are."""
+    if t is None or mask is None or t.dim() <= mask.dim() or t.shape[:mask.dim()] != mask.shape:
+        return t
+    return t[mask]
+
+
 def combine(
     terms: list[Term],
     student_out: torch.Tensor,
-    labels: torch.Tensor | None,
+    labels: object,
     teacher_out: torch.Tensor | None = None,
     teacher_topk: torch.Tensor | None = None,
     student_feats: dict[str, torch.Tensor] | None = None,
     teacher_feats: dict[str, torch.Tensor] | None = None,
+    mask: torch.Tensor | None = None,
+    supervised=None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted sum of `terms` and each term's unweighted value (for logging).
 
-    `teacher_out` holds dense logits, or top-k values when `teacher_topk` gives their indices.
+    `teacher_out` holds dense outputs, or top-k values when `teacher_topk` gives their indices.
     Feature dicts are keyed by `features.adapter_key(student_layer, teacher_layer)` on the student
-    side (already adapted) and by teacher path on the teacher side.
+    side (already adapted) and by teacher path on the teacher side. `mask` (N, T) keeps padding out
+    of every per-position comparison; `supervised(view, labels, mask)` is what "ce" means for the
+    task (plain cross-entropy when None).
     """
     from slimkit.distill.features import adapter_key
 
     parts: dict[str, torch.Tensor] = {}
     total = student_out.new_zeros((), dtype=torch.float32)
+    s_pos, t_pos, i_pos = (at_positions(t, mask) for t in (student_out, teacher_out, teacher_topk))
     for term in terms:
         if term.kind == "ce":
             if labels is None:
-                raise SlimkitError("the 'ce' term needs labels")
-            value = hard_ce(student_out, labels)
-        elif term.kind in ("kd", "logit_mse"):
+                raise SlimkitError("the 'ce' term needs labels (targets) in the batches")
+            value = supervised(student_out, labels, mask) if supervised is not None else hard_ce(student_out, labels)
+        elif term.kind in ("kd", "logit_mse", "cosine"):
             if teacher_out is None:
                 raise SlimkitError(f"the {term.kind!r} term needs teacher outputs")
+            if term.kind != "kd" and teacher_topk is not None:
+                raise SlimkitError(f"{term.kind} needs full teacher outputs; build the cache without topk")
             if term.kind == "logit_mse":
-                if teacher_topk is not None:
-                    raise SlimkitError("logit_mse needs full teacher logits; build the cache without topk")
-                value = logit_mse(student_out, teacher_out)
+                value = logit_mse(s_pos, t_pos)
+            elif term.kind == "cosine":
+                value = hidden_cosine(s_pos, t_pos.to(s_pos.dtype))
             elif teacher_topk is not None:
-                value = soft_target_kl_topk(student_out, teacher_out, teacher_topk, term.temperature)
+                value = soft_target_kl_topk(s_pos, t_pos, i_pos, term.temperature)
             else:
-                value = soft_target_kl(student_out, teacher_out, term.temperature)
+                value = soft_target_kl(s_pos, t_pos, term.temperature)
         else:
-            s = (student_feats or {})[adapter_key(term.student_layer, term.teacher_layer)]
-            t = (teacher_feats or {})[term.teacher_layer]
-            fn = {"hint": hint_loss, "attention": attention_transfer, "hidden_cosine": hidden_cosine}[term.kind]
+            keep = None if term.kind == "attention" else mask  # attention maps normalise over all positions
+            s = at_positions((student_feats or {})[adapter_key(term.student_layer, term.teacher_layer)], keep)
+            t = at_positions((teacher_feats or {})[term.teacher_layer], keep)
+            fn = {"hint": hint_loss, "attention": attention_transfer, "hidden_cosine": hidden_cosine,
+                  "hidden_mse": hidden_mse}[term.kind]
             value = fn(s, t.detach())
         parts[term.name] = value.detach()
         total = total + term.weight * value.float()

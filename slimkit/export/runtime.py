@@ -73,7 +73,7 @@ class OrtModel(nn.Module):
     """An ONNX model in an InferenceSession, called with the inputs of the PyTorch model it was exported from.
 
     Positional tensors map to the graph inputs in order, keyword tensors by name. One output comes
-    back as a tensor; several as a dict by output name. Inputs are converted to the dtype the graph
+    back as a tensor; several as an `OrtOutputs` dict by output name. Inputs are converted to the dtype the graph
     declares (token ids are int64 in the graph whatever the tokenizer gave).
     """
 
@@ -113,7 +113,18 @@ class OrtModel(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any):
         outs = [torch.from_numpy(o) for o in self.run(self.feeds(*args, **kwargs))]
-        return outs[0] if len(outs) == 1 else dict(zip(self.output_names, outs))
+        return outs[0] if len(outs) == 1 else OrtOutputs(zip(self.output_names, outs))
+
+
+class OrtOutputs(dict):
+    """Several outputs by name, readable as attributes too (`out.last_hidden_state`), as transformers'
+    ModelOutput is, so code written for the PyTorch model reads the session's outputs unchanged."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32,

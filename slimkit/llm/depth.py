@@ -89,11 +89,17 @@ class DepthReport:
         return self.__dict__.copy()
 
 
+def check_depth_cut(n_layers: int, n_remove: int) -> None:
+    """Refuse removing `n_remove` of `n_layers` decoder layers unless at least one stays."""
+    if not 0 <= n_remove < n_layers:
+        raise SlimkitError(f"can remove between 0 and {n_layers - 1} of {n_layers} layers, asked for {n_remove}; "
+                           f"remove fewer layers")
+
+
 def prune_depth(model: nn.Module, windows: torch.Tensor, n_remove: int, progress: bool = True) -> DepthReport:
     """Remove the `n_remove` blocks with the lowest block influence, in place."""
     n = len(decoder_layers(model))
-    if not 0 <= n_remove < n:
-        raise SlimkitError(f"can remove between 0 and {n - 1} of {n} layers, asked for {n_remove}")
+    check_depth_cut(n, n_remove)
     scores = block_influence(model, windows, progress=progress)
     removed = sorted(sorted(range(n), key=lambda i: scores[i])[:n_remove])
     remove_layers(model, removed)

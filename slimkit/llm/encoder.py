@@ -8,29 +8,31 @@ config that describes it: head-pruned encoders are pruned in memory (the modules
 forward is unchanged because it reshapes with -1 heads), and `save_encoder` writes the kept heads
 beside the weights so `load_encoder_pruned` can rebuild the same shapes.
 
-Distillation matches the student's mean-pooled sentence embedding to the unpruned teacher's
-(cosine or MSE); fidelity is the mean cosine to the teacher on held-out sentences, plus how often
-each sentence's nearest neighbour is the same under both models.
+Distillation runs on the shared engine (`Distiller` with the embeddings task): the student's
+mean-pooled sentence embedding is matched to the unpruned teacher's (cosine or MSE), optionally
+with every layer's token states; fidelity is the mean cosine to the teacher on held-out sentences,
+plus how often each sentence's nearest neighbour is the same under both models.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from slimkit.distill.config import budget_cosine
+from slimkit.distill.config import CacheConfig, CheckpointConfig, TrainConfig
+from slimkit.distill.engine import Distiller
+from slimkit.distill.losses import Term, cosine
+from slimkit.distill.tasks import embeddings
 from slimkit.errors import SlimkitError
 from slimkit.llm.encoder_prune import prune_heads
 from slimkit.llm.text import read_text
+from slimkit.measure.embedding import cosine_sum, neighbour_agreement
 
 
 def sentences(text: str, min_words: int = 6, max_words: int = 40) -> list[str]:
@@ -40,111 +42,79 @@ def sentences(text: str, min_words: int = 6, max_words: int = 40) -> list[str]:
     return [s for s in out if min_words <= len(s.split()) <= max_words]
 
 
-def mean_pool(model: nn.Module, tokenizer, batch: list[str], max_length: int = 64) -> torch.Tensor:
-    """Mean of the last hidden states over real (non-padding) tokens, as sentence-transformers does.
-
-    `model` may hold no parameters (an ONNX Runtime session wrapped as a module): its inputs stay on the CPU.
-    """
-    enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    first = next(model.parameters(), None)
-    enc = {k: v.to(first.device if first is not None else "cpu") for k, v in enc.items()}
-    hidden = model(**enc)["last_hidden_state"]
-    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+def encode_sentences(tokenizer, texts: list[str], max_length: int = 64) -> dict[str, torch.Tensor]:
+    """Token tensors for all `texts`, padded to the longest; the embeddings task trims each batch
+    to its own longest sentence, so batches see what per-batch tokenization would give."""
+    return dict(tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
 
 
 @torch.no_grad()
-def embed(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+def embed(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 64, max_length: int = 64) -> torch.Tensor:
+    """Mean-pooled sentence embeddings (N, D), as sentence-transformers computes them."""
+    task = embeddings()
+    was = model.training
     model.eval()
-    return torch.cat([mean_pool(model, tokenizer, texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
+    first = next(model.parameters(), None)  # None: an ONNX Runtime session wrapped as a module, on the CPU
+    device = first.device if first is not None else torch.device("cpu")
+    out = []
+    try:
+        for i in range(0, len(texts), batch_size):
+            inputs, _ = task.split(encode_sentences(tokenizer, texts[i:i + batch_size], max_length))
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            out.append(task.view(task.call(model, inputs), inputs))
+    finally:
+        model.train(was)
+    return torch.cat(out)
 
 
-def embedding_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
-    """1 − cos(student, teacher) averaged, or MSE; both on pooled sentence embeddings."""
-    if kind == "cosine":
-        return (1.0 - F.cosine_similarity(student, teacher, dim=-1)).mean()
-    if kind == "mse":
-        return F.mse_loss(student, teacher)
-    raise SlimkitError(f"embedding loss must be 'cosine' or 'mse', got {kind!r}")
-
-
-def hidden_cosine_loss(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...],
-                       mask: torch.Tensor) -> torch.Tensor:
-    """Mean over layers and real tokens of 1 − cos(student hidden, teacher hidden).
+def encoder_terms(student: nn.Module, teacher: nn.Module, loss: str = "cosine", layer_weight: float = 0.0) -> list[Term]:
+    """Pooled-embedding loss ('cosine': 1 - cos, or 'mse'), plus `layer_weight` times the mean over
+    layers of the token cosine between each student layer's output and the teacher's same layer.
 
     Width pruning keeps the residual stream (hidden size) of every layer, so each layer's token
-    states can be matched to the teacher's directly, without adapters. This gives every token of
-    every layer a target, far more signal per sentence than the pooled embedding alone.
+    states can be matched to the teacher's directly, without adapters; padding is left out by the
+    task's attention mask. This gives every token of every layer a target, far more signal per
+    sentence than the pooled embedding alone. With layers dropped, the student's layer i is matched
+    to the teacher's layer i.
     """
-    m = mask.to(student[0].dtype)
-    per_layer = [((1.0 - F.cosine_similarity(s, t, dim=-1)) * m).sum() / m.sum() for s, t in zip(student, teacher)]
-    return torch.stack(per_layer).mean()
-
-
-def _pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+    if loss not in ("cosine", "mse"):
+        raise SlimkitError(f"embedding loss must be 'cosine' or 'mse', got {loss!r}")
+    if layer_weight < 0:
+        raise SlimkitError(f"layer_weight must be >= 0, got {layer_weight}")
+    terms = [cosine(1.0) if loss == "cosine" else Term("logit_mse", 1.0)]
+    if layer_weight > 0:
+        n = min(len(student.encoder.layer), len(teacher.encoder.layer))
+        terms += [Term("hidden_cosine", layer_weight / n, student_layer=f"encoder.layer.{i}",
+                       teacher_layer=f"encoder.layer.{i}") for i in range(n)]
+    return terms
 
 
 def distill_encoder(student: nn.Module, teacher: nn.Module, tokenizer, texts: list[str], epochs: int = 3,
                     batch_size: int = 32, lr: float = 5e-5, loss: str = "cosine", seed: int = 0,
-                    max_seconds: float | None = None, layer_weight: float = 0.0, max_length: int = 64,
-                    progress: bool = True) -> dict:
-    """Train the student's pooled sentence embeddings towards the teacher's.
+                    max_minutes: float | None = None, layer_weight: float = 0.0, max_length: int = 64,
+                    progress: bool = True, checkpoint: CheckpointConfig | None = None,
+                    amp: str = "auto") -> dict:
+    """Train the student's pooled sentence embeddings towards the teacher's, on the shared engine.
 
-    The loss is `loss` ('cosine' or 'mse') on mean-pooled embeddings, plus `layer_weight` times
-    the layer-wise token cosine (`hidden_cosine_loss`, which needs the teacher live; it has the same
-    hidden size and depth as the width-pruned student). The learning rate warms up, then follows
-    a cosine to zero over whichever budget ends first, the epochs or `max_seconds`, so a run cut by
-    time still ends at a small learning rate.
+    The loss is `encoder_terms`; the teacher runs live (the layer-wise terms need its hidden
+    states). AdamW (weight decay 0.01), no clipping; the learning rate warms up over 20 steps, then
+    follows a cosine to zero over whichever budget ends first, the epochs or `max_minutes`, so a
+    run cut by time still ends at a small learning rate. The student trains in eval mode (no
+    dropout), as the embeddings task does. `checkpoint` makes the run resumable after a kill.
     """
-    if layer_weight < 0:
-        raise SlimkitError(f"layer_weight must be >= 0, got {layer_weight}")
-    torch.manual_seed(seed)
-    teacher.eval()
-    opt = torch.optim.AdamW(student.parameters(), lr=lr)
-    steps = math.ceil(len(texts) / batch_size) * epochs
-    gen = torch.Generator().manual_seed(seed)
+    terms = encoder_terms(student, teacher, loss, layer_weight)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=0.01, warmup_steps=20, grad_clip=None,
+                      seed=seed, amp=amp, max_minutes=max_minutes)
+    distiller = Distiller(teacher, student, terms, cfg, checkpoint=checkpoint, cache=CacheConfig(mode="off"),
+                          task=embeddings())
     start = time.perf_counter()
-    losses: list[float] = []
-    # dropout stays off: the aim is to reproduce the teacher's function, and dropout noise on the
-    # student only caps the fidelity it can reach
-    student.eval()
-    bar = tqdm(total=steps, desc="encoder KD", disable=not progress, leave=False)
-    device = next(student.parameters()).device
     try:
-        for _ in range(epochs):
-            for b in torch.randperm(len(texts), generator=gen).split(batch_size):
-                elapsed = time.perf_counter() - start
-                if max_seconds is not None and elapsed > max_seconds:
-                    raise StopIteration
-                enc = tokenizer([texts[i] for i in b.tolist()], padding=True, truncation=True,
-                                max_length=max_length, return_tensors="pt")
-                enc = {k: v.to(device) for k, v in enc.items()}
-                with torch.no_grad():
-                    t_out = teacher(**enc, output_hidden_states=layer_weight > 0)
-                s_out = student(**enc, output_hidden_states=layer_weight > 0)
-                mask = enc["attention_mask"]
-                value = embedding_loss(_pooled(s_out.last_hidden_state, mask),
-                                       _pooled(t_out.last_hidden_state, mask), loss)
-                if layer_weight > 0:
-                    value = value + layer_weight * hidden_cosine_loss(s_out.hidden_states[1:],
-                                                                      t_out.hidden_states[1:], mask)
-                step_lr = lr * budget_cosine(len(losses), steps, elapsed, max_seconds, warmup=20)
-                for group in opt.param_groups:
-                    group["lr"] = step_lr
-                opt.zero_grad(set_to_none=True)
-                value.backward()
-                opt.step()
-                losses.append(value.item())
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    except StopIteration:
-        pass
+        distiller.fit(encode_sentences(tokenizer, texts, max_length), progress=progress, desc="encoder KD")
     finally:
-        bar.close()
         student.eval()
-    return {"steps": len(losses), "seconds": time.perf_counter() - start, "final_loss": losses[-1] if losses else None}
+    return {"steps": distiller.steps_done, "seconds": time.perf_counter() - start,
+            "final_loss": distiller.last_loss if distiller.steps_done else None,
+            "resumed_from_step": distiller.resumed_from_step}
 
 
 @dataclass(frozen=True)
@@ -160,13 +130,8 @@ class Fidelity:
 
 def fidelity(student: nn.Module, teacher: nn.Module, tokenizer, texts: list[str]) -> Fidelity:
     """Mean cosine to the teacher's embeddings and nearest-neighbour agreement among `texts`."""
-    s = F.normalize(embed(student, tokenizer, texts), dim=-1)
-    t = F.normalize(embed(teacher, tokenizer, texts), dim=-1)
-    cos = (s * t).sum(-1).mean().item()
-    eye = torch.eye(len(texts), dtype=torch.bool)
-    nn_s = (s @ s.T).masked_fill(eye, -2).argmax(1)
-    nn_t = (t @ t.T).masked_fill(eye, -2).argmax(1)
-    return Fidelity(cos, (nn_s == nn_t).float().mean().item(), len(texts))
+    s, t = embed(student, tokenizer, texts), embed(teacher, tokenizer, texts)
+    return Fidelity(cosine_sum(s, t) / len(texts), neighbour_agreement(s, t), len(texts))
 
 
 def default_sentences(n_train: int = 2000, n_eval: int = 500, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -178,14 +143,13 @@ def default_sentences(n_train: int = 2000, n_eval: int = 500, seed: int = 0) -> 
     return pick(train, n_train), pick(held, n_eval)
 
 
-def save_encoder(model: nn.Module, tokenizer, kept: dict, out: str | Path) -> Path:
-    """save_pretrained (atomic) plus slimkit_heads.json describing the kept heads per layer."""
-    from slimkit.io import atomic_write_bytes
+def save_encoder(model: nn.Module, tokenizer, kept: dict, out: str | Path, overwrite: bool = False,
+                 inputs=()) -> Path:
+    """save_pretrained plus slimkit_heads.json (the kept heads per layer), committed as one folder."""
     from slimkit.llm.load import save_pretrained_atomic
 
-    dest = save_pretrained_atomic(model, tokenizer, out)
-    atomic_write_bytes(dest / "slimkit_heads.json", json.dumps(kept).encode())
-    return dest
+    return save_pretrained_atomic(model, tokenizer, out, overwrite, inputs,
+                                  extra_files={"slimkit_heads.json": json.dumps(kept).encode()}, command="llm encoder")
 
 
 def load_encoder_pruned(path: str | Path):

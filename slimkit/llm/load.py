@@ -18,7 +18,8 @@ import os
 from pathlib import Path
 
 from slimkit.errors import SlimkitError
-from slimkit.io import atomic_folder, cache_root
+from slimkit.io import cache_root
+from slimkit.outputs import output_folder
 
 BUILTINS = ("smollm2", "minilm")
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -82,7 +83,7 @@ def convert_smollm2(dest: Path | None = None) -> Path:
     if unexpected or [m for m in missing if "lm_head" not in m]:
         raise SlimkitError(f"GGUF conversion mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
     model.tie_weights()
-    return save_pretrained_atomic(model, tok, dest)
+    return save_pretrained_atomic(model, tok, dest, overwrite=True)
 
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
@@ -96,8 +97,22 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     if not path.exists():
         raise SlimkitError(f"model {text!r} is neither a built-in ({', '.join(BUILTINS)}) nor an existing folder")
     if not (path / "config.json").is_file():
-        raise SlimkitError(f"{path} is not a Hugging Face model folder (no config.json)")
+        raise SlimkitError(f"{path} is not a Hugging Face model folder (no config.json); pass a folder written by "
+                           f"save_pretrained, or a built-in ({', '.join(BUILTINS)})")
     return path
+
+
+def load_config(name_or_path: str | os.PathLike):
+    """The Hugging Face config of a built-in or a folder, read without loading any weights."""
+    _offline()
+    from transformers import AutoConfig
+
+    path = resolve(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as exc:
+        raise SlimkitError(f"cannot read the model config in {path}: {str(exc).splitlines()[0]}; pass a folder "
+                           f"written by save_pretrained") from None
 
 
 def load_causal_lm(name_or_path: str | os.PathLike = "smollm2"):
@@ -128,11 +143,18 @@ def _load(auto_cls, name_or_path: str | os.PathLike, kind: str):
     return model.eval(), tok
 
 
-def save_pretrained_atomic(model, tokenizer, out: str | os.PathLike) -> Path:
-    """save_pretrained into a temp folder beside `out`, then rename it into place."""
+def save_pretrained_atomic(model, tokenizer, out: str | os.PathLike, overwrite: bool = False, inputs=(),
+                           extra_files: dict[str, bytes] | None = None, command: str = "") -> Path:
+    """save_pretrained (plus `extra_files`) into a staging folder that replaces `out` when complete.
+
+    `out` follows slimkit.outputs' rules: a new folder, an empty one, or (with overwrite) an earlier
+    slimkit result; never a folder slimkit did not write, nor one holding an input.
+    """
     dest = Path(out).expanduser()
-    with atomic_folder(dest) as tmp:
+    with output_folder(dest, overwrite, inputs, command) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
     return dest

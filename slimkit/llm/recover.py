@@ -1,117 +1,38 @@
-"""KD recovery for pruned causal LMs: a cached teacher, pure loss functions, and a thin loop.
+"""KD recovery for pruned causal LMs: the LM recipe on the shared engine (`Distiller`, causal-LM task).
 
-The teacher (the unpruned model) runs once over the training windows; its top-k logits per
-position (values fp16, indices int32) and, optionally, its final hidden states are written to a
-safetensors file keyed by the teacher's fingerprint and the data settings. Every epoch then reads
-the cache instead of running the teacher. Losses are pure functions so the shared distillation
-engine can take them over; the loop only wires optimizer, schedule, masks and a time budget.
+The teacher (the unpruned model) runs once over the training windows through the engine's
+teacher cache: its top-k logits per position (and, with `hidden_weight`, its final hidden states)
+are stored under a folder keyed by the teacher's weights and the windows, and reused by later runs.
+The losses are the engine's pure functions: top-k KL (`soft_target_kl_topk`), next-token
+cross-entropy and the scale-free hidden-state MSE. What this module adds is the recipe: frozen
+embeddings, the zeros of unstructured or N:M students held, AdamW with clipping at 1 and a cosine
+over the epochs or the time budget, whichever ends first. From the engine the run gets
+checkpoints that survive kill -9, the NaN guard, AMP and torchrun.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm import tqdm
 
-from slimkit.distill.config import budget_cosine
-from slimkit.errors import SlimkitError
+from slimkit.distill.config import CacheConfig, CheckpointConfig, TrainConfig
+from slimkit.distill.engine import Distiller
+from slimkit.distill.losses import Term, ce, kd
+from slimkit.distill.tasks import causal_lm
+from slimkit.errors import SlimkitError, check_count, check_nonnegative, check_positive
 from slimkit.io import cache_root
-from slimkit.prune.magnitude import MaskHolder
 
-
-def topk_kd_loss(student_logits: torch.Tensor, top_values: torch.Tensor, top_indices: torch.Tensor,
-                 temperature: float = 1.0) -> torch.Tensor:
-    """Cross-entropy of the student against the teacher's renormalised top-k distribution.
-
-    −Σ_k p_t(k) log p_s(k), with p_t the softmax of the teacher's k largest logits / T and p_s the
-    student's full-vocabulary softmax / T, scaled by T² (the usual KD gradient scale). The mass the
-    teacher puts outside its top-k (a few percent for k=64) is dropped; that is the price of not
-    storing the full 49k-way distribution.
-    """
-    log_ps = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    pt = F.softmax(top_values.float() / temperature, dim=-1)
-    picked = log_ps.gather(-1, top_indices.long())
-    return -(pt * picked).sum(-1).mean() * temperature ** 2
-
-
-def hidden_mse_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
-    """MSE between final hidden states, normalised by the teacher's mean square (scale-free)."""
-    t = teacher_hidden.float()
-    return F.mse_loss(student_hidden.float(), t) / t.pow(2).mean().clamp_min(1e-8)
-
-
-def next_token_loss(student_logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Plain language-modelling cross-entropy on the true next tokens."""
-    return F.cross_entropy(student_logits[:, :-1].reshape(-1, student_logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """A short hash of the config and of cheap statistics of every parameter: same weights, same key."""
-    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            flat = p.detach().flatten().double()
-            h.update(f"{name}:{tuple(p.shape)}:{float(flat.sum()):.6e}:{float(flat[::97].abs().sum()):.6e}".encode())
-    return h.hexdigest()[:16]
-
-
-@dataclass
-class TeacherCache:
-    """Teacher outputs for every training window: top-k logits and optionally final hidden states."""
-
-    values: torch.Tensor  # (n, L, k) fp16
-    indices: torch.Tensor  # (n, L, k) int32
-    hidden: torch.Tensor | None  # (n, L, d) fp16
-    path: Path
-    reused: bool
-
-
-@torch.no_grad()
-def teacher_cache(teacher: nn.Module, windows: torch.Tensor, k: int = 64, with_hidden: bool = False,
-                  key_extra: str = "", batch_size: int = 4, cache_dir: Path | None = None,
-                  progress: bool = True) -> TeacherCache:
-    """Run the teacher once and store its outputs, or reuse a matching cache file."""
-    if k < 1:
-        raise SlimkitError(f"top-k must be >= 1, got {k}")
-    data_key = hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16]
-    name = f"teacher-{model_fingerprint(teacher)}-{data_key}-k{k}-h{int(with_hidden)}{key_extra}.safetensors"
-    folder = cache_dir or cache_root() / "kd"
-    path = folder / name
-    if path.is_file():
-        tensors = load_file(str(path))
-        return TeacherCache(tensors["values"], tensors["indices"], tensors.get("hidden"), path, True)
-    teacher.eval()
-    vals, idxs, hids = [], [], []
-    for s in tqdm(range(0, windows.shape[0], batch_size), desc="teacher cache", disable=not progress, leave=False):
-        out = teacher(input_ids=windows[s:s + batch_size], use_cache=False, output_hidden_states=with_hidden)
-        top = torch.topk(out.logits.float(), k, dim=-1)
-        vals.append(top.values.half())
-        idxs.append(top.indices.int())
-        if with_hidden:
-            hids.append(out.hidden_states[-1].half())
-    tensors = {"values": torch.cat(vals).contiguous(), "indices": torch.cat(idxs).contiguous()}
-    if with_hidden:
-        tensors["hidden"] = torch.cat(hids).contiguous()
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
-    return TeacherCache(tensors["values"], tensors["indices"], tensors.get("hidden"), path, False)
+FINAL_HIDDEN = "model.norm"  # Llama-family decoders: the final norm's output is the last hidden state
 
 
 @dataclass
 class RecoveryConfig:
-    """Settings of one KD recovery run."""
+    """Settings of one KD recovery run (the LM recipe; `train_config()` gives the engine's settings)."""
 
     epochs: int = 1
     batch_size: int = 4
@@ -122,17 +43,49 @@ class RecoveryConfig:
     ce_weight: float = 0.0
     hidden_weight: float = 0.0
     freeze_embeddings: bool = True
-    max_seconds: float | None = None
+    max_minutes: float | None = None
     seed: int = 0
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                           warmup_steps=0, grad_clip=1.0, seed=self.seed, amp=self.amp, max_minutes=self.max_minutes)
+
+    def terms(self) -> list[Term]:
+        """Top-k KD at `temperature`, plus next-token CE and final-hidden-state MSE when weighted."""
+        if self.top_k < 1:
+            raise SlimkitError(f"top-k must be >= 1, got {self.top_k}")
+        if self.ce_weight < 0 or self.hidden_weight < 0:
+            raise SlimkitError(f"ce_weight and hidden_weight must be >= 0, got {self.ce_weight}, {self.hidden_weight}")
+        terms = [kd(1.0, self.temperature)]
+        if self.ce_weight > 0:
+            terms.append(ce(self.ce_weight))
+        if self.hidden_weight > 0:
+            terms.append(Term("hidden_mse", self.hidden_weight, student_layer=FINAL_HIDDEN, teacher_layer=FINAL_HIDDEN))
+        return terms
+
+    def __post_init__(self) -> None:
+        check_count(self.epochs, "epochs")
+        check_count(self.batch_size, "batch_size")
+        check_positive(self.lr, "lr")
+        check_nonnegative(self.weight_decay, "weight_decay")
+        check_positive(self.temperature, "temperature")
+        check_count(self.top_k, "top_k")
+        check_nonnegative(self.ce_weight, "ce_weight")
+        check_nonnegative(self.hidden_weight, "hidden_weight")
+        if self.max_minutes is not None:
+            check_positive(self.max_minutes, "max_minutes")
 
 
 @dataclass
 class RecoveryReport:
     steps: int
-    seconds: float
-    teacher_seconds: float
+    seconds: float  # training, after the teacher cache
+    teacher_seconds: float  # building (or opening) the teacher cache
     cache_reused: bool
     losses: list[float] = field(default_factory=list)
+    resumed_from_step: int | None = None
+    ended_by: str | None = None  # "time" when the budget ended the run before its epochs
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -140,66 +93,38 @@ class RecoveryReport:
 
 def recover(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, cfg: RecoveryConfig | None = None,
             masks: dict[str, torch.Tensor] | None = None, cache_dir: Path | None = None,
-            progress: bool = True) -> RecoveryReport:
+            progress: bool = True, checkpoint: CheckpointConfig | None = None) -> RecoveryReport:
     """Fine-tune `student` in place towards the cached teacher over the (n, L) training windows.
 
     Embeddings (tied with the LM head in SmolLM2, a fifth of the weights) are frozen by default:
     their gradient is the costliest matmul and they were not pruned. Unstructured masks are held
-    through every optimizer step. Stops after `epochs` or `max_seconds`, whichever comes first;
-    `max_seconds` counts from the call, so a teacher pass that builds the cache is inside the budget.
+    through every optimizer step. Stops after `epochs` or `max_minutes`, whichever comes first;
+    the budget counts from the call, so a teacher pass that builds the cache is inside it.
+    `checkpoint` makes the run resumable after a kill (the teacher cache is reused on resume).
     """
     cfg = cfg or RecoveryConfig()
-    torch.manual_seed(cfg.seed)
-    t0 = time.perf_counter()
-    cache = teacher_cache(teacher, windows, cfg.top_k, cfg.hidden_weight > 0, cache_dir=cache_dir, progress=progress)
-    teacher_s = time.perf_counter() - t0
+    terms = cfg.terms()
+    if cfg.hidden_weight > 0:
+        for model, role in ((student, "student"), (teacher, "teacher")):
+            if FINAL_HIDDEN not in dict(model.named_modules()):
+                raise SlimkitError(f"hidden_weight needs the final norm at {FINAL_HIDDEN!r}, which the {role} "
+                                   f"({type(model).__name__}) does not have; use hidden_weight=0")
     if cfg.freeze_embeddings:
         for module in student.modules():
             if isinstance(module, nn.Embedding):
                 module.weight.requires_grad_(False)
-    params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    holder = MaskHolder(student, masks, opt) if masks else None
-    n = windows.shape[0]
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    gen = torch.Generator().manual_seed(cfg.seed)
+    cache = CacheConfig(dir=cache_dir or cache_root() / "kd", topk=cfg.top_k, batch_size=4,
+                        features=cfg.hidden_weight > 0)
+    distiller = Distiller(teacher, student, terms, cfg.train_config(), checkpoint=checkpoint, cache=cache, masks=masks,
+                          task=causal_lm())
     losses: list[float] = []
-    student.train()
-    step = 0
-    start = time.perf_counter()
-    budget = None if cfg.max_seconds is None else cfg.max_seconds - teacher_s
-    bar = tqdm(total=total, desc="kd recovery", disable=not progress, leave=False)
+    t0 = time.perf_counter()
     try:
-        for _ in range(cfg.epochs):
-            order = torch.randperm(n, generator=gen)
-            for s in range(0, n, cfg.batch_size):
-                if budget is not None and time.perf_counter() - start > budget:
-                    raise StopIteration
-                b = order[s:s + cfg.batch_size]
-                ids = windows[b]
-                out = student(input_ids=ids, use_cache=False, output_hidden_states=cfg.hidden_weight > 0)
-                loss = topk_kd_loss(out.logits, cache.values[b], cache.indices[b], cfg.temperature)
-                if cfg.ce_weight > 0:
-                    loss = loss + cfg.ce_weight * next_token_loss(out.logits, ids)
-                if cfg.hidden_weight > 0:
-                    loss = loss + cfg.hidden_weight * hidden_mse_loss(out.hidden_states[-1], cache.hidden[b])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                lr = cfg.lr * budget_cosine(step, total, time.perf_counter() - start, budget)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                opt.step()
-                losses.append(loss.item())
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    except StopIteration:
-        pass
+        distiller.fit({"input_ids": windows}, progress=progress, desc="kd recovery",
+                      on_step=lambda _s: losses.append(distiller.last_loss))
     finally:
-        bar.close()
-        if holder is not None:
-            holder.remove()
         student.eval()
-    return RecoveryReport(step, time.perf_counter() - start, teacher_s, cache.reused, losses)
+    outputs = distiller.teacher_outputs
+    return RecoveryReport(distiller.steps_done, time.perf_counter() - t0 - distiller.cache_seconds,
+                          distiller.cache_seconds, bool(outputs is not None and outputs.reused), losses,
+                          distiller.resumed_from_step, distiller.ended_by)

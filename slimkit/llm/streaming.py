@@ -38,7 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from slimkit.errors import SlimkitError
-from slimkit.io import atomic_folder
+from slimkit.outputs import output_folder
 from slimkit.llm.oneshot import (OneShotReport, advance, capture_block_inputs, check_oneshot_args, compute_device,
                                  decoder_layers, prune_block)
 
@@ -228,7 +228,8 @@ def _copy_side_files(src: Path, dest: Path) -> None:
 def prune_oneshot_folder(src: str | Path, out: str | Path, windows: torch.Tensor | None, method: str = "sparsegpt",
                          sparsity: float = 0.5, nm: tuple[int, int] | str | None = None, batch_size: int = 2,
                          percdamp: float = 0.01, blocksize: int = 128, mask_scope: str = "row",
-                         device: str | torch.device | None = None, progress: bool = True) -> OneShotReport:
+                         device: str | torch.device | None = None, progress: bool = True,
+                         overwrite: bool = False) -> OneShotReport:
     """Prune the HF causal LM in folder `src` block by block into the new folder `out`.
 
     Same settings and the same result as `prune_oneshot` on the loaded model (every Linear of every
@@ -238,14 +239,13 @@ def prune_oneshot_folder(src: str | Path, out: str | Path, windows: torch.Tensor
     back in the checkpoint's dtype. The report carries no masks (they would be the size of the
     model); `realised` is counted block by block.
     `out` appears only when everything is written; a failure leaves neither it nor a partial folder.
+    It follows slimkit.outputs' rules (an existing folder is replaced only with `overwrite`).
     """
     sparsity, nm = check_oneshot_args(method, sparsity, nm, mask_scope)
     if method != "magnitude" and windows is None:
         raise SlimkitError(f"{method} needs calibration windows")
     ckpt = Checkpoint(src)
     dest = Path(out).expanduser()
-    if dest.resolve() == ckpt.folder.resolve():
-        raise SlimkitError(f"output folder {dest} is the source folder; choose another output folder")
     from slimkit.llm.load import _offline
 
     _offline()  # a local folder only: never ask the Hub
@@ -263,7 +263,7 @@ def prune_oneshot_folder(src: str | Path, out: str | Path, windows: torch.Tensor
     shard = "model-{:05d}-of-" + f"{n_blocks + 1:05d}.safetensors"
     weight_map: dict[str, str] = {}
     kept = total = 0
-    with atomic_folder(dest) as stage:
+    with output_folder(dest, overwrite, inputs=[ckpt.folder], command="llm prune --stream") as stage:
         non_block = ckpt.read([n for n in ckpt.names if not n.startswith(prefix + ".")])
         size = _save_shard(non_block, stage, shard.format(1), weight_map)  # as stored, before float32 copies
         hidden = kwargs = None

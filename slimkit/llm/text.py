@@ -31,6 +31,13 @@ def read_text(name_or_path: str | os.PathLike) -> str:
         raise SlimkitError(f"{path} is not UTF-8 text") from None
 
 
+def check_text(name_or_path: str | os.PathLike) -> None:
+    """Refuse a text that is neither a built-in nor an existing file, before any model is loaded."""
+    if str(name_or_path) not in BUILTIN_TEXTS and not Path(str(name_or_path)).expanduser().is_file():
+        raise SlimkitError(f"text {str(name_or_path)!r} is neither a built-in ({', '.join(BUILTIN_TEXTS)}) nor a file; "
+                           f"pass one of those or the path of a UTF-8 text file")
+
+
 def tokenize(tokenizer, text: str, max_tokens: int | None = None, chunk_chars: int = 200_000) -> torch.Tensor:
     """1-D LongTensor of token ids for `text` (no special tokens), cut to `max_tokens`.
 

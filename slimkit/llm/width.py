@@ -142,13 +142,18 @@ class WidthReport:
         return self.__dict__.copy()
 
 
+def check_width_cut(n_kv: int, ffn_ratio: float, kv_groups_remove: int) -> None:
+    """Refuse a cut a model with `n_kv` KV groups cannot take: a ratio outside [0, 1), or every KV group."""
+    check_sparsity(ffn_ratio, "ffn_ratio")
+    if not 0 <= kv_groups_remove < n_kv:
+        raise SlimkitError(f"can remove 0..{n_kv - 1} KV groups, asked for {kv_groups_remove}; remove fewer KV groups")
+
+
 def prune_width(model: nn.Module, windows: torch.Tensor, ffn_ratio: float = 0.0, kv_groups_remove: int = 0,
                 progress: bool = True) -> WidthReport:
     """Remove `ffn_ratio` of FFN neurons and `kv_groups_remove` KV groups from every layer, in place."""
-    check_sparsity(ffn_ratio, "ffn_ratio")
+    check_width_cut(model.config.num_key_value_heads, ffn_ratio, kv_groups_remove)
     cfg = model.config
-    if not 0 <= kv_groups_remove < cfg.num_key_value_heads:
-        raise SlimkitError(f"can remove 0..{cfg.num_key_value_heads - 1} KV groups, asked for {kv_groups_remove}")
     ffn, att = collect_width_stats(model, windows, progress=progress)
     layers = decoder_layers(model)
     n_keep = cfg.intermediate_size - int(cfg.intermediate_size * ffn_ratio)

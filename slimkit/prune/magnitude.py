@@ -5,6 +5,7 @@ it re-applies masks after every optimizer step so pruned weights never grow back
 fine-tuning, and `bake` makes them permanent. Biases are left alone.
 """
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -43,6 +44,17 @@ def threshold_for_sparsity(weights: Iterable[torch.Tensor], sparsity: float) -> 
     if k == 0:
         return -1.0  # nothing satisfies |w| <= -1
     return float(torch.kthvalue(flat, k).values.item())
+
+
+def check_theta(theta: float, weights: dict[str, torch.Tensor]) -> float:
+    """A usable absolute threshold: finite, >= 0 and below the largest |w| (else nothing would be kept)."""
+    if not isinstance(theta, (int, float)) or not math.isfinite(theta) or theta < 0:
+        raise SlimkitError(f"theta must be a finite number >= 0, got {theta!r}; weights with |w| <= theta are removed")
+    largest = max((float(w.detach().abs().max()) for w in weights.values() if w.numel()), default=0.0)
+    if theta >= largest:
+        raise SlimkitError(f"theta {theta:g} is at or above the largest |w| ({largest:.4g}) and would remove every "
+                           f"weight; choose a theta below {largest:.4g}, or give a sparsity instead")
+    return float(theta)
 
 
 def masks_from_threshold(weights: dict[str, torch.Tensor], theta: float | dict[str, float]) -> Masks:
@@ -105,9 +117,7 @@ def magnitude_prune(
     if not weights:
         raise SlimkitError("the model has no Conv or Linear weights to prune")
     if theta is not None:
-        if theta < 0:
-            raise SlimkitError(f"theta must be >= 0, got {theta}")
-        thresholds: float | dict[str, float] = float(theta)
+        thresholds: float | dict[str, float] = check_theta(theta, weights)
     elif ratios is not None:
         unknown = set(ratios) - set(weights)
         if unknown:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import SlimkitError
-from slimkit.io import save_model
+from slimkit.io import CORRUPT, save_model
 from slimkit.models.vit import Attention
 
 
@@ -59,13 +59,44 @@ def _fix_attributes(m: nn.Module) -> None:
         m.num_heads = m.q.out_features // m.head_dim
 
 
+def check_layout(layout: dict[str, Any], file_shapes: dict[str, list[int]], where: str | os.PathLike) -> None:
+    """A recorded layout must be well-formed and agree with the tensor shapes the file really holds.
+
+    Checked before apply_layout so that a header cannot ask for tensors larger than the file.
+    """
+    shapes, removed = layout.get("shapes"), layout.get("removed_blocks", [])
+    if not isinstance(shapes, dict) or not all(_is_shape(v) for v in shapes.values()):
+        raise SlimkitError(f"checkpoint {where} has a pruned layout whose 'shapes' is not a map of tensor names to "
+                           f"lists of sizes; {CORRUPT}")
+    if not isinstance(removed, list) or not all(isinstance(n, str) and n for n in removed):
+        raise SlimkitError(f"checkpoint {where} has a pruned layout whose 'removed_blocks' is not a list of block "
+                           f"names; {CORRUPT}")
+    for key, shape in shapes.items():
+        if key not in file_shapes:
+            raise SlimkitError(f"checkpoint {where}: its layout records tensor {key!r}, which the file does not hold; "
+                               f"{CORRUPT}")
+        if list(shape) != file_shapes[key]:
+            raise SlimkitError(f"checkpoint {where}: tensor {key!r} has shape {file_shapes[key]} in the file but "
+                               f"{list(shape)} in its layout; {CORRUPT}")
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
+
+
 def apply_layout(model: nn.Module, layout: dict[str, Any]) -> nn.Module:
-    """Resize a freshly built dense model, in place, to a recorded pruned layout."""
+    """Resize a freshly built dense model, in place, to a recorded pruned layout.
+
+    New tensors are made on the model's own device, so a model built on the meta device is resized
+    without allocating (slimkit.header checks a header that way before building for real).
+    """
     for name in layout.get("removed_blocks", []):
         try:
-            model.get_submodule(name)
+            block = model.get_submodule(name)
         except AttributeError:
             raise SlimkitError(f"checkpoint removes block {name!r}, which {type(model).__name__} does not have") from None
+        if getattr(block, "removable", False) is not True:
+            raise SlimkitError(f"checkpoint removes {name!r}, which is not a removable block of {type(model).__name__}")
         _set_module(model, name, nn.Identity())
     shapes = layout.get("shapes", {})
     for mod_name, m in model.named_modules():
@@ -75,7 +106,7 @@ def apply_layout(model: nn.Module, layout: dict[str, Any]) -> nn.Module:
                 key = f"{mod_name}.{t_name}" if mod_name else t_name
                 if t is None or key not in shapes or list(t.shape) == shapes[key]:
                     continue
-                empty = torch.empty(shapes[key], dtype=t.dtype)
+                empty = torch.empty(shapes[key], dtype=t.dtype, device=t.device)
                 table[t_name] = nn.Parameter(empty, requires_grad=t.requires_grad) if kind == "param" else empty
                 changed = True
         if changed:

@@ -2,7 +2,9 @@
 
 The caller supplies `prune(ratio) -> model` (including any recovery) so the same search serves any
 criterion and allocation. A coarse sweep brackets the answer, then bisection narrows it; every
-point evaluated is kept in the curve. Only the validation split is used here; the caller reports
+point evaluated is kept in the curve. The metric is the task's (accuracy for classification, or
+character error rate, perplexity, embedding cosine, a user's own), read with its direction: a
+floor on an error rate is a ceiling. Only the validation split is used here; the caller reports
 on test after choosing.
 """
 
@@ -11,21 +13,22 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from slimkit.data.arrays import Split
+from slimkit.distill.tasks import Task, classification, evaluate
 from slimkit.errors import SlimkitError
-from slimkit.io import atomic_write_bytes
-from slimkit.measure import count_macs, evaluate_classifier, measure_latency_interleaved
+from slimkit.outputs import atomic_write_bytes
+from slimkit.measure import count_macs, measure_latency_interleaved
 
 
 @dataclass
 class Point:
     ratio: float
-    val_accuracy: float
+    val_metric: float  # the task's metric on the validation data
     latency_ms: float
     macs: int
     ok: bool
@@ -47,20 +50,31 @@ class Selection:
                 "dense": self.dense, "curve": [asdict(p) for p in sorted(self.curve, key=lambda p: p.ratio)]}
 
 
-def choose_ratio(dense: nn.Module, prune: Callable[[float], nn.Module], val: Split, num_classes: int,
-                 example: torch.Tensor, floor: float | None = None, latency_ms: float | None = None,
+def choose_ratio(dense: nn.Module, prune: Callable[[float], nn.Module], val: Any, example: torch.Tensor,
+                 floor: float | None = None, latency_ms: float | None = None,
                  grid: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8), bisect_steps: int = 2, threads: int = 2,
                  progress: bool = True, prepare: Callable[[nn.Module], nn.Module] | None = None,
-                 timing_rounds: int = 40) -> Selection:
-    """Largest ratio whose val accuracy >= `floor`, or smallest whose latency <= `latency_ms`.
+                 timing_rounds: int = 40, task: Task | None = None, teacher: nn.Module | None = None) -> Selection:
+    """Largest ratio whose val metric meets `floor`, or smallest whose latency <= `latency_ms`.
 
-    Exactly one constraint must be given. Accuracy is assumed to fall and latency to fall as the
-    ratio grows (checked only through the points measured). Each point's batch-1 latency is the
+    `val` is a Split, in-memory tensors or a loader; the metric is `task`'s (default:
+    classification accuracy) and meeting the floor follows its direction (>= for accuracy, <= for
+    an error rate). Fidelity metrics compare with `teacher` (default: the dense model). Exactly one
+    constraint must be given. Quality is assumed to fall and latency to fall as the ratio grows
+    (checked only through the points measured). Each point's batch-1 latency is the
     fastest of `timing_rounds` runs alternating with the dense model; `prepare(model)` (e.g. BN
     folding) is applied to both before timing so the curve matches how the final table times.
     """
     if (floor is None) == (latency_ms is None):
-        raise SlimkitError("give exactly one of floor (minimum val accuracy) or latency_ms (maximum latency)")
+        raise SlimkitError("give exactly one of floor (the val metric to hold) or latency_ms (maximum latency)")
+    task = task or classification()
+    metric = task.metric
+    if metric is None:
+        raise SlimkitError(f"the {task.name} task has no metric to choose a ratio by; give it one")
+    teacher = teacher if teacher is not None else dense
+
+    def score(m: nn.Module) -> float:
+        return evaluate(m, val, task, teacher)[metric.name]
     curve: list[Point] = []
     models: dict[float, nn.Module] = {}
     prepare = prepare or (lambda m: m)
@@ -73,14 +87,14 @@ def choose_ratio(dense: nn.Module, prune: Callable[[float], nn.Module], val: Spl
 
     dense_ms = time_pair(dense)[0]
 
-    def ok(acc: float, ms: float) -> bool:
-        return acc >= floor if floor is not None else ms <= latency_ms
+    def ok(value: float, ms: float) -> bool:
+        return metric.meets(value, floor) if floor is not None else ms <= latency_ms
 
-    def evaluate(r: float) -> Point:
+    def measure(r: float) -> Point:
         m = prune(r)
-        acc = evaluate_classifier(m, val, num_classes).accuracy
+        value = score(m)
         ms = time_pair(m)[1]
-        p = Point(r, acc, ms, count_macs(m, example), ok(acc, ms))
+        p = Point(r, value, ms, count_macs(m, example), ok(value, ms))
         curve.append(p)
         models[r] = m
         return p
@@ -88,7 +102,7 @@ def choose_ratio(dense: nn.Module, prune: Callable[[float], nn.Module], val: Spl
     bar = tqdm(total=len(grid) + bisect_steps, desc="ratio search", disable=not progress, leave=False)
     points = []
     for r in sorted(grid):
-        points.append(evaluate(r))
+        points.append(measure(r))
         bar.update(1)
     # floor: passing ratios are the small ones; latency: passing ratios are the large ones
     passing = [p for p in points if p.ok]
@@ -103,7 +117,7 @@ def choose_ratio(dense: nn.Module, prune: Callable[[float], nn.Module], val: Spl
         if hi is None:
             break
         mid = round((lo + hi) / 2, 4)
-        p = evaluate(mid)
+        p = measure(mid)
         bar.update(1)
         if (p.ok and floor is not None) or (not p.ok and floor is None):
             lo = mid
@@ -112,15 +126,15 @@ def choose_ratio(dense: nn.Module, prune: Callable[[float], nn.Module], val: Spl
     bar.close()
     good = [p for p in curve if p.ok]
     chosen = (max(good, key=lambda p: p.ratio) if floor is not None else min(good, key=lambda p: p.ratio)) if good else None
-    constraint = {"val_accuracy_floor": floor} if floor is not None else {"latency_ms_max": latency_ms}
-    dense_acc = evaluate_classifier(dense, val, num_classes).accuracy
-    return Selection(chosen, curve, constraint, {"val_accuracy": dense_acc, "latency_ms": dense_ms,
-                                                 "macs": count_macs(dense, example)},
+    constraint = ({"val_floor": floor, "metric": metric.name, "higher_is_better": metric.higher_is_better}
+                  if floor is not None else {"latency_ms_max": latency_ms})
+    return Selection(chosen, curve, constraint, {"val_metric": score(dense), "metric": metric.name,
+                                                 "latency_ms": dense_ms, "macs": count_macs(dense, example)},
                      models[chosen.ratio] if chosen else None)
 
 
 def write_selection(sel: Selection, json_path: str | Path, png_path: str | Path | None = None) -> None:
-    """Write the curve as JSON and (optionally) a PNG of accuracy, latency and MACs vs ratio; atomic."""
+    """Write the curve as JSON and (optionally) a PNG of the val metric, latency and MACs vs ratio; atomic."""
     atomic_write_bytes(Path(json_path), json.dumps(sel.as_dict(), indent=2).encode())
     if png_path is None:
         return
@@ -132,16 +146,17 @@ def write_selection(sel: Selection, json_path: str | Path, png_path: str | Path 
     pts = sorted(sel.curve, key=lambda p: p.ratio)
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     r = [p.ratio for p in pts]
-    for ax, ys, label in zip(axes, ([p.val_accuracy for p in pts], [p.latency_ms for p in pts],
-                                    [p.macs / 1e6 for p in pts]), ("val accuracy", "latency (ms)", "MMACs")):
+    for ax, ys, label in zip(axes, ([p.val_metric for p in pts], [p.latency_ms for p in pts],
+                                    [p.macs / 1e6 for p in pts]),
+                             (f"val {sel.dense.get('metric', 'metric')}", "latency (ms)", "MMACs")):
         ax.plot(r, ys, "o-")
         if sel.chosen:
             ax.axvline(sel.chosen.ratio, color="r", ls="--", label=f"chosen {sel.chosen.ratio:.2f}")
             ax.legend()
         ax.set_xlabel("pruning ratio")
         ax.set_ylabel(label)
-    if "val_accuracy_floor" in sel.constraint:
-        axes[0].axhline(sel.constraint["val_accuracy_floor"], color="g", ls=":")
+    if "val_floor" in sel.constraint:
+        axes[0].axhline(sel.constraint["val_floor"], color="g", ls=":")
     else:
         axes[1].axhline(sel.constraint["latency_ms_max"], color="g", ls=":")
     fig.tight_layout()

@@ -11,10 +11,11 @@ both are measured rather than predicted:
 2. for k = 0, 1, ..., the first k blocks of that ranking go, then the smallest uniform channel
    ratio reaching the MACs target (k stops growing once blocks alone reach it);
 3. every candidate and the dense model are timed in one alternating pass;
-4. the caller scores candidates (e.g. validation accuracy after a recovery), and one is chosen:
+4. the caller scores candidates (e.g. the task's validation metric after a recovery; with
+   `higher_is_better=False` for error rates or perplexity), and one is chosen:
    - by default every candidate is scored (a cheap score: a short recovery) and the fastest
      scoring within `tolerance` of the best is chosen;
-   - with a `floor`, candidates are scored fastest first and the first scoring >= floor is chosen,
+   - with a `floor`, candidates are scored fastest first and the first meeting it is chosen,
      so an expensive score (the full recovery) runs only until a mix holds the floor; when none
      does, the best-scoring one is chosen and the caller can see it missed.
 
@@ -130,11 +131,13 @@ def choose_depth_width(model: nn.Module, example: torch.Tensor, target_macs: flo
                        score: Callable[[nn.Module], float], importance: str = "l2",
                        calib: Iterable[Batch] | None = None, max_blocks: int | None = None,
                        tolerance: float = 0.5, floor: float | None = None, time_models: Timer | None = None,
-                       progress: bool = True) -> ShapeChoice:
+                       progress: bool = True, higher_is_better: bool = True) -> ShapeChoice:
     """Measure block-plus-channel mixes at one MACs target; keep the fastest that scores near the best.
 
-    `score(pruned_model)` is higher-is-better and in the same units as `tolerance` (e.g. val
-    accuracy points after a recovery; it may train a copy). `floor` switches to the fastest-first
+    `score(pruned_model)` is in the same units as `tolerance` (e.g. val accuracy points after a
+    recovery; it may train a copy), higher-is-better unless `higher_is_better=False` (an error
+    rate, a perplexity: then "meets the floor" is <= and "the best" the lowest, as
+    `slimkit.distill.Metric` reads it). `floor` switches to the fastest-first
     rule of the module docstring. `time_models` times a list of
     models alike (default: `interleaved_timer(example)`, in this process); a caller that wants
     timings free of its own process's state can time them elsewhere.
@@ -167,16 +170,17 @@ def choose_depth_width(model: nn.Module, example: torch.Tensor, target_macs: flo
     candidates = [ShapeCandidate(k, removed, ratio, count_macs(m, example), t, None)
                   for (k, ratio, m, removed), t in zip(built, times)]
     fastest_first = sorted(range(len(candidates)), key=lambda i: (candidates[i].ms, candidates[i].blocks))
+    sign = 1.0 if higher_is_better else -1.0  # compare signed scores: larger is better either way
     chosen = None
     for i in tqdm(fastest_first if floor is not None else range(len(candidates)), desc="score shapes",
                   disable=not progress, leave=False):
         candidates[i].score = float(score(models[i]))
-        if floor is not None and candidates[i].score >= floor:
+        if floor is not None and sign * candidates[i].score >= sign * floor:
             chosen = candidates[i]
             break
     scored = [c for c in candidates if c.score is not None]
     if chosen is None:
-        best = max(c.score for c in scored)
+        best = max(sign * c.score for c in scored)
         within = best if floor is not None else best - tolerance  # no mix held the floor: the best one
-        chosen = min((c for c in scored if c.score >= within), key=lambda c: (c.ms, c.blocks))
+        chosen = min((c for c in scored if sign * c.score >= within), key=lambda c: (c.ms, c.blocks))
     return ShapeChoice(chosen, candidates, models[candidates.index(chosen)], dense_ms, ranking)

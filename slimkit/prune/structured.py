@@ -16,7 +16,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from slimkit.errors import SlimkitError
+from slimkit.errors import SlimkitError, check_count, check_sparsity
 from slimkit.models.vit import Attention
 from slimkit.prune import importance as imp
 from slimkit.prune.allocation import global_keep, lowest, uniform_keep
@@ -303,15 +303,20 @@ def prune_structured(model: nn.Module, example: torch.Tensor, ratio: float = 0.5
     """
     if allocation not in ("uniform", "global"):
         raise SlimkitError(f"allocation must be 'uniform' or 'global', got {allocation!r}")
+    check_sparsity(ratio, "ratio")
+    check_count(blocks, "blocks", 0)
+    check_sparsity(head_ratio, "head_ratio")
     calib = list(calib or [])
-    m = model if inplace else copy.deepcopy(model)
     removed: list[str] = []
     if blocks:
         if not calib:
             raise SlimkitError("removing blocks ranks them by block influence; pass calib batches")
+        n_removable = len(removable_blocks(model))
+        if blocks > n_removable:
+            raise SlimkitError(f"asked to remove {blocks} blocks but only {n_removable} are removable; lower blocks")
+    m = model if inplace else copy.deepcopy(model)
+    if blocks:
         infl = block_influences(m, calib)
-        if blocks > len(infl):
-            raise SlimkitError(f"asked to remove {blocks} blocks but only {len(infl)} are removable")
         removed = sorted(infl, key=lambda n: (infl[n], n))[:blocks]
         remove_blocks(m, removed)
     heads: dict[str, list[int]] = {}

@@ -1,0 +1,118 @@
+"""The deciding timer: batch-1 latency in fresh processes that load saved checkpoints, with OpenMP spinning.
+
+Whether a cut pays is decided here (the CLI's "not slower" check, shape search timings in the
+benchmarks); the in-process interleaved timer (slimkit.measure.cost) stays for quick tables.
+
+Why not time in the calling process: a process that has trained, evaluated or allocated a lot runs
+the same checkpoint measurably slower than a new one, and by an amount that varies from run to run
+(bench/structured.py's history records one MobileNetV2 checkpoint at both ends of a wide range). A
+new process that loads every model from its safetensors checkpoint starts from a known state and
+runs the models as a deployment would.
+
+Why OMP_WAIT_POLICY=ACTIVE: between two ops an idle OpenMP worker may sleep, and waking it costs
+time on every op; the default policy spins for a while before sleeping, so whether a model pays
+depends on the gaps between its ops. ACTIVE (always spin) is the setting of a latency-bound CPU
+deployment and removes that dependence. It applies to the dense and pruned models alike, and it must
+be set before the OpenMP runtime starts, which only a new process allows: the parent sets it in the
+child's environment, and the child records what it ran with.
+
+Why several processes: a machine can have slow spells that cover a whole pass. Spells only add time,
+so per model the fastest over `passes` processes is the quiet machine's.
+
+    python -m slimkit.measure.fresh DIR   # child side: times DIR/m*.safetensors, writes DIR/times.json
+"""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from slimkit.errors import SlimkitError
+from slimkit.measure.cost import measure_latency_interleaved
+
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+METHOD = ("fastest of {passes} fresh processes (each loads the saved checkpoints, OMP_WAIT_POLICY=ACTIVE, "
+          "{threads} threads, BN folded: {fold}), alternating {rounds} rounds x 4 warm calls per model, batch {batch}")
+
+
+def rebuildable(model: nn.Module) -> bool:
+    """True when a child process can rebuild `model` from a slimkit checkpoint (it has config())."""
+    return callable(getattr(model, "config", None))
+
+
+def time_in_fresh_processes(models: list[nn.Module], example: torch.Tensor, layouts: list[str] | None = None,
+                            rounds: int = 60, threads: int = 2, fold: bool = True, passes: int = 3,
+                            log: bool = True, batch: int = 1) -> list[dict[str, float]]:
+    """Per model, {layout: ms}: the fastest over `passes` new processes, each timing every model in
+    every layout in one alternating pass at `batch` (the first rows of `example`). Each pass logs the
+    first model's times, so a slow spell shows. Models must be rebuildable from their checkpoint
+    (`rebuildable`).
+    """
+    from slimkit.prune.reshape import save_pruned  # the layout code lives with pruning
+
+    layouts = layouts or ["nchw"]
+    unknown = [lay for lay in layouts if lay not in LAYOUTS]
+    if unknown or rounds < 1 or passes < 1 or threads < 1 or not 1 <= batch <= example.shape[0]:
+        raise SlimkitError(f"fresh-process timing needs layouts from {sorted(LAYOUTS)}, rounds, passes and threads "
+                           f">= 1 and 1 <= batch <= len(example); got layouts={layouts}, rounds={rounds}, passes={passes}, "
+                           f"threads={threads}, batch={batch}")
+    with tempfile.TemporaryDirectory(prefix="slimkit-timing-") as d:
+        for i, m in enumerate(models):
+            save_pruned(m, Path(d) / f"m{i:03d}.safetensors")
+        save_file({"x": example[:batch].contiguous()}, str(Path(d) / "example.safetensors"))
+        spec = {"n": len(models), "layouts": layouts, "rounds": rounds, "threads": threads, "fold": fold}
+        (Path(d) / "spec.json").write_text(json.dumps(spec))
+        root = str(Path(__file__).resolve().parents[2])  # this slimkit, also when run from a checkout
+        path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "OMP_WAIT_POLICY": "ACTIVE", "PYTHONPATH": path}
+        best: list[dict[str, float]] = []
+        for k in range(passes):
+            done = subprocess.run([sys.executable, "-m", "slimkit.measure.fresh", d], env=env, capture_output=True,
+                                  text=True)
+            if done.returncode != 0:
+                raise SlimkitError(f"timing process failed (exit {done.returncode}): "
+                                   f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}")
+            result = json.loads((Path(d) / "times.json").read_text())
+            if result["omp_wait_policy"] != "ACTIVE":
+                raise SlimkitError("the timing process did not run with OMP_WAIT_POLICY=ACTIVE")
+            times = result["times"]
+            if log:
+                print(f"[timing] pass {k + 1}/{passes}, {len(models)} models: first model "
+                      + ", ".join(f"{lay} {ms:.3f} ms" for lay, ms in times[0].items()), flush=True)
+            best = times if not best else [{lay: min(b[lay], t[lay]) for lay in t} for b, t in zip(best, times)]
+        return best
+
+
+def describe(rounds: int = 60, threads: int = 2, fold: bool = True, passes: int = 3, batch: int = 1) -> str:
+    """The timing method in words, for reports."""
+    return METHOD.format(passes=passes, threads=threads, fold=fold, rounds=rounds, batch=batch)
+
+
+def _child(d: Path) -> None:
+    from slimkit.io import load_model
+    from slimkit.prune.batchnorm import fold_batchnorm
+
+    spec = json.loads((d / "spec.json").read_text())
+    torch.set_num_threads(spec["threads"])
+    example = load_file(str(d / "example.safetensors"))["x"]
+    loaded = [load_model(d / f"m{i:03d}.safetensors").eval() for i in range(spec["n"])]
+    ready = [fold_batchnorm(m, example) if spec["fold"] else m for m in loaded]
+    # Module.to(memory_format=...) converts in place, so each layout gets its own copy
+    timed = [copy.deepcopy(m).to(memory_format=LAYOUTS[layout]).eval() for layout in spec["layouts"] for m in ready]
+    res = measure_latency_interleaved(timed, example, runs=spec["rounds"], warmup=5, threads=spec["threads"],
+                                      stat="min")
+    n = spec["n"]
+    times = [{lay: res[j * n + i].ms for j, lay in enumerate(spec["layouts"])} for i in range(n)]
+    result = {"times": times, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "threads": torch.get_num_threads()}
+    (d / "times.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    _child(Path(sys.argv[1]))
