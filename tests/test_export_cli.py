@@ -74,7 +74,7 @@ def test_output_that_is_the_checkpoint_is_refused_even_with_overwrite(ckpt):
 def test_model_whose_forward_does_not_take_the_data(tmp_path):
     rgb = save_model(ResNetCifar(depth=8, width=8, in_channels=3, input_size=8), tmp_path / "rgb.safetensors")
     result = runner.invoke(app, ["export", str(rgb), "--onnx", str(tmp_path / "m.onnx"), "--dataset", "digits"])
-    _one_error(result, "forward does not accept the example inputs")
+    _one_error(result, "model does not accept digits inputs of shape (1, 1, 8, 8)")
     assert not (tmp_path / "m.onnx").exists()
 
 

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from slimkit.cli import clean_errors
-from slimkit.cli.main import app
+from slimkit.cli.main import app, check_model_fits
 from slimkit.errors import SlimkitError
 
 BATCHES = (1, 32)
@@ -97,6 +97,7 @@ def _classifier(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, 
 
     model = load_model(checkpoint).eval()
     data = load_dataset(dataset, str(data_dir) if data_dir else None, seed=seed)
+    check_model_fits(model, data)  # input shape and class count, as profile and prune check them
     test, nc = data.test, data.num_classes
     res = export_onnx(model, test.x[:2], check_inputs=[test.x[:1], test.x[2:34]],
                       validate=classifier_check(model, test, nc))
