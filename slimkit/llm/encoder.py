@@ -54,7 +54,8 @@ def embed(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 64, m
     task = embeddings()
     was = model.training
     model.eval()
-    device = next(model.parameters()).device
+    first = next(model.parameters(), None)  # None: an ONNX Runtime session wrapped as a module, on the CPU
+    device = first.device if first is not None else torch.device("cpu")
     out = []
     try:
         for i in range(0, len(texts), batch_size):

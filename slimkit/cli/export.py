@@ -1,0 +1,182 @@
+"""`slimkit export`: a checkpoint to a checked ONNX file (and an int8 copy), with measured runtime rows.
+
+Every output is checked for existence before any work starts and written only after the export
+matched PyTorch (outputs on held-out inputs, then the task metric); the deployment table gives each
+variant's file size, metric and latency measured here, and the notes say when one is not faster
+or when int8 costs too much.
+"""
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from slimkit.cli import clean_errors
+from slimkit.cli.main import app, check_model_fits
+from slimkit.errors import SlimkitError
+
+BATCHES = (1, 32)
+SEQ_LENS = (32, 128)
+
+
+def int8_path(onnx: Path) -> Path:
+    """Where the int8 copy of `model.onnx` goes: `model.int8.onnx` beside it."""
+    return onnx.with_name(f"{onnx.stem}.int8{onnx.suffix or '.onnx'}")
+
+
+def _kind(checkpoint: str) -> str:
+    """'classifier' for a slimkit .safetensors file, 'encoder' for minilm or a Hugging Face encoder folder."""
+    path = Path(checkpoint).expanduser()
+    if path.is_file():
+        return "classifier"
+    if path.is_dir() or checkpoint == "minilm":
+        return "encoder"
+    raise SlimkitError(f"checkpoint {checkpoint} does not exist; give a slimkit .safetensors checkpoint, a folder "
+                       "written by `slimkit llm encoder` (or any Hugging Face BERT-style folder), or 'minilm'")
+
+
+@app.command("export")
+@clean_errors
+def export(
+    checkpoint: str = typer.Argument(..., help="slimkit .safetensors checkpoint, an encoder folder, or 'minilm'"),
+    onnx: Path = typer.Option(..., "--onnx", help="ONNX file to write"),
+    int8: Optional[str] = typer.Option(None, help="also write an int8 copy (NAME.int8.onnx): 'static' (calibrated "
+                                                  "on the validation split; for conv models) or 'dynamic' (Linear-heavy "
+                                                  "models: MiniLM, ViT)"),
+    dataset: str = typer.Option("fashion-mnist", help="classifiers: 'fashion-mnist', 'digits' or a .npz path"),
+    data_dir: Optional[Path] = typer.Option(None, help="folder with Fashion-MNIST IDX files"),
+    seed: int = typer.Option(0, help="seed of the data split"),
+    calib_samples: int = typer.Option(1024, help="static int8: validation samples (sentences) to calibrate on"),
+    threads: int = typer.Option(2, help="threads for timing, ONNX Runtime and PyTorch alike"),
+    runs: int = typer.Option(50, help="alternating timing rounds per batch size"),
+    report: Optional[Path] = typer.Option(None, help="folder to write report.json and report.md into"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace outputs that already exist"),
+) -> None:
+    """Export to ONNX, check it against PyTorch, optionally quantize to int8, and time it in ONNX Runtime."""
+    from slimkit.export import check_output, require_deploy, write_output
+    from slimkit.report import deploy_notes, print_table, report_files
+
+    require_deploy()
+    if int8 not in (None, "static", "dynamic"):
+        raise SlimkitError(f"--int8 must be 'static' or 'dynamic', got {int8!r}")
+    if runs < 1 or threads < 1 or calib_samples < 1:
+        raise SlimkitError("--runs, --threads and --calib-samples must be >= 1")
+    outputs = [onnx] + ([int8_path(onnx)] if int8 else []) + ([report / "report.json", report / "report.md"]
+                                                               if report else [])
+    kind = _kind(checkpoint)
+    for out in outputs:
+        check_output(out, overwrite, inputs=[checkpoint])
+    run = _classifier if kind == "classifier" else _encoder
+    rows, header, details = run(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, threads, runs, overwrite)
+    notes = deploy_notes(rows)
+    print_table([], notes, title=header, deploy=rows)
+    if report:
+        for name, data in report_files([], notes, header, details, rows).items():
+            write_output(report / name, data, overwrite)
+        typer.echo(f"wrote {report / 'report.json'} and {report / 'report.md'}")
+
+
+def _timing(threads: int, runs: int, folded: bool) -> str:
+    from slimkit.export import describe_session
+
+    return (f"median of {runs} rounds x 4 warm calls; PyTorch eager{' (BatchNorm folded into its conv)' * folded} timed "
+            f"alone in this process with {threads} threads, then the ONNX models alternating: "
+            f"{describe_session(threads)}")
+
+
+def _classifier(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, threads, runs, overwrite):
+    import torch
+
+    from slimkit.data import load_dataset
+    from slimkit.export import (OrtModel, classifier_check, classifier_scores, export_onnx, quantize_int8, split_feeds,
+                                time_onnx, write_output)
+    from slimkit.io import load_model
+    from slimkit.measure import count_macs, file_size_bytes, measure_latency_interleaved
+    from slimkit.prune.batchnorm import fold_batchnorm
+    from slimkit.report import DeployRow
+
+    model = load_model(checkpoint).eval()
+    data = load_dataset(dataset, str(data_dir) if data_dir else None, seed=seed)
+    check_model_fits(model, data)  # input shape and class count, as profile and prune check them
+    test, nc = data.test, data.num_classes
+    res = export_onnx(model, test.x[:2], check_inputs=[test.x[:1], test.x[2:34]],
+                      validate=classifier_check(model, test, nc))
+    write_output(onnx, res.model_bytes, overwrite, inputs=[checkpoint])
+    typer.echo(f"wrote {onnx} ({res.exporter} exporter, opset {res.opset}"
+               + (f"; dynamo fallback because {res.fallback_reason}" if res.fallback_reason else "") + ")")
+    variants = [("onnx fp32", "fp32", res.model_bytes, res.checks["onnx"], onnx, "pytorch")]
+    if int8:
+        feeds = split_feeds(data.val, next(iter(res.inputs)), calib_samples) if int8 == "static" else None
+        q = quantize_int8(res.model_bytes, int8, feeds)
+        acc = classifier_scores(OrtModel(q.model_bytes, threads), test, nc)["accuracy"]
+        write_output(int8_path(onnx), q.model_bytes, overwrite, inputs=[checkpoint])
+        typer.echo(f"wrote {int8_path(onnx)} ({int8} int8: {q.details})")
+        variants.append(("onnx int8", f"int8 {int8}", q.model_bytes, acc, int8_path(onnx), "onnx fp32"))
+    example = test.x[:1]
+    folded = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    eager = fold_batchnorm(model, example) if folded else model
+    eager_ms, ort_ms = {}, {name: {} for name, *_ in variants}
+    for b in BATCHES:
+        x = test.x[:b] if len(test) >= b else test.x[torch.arange(b) % len(test)]
+        eager_ms[f"batch {b}"] = measure_latency_interleaved([eager], x, runs=runs, warmup=10, threads=threads)[0].ms
+        times = time_onnx([v[2] for v in variants], x, runs=runs, threads=threads)
+        for (name, *_), t in zip(variants, times):
+            ort_ms[name][f"batch {b}"] = t.ms
+    timing = _timing(threads, runs, folded)
+    rows = [DeployRow("pytorch", "pytorch eager", "fp32", "accuracy", res.checks["pytorch"], eager_ms,
+                      str(checkpoint), file_size_bytes(checkpoint), timing,
+                      extra={"macs": count_macs(model, example)})]
+    for name, precision, data_bytes, acc, path, base in variants:
+        rows.append(DeployRow(name, "onnxruntime", precision, "accuracy", acc, ort_ms[name], str(path),
+                              len(data_bytes), timing, base))
+    header = (f"{checkpoint} -> {onnx} on {data.name} test ({len(test)} samples); {timing}")
+    return rows, header, {"export": res.as_dict()}
+
+
+def _encoder(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, threads, runs, overwrite):
+    from slimkit.export import (OrtModel, embedding_cosines, encoder_check, export_onnx, quantize_int8, time_onnx,
+                                write_output)
+    from slimkit.llm.encoder import default_sentences, load_encoder_pruned
+    from slimkit.llm.load import load_encoder, resolve
+    from slimkit.measure import file_size_bytes, measure_latency_interleaved
+    from slimkit.report import DeployRow
+
+    path = resolve(checkpoint)
+    model, tok = load_encoder_pruned(path) if (path / "slimkit_heads.json").is_file() else load_encoder(path)
+    calib, held = default_sentences(max(calib_samples, 2), 128, seed)
+    enc = lambda texts, **kw: dict(tok(texts, return_tensors="pt", padding=True, truncation=True, **kw))  # noqa: E731
+    res = export_onnx(model, enc(held[:2]), check_inputs=[enc(held[2:7]), enc(held[7:8])],
+                      validate=encoder_check(model, tok, held))
+    write_output(onnx, res.model_bytes, overwrite, inputs=[checkpoint])
+    typer.echo(f"wrote {onnx} ({res.exporter} exporter, opset {res.opset}"
+               + (f"; dynamo fallback because {res.fallback_reason}" if res.fallback_reason else "") + ")")
+    variants = [("onnx fp32", "fp32", res.model_bytes, res.checks["mean_cosine"], onnx, "pytorch")]
+    if int8:
+        feeds = None
+        if int8 == "static":
+            names = set(res.inputs)
+            feeds = [{k: v.numpy() for k, v in enc(calib[i:i + 32], max_length=128).items() if k in names}
+                     for i in range(0, calib_samples, 32)]
+        q = quantize_int8(res.model_bytes, int8, feeds)
+        cos = float(embedding_cosines(OrtModel(q.model_bytes, threads), model, tok, held).mean())
+        write_output(int8_path(onnx), q.model_bytes, overwrite, inputs=[checkpoint])
+        typer.echo(f"wrote {int8_path(onnx)} ({int8} int8: {q.details})")
+        variants.append(("onnx int8", f"int8 {int8}", q.model_bytes, cos, int8_path(onnx), "onnx fp32"))
+    long_text = " ".join(held)
+    eager_ms, ort_ms = {}, {name: {} for name, *_ in variants}
+    for n in SEQ_LENS:
+        x = enc([long_text], max_length=n)
+        key = f"seq {x['input_ids'].shape[1]}"
+        eager_ms[key] = measure_latency_interleaved([model], x, runs=runs, warmup=5, threads=threads)[0].ms
+        for (name, *_), t in zip(variants, time_onnx([v[2] for v in variants], x, runs=runs, threads=threads)):
+            ort_ms[name][key] = t.ms
+    timing = _timing(threads, runs, False) + "; batch 1"
+    weights = path / "model.safetensors"
+    rows = [DeployRow("pytorch", "pytorch eager", "fp32", "cosine", 1.0, eager_ms, str(path),
+                      file_size_bytes(weights if weights.is_file() else path), timing)]
+    for name, precision, data_bytes, cos, out, base in variants:
+        rows.append(DeployRow(name, "onnxruntime", precision, "cosine", cos, ort_ms[name], str(out), len(data_bytes),
+                              timing, base))
+    header = (f"{checkpoint} -> {onnx}; metric: mean cosine of mean-pooled embeddings to the PyTorch model on "
+              f"{len(held)} held-out Pride and Prejudice sentences; {timing}")
+    return rows, header, {"export": res.as_dict()}
