@@ -65,3 +65,24 @@ def test_encoder_command_prunes_distills_saves_and_reloads(tmp_path):
     assert vec.shape == (1, 384) and torch.isfinite(vec).all()
     bad = runner.invoke(app, ["encoder", "--head-ratio", "1.0", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "head_ratio" in bad.output and not (tmp_path / "bad").exists()
+
+
+def test_distill_command_runs_on_the_engine_and_resumes_from_its_checkpoint(tmp_path):
+    """KD recovery from the CLI: a checkpoint folder makes a second run resume instead of starting over."""
+    from tests.llm_helpers import small_lm
+
+    for name, layers in (("teacher", 2), ("student", 1)):
+        model, tok = small_lm(layers)
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    args = ["distill", "--student", str(tmp_path / "student"), "--teacher", str(tmp_path / "teacher"),
+            "--samples", "2", "--seq-len", "32", "--batch-size", "1", "--top-k", "8", "--eval-tokens", "128",
+            "--checkpoint-dir", str(tmp_path / "state")]
+    first = runner.invoke(app, args + ["--out", str(tmp_path / "a")])
+    assert first.exit_code == 0, first.output
+    assert "2 steps in" in first.output and "student after KD" in first.output
+    second = runner.invoke(app, args + ["--out", str(tmp_path / "b")])
+    assert second.exit_code == 0, second.output
+    assert "teacher cache reused, resumed from step 2" in second.output
+    bad = runner.invoke(app, args[:-1] + [str(tmp_path / "state"), "--amp", "fp8", "--out", str(tmp_path / "c")])
+    assert bad.exit_code == 2 and "--amp" in bad.output and not (tmp_path / "c").exists()

@@ -115,6 +115,11 @@ def test_recovery_runs_on_the_engine_caches_teacher_and_holds_masks(tmp_path):
     torch.testing.assert_close(torch.tensor(np.asarray(cache.values)), top.values, rtol=1e-4, atol=1e-4)
     again = recover(copy.deepcopy(teacher), teacher, train, cfg, cache_dir=tmp_path, progress=False)
     assert again.cache_reused
+    hidden = RecoveryConfig(epochs=1, batch_size=2, lr=1e-3, top_k=8, hidden_weight=0.5)
+    rep = recover(copy.deepcopy(teacher), teacher, train, hidden, cache_dir=tmp_path, progress=False)
+    assert rep.steps == 1 and not rep.cache_reused and rep.losses[0] > 0  # the final norm's states cached too
+    cached = [open_cache(p) for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    assert sorted(tuple(c.features["model.norm"].shape) for c in cached if c.features) == [(2, 32, 576)]
 
 
 @pytest.mark.slow

@@ -390,10 +390,10 @@ def distill(
     from slimkit.llm.text import calibration_windows
 
     _check_out(out, overwrite, student, teacher)
+    ckpt = _train_checks(checkpoint_dir, checkpoint_every, amp)
     cfg = RecoveryConfig(epochs=epochs, batch_size=batch_size, lr=lr, top_k=top_k, hidden_weight=hidden_weight,
                          max_minutes=max_minutes, seed=seed, amp=amp)
     cfg.terms(), cfg.train_config()  # bad settings fail here, before any model loads
-    ckpt = _train_checks(checkpoint_dir, checkpoint_every, amp)
     st, tok = load_causal_lm(student)
     te, _ = load_causal_lm(teacher)
     train = calibration_windows(tok, train_text, samples, seq_len, seed)

@@ -343,7 +343,8 @@ class Distiller:
         if cfg.early_stop_patience <= 0 or metric is None or metric.name not in metrics:
             return False
         score = metrics[metric.name]
-        if state["best"] is None or (math.isfinite(score) and metric.better(score, state["best"], cfg.early_stop_min_delta)):
+        best = state["best"]
+        if best is None or not math.isfinite(best) or (math.isfinite(score) and metric.better(score, best, cfg.early_stop_min_delta)):
             state["best"], state["bad"] = score, 0
             state["best_state"] = copy.deepcopy(self.bundle.state_dict())
             return False
