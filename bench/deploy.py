@@ -48,7 +48,7 @@ from slimkit.prune.structured import prune_structured
 
 from deploy_encoder import minilm_rows
 from ort_timing import time_onnx_in_fresh_process
-from run_clock import channels_last, cpu_name, stage
+from run_clock import channels_last, cpu_name, fmt_cell, stage
 from structured import EPOCHS, MAX_BLOCKS, base_model
 
 LAYOUTS = ["nchw", "channels_last"]
@@ -254,19 +254,13 @@ def main() -> None:
     print("\n" + header)
     print(" | ".join(COLS))
     for r in rows:
-        print(" | ".join(_fmt(r.get(c)) for c in COLS))
+        print(" | ".join(fmt_cell(r.get(c)) for c in COLS))
     e2e = end_to_end(rows)
     print("\nEnd-to-end in ONNX Runtime (dense fp32 -> pruned int8):\n" + "\n".join(e2e))
     print("\nONNX Runtime profiler at batch 1 (fastest of 50 runs with the profiler on, which adds time per node; "
           "kernel time per op type shows where a cut saves and what it keeps):\n" + "\n".join(profiles))
     (out / "deploy_bench.json").write_text(json.dumps({"header": header, "rows": rows, "end_to_end": e2e,
                                                        "ort_profile_batch1": profiles}, indent=1))
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.3f}" if isinstance(v, float) and abs(v) < 10 else f"{v:.2f}" if isinstance(v, float) else str(v)
 
 
 if __name__ == "__main__":

@@ -58,3 +58,10 @@ def eval_seconds_per_sample(model: nn.Module, split: Split) -> float:
         t0 = time.perf_counter()
         m(split.x[:512])
     return (time.perf_counter() - t0) / 512
+
+
+def fmt_cell(v) -> str:
+    """A table cell: 3 decimals below 10, 2 above, '-' for missing."""
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if isinstance(v, float) and abs(v) < 10 else f"{v:.2f}" if isinstance(v, float) else str(v)

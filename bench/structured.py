@@ -47,7 +47,8 @@ from slimkit.prune.select import choose_ratio, write_selection
 from slimkit.prune.shape_search import choose_depth_width, ratio_for_macs
 from slimkit.prune.structured import prune_structured
 
-from run_clock import channels_last, cpu_name, eval_seconds_per_sample, stage, train_seconds_per_sample
+from run_clock import (channels_last, cpu_name, eval_seconds_per_sample, fmt_cell, stage,
+                       train_seconds_per_sample)
 
 MODELS = {"resnet20": ("resnet", {"depth": 20}), "mobilenetv2": ("mobilenetv2", {})}
 # Base-training epochs, sized for <= ~8 min per model on 2 quiet cores. Measured (nice'd, on a
@@ -416,7 +417,7 @@ def main() -> None:
             "dtest", "note")
     print(" | ".join(cols))
     for rw in rows:
-        print(" | ".join(_fmt(rw.get(c)) for c in cols))
+        print(" | ".join(fmt_cell(rw.get(c)) for c in cols))
     print(f"\nKD minus CE after {a.recover_epochs} ep on the same samples (accuracy points), per recovery seed:")
     for key in dict.fromkeys(d["model"] for d in kd_vs_ce):
         mine = [d for d in kd_vs_ce if d["model"] == key]
@@ -426,12 +427,6 @@ def main() -> None:
     clean = [{k: v for k, v in rw.items() if not k.startswith("_")} for rw in rows]
     result = {"header": header, "rows": clean, "kd_minus_ce": kd_vs_ce}
     (out / "structured_bench.json").write_text(json.dumps(result, indent=1))
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.3f}" if isinstance(v, float) and abs(v) < 10 else f"{v:.2f}" if isinstance(v, float) else str(v)
 
 
 if __name__ == "__main__":

@@ -102,8 +102,7 @@ def _classifier(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, 
     res = export_onnx(model, test.x[:2], check_inputs=[test.x[:1], test.x[2:34]],
                       validate=classifier_check(model, test, nc))
     write_output(onnx, res.model_bytes, overwrite, inputs=[checkpoint])
-    typer.echo(f"wrote {onnx} ({res.exporter} exporter, opset {res.opset}"
-               + (f"; dynamo fallback because {res.fallback_reason}" if res.fallback_reason else "") + ")")
+    _say_written(onnx, res)
     variants = [("onnx fp32", "fp32", res.model_bytes, res.checks["onnx"], onnx, "pytorch")]
     if int8:
         feeds = split_feeds(data.val, next(iter(res.inputs)), calib_samples) if int8 == "static" else None
@@ -148,8 +147,7 @@ def _encoder(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, thr
     res = export_onnx(model, enc(held[:2]), check_inputs=[enc(held[2:7]), enc(held[7:8])],
                       validate=encoder_check(model, tok, held))
     write_output(onnx, res.model_bytes, overwrite, inputs=[checkpoint])
-    typer.echo(f"wrote {onnx} ({res.exporter} exporter, opset {res.opset}"
-               + (f"; dynamo fallback because {res.fallback_reason}" if res.fallback_reason else "") + ")")
+    _say_written(onnx, res)
     variants = [("onnx fp32", "fp32", res.model_bytes, res.checks["mean_cosine"], onnx, "pytorch")]
     if int8:
         feeds = None
@@ -180,3 +178,9 @@ def _encoder(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, thr
     header = (f"{checkpoint} -> {onnx}; metric: mean cosine of mean-pooled embeddings to the PyTorch model on "
               f"{len(held)} held-out Pride and Prejudice sentences; {timing}")
     return rows, header, {"export": res.as_dict()}
+
+
+def _say_written(onnx: Path, res) -> None:
+    """Which exporter wrote the file, and why the preferred one was not used."""
+    typer.echo(f"wrote {onnx} ({res.exporter} exporter, opset {res.opset}"
+               + (f"; dynamo fallback because {res.fallback_reason}" if res.fallback_reason else "") + ")")
