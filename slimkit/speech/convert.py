@@ -274,6 +274,12 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
     if not (path / "config.json").is_file() or not any((path / n).is_file() for n in _PROCESSOR_FILES):
         raise SlimkitError(f"{path} is not a Whisper model folder: it needs config.json and the feature extractor's "
                            f"{' or '.join(_PROCESSOR_FILES)}, as save_pretrained of the model and processor write them")
+    try:
+        model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        raise SlimkitError(f"{path / 'config.json'} is not a readable JSON object") from None
+    if model_type != "whisper":
+        raise SlimkitError(f"{path} holds a {model_type!r} model, not a Whisper model")
     return path
 
 
