@@ -119,6 +119,8 @@ from slimkit.cli import compress, export  # noqa: E402,F401
 from slimkit.cli.llm import app as _llm_app  # noqa: E402
 
 app.add_typer(_llm_app, name="llm")
+from slimkit.cli.speech import app as _speech_app  # noqa: E402
+app.add_typer(_speech_app, name="speech")
 
 
 if __name__ == "__main__":

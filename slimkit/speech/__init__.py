@@ -1,0 +1,19 @@
+"""Speech recognition with Whisper: the built-in tiny.en converted from its CTranslate2 export, real and
+synthesised speech sets, and WER with measured speed.
+
+    from slimkit.speech import load_whisper, real_recordings, synthetic_set, evaluate
+    model, processor = load_whisper("whisper-tiny.en")
+    result = evaluate(model, processor, real_recordings())
+"""
+
+from slimkit.speech.audio import SpeechSet, Utterance, load_folder, real_recordings
+from slimkit.speech.convert import BUILTINS, convert_ct2_whisper, load_whisper, resolve_model
+from slimkit.speech.ct2 import Ct2Model, read_ct2
+from slimkit.speech.evaluate import SetResult, evaluate, parameters, protocol, transcribe, word_error_rate
+from slimkit.speech.synth import SynthSettings, synthetic_set
+
+__all__ = [
+    "BUILTINS", "Ct2Model", "SetResult", "SpeechSet", "SynthSettings", "Utterance", "convert_ct2_whisper", "evaluate",
+    "load_folder", "load_whisper", "parameters", "protocol", "read_ct2", "real_recordings", "resolve_model",
+    "synthetic_set", "transcribe", "word_error_rate",
+]
