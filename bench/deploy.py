@@ -250,7 +250,7 @@ def main() -> None:
               f"({len(data.test)} images), ref = PyTorch (fp32 rows) or the fp32 ONNX model (int8 rows); int8 static "
               f"QDQ calibrated on {a.calib_samples} val images. MiniLM: @1 = seq 32, @2 = seq 128, batch 1, MACs at seq "
               f"128; metric = mean embedding cosine to the same model in PyTorch (int8 rows: to its fp32 PyTorch "
-              f"model); eager MiniLM timed in the bench process. Wall {time.time() - t0:.0f} s")
+              f"model); eager MiniLM not timed. Wall {time.time() - t0:.0f} s")
     print("\n" + header)
     print(" | ".join(COLS))
     for r in rows:
