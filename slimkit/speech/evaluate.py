@@ -194,7 +194,7 @@ def evaluate(model, processor, data: SpeechSet, trim_encoder: bool = False, thre
             if len(runs) % 10 == 0:  # the running WER, for the progress bar only
                 refs = [u.text for u in data.utterances[:len(runs)]]
                 bar.set_postfix(wer=f"{word_error_rate(refs, [r.text for r in runs]):.3f}")
-        picks = sorted(set(np.linspace(0, len(data) - 1, min(macs_utterances, len(data))).round().astype(int)))
+        picks = sorted(set(np.linspace(0, len(data) - 1, max(1, min(macs_utterances, len(data)))).round().astype(int)))
         macs = sum(transcription_macs(model, processor, data.utterances[i].audio, trim_encoder, trim_pad_s) for i in picks)
         macs_seconds = sum(data.utterances[i].seconds for i in picks)
     finally:
