@@ -10,11 +10,12 @@ Parts (run all, or pick with --parts 1,2,...):
   6  causal LM (SmolLM2 cut to --lm-layers blocks, top-k cached teacher logits, the recipe of
      `slimkit llm distill`): throughput of the engine vs a hand-written loop (target >= 0.95x)
 
-Timing (parts 1 and 6): both loops run in the same process with the same thread count, in short
-interleaved rounds (--rounds rounds of --round-steps optimizer steps each, the order alternating
-every round), each round with a fresh model and optimizer; throughput is the batch over the
-median per-step time (the first step of a round, which pays one-off allocations, is dropped), so
-load bursts from other processes hit both loops alike.
+Timing (parts 1 and 6): both loops run in the same process with the same thread count, in lockstep:
+one step of slimkit's engine, then one step of the hand-written loop (run from the engine's
+on_step callback), and so on, so every pair of steps sees the machine in the same state; other
+processes' load bursts hit both alike. --rounds rounds of --round-steps steps, each round with
+fresh models and optimizers, the first pair of a round (setup, one-off allocations) dropped. The
+ratio is the median of the per-pair ratios; throughputs are the batch over the median step time.
 
     PYTHONPATH=. python bench/distill.py --parts 1,6          # the throughput table (minutes)
     PYTHONPATH=. python bench/distill.py --parts 1,2,3,4,5 --train-subset 6000
@@ -62,21 +63,17 @@ def get_teacher(data: Dataset, args: argparse.Namespace) -> SourceModel:
     return teacher
 
 
-def _median_step(stamps: list[float]) -> list[float]:
-    """Per-step seconds from step-end stamps, the first interval (one-off allocations) dropped."""
-    return [b - a for a, b in zip(stamps, stamps[1:])][1:]
-
-
-def hand_kd_steps(student: torch.nn.Module, data: Dataset, cached: torch.Tensor, batch: int, steps: int,
-                  seed: int) -> list[float]:
-    """The minimal loop: KD from cached logits with AdamW over `steps` batches; per-step seconds."""
+def hand_kd_stepper(student: torch.nn.Module, data: Dataset, cached: torch.Tensor, batch: int, seed: int):
+    """The minimal hand-written loop, one step per call: KD from cached logits with AdamW."""
     opt = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=1e-4)
     x_all, y_all = data.train.x, data.train.y
     order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed))
     student.train()
-    stamps = [time.perf_counter()]
-    for i in range(0, steps * batch, batch):
-        idx = order[i:i + batch]
+    at = [0]
+
+    def step() -> None:
+        idx = order[at[0]:at[0] + batch]
+        at[0] = (at[0] + batch) % (len(order) - batch + 1)
         x, y, t = x_all[idx], y_all[idx], cached[idx]
         s = student(x)
         loss = 0.7 * F.kl_div(F.log_softmax(s / 4, -1), F.log_softmax(t / 4, -1), reduction="batchmean", log_target=True) * 16 \
@@ -84,49 +81,78 @@ def hand_kd_steps(student: torch.nn.Module, data: Dataset, cached: torch.Tensor,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        stamps.append(time.perf_counter())
-    return _median_step(stamps)
+    return step
 
 
-def slimkit_steps(teacher, data: Dataset, batch: int, seed: int, steps: int | None = None, cache: str = "auto",
-                  amp: str = "off", terms=None) -> list[float]:
-    """slimkit's engine over `steps` batches (one epoch when None); per-step seconds from its on_step callback."""
+def slimkit_run(teacher, data: Dataset, batch: int, seed: int, steps: int | None = None, cache: str = "auto",
+                amp: str = "off", terms=None, on_step=None) -> None:
+    """slimkit's engine over `steps` batches (one epoch when None), calling `on_step` after each step."""
     torch.manual_seed(seed)
     student = TargetModel()
     n = len(data.train) - len(data.train) % batch if steps is None else steps * batch
     sub = Dataset(data.name, data.train.subset(n), data.val.subset(1), data.test, data.num_classes)
     cfg = TrainConfig(epochs=1, batch_size=batch, lr=1e-3, grad_clip=None, seed=seed, amp=amp)
-    stamps: list[float] = []
     d = Distiller(teacher if not isinstance(teacher, torch.Tensor) else teacher[:n], student, terms or hinton(4.0, 0.7),
                   cfg, cache=CacheConfig(mode=cache))
-    d.fit(sub, progress=False, on_step=lambda _s: stamps.append(time.perf_counter()))
+    d.fit(sub, progress=False, on_step=on_step)
+
+
+def slimkit_steps(teacher, data: Dataset, batch: int, seed: int, cache: str = "auto") -> list[float]:
+    """Per-step seconds of one slimkit epoch (timed by the engine's on_step callback)."""
+    stamps: list[float] = []
+    slimkit_run(teacher, data, batch, seed, cache=cache, on_step=lambda _s: stamps.append(time.perf_counter()))
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
-def interleaved(runs: dict[str, callable], rounds: int) -> dict[str, list[float]]:
-    """Per-step seconds of each run over `rounds` rounds, the order alternating every round."""
-    out: dict[str, list[float]] = {k: [] for k in runs}
-    names = list(runs)
+def lockstep(run_engine, hand_step) -> list[tuple[float, float]]:
+    """(engine seconds, hand-written seconds) per step, one step of each in turn.
+
+    The hand-written step runs inside the engine's on_step callback, right after each engine step,
+    so every pair sees the machine in the same state (other processes share these cores); the first
+    pair, which pays one-off setup and allocations, is dropped.
+    """
+    pairs: list[tuple[float, float]] = []
+    last = [time.perf_counter()]
+
+    def on_step(_step: int) -> None:
+        engine = time.perf_counter() - last[0]
+        t0 = time.perf_counter()
+        hand_step()
+        pairs.append((engine, time.perf_counter() - t0))
+        last[0] = time.perf_counter()
+    run_engine(on_step)
+    return pairs[1:]
+
+
+def rounds_of(make, rounds: int) -> list[tuple[float, float]]:
+    """`rounds` lockstep runs, each with fresh models (make(round) -> (run_engine, hand_step))."""
+    pairs: list[tuple[float, float]] = []
     for r in range(rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            torch.manual_seed(r)
-            out[name].extend(runs[name](r))
-    return out
+        torch.manual_seed(r)
+        pairs += lockstep(*make(r))
+    return pairs
+
+
+def speed(pairs: list[tuple[float, float]]) -> tuple[float, float, float]:
+    """(median engine s/step, median hand-written s/step, median of the per-pair ratios hand / engine)."""
+    return (statistics.median(e for e, _ in pairs), statistics.median(h for _, h in pairs),
+            statistics.median(h / e for e, h in pairs))
 
 
 def part1(data: Dataset, teacher, args) -> None:
     cached = teacher_logits(teacher, data.train)
     b, k = args.batch_size, args.round_steps
-    t = interleaved({"hand": lambda r: hand_kd_steps(TargetModel(), data, cached, b, k, r),
-                     "engine": lambda r: slimkit_steps(cached, data, b, r, k),
-                     "bf16": lambda r: slimkit_steps(cached, data, b, r, k, amp="bf16")}, args.rounds)
-    m = {name: statistics.median(v) for name, v in t.items()}
-    ratio = m["hand"] / m["engine"]
-    row("1 classification KD throughput (cached logits)", f"slimkit {b / m['engine']:.0f} samples/s",
-        f"hand-written {b / m['hand']:.0f} samples/s",
+
+    def make(amp: str):
+        return lambda r: (lambda cb: slimkit_run(cached, data, b, r, k, amp=amp, on_step=cb),
+                          hand_kd_stepper(TargetModel(), data, cached, b, r))
+    e, h, ratio = speed(rounds_of(make("off"), args.rounds))
+    row("1 classification KD throughput (cached logits)", f"slimkit {b / e:.0f} samples/s",
+        f"hand-written {b / h:.0f} samples/s",
         f"{ratio:.3f}x (target >= 0.95) {'PASS' if ratio >= 0.95 else 'MISS'}")
-    row("1b bf16 autocast on CPU (slimkit loop)", f"{b / m['bf16']:.0f} samples/s", f"fp32 {b / m['engine']:.0f} samples/s",
-        f"{m['engine'] / m['bf16']:.2f}x")
+    e16, _, ratio16 = speed(rounds_of(make("bf16"), args.rounds))
+    row("1b bf16 autocast on CPU (slimkit loop)", f"{b / e16:.0f} samples/s", f"fp32 {b / e:.0f} samples/s",
+        f"{ratio16 / ratio:.2f}x (each against the fp32 hand-written loop in lockstep)")
 
 
 def part2(data: Dataset, teacher, args) -> None:
@@ -220,39 +246,37 @@ def part5(data: Dataset, teacher, args) -> None:
         f"1 proc: acc {one['val_accuracy']:.4f}, {one['train_samples_per_s']:.0f} samples/s", f"acc diff {diff:.2f} pts")
 
 
-def hand_lm_steps(student: torch.nn.Module, windows: torch.Tensor, cache, batch: int, steps: int, seed: int) -> list[float]:
-    """The loop `slimkit llm distill` ran before the engine: top-k KD from cached teacher logits,
-    AdamW, clipping at 1 (with the engine's loss function, so only the loop differs)."""
+def hand_lm_stepper(student: torch.nn.Module, windows: torch.Tensor, cache, batch: int, seed: int):
+    """The loop `slimkit llm distill` ran before the engine, one step per call: top-k KD from cached
+    teacher logits, AdamW, clipping at 1 (with the engine's loss function, so only the loop differs)."""
     from slimkit.distill import soft_target_kl_topk
 
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
     order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))
     student.train()
-    stamps = [time.perf_counter()]
-    for i in range(0, steps * batch, batch):
-        b = order[i:i + batch]
+    at = [0]
+
+    def step() -> None:
+        b = order[at[0]:at[0] + batch]
+        at[0] = (at[0] + batch) % (len(order) - batch + 1)
         logits = student(input_ids=windows[b], use_cache=False).logits
         loss = soft_target_kl_topk(logits, cache.values[b], cache.indices[b].long(), 1.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        stamps.append(time.perf_counter())
-    return _median_step(stamps)
+    return step
 
 
-def engine_lm_steps(student: torch.nn.Module, windows: torch.Tensor, cache, batch: int, steps: int, seed: int) -> list[float]:
+def engine_lm_run(student: torch.nn.Module, windows: torch.Tensor, cache, batch: int, seed: int, on_step) -> None:
     """The same steps through `Distiller` with the causal-LM task and the cached top-k outputs."""
     from slimkit.distill import TeacherOutputs, causal_lm, kd
 
-    n = steps * batch
     cfg = TrainConfig(epochs=1, batch_size=batch, lr=1e-4, weight_decay=0.0, warmup_steps=0, grad_clip=1.0, seed=seed,
                       amp="off")
-    stamps: list[float] = []
-    Distiller(TeacherOutputs(cache.values[:n], cache.indices[:n]), student, [kd(1.0, 1.0)], cfg, task=causal_lm()).fit(
-        {"input_ids": windows[:n]}, progress=False, on_step=lambda _s: stamps.append(time.perf_counter()))
-    return _median_step(stamps)
+    Distiller(TeacherOutputs(cache.values, cache.indices), student, [kd(1.0, 1.0)], cfg, task=causal_lm()).fit(
+        {"input_ids": windows}, progress=False, on_step=on_step)
 
 
 def part6(args) -> None:
@@ -273,13 +297,11 @@ def part6(args) -> None:
     b, k = args.lm_batch, args.round_steps
     windows = calibration_windows(tok, "emma", b * k, args.lm_seq_len, 0)
     cache = compute_teacher_outputs(teacher, {"input_ids": windows}, 2, 64, task=causal_lm())
-    t = interleaved({"hand": lambda r: hand_lm_steps(copy.deepcopy(student), windows, cache, b, k, r),
-                     "engine": lambda r: engine_lm_steps(copy.deepcopy(student), windows, cache, b, k, r)}, args.rounds)
-    m = {name: statistics.median(v) for name, v in t.items()}
-    ratio = m["hand"] / m["engine"]
+    e, h, ratio = speed(rounds_of(lambda r: (lambda cb: engine_lm_run(copy.deepcopy(student), windows, cache, b, r, cb),
+                                             hand_lm_stepper(copy.deepcopy(student), windows, cache, b, r)), args.rounds))
     tokens = b * args.lm_seq_len
     row(f"6 causal-LM KD throughput (SmolLM2 {args.lm_layers - 1} of {args.lm_layers} blocks, top-64 cache)",
-        f"slimkit {tokens / m['engine']:.0f} tokens/s", f"hand-written {tokens / m['hand']:.0f} tokens/s",
+        f"slimkit {tokens / e:.0f} tokens/s", f"hand-written {tokens / h:.0f} tokens/s",
         f"{ratio:.3f}x (target >= 0.95) {'PASS' if ratio >= 0.95 else 'MISS'}")
 
 
@@ -291,7 +313,7 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats for timing part 2")
-    ap.add_argument("--rounds", type=int, default=8, help="interleaved rounds for the throughput parts 1 and 6")
+    ap.add_argument("--rounds", type=int, default=8, help="lockstep rounds for the throughput parts 1 and 6")
     ap.add_argument("--round-steps", type=int, default=12, help="optimizer steps per round (parts 1 and 6)")
     ap.add_argument("--lm-layers", type=int, default=4, help="part 6: SmolLM2 blocks kept for the teacher")
     ap.add_argument("--lm-seq-len", type=int, default=256, help="part 6: tokens per window")
