@@ -118,6 +118,11 @@ def _files_under(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
 
 
+def _unlisted(folder: Path, manifest: dict) -> list[str]:
+    """Files in a run folder that its manifest does not list: written by someone else."""
+    return sorted(set(_files_under(folder)) - set(manifest["files"]) - {MANIFEST})
+
+
 def _stage_pid(stage: Path) -> int | None:
     parts = stage.name.split(".")
     return int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
@@ -142,13 +147,17 @@ def recover_interrupted(out: Path) -> str | None:
     """
     note = None
     aside = out.parent / f".{out.name}{_ASIDE}"
-    if aside.is_dir() and read_manifest(aside) is not None:
+    manifest = read_manifest(aside) if aside.is_dir() else None
+    if manifest is not None:
         if not out.exists():
             os.rename(aside, out)
             note = f"restored {out} from an interrupted replace"
-        elif read_manifest(out) is not None:
+        elif read_manifest(out) is not None and not _unlisted(aside, manifest):
             shutil.rmtree(aside)
             note = f"removed the previous result left aside by an interrupted replace of {out}"
+        else:
+            note = f"an interrupted replace of {out} left the previous result in {aside}; it holds files slimkit " \
+                   "did not write, so it is kept: move what you need out of it"
     home = out.parent  # where output_folder puts the stages (the nearest existing folder)
     while not home.exists():
         home = home.parent
@@ -189,7 +198,7 @@ def check_output_folder(path: str | os.PathLike, overwrite: bool = False, inputs
             if not overwrite:
                 raise SlimkitError(f"{what} {p} holds an earlier slimkit result; pass --overwrite to replace it, "
                                    "or choose another folder")
-            foreign = sorted(set(_files_under(p)) - set(manifest["files"]) - {MANIFEST})
+            foreign = _unlisted(p, manifest)
             if foreign:
                 raise SlimkitError(f"{what} {p} holds files slimkit did not write ({', '.join(foreign[:3])}); move "
                                    "them out first, or choose another folder")

@@ -292,3 +292,13 @@ def test_a_failed_run_creates_no_parent_folders(tmp_path):
     with output_folder(out) as stage:
         (stage / "a.txt").write_text("a")
     assert (out / "a.txt").read_text() == "a" and sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+def test_an_aside_holding_a_user_file_is_kept(tmp_path):
+    out = tmp_path / "run"
+    make_run(out, "new")
+    aside = tmp_path / ".run.slimkit-old"
+    make_run(aside, "old")
+    (aside / "notes.txt").write_text("mine")
+    check_output_folder(out, overwrite=True)
+    assert (aside / "notes.txt").read_text() == "mine" and (out / "result.txt").read_text() == "new"
