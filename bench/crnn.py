@@ -9,7 +9,7 @@ held out, are what each epoch reports). Batch-1 latency: all three models timed 
 alternating (slimkit.measure.measure_latency_interleaved), median of the warm runs, with the
 thread count stated.
 
-    PYTHONPATH=. python bench/crnn.py                          # the table (about 10 min on 2 cores)
+    PYTHONPATH=. python bench/crnn.py                          # the table (about 2 min on an idle 2-core machine)
     PYTHONPATH=. python bench/crnn.py --train 2000 --teacher-epochs 6 --student-epochs 8   # quick look
 """
 

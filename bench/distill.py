@@ -15,7 +15,8 @@ one step of slimkit's engine, then one step of the hand-written loop (run from t
 on_step callback), and so on, so every pair of steps sees the machine in the same state; other
 processes' load bursts hit both alike. --rounds rounds of --round-steps steps, each round with
 fresh models and optimizers, the first pair of a round (setup, one-off allocations) dropped. The
-ratio is the median of the per-pair ratios; throughputs are the batch over the median step time.
+ratio is total hand-written time / total engine time (a load burst lengthens both sides of a pair),
+with the median of the per-pair ratios beside it; throughputs are the batch over the mean step time.
 
     PYTHONPATH=. python bench/distill.py --parts 1,6          # the throughput table (minutes)
     PYTHONPATH=. python bench/distill.py --parts 1,2,3,4,5 --train-subset 6000
@@ -133,10 +134,13 @@ def rounds_of(make, rounds: int) -> list[tuple[float, float]]:
     return pairs
 
 
-def speed(pairs: list[tuple[float, float]]) -> tuple[float, float, float]:
-    """(median engine s/step, median hand-written s/step, median of the per-pair ratios hand / engine)."""
-    return (statistics.median(e for e, _ in pairs), statistics.median(h for _, h in pairs),
-            statistics.median(h / e for e, h in pairs))
+def speed(pairs: list[tuple[float, float]]) -> tuple[float, float, float, float]:
+    """(engine s/step, hand-written s/step, their ratio hand / engine, median of the per-pair ratios).
+
+    Means over all pairs: in lockstep a load burst lengthens both sides of a pair, so the ratio of
+    the totals is fair; the median of per-pair ratios is shown beside it as a check."""
+    e, h = statistics.mean(e for e, _ in pairs), statistics.mean(h for _, h in pairs)
+    return e, h, h / e, statistics.median(h / e for e, h in pairs)
 
 
 def part1(data: Dataset, teacher, args) -> None:
@@ -146,13 +150,14 @@ def part1(data: Dataset, teacher, args) -> None:
     def make(amp: str):
         return lambda r: (lambda cb: slimkit_run(cached, data, b, r, k, amp=amp, on_step=cb),
                           hand_kd_stepper(TargetModel(), data, cached, b, r))
-    e, h, ratio = speed(rounds_of(make("off"), args.rounds))
+    e, h, ratio, per_pair = speed(rounds_of(make("off"), args.rounds))
     row("1 classification KD throughput (cached logits)", f"slimkit {b / e:.0f} samples/s",
         f"hand-written {b / h:.0f} samples/s",
-        f"{ratio:.3f}x (target >= 0.95) {'PASS' if ratio >= 0.95 else 'MISS'}")
-    e16, _, ratio16 = speed(rounds_of(make("bf16"), args.rounds))
-    row("1b bf16 autocast on CPU (slimkit loop)", f"{b / e16:.0f} samples/s", f"fp32 {b / e:.0f} samples/s",
-        f"{ratio16 / ratio:.2f}x (each against the fp32 hand-written loop in lockstep)")
+        f"{ratio:.3f}x (median per step {per_pair:.3f}; target >= 0.95) {'PASS' if ratio >= 0.95 else 'MISS'}")
+    e16, h16, ratio16, _ = speed(rounds_of(make("bf16"), args.rounds))
+    row("1b bf16 autocast on CPU (slimkit loop)", f"{ratio16 / ratio:.2f}x the fp32 speed",
+        f"bf16 vs fp32 hand loop {ratio16:.2f}x; fp32 engine vs hand {ratio:.2f}x",
+        "each against the fp32 hand-written loop in lockstep")
 
 
 def part2(data: Dataset, teacher, args) -> None:
@@ -297,12 +302,14 @@ def part6(args) -> None:
     b, k = args.lm_batch, args.round_steps
     windows = calibration_windows(tok, "emma", b * k, args.lm_seq_len, 0)
     cache = compute_teacher_outputs(teacher, {"input_ids": windows}, 2, 64, task=causal_lm())
-    e, h, ratio = speed(rounds_of(lambda r: (lambda cb: engine_lm_run(copy.deepcopy(student), windows, cache, b, r, cb),
-                                             hand_lm_stepper(copy.deepcopy(student), windows, cache, b, r)), args.rounds))
+    e, h, ratio, per_pair = speed(rounds_of(lambda r: (lambda cb: engine_lm_run(copy.deepcopy(student), windows, cache,
+                                                                                b, r, cb),
+                                                       hand_lm_stepper(copy.deepcopy(student), windows, cache, b, r)),
+                                            args.rounds))
     tokens = b * args.lm_seq_len
     row(f"6 causal-LM KD throughput (SmolLM2 {args.lm_layers - 1} of {args.lm_layers} blocks, top-64 cache)",
         f"slimkit {tokens / e:.0f} tokens/s", f"hand-written {tokens / h:.0f} tokens/s",
-        f"{ratio:.3f}x (target >= 0.95) {'PASS' if ratio >= 0.95 else 'MISS'}")
+        f"{ratio:.3f}x (median per step {per_pair:.3f}; target >= 0.95) {'PASS' if ratio >= 0.95 else 'MISS'}")
 
 
 def main() -> None:
