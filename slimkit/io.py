@@ -118,15 +118,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, builder: Builder | Non
         raise SlimkitError(f"{exc} (the builder {builder_name(fn)} does not make this model's dense form)") from None
     description = {"format": FORMAT_VERSION, "class": type(model).__name__, "builder": builder_ref(fn),
                    "kwargs": kwargs, "layout": layout, "extra": extra or {}}
-    tensors: dict[str, torch.Tensor] = {}
-    seen: dict[int, str] = {}
-    for name, tensor in model.state_dict().items():
-        key = tensor.data_ptr()
-        if key in seen and tensor.numel() > 0:  # safetensors refuses shared storage: tied names get a copy each
-            tensors[name] = tensor.detach().clone().contiguous().cpu()
-            continue
-        seen[key] = name
-        tensors[name] = tensor.detach().contiguous().cpu()
+    tensors = tensors_for_file(model)
     metadata = {_META_KEY: json.dumps(description)}
 
     def write(tmp: str) -> None:
@@ -138,6 +130,21 @@ def save_model(model: nn.Module, path: str | os.PathLike, builder: Builder | Non
                           else str(exc)) from None
 
     return write_file_atomic(out, write)
+
+
+def tensors_for_file(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as contiguous CPU tensors that safetensors accepts: tied names get a copy each
+    (safetensors refuses shared storage)."""
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, tensor in model.state_dict().items():
+        key = tensor.data_ptr()
+        if key in seen and tensor.numel() > 0:
+            tensors[name] = tensor.detach().clone().contiguous().cpu()
+            continue
+        seen.add(key)
+        tensors[name] = tensor.detach().contiguous().cpu()
+    return tensors
 
 
 def read_architecture(path: str | os.PathLike) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import typer
 
 from slimkit.cli import clean_errors
 from slimkit.cli.app import app, check_model_fits
-from slimkit.errors import SlimkitError
 
 @app.command()
 @clean_errors
