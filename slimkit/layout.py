@@ -106,7 +106,7 @@ def apply_layout(model: nn.Module, layout: dict[str, Any]) -> nn.Module:
     resized: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(old) -> (old, kept alive; new)
     for mod_name, m in model.named_modules(remove_duplicate=False):
         for kind, table in (("param", m._parameters), ("buffer", m._buffers)):
-            for t_name, t in list(table.items()):
+            for t_name, t in list(table.items()):  # a copy: setattr below replaces entries
                 key = f"{mod_name}.{t_name}" if mod_name else t_name
                 if t is None or key not in shapes or list(t.shape) == shapes[key]:
                     continue
@@ -115,7 +115,7 @@ def apply_layout(model: nn.Module, layout: dict[str, Any]) -> nn.Module:
                     empty = torch.empty(shapes[key], dtype=t.dtype, device=t.device)
                     new = nn.Parameter(empty, requires_grad=t.requires_grad) if kind == "param" else empty
                     resized[id(t)] = (t, new)
-                table[t_name] = new
+                setattr(m, t_name, new)  # through the module, so e.g. an LSTM refreshes its flat weight list
     return model
 
 

@@ -100,6 +100,27 @@ def test_tied_weights_stay_tied_when_resized():
     assert rebuilt.out.weight is rebuilt.emb.weight and list(rebuilt.emb.weight.shape) == [10, 4]
 
 
+def test_recurrent_layer_cut_round_trips():
+    """A narrower LSTM (hidden size, four gates, both directions) is rebuilt from the dense one."""
+    class Recogniser(nn.Module):
+        def __init__(self, hidden: int = 16) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(8, hidden, batch_first=True, bidirectional=True)
+            self.head = nn.Linear(2 * hidden, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.rnn(x)[0])
+
+    narrow = Recogniser(12).eval()
+    layout = record_layout(narrow, Recogniser(16))
+    assert layout["attributes"]["rnn"] == {"hidden_size": 12}
+    rebuilt = apply_layout(Recogniser(16), layout)
+    rebuilt.load_state_dict(narrow.state_dict())
+    seq = torch.randn(2, 7, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(seq), narrow(seq), rtol=0, atol=1e-5)
+
+
 def test_fresh_process_timer_takes_a_users_builder():
     from slimkit.measure.fresh import time_in_fresh_processes
 
