@@ -55,7 +55,7 @@ def record_layout(model: nn.Module, dense: nn.Module) -> dict[str, Any]:
                 raise SlimkitError("the whole model is nn.Identity; there is nothing to save")
             removed.append(name)
             continue
-        if type(m) is not type(d):
+        if _kind(m) != _kind(d):
             raise SlimkitError(f"module {name!r} is a {type(m).__name__} but the dense build has a "
                                f"{type(d).__name__} there; build the model with the builder that made it")
         changed = {k: _to_json(v) for k, v in vars(m).items()
@@ -160,6 +160,11 @@ def is_plain(value: Any, depth: int = 0) -> bool:
 
 
 _MISSING = object()
+
+
+def _kind(m: nn.Module) -> tuple[str, str]:
+    """A module's class by name: torch.nn.utils.parametrize makes a new class per parametrized module."""
+    return type(m).__module__, type(m).__qualname__
 
 
 def _is_shape(value: Any) -> bool:

@@ -164,3 +164,52 @@ def test_fresh_process_timer_times_hf_models():
         cut_ffn(layer, 16 + 8 * i)
     times = time_in_fresh_processes([dense, cut], IDS[:1], rounds=2, passes=1, log=False, builder="hf")
     assert len(times) == 2 and all(t["nchw"] > 0 for t in times)
+
+
+FOREIGN = {
+    "resnet": (lambda: transformers.ResNetModel(transformers.ResNetConfig(
+        embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="bottleneck")), (1, 3, 32, 32)),
+    "convnext": (lambda: transformers.ConvNextModel(transformers.ConvNextConfig(
+        hidden_sizes=[16, 32], depths=[1, 1], num_stages=2)), (1, 3, 32, 32)),
+    "vit": (_vit, (1, 3, 16, 16)),
+    "bert": (_bert, None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FOREIGN))
+def test_torch_pruning_cut_round_trips(name, tmp_path):
+    """Torch-Pruning's own 50% cut of real transformers classes (layer scale, class token, attention
+    included) reloads through save_model with the builder and through save_hf."""
+    import torch_pruning as tp
+
+    build, shape = FOREIGN[name]
+    torch.manual_seed(0)
+    model = build().eval()
+    x = IDS[:1] if shape is None else torch.randn(shape)
+    ignored = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.5,
+                         ignored_layers=ignored).step()
+    from slimkit.io import load_model, save_model
+
+    path = save_model(model, tmp_path / "cut.safetensors", builder=build)
+    with torch.no_grad():
+        _same(load_model(path, builder=build).eval()(x), model(x))
+        _same(load_hf(save_hf(model, tmp_path / "hf"))(x), model(x))
+
+
+def test_weight_normed_wav2vec2_round_trips(tmp_path):
+    """wav2vec2's positional convolution is weight-normed (a parametrized module): saved and rebuilt
+    like any other, here with a per-layer FFN cut."""
+    config = transformers.Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 2),
+                                         conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                                         num_conv_pos_embedding_groups=4)
+    torch.manual_seed(0)
+    model = transformers.Wav2Vec2Model(config).eval()
+    ff = model.encoder.layers[0].feed_forward
+    keep = torch.arange(24)
+    _slice(ff.intermediate_dense, keep, 0)
+    _slice(ff.output_dense, keep, 1)
+    audio = torch.randn(1, 1600)
+    with torch.no_grad():
+        _same(load_hf(save_hf(model, tmp_path / "w2v"))(audio), model(audio))
