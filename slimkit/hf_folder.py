@@ -25,14 +25,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import save_file
 from torch import nn
 
 from slimkit.errors import SlimkitError
-from slimkit.header import build_dense
-from slimkit.io import load_state, tensors_for_file
-from slimkit.layout import apply_layout, check_layout, record_layout
+from slimkit.header import build_checked, build_dense
+from slimkit.io import load_state, read_header, tensors_for_file
+from slimkit.layout import record_layout
 from slimkit.outputs import output_folder
 
 LAYOUT_KEY = "slimkit_layout"
@@ -49,7 +48,7 @@ def _check_hf(model: Any) -> None:
 
 
 def _build(cls: type, config: Any) -> nn.Module:
-    return build_dense(lambda: cls(config), {})
+    return build_dense(cls, {"config": config})
 
 
 def _size(layout: dict[str, Any], dense: nn.Module) -> int:
@@ -153,27 +152,17 @@ def load_hf(folder: str | os.PathLike, model_class: type | None = None) -> nn.Mo
     layout = config.__dict__.get(LAYOUT_KEY)
     if layout is None:
         return model_class.from_pretrained(path, config=config, local_files_only=True).eval()
-    weights = _read_weights(path)
-    check_layout(layout, {k: list(v.shape) for k, v in weights.items()}, path)
-    model = build_dense(lambda: model_class(config), {}, meta=False)
-    apply_layout(model, layout)
-    with torch.no_grad():
-        result = model.load_state_dict(weights, strict=False)
-    if result.unexpected_keys:
-        raise SlimkitError(f"{path} holds tensors {result.unexpected_keys[:5]} that its {model_class.__name__} "
-                           f"does not have; the folder was not written for this class")
-    model.tie_weights()
-    loaded = {v.data_ptr() for k, v in model.state_dict().items() if k in weights}
-    untied = [k for k in result.missing_keys if model.state_dict()[k].data_ptr() not in loaded]
-    if untied:
-        raise SlimkitError(f"{path} lacks tensors {untied[:5]} of its {model_class.__name__}; save the model again "
-                           f"with save_hf")
-    return model.eval()
-
-
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The weights save_hf wrote beside a recorded layout: one model.safetensors under the model's own names."""
-    if not (path / "model.safetensors").is_file():
+    weights_file = path / "model.safetensors"
+    if not weights_file.is_file():
         raise SlimkitError(f"{path} records a pruned layout but has no model.safetensors; save the model again with "
                            f"save_hf")
-    return load_state(path / "model.safetensors")
+    # checked like a slimkit checkpoint: the config and layout must build, on the meta device first,
+    # exactly the tensors the file holds before any memory is spent
+    _, shapes = read_header(weights_file)
+    model = build_checked(model_class, {"config": config}, layout, shapes, path)
+    try:
+        model.load_state_dict(load_state(weights_file), strict=True)
+    except RuntimeError as exc:
+        raise SlimkitError(f"{path} does not load into {model_class.__name__}: "
+                           f"{' '.join(str(exc).split())[:300]}") from None
+    return model.eval()

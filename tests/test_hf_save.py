@@ -153,6 +153,16 @@ def test_bad_inputs_are_one_line(tmp_path):
         save_hf(nn.Linear(2, 2), tmp_path / "x")
     with pytest.raises(SlimkitError, match="no config.json"):
         load_hf(tmp_path)
+    model = _bert()
+    cut_ffn(model.encoder.layer[0], 16)
+    folder = save_hf(model, tmp_path / "bert")
+    config = json.loads((folder / "config.json").read_text())
+    config[LAYOUT_KEY]["shapes"]["encoder.layer.0.intermediate.dense.bias"] = [2**40]
+    config["hidden_size"] = 2**20
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SlimkitError, match=r"has shape \[16\] in the file but \[1099511627776\] in its layout") as info:
+        load_hf(folder)
+    assert "\n" not in str(info.value)
 
 
 def test_fresh_process_timer_times_hf_models():
