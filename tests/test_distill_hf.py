@@ -86,7 +86,8 @@ def test_adapters_travel_with_hf_checkpoints_and_resume(tmp_path):
     def trainer(out, student, teacher):
         args = transformers.TrainingArguments(output_dir=str(out), max_steps=6, per_device_train_batch_size=4,
                                               learning_rate=5e-3, report_to=[], save_strategy="steps", save_steps=3,
-                                              use_cpu=True, logging_steps=100, disable_tqdm=True, seed=0)
+                                              use_cpu=True, logging_steps=100, disable_tqdm=True, seed=0,
+                                              weight_decay=0.01)
         terms = [kd(1.0, 2.0), Term("hint", 1.0, student_layer="bert.encoder.layer.0", teacher_layer="bert.encoder.layer.1")]
         return DistillationTrainer(model=student, args=args, train_dataset=_Rows(24, 8, 50, False), teacher=teacher, losses=terms)
 
@@ -94,6 +95,9 @@ def test_adapters_travel_with_hf_checkpoints_and_resume(tmp_path):
     straight = trainer(tmp_path / "a", student, teacher)
     straight.train()
     assert (tmp_path / "a" / "checkpoint-3" / "slimkit_adapters.safetensors").is_file()
+    groups = straight.optimizer.param_groups  # adapter weights decay like the Trainer's own weights
+    adapter = straight.adapters["bert_encoder_layer_0__bert_encoder_layer_1"].weight
+    assert [g["weight_decay"] for g in groups if any(p is adapter for p in g["params"])] == [0.01]
     saved = load_file(str(tmp_path / "a" / "checkpoint-3" / "slimkit_adapters.safetensors"))
     teacher, student = models()
     resumed = trainer(tmp_path / "b", student, teacher)

@@ -75,10 +75,14 @@ class DistillationTrainer(Trainer):
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         optimizer = super().create_optimizer(*(() if model is None else (model,)))
-        params = [p for p in self.adapters.parameters() if p.requires_grad]
         already = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        if params and id(params[0]) not in already:  # create_optimizer may be called more than once
-            optimizer.add_param_group({"params": params, "weight_decay": 0.0})
+        named = [(n, p) for n, p in self.adapters.named_parameters() if p.requires_grad and id(p) not in already]
+        # The Trainer's own grouping rule: weights decay, biases do not (create_optimizer may run twice).
+        decay = [p for n, p in named if not n.endswith("bias")]
+        no_decay = [p for n, p in named if n.endswith("bias")]
+        for params, wd in ((decay, self.args.weight_decay), (no_decay, 0.0)):
+            if params:
+                optimizer.add_param_group({"params": params, "weight_decay": wd})
         return optimizer
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
