@@ -32,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from slimkit.compression.cutters import Cutter, StructuredCutter, Timer, check_cuttable, deciding_timer, is_encoder
-from slimkit.compression.search import Candidate, params_of, search
+from slimkit.compression.search import Candidate, check_reachable, params_of, search
 from slimkit.compression.settings import CompressSettings, Floor, parse_floor, parse_target
 from slimkit.distill import Distiller, Task, TrainConfig, ce, classification, cosine, evaluate, kd
 from slimkit.distill.train_data import InMemory, as_train_data, batches_of, head
@@ -115,7 +115,8 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
              target: str = "latency=0.5x", floor: Any = "-1pt", example: Any = None, out: str | Path | None = None,
              seed: int = 0, settings: CompressSettings | None = None, cutter: Cutter | None = None,
              timer: Timer | None = None, timing_method: str | None = None, overwrite: bool = False,
-             progress: bool = True, command: str = "slimkit.compress()", inputs: tuple = (), **overrides) -> CompressResult:
+             progress: bool = True, command: str = "slimkit.compress()", inputs: tuple = (), export_onnx: bool = False,
+             **overrides) -> CompressResult:
     """Compress `model` to `target` keeping the validation metric of `task` above `floor`; see the module docstring.
 
     Data are what the engine takes (slimkit.distill.train_data): a Split, tensors, a DataLoader, a
@@ -123,6 +124,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     `example` is one input batch (default: the first validation batch's inputs). `cutter` is how
     the model is cut (default: slimkit's structured pruner); `timer` times a list of models alike
     (default: the deciding timer, `timing_method` then says how an injected one measures).
+    `export_onnx` also writes model.onnx to `out` (slimkit.export, checked in ONNX Runtime).
     Further keyword arguments are CompressSettings fields.
     """
     t0 = time.time()
@@ -150,11 +152,10 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
                                "(slimkit.compression) so its FFN neurons and layers can be cut")
         cutter = StructuredCutter(example, s.importance)
     check_cuttable(cutter, model, calib)
+    check_reachable(model, cutter, example, tgt, calib, s.max_blocks)
     if timer is None:
         timer, timing_method = deciding_timer(model, example, s.threads, s.timing_rounds, s.timing_passes)
 
-    stages = tqdm(total=7, desc="compress", disable=not progress, leave=False)
-    stages.set_postfix_str("1 profile")
     dense_val = _score(model, val, task, model, s.batch_size)
     floor_value = flr.value(dense_val, metric.name, metric.higher_is_better)
     if not metric.meets(dense_val[metric.name], floor_value):
@@ -162,7 +163,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
                            f"stricter than the dense model's own validation {metric.name} "
                            f"{dense_val[metric.name]:.4g}: no cut can hold it; set a floor relative to dense, e.g. -1pt")
     dense_macs, dense_params = count_macs(model, example), params_of(model)
-    stages.update(1)
+    stages = tqdm(total=7, initial=1, desc="compress", disable=not progress, leave=False)  # 1: the profile above
     stages.set_postfix_str("2 search")
     found = search(model, cutter, example, tgt, calib, s, timer, progress)
     cands = found.candidates
@@ -233,7 +234,8 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     if out is not None:
         from slimkit.compression.report import write_result
 
-        result.out = write_result(out, result, example, overwrite=overwrite, inputs=inputs, command=command)
+        result.out = write_result(out, result, example, overwrite=overwrite, inputs=inputs, command=command,
+                                  onnx=export_onnx)
         report["wall_seconds"] = time.time() - t0
     stages.update(1)
     stages.close()

@@ -93,6 +93,29 @@ def ratio_for(cutter: Cutter, model: nn.Module, calib: list, cost: Callable[[nn.
     return round(hi, 4)
 
 
+def check_reachable(dense: nn.Module, cutter: Cutter, example: Any, target: Target, calib: list,
+                    max_blocks: int | None) -> None:
+    """Refuse a MACs or parameter target that even the deepest cut misses, before anything is timed.
+
+    The deepest cut: the `max_blocks` blocks whose removal alone saves the most cost, then
+    MAX_RATIO of the channels. (A latency target can only be judged by timing: `search` does.)
+    """
+    if target.kind == "latency":
+        return
+    cost = _cost(target, example)
+    full = cost(dense)
+    names = cutter.blocks(dense)
+    k = len(names) if max_blocks is None else min(max_blocks, len(names))
+    if k:
+        saved = {n: full - cost(cutter.remove(dense, [n])) for n in names}
+        dense = cutter.remove(dense, sorted(names, key=lambda n: (-saved[n], n))[:k])
+    best = full / cost(cutter.cut(dense, MAX_RATIO, calib, exact=False)[0])
+    if best < 1 / target.share:
+        raise SlimkitError(f"no cut reaches {target.text}: the deepest cut slimkit makes ({k} blocks and "
+                           f"{MAX_RATIO:.0%} of the channels) gives {best:.2f}x fewer {target.kind}; try "
+                           f"{target.kind}={max(1.0, int(best * 10) / 10):g}x or less")
+
+
 def block_order(cutter: Cutter, dense: nn.Module, calib: list, timer: Timer, max_blocks: int) -> tuple[list[str], list[dict]]:
     """Blocks in removal order (least influence per ms saved first) and the ranking, for the report."""
     names = cutter.blocks(dense)
