@@ -4,9 +4,8 @@ Steps, in order (each shows progress):
 
 1. profile the dense model: MACs, parameters, validation metrics, the floor's value;
 2. build the depth+width mixes reaching the target and time them (search.py), fastest first;
-3. recover each mix by a short KD on the engine and keep the first that holds the validation
-   floor (the lightest mix is tried first of all: when even it misses, the floor cannot be held
-   and the run stops after one recovery instead of all of them);
+3. recover each mix by a short KD on the engine, fastest first, and keep the first that holds
+   the validation floor; when none does, refuse, naming the best-scoring mix;
 4. recover the chosen mix fully (more KD steps from where its short recovery ended);
 5. evaluate it, and the dense model, on the test split once;
 6. time it against the dense model with the deciding timer, in one run: a result not measured
@@ -179,20 +178,14 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
         c.held = metric.meets(c.val, floor_value)
         return c.held
 
-    lightest = max(range(len(cands)), key=lambda i: (cands[i].ms, -cands[i].blocks))
-    if not try_mix(lightest):
-        c = cands[lightest]
-        raise SlimkitError(f"even the lightest cut that reaches {tgt.text} ({c.blocks} blocks, channel ratio "
-                           f"{c.ratio:g}) scores validation {metric.name} {c.val:.4g} after {s.search_steps} KD steps, "
-                           f"past the floor {floor_value:.4g}; loosen the floor (e.g. -3pt), the target, or "
-                           f"raise search_steps")
-    chosen_i = lightest
-    for i in range(len(cands)):  # fastest first
-        if i == lightest:
-            break
-        if try_mix(i):
-            chosen_i = i
-            break
+    chosen_i = next((i for i in range(len(cands)) if try_mix(i)), None)  # fastest first
+    if chosen_i is None:
+        best = max(cands, key=lambda c: c.val if metric.higher_is_better else -c.val)
+        raise SlimkitError(f"no cut that reaches {tgt.text} holds the floor {metric.name} "
+                           f"{'>=' if metric.higher_is_better else '<='} {floor_value:.4g}: the best of "
+                           f"{len(cands)} mixes ({best.blocks} blocks, channel ratio {best.ratio:g}) scores "
+                           f"{best.val:.4g} after {s.search_steps} KD steps; loosen the floor (e.g. -3pt) or the "
+                           f"target, or raise search_steps")
     chosen = cands[chosen_i]
     stages.update(1)
     stages.set_postfix_str("4 full recovery")
