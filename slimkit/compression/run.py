@@ -151,7 +151,6 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
                                "(slimkit.compression) so its FFN neurons and layers can be cut")
         cutter = StructuredCutter(example, s.importance)
     check_cuttable(cutter, model, calib)
-    check_reachable(model, cutter, example, tgt, calib, s.max_blocks)
     if timer is None:
         timer, timing_method = deciding_timer(model, example, s.threads, s.timing_rounds, s.timing_passes)
 
@@ -161,6 +160,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
         raise SlimkitError(f"the floor {metric.name} {'>=' if metric.higher_is_better else '<='} {floor_value:.4g} is "
                            f"stricter than the dense model's own validation {metric.name} "
                            f"{dense_val[metric.name]:.4g}: no cut can hold it; set a floor relative to dense, e.g. -1pt")
+    check_reachable(model, cutter, example, tgt, calib, s.max_blocks)
     dense_macs, dense_params = count_macs(model, example), params_of(model)
     stages = tqdm(total=7, initial=1, desc="compress", disable=not progress, leave=False)  # 1: the profile above
     stages.set_postfix_str("2 search")

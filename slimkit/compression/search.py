@@ -110,6 +110,10 @@ def check_reachable(dense: nn.Module, cutter: Cutter, example: Any, target: Targ
         saved = {n: full - cost(cutter.remove(dense, [n])) for n in names}
         dense = cutter.remove(dense, sorted(names, key=lambda n: (-saved[n], n))[:k])
     best = full / cost(cutter.cut(dense, MAX_RATIO, calib, exact=False)[0])
+    if best < 1.01:
+        raise SlimkitError(f"no cut reaches {target.text}: every channel group of this model is already at its "
+                           f"smallest width and no block can go, so slimkit cannot make it cheaper; compress a wider "
+                           f"model")
     if best < 1 / target.share:
         raise SlimkitError(f"no cut reaches {target.text}: the deepest cut slimkit makes ({k} blocks and "
                            f"{MAX_RATIO:.0%} of the channels) gives {best:.2f}x fewer {target.kind}; try "
