@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-import slimkit  # noqa: E402
-from slimkit.errors import SlimkitError  # noqa: E402
+import slimkit
+from slimkit.errors import SlimkitError
 
 PARTS = ("resnet20", "mobilenetv2", "crnn", "minilm")
 
@@ -70,7 +70,14 @@ def crnn_part(b: dict, a) -> dict:
     from crnn import CRNN
 
     from slimkit.data.rendered_text import text_recognition_data
-    from slimkit.distill import Distiller, TrainConfig, ce, cer, ctc_loss, sequence_logits
+    from slimkit.distill import (
+        Distiller,
+        TrainConfig,
+        ce,
+        cer,
+        ctc_loss,
+        sequence_logits,
+    )
 
     n = 256 if a.quick else 2000
     sets = text_recognition_data(n_train=n, n_val=n // 8, n_test=n // 8, seed=a.seed)

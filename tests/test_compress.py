@@ -19,7 +19,7 @@ from slimkit.errors import SlimkitError
 from slimkit.measure import count_macs
 from slimkit.models import ResNetCifar
 
-TINY = dict(search_steps=3, recover_steps=3, batch_size=64, calib_batches=2, progress=False)
+TINY = {"search_steps": 3, "recover_steps": 3, "batch_size": 64, "calib_batches": 2, "progress": False}
 
 
 def tiny_resnet():
@@ -82,7 +82,7 @@ def run(data, tmp_path_factory):
 
 
 def test_every_mix_reaches_the_macs_target_and_the_fastest_holding_one_is_chosen(run):
-    model, result, _ = run
+    _, result, _ = run
     dense_macs = result.report["dense"]["macs"]
     assert len(result.candidates) >= 2  # 0 and 1 blocks removed
     assert all(c.macs <= dense_macs / 2 for c in result.candidates)
@@ -196,7 +196,7 @@ def test_latency_target_uses_measured_times(data):
 
 def test_not_faster_is_refused_and_nothing_written(data, tmp_path):
     train, val, test = data
-    slower = lambda models: [1.0] + [2.0] * (len(models) - 1)  # noqa: E731 - every cut measures slower
+    slower = lambda models: [1.0] + [2.0] * (len(models) - 1)
     out = tmp_path / "run"
     with pytest.raises(NotFasterError, match="not faster here"):
         slimkit.compress(tiny_resnet(), train, val, test, target="macs=2x", floor=0.0, out=out, timer=slower,

@@ -5,7 +5,6 @@ format) is judged first, so bad input costs one `error:` line and writes nothing
 """
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -20,10 +19,10 @@ def compress(
     model: str = typer.Argument(..., help="a slimkit .safetensors checkpoint, a Hugging Face folder (config.json) "
                                           "with --task, or package.module:factory (a callable returning the model, "
                                           "or a dict with 'model' and optionally 'task', 'data')"),
-    data: Optional[str] = typer.Option(None, help="fashion-mnist, digits, an .npz (x, y), an image folder (one "
+    data: str | None = typer.Option(None, help="fashion-mnist, digits, an .npz (x, y), an image folder (one "
                                                   "sub-folder per class), a text file or 'sentences' (embeddings); "
                                                   "default: the factory's data, else fashion-mnist"),
-    task: Optional[str] = typer.Option(None, help="classification, embeddings or ctc (default: the factory's task, "
+    task: str | None = typer.Option(None, help="classification, embeddings or ctc (default: the factory's task, "
                                                   "else classification)"),
     target: str = typer.Option("latency=0.5x", help="latency=0.5x (measured here), macs=2x or params=2x"),
     floor: str = typer.Option("-1pt", help="validation floor: -1pt relative to dense, or an absolute value (0.95)"),
@@ -33,11 +32,11 @@ def compress(
     seed: int = typer.Option(0, help="seed of the data split, calibration and every recovery"),
     search_steps: int = typer.Option(200, help="KD steps recovering each candidate mix"),
     recover_steps: int = typer.Option(1000, help="KD steps of the chosen mix's full recovery"),
-    max_blocks: Optional[int] = typer.Option(None, help="most whole blocks a mix removes (default: all removable)"),
+    max_blocks: int | None = typer.Option(None, help="most whole blocks a mix removes (default: all removable)"),
     batch_size: int = typer.Option(128, help="training batch size"),
     train_n: int = typer.Option(0, help="use the first N training samples only (0 = all)"),
-    data_dir: Optional[Path] = typer.Option(None, help="folder with Fashion-MNIST IDX files"),
-    export: Optional[str] = typer.Option(None, help="also write the model as 'onnx' (checked in ONNX Runtime)"),
+    data_dir: Path | None = typer.Option(None, help="folder with Fashion-MNIST IDX files"),
+    export: str | None = typer.Option(None, help="also write the model as 'onnx' (checked in ONNX Runtime)"),
     keep_slower: bool = typer.Option(False, help="keep a result measured no faster (flagged in the report) instead "
                                                  "of refusing it"),
 ) -> None:
@@ -48,7 +47,13 @@ def compress(
     model with report.json, report.md and candidates.png.
     """
     from slimkit.compression.settings import parse_floor, parse_target
-    from slimkit.compression.sources import TASKS, resolve_data, resolve_model, sentence_data, task_named
+    from slimkit.compression.sources import (
+        TASKS,
+        resolve_data,
+        resolve_model,
+        sentence_data,
+        task_named,
+    )
 
     parse_target(target)
     parse_floor(floor)
@@ -92,7 +97,7 @@ def compress(
                           example=source.example, out=out, seed=seed, cutter=cutter, overwrite=overwrite,
                           search_steps=search_steps, recover_steps=recover_steps, batch_size=batch_size,
                           keep_slower=keep_slower, inputs=tuple(inputs), command="slimkit compress",
-                          export_onnx=export == "onnx")
+                          export_onnx=export == "onnx", **overrides)
     r, m = result.report["result"], result.report["metric"]
     test = f", test {m} {r['test'][m]:.4f}" if r["test"] else ""
     typer.echo(f"wrote {out}: {r['speedup']:.2f}x faster ({r['ms']:.3f} vs {result.report['dense']['ms']:.3f} ms), "

@@ -60,19 +60,19 @@ def to_markdown(report: dict) -> str:
     direction = ">=" if report["higher_is_better"] else "<="
     lines = [
         "# slimkit compress", "",
-        f"- task: {report['task']}; metric: validation {m} (floor {direction} {report['floor_value']:.4g}, "
-        f"from {report['floor']})",
+        (f"- task: {report['task']}; metric: validation {m} (floor {direction} {report['floor_value']:.4g}, "
+         f"from {report['floor']})"),
         f"- target: {report['target']}; cutter: {report['cutter']}",
         f"- timing: {report['timing']}",
-        f"- result: {'measured faster' if r['faster'] else 'NOT measured faster'} "
-        f"({r['ms']:.3f} ms vs dense {d['ms']:.3f} ms, {r['speedup']:.2f}x), target "
-        f"{'met' if r['meets_target'] else 'missed'}; {report['candidates_tried']} of "
-        f"{len(report['candidates'])} mixes recovered; wall {_fmt(report.get('wall_seconds'))} s",
+        (f"- result: {'measured faster' if r['faster'] else 'NOT measured faster'} "
+         f"({r['ms']:.3f} ms vs dense {d['ms']:.3f} ms, {r['speedup']:.2f}x), target "
+         f"{'met' if r['meets_target'] else 'missed'}; {report['candidates_tried']} of "
+         f"{len(report['candidates'])} mixes recovered; wall {_fmt(report.get('wall_seconds'))} s"),
         "", "| model | MMACs | params | ms | val " + m + " | test " + m + " |", "|---|---|---|---|---|---|",
-        f"| dense | {d['macs'] / 1e6:.2f} | {d['params']} | {d['ms']:.3f} | {_fmt(d['val'].get(m))} | "
-        f"{_fmt(d['test'].get(m))} |",
-        f"| compressed | {r['macs'] / 1e6:.2f} | {r['params']} | {r['ms']:.3f} | {_fmt(r['val'].get(m))} | "
-        f"{_fmt(r['test'].get(m))} |",
+        (f"| dense | {d['macs'] / 1e6:.2f} | {d['params']} | {d['ms']:.3f} | {_fmt(d['val'].get(m))} | "
+         f"{_fmt(d['test'].get(m))} |"),
+        (f"| compressed | {r['macs'] / 1e6:.2f} | {r['params']} | {r['ms']:.3f} | {_fmt(r['val'].get(m))} | "
+         f"{_fmt(r['test'].get(m))} |"),
         "", "## Mixes (fastest first)", "",
         "| # | blocks removed | channel ratio | MMACs | ms (search) | x dense | val after short KD | holds |",
         "|---|---|---|---|---|---|---|---|",
@@ -125,7 +125,7 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_result(out: str | Path, result: "CompressResult", example: Any, overwrite: bool = False,
+def write_result(out: str | Path, result: CompressResult, example: Any, overwrite: bool = False,
                  inputs: tuple = (), command: str = "slimkit compress", onnx: bool = False) -> Path:
     """Model + report.json + report.md + candidates.png (+ model.onnx) into `out`, atomically."""
     from slimkit.outputs import output_folder

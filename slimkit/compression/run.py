@@ -30,10 +30,30 @@ from pydantic import ValidationError
 from torch import nn
 from tqdm.auto import tqdm
 
-from slimkit.compression.cutters import Cutter, StructuredCutter, Timer, check_cuttable, deciding_timer, is_encoder
+from slimkit.compression.cutters import (
+    Cutter,
+    StructuredCutter,
+    Timer,
+    check_cuttable,
+    deciding_timer,
+    is_encoder,
+)
 from slimkit.compression.search import Candidate, check_reachable, params_of, search
-from slimkit.compression.settings import CompressSettings, Floor, parse_floor, parse_target
-from slimkit.distill import Distiller, Task, TrainConfig, ce, classification, cosine, evaluate, kd
+from slimkit.compression.settings import (
+    CompressSettings,
+    parse_floor,
+    parse_target,
+)
+from slimkit.distill import (
+    Distiller,
+    Task,
+    TrainConfig,
+    ce,
+    classification,
+    cosine,
+    evaluate,
+    kd,
+)
 from slimkit.distill.train_data import InMemory, as_train_data, batches_of, head
 from slimkit.errors import SlimkitError
 from slimkit.measure import count_macs

@@ -30,8 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from slimkit.errors import SlimkitError
 
 TARGET_KINDS = ("latency", "macs", "params")
-_TARGET = re.compile(r"^\s*(latency|macs|params)\s*=\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*x?\s*$", re.I)
-_POINTS = re.compile(r"^\s*-\s*([0-9]*\.?[0-9]+)\s*pt\s*$", re.I)
+_TARGET = re.compile(r"^\s*(latency|macs|params)\s*=\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*x?\s*$", re.IGNORECASE)
+_POINTS = re.compile(r"^\s*-\s*([0-9]*\.?[0-9]+)\s*pt\s*$", re.IGNORECASE)
 TARGET_HELP = "write the target as latency=0.5x (half the dense latency), macs=2x or params=2x (2x fewer)"
 FLOOR_HELP = "write the floor as -1pt (1 point below the dense model) or an absolute metric value such as 0.95"
 

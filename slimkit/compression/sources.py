@@ -47,7 +47,13 @@ class Source:
 
 def task_named(name: str):
     """The engine task for a --task name."""
-    from slimkit.distill import cer, classification, ctc_loss, embeddings, sequence_logits
+    from slimkit.distill import (
+        cer,
+        classification,
+        ctc_loss,
+        embeddings,
+        sequence_logits,
+    )
 
     if name == "classification":
         return classification()
@@ -108,8 +114,8 @@ def resolve_model(spec: str, task: str | None) -> Source:
             raise SlimkitError(f"{spec} is a folder without config.json; pass a Hugging Face folder written by "
                                f"save_pretrained, a slimkit .safetensors checkpoint, or package.module:factory")
         if task != "embeddings":
-            raise SlimkitError(f"a Hugging Face folder is compressed here with --task embeddings (BERT-style "
-                               f"encoders); other tasks: wrap the model in a factory (package.module:factory)")
+            raise SlimkitError("a Hugging Face folder is compressed here with --task embeddings (BERT-style "
+                               "encoders); other tasks: wrap the model in a factory (package.module:factory)")
         from transformers import AutoModel, AutoTokenizer
 
         return Source(AutoModel.from_pretrained(p).eval(), "huggingface", extras={"tokenizer": AutoTokenizer.from_pretrained(p)})
