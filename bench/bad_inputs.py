@@ -130,6 +130,19 @@ def _tiny_lm(d: Path) -> None:
     PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>").save_pretrained(d / "tiny-lm")
 
 
+FACTORY_MODULE = """
+from slimkit.models import TargetModel
+
+
+def model():
+    return TargetModel(in_channels=1, input_size=8, num_classes=10, widths=(4, 4, 8))
+
+
+def weights():
+    return {"fc.weight": 1}
+"""
+
+
 def _folder(d: Path, name: str) -> None:
     (d / name).mkdir()
     (d / name / "weights.bin").write_bytes(b"\0" * 16)
@@ -175,6 +188,7 @@ FIXTURES: dict[str, Callable[[Path], None]] = {
     "hf-noconfig": lambda d: _folder(d, "hf-noconfig"),
     "exists.onnx": lambda d: (d / "exists.onnx").write_bytes(b"not slimkit's"),
     "tiny-lm": _tiny_lm,
+    "slimkit_bad_factory.py": lambda d: (d / "slimkit_bad_factory.py").write_text(FACTORY_MODULE),
 }
 
 
@@ -310,6 +324,23 @@ CASES: list[Case] = [
          ("export", "good.safetensors", "--onnx", "good.safetensors", "--overwrite", *DIGITS)),
     Case("export --int8 int4", "--int8 must be 'static' or 'dynamic'", ("good.safetensors",),
          ("export", "good.safetensors", "--onnx", "m.onnx", "--int8", "int4")),
+    # compress
+    Case("compress factory module missing", "name a module importable from the current folder", (),
+         ("compress", "no_such_module:model", "--out", "o", "--data", "digits")),
+    Case("compress factory function missing", "define def nothing(): return model", ("slimkit_bad_factory.py",),
+         ("compress", "slimkit_bad_factory:nothing", "--out", "o", "--data", "digits")),
+    Case("compress factory returns no nn.Module", "return the model, or a dict with 'model'",
+         ("slimkit_bad_factory.py",), ("compress", "slimkit_bad_factory:weights", "--out", "o", "--data", "digits")),
+    Case("compress target no cut reaches", "slimkit cannot make it cheaper", ("good.safetensors",),
+         ("compress", "good.safetensors", "--target", "macs=500x", "--out", "o", "--data", "digits")),
+    Case("compress floor the dense model misses", "set a floor relative to dense, e.g. -1pt", ("good.safetensors",),
+         ("compress", "good.safetensors", "--target", "macs=2x", "--floor", "1.01", "--out", "o", "--data", "digits")),
+    Case("compress target malformed", "write the target as latency=0.5x", ("good.safetensors",),
+         ("compress", "good.safetensors", "--target", "speed=2x", "--out", "o", "--data", "digits")),
+    Case("compress floor malformed", "write the floor as -1pt", ("good.safetensors",),
+         ("compress", "good.safetensors", "--floor", "-1 points", "--out", "o", "--data", "digits")),
+    Case("compress --export tflite", "use --export onnx", ("good.safetensors",),
+         ("compress", "good.safetensors", "--export", "tflite", "--out", "o", "--data", "digits")),
     # the Python API
     Case("load_model(folder)", "pass the .safetensors file", ("folder.safetensors",),
          call=_api("slimkit.io:load_model", "folder.safetensors")),

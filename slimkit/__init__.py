@@ -5,6 +5,14 @@ each stage is a subpackage with a small public surface.
 """
 
 from slimkit.errors import SlimkitError
+from slimkit.version import __version__
+__all__ = ["SlimkitError", "__version__", "compress"]
 
-__version__ = "0.1.0"
-__all__ = ["SlimkitError", "__version__"]
+
+def __getattr__(name: str):
+    """`slimkit.compress` on first use, so `import slimkit` stays light (no torch import)."""
+    if name == "compress":
+        from slimkit.compression.run import compress
+
+        return compress
+    raise AttributeError(f"module 'slimkit' has no attribute {name!r}")

@@ -38,6 +38,7 @@ from slimkit.errors import SlimkitError
 MANIFEST = ".slimkit-run.json"
 _ASIDE = ".slimkit-old"          # the previous result during a swap: .<name>.slimkit-old
 _STAGE = ".slimkit-partial"      # staging folders: .<name>.<pid>.<random>.slimkit-partial
+_STAGE_MARK = ".slimkit-staging"  # inside a stage until its manifest is written: the stage is slimkit's
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 written: list[Path] = []         # paths committed by this process, oldest first
@@ -138,6 +139,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _is_own_stage(stage: Path) -> bool:
+    """A staging folder slimkit made: it still holds the marker, or a manifest listing all it holds.
+
+    The name alone is not proof: a folder that merely looks like a stage is left alone.
+    """
+    if not stage.is_dir() or stage.is_symlink():
+        return False
+    if (stage / _STAGE_MARK).is_file():
+        return True
+    manifest = read_manifest(stage)
+    return manifest is not None and not _unlisted(stage, manifest)
+
+
 def recover_interrupted(out: Path) -> str | None:
     """Finish or undo a swap that a crash interrupted; returns a note saying what was done.
 
@@ -164,7 +178,7 @@ def recover_interrupted(out: Path) -> str | None:
     if home.is_dir():
         for stage in home.glob(f".{out.name}.*{_STAGE}"):
             pid = _stage_pid(stage)
-            if pid is not None and pid != os.getpid() and not _alive(pid):
+            if pid is not None and pid != os.getpid() and not _alive(pid) and _is_own_stage(stage):
                 shutil.rmtree(stage, ignore_errors=True)
     return note
 
@@ -208,7 +222,7 @@ def check_output_folder(path: str | os.PathLike, overwrite: bool = False, inputs
 
 def _write_manifest(stage: Path, command: str) -> None:
     """List and fsync every file of the finished stage, then write the manifest last."""
-    from slimkit import __version__
+    from slimkit.version import __version__
 
     files = _files_under(stage)
     for name in files:
@@ -270,7 +284,9 @@ def output_folder(path: str | os.PathLike, overwrite: bool = False, inputs: Iter
     _stages.add(stage)
     keep_stage = False
     try:
+        (stage / _STAGE_MARK).write_text(str(os.getpid()))
         yield stage
+        (stage / _STAGE_MARK).unlink()
         _write_manifest(stage, command)
         try:
             check_output_folder(path, overwrite, inputs)

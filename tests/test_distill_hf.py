@@ -7,6 +7,8 @@ transformers = pytest.importorskip("transformers", reason="needs transformers: r
 
 from slimkit.distill import Term, kd  # noqa: E402
 from slimkit.distill.hf import DistillationTrainer  # noqa: E402
+from slimkit.errors import SlimkitError  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -70,3 +72,40 @@ def test_llama_causal_kd_reduces_the_gap_to_the_teacher(tmp_path):
     args.max_steps = 20
     DistillationTrainer(model=student, args=args, train_dataset=data, teacher=teacher, losses=[kd(1.0, 1.0)]).train()
     assert gap() < 0.8 * before
+
+
+def test_adapters_travel_with_hf_checkpoints_and_resume(tmp_path):
+    cfg = dict(vocab_size=50, max_position_embeddings=16, num_attention_heads=2, num_labels=2)
+
+    def models():
+        torch.manual_seed(0)
+        t = transformers.BertForSequenceClassification(transformers.BertConfig(hidden_size=32, num_hidden_layers=2, intermediate_size=64, **cfg))
+        s = transformers.BertForSequenceClassification(transformers.BertConfig(hidden_size=16, num_hidden_layers=1, intermediate_size=32, **cfg))
+        return t, s
+
+    def trainer(out, student, teacher):
+        args = transformers.TrainingArguments(output_dir=str(out), max_steps=6, per_device_train_batch_size=4,
+                                              learning_rate=5e-3, report_to=[], save_strategy="steps", save_steps=3,
+                                              use_cpu=True, logging_steps=100, disable_tqdm=True, seed=0,
+                                              weight_decay=0.01)
+        terms = [kd(1.0, 2.0), Term("hint", 1.0, student_layer="bert.encoder.layer.0", teacher_layer="bert.encoder.layer.1")]
+        return DistillationTrainer(model=student, args=args, train_dataset=_Rows(24, 8, 50, False), teacher=teacher, losses=terms)
+
+    teacher, student = models()
+    straight = trainer(tmp_path / "a", student, teacher)
+    straight.train()
+    assert (tmp_path / "a" / "checkpoint-3" / "slimkit_adapters.safetensors").is_file()
+    groups = straight.optimizer.param_groups  # adapter weights decay like the Trainer's own weights
+    adapter = straight.adapters["bert_encoder_layer_0__bert_encoder_layer_1"].weight
+    assert [g["weight_decay"] for g in groups if any(p is adapter for p in g["params"])] == [0.01]
+    saved = load_file(str(tmp_path / "a" / "checkpoint-3" / "slimkit_adapters.safetensors"))
+    teacher, student = models()
+    resumed = trainer(tmp_path / "b", student, teacher)
+    key = "bert_encoder_layer_0__bert_encoder_layer_1"
+    assert not torch.equal(saved[f"{key}.weight"], resumed.adapters[key].weight)
+    resumed._load_from_checkpoint(str(tmp_path / "a" / "checkpoint-3"))  # what train(resume_from_checkpoint=) calls
+    assert torch.equal(saved[f"{key}.weight"], resumed.adapters[key].weight)
+    other = trainer(tmp_path / "c", *reversed(models()))
+    other.adapters[key] = torch.nn.Linear(8, 32)  # adapters of other feature terms are refused, not half-loaded
+    with pytest.raises(SlimkitError, match="other feature terms"):
+        other._load_from_checkpoint(str(tmp_path / "a" / "checkpoint-3"))

@@ -1,7 +1,8 @@
 """slimkit has no import cycles, between modules or between its subpackages.
 
 The graph is read from the source with ast, function-level imports included (a lazy import only
-hides a cycle until the function runs). Subpackage level: slimkit.prune, slimkit.distill,
+hides a cycle until the function runs); imports under `if TYPE_CHECKING:` are left out, since
+they never run. Subpackage level: slimkit.prune, slimkit.distill,
 slimkit.io... each as one node, so e.g. distill importing prune while prune imports distill
 counts even when no single module pair closes the loop.
 """
@@ -29,7 +30,7 @@ def module_graph(root: Path, package: str = "slimkit") -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {m: set() for m in files}
     for mod, f in files.items():
         here = mod.split(".") if f.name == "__init__.py" else mod.split(".")[:-1]
-        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+        for node in _runtime_nodes(ast.parse(f.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -44,6 +45,18 @@ def module_graph(root: Path, package: str = "slimkit") -> dict[str, set[str]]:
                 if target and target != mod:
                     graph[mod].add(target)
     return graph
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node of the tree except the bodies of `if TYPE_CHECKING:` blocks."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            stack.extend(node.orelse)
+            continue
+        stack.extend(ast.iter_child_nodes(node))
 
 
 def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
@@ -109,7 +122,10 @@ def test_the_check_finds_a_cycle_through_a_lazy_import(tmp_path):
     (pkg / "a" / "__init__.py").write_text("from .x import f\n")
     (pkg / "a" / "x.py").write_text("def f():\n    from slimkit.b import g\n    return g\n")
     (pkg / "b.py").write_text("from slimkit.a.x import f\n\ndef g():\n    return f\n")
+    (pkg / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from slimkit.d import D\n")
+    (pkg / "d.py").write_text("from slimkit.c import TYPE_CHECKING\n")
     graph = module_graph(tmp_path)
     assert graph["slimkit.a"] == {"slimkit.a.x"} and graph["slimkit.b"] == {"slimkit.a.x"}
+    assert graph["slimkit.c"] == set() and graph["slimkit.d"] == {"slimkit.c"}  # a type-only import never runs
     assert cycles(graph) == [["slimkit.a.x", "slimkit.b"]]
     assert cycles(package_graph(graph)) == [["slimkit.a", "slimkit.b"]]

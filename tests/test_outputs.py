@@ -303,3 +303,23 @@ def test_an_aside_holding_a_user_file_is_kept(tmp_path):
     (aside / "notes.txt").write_text("mine")
     check_output_folder(out, overwrite=True)
     assert (aside / "notes.txt").read_text() == "mine" and (out / "result.txt").read_text() == "new"
+
+
+def test_only_slimkit_stages_of_dead_processes_are_cleaned(tmp_path):
+    """A leftover stage is removed only when its process is gone and it carries slimkit's marker (or a
+    manifest listing all it holds); a folder that merely has a stage's name is someone's data."""
+    out = tmp_path / "run"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    ours, lookalike = tmp_path / f".run.{pid}.abc.slimkit-partial", tmp_path / f".run.{pid}.xyz.slimkit-partial"
+    ours.mkdir()
+    (ours / ".slimkit-staging").write_text(str(pid))
+    (ours / "half.bin").write_bytes(b"x")
+    lookalike.mkdir()
+    (lookalike / "thesis.tex").write_text("mine")
+    alive = tmp_path / f".run.{os.getpid()}.own.slimkit-partial"
+    alive.mkdir()
+    (alive / ".slimkit-staging").write_text(str(os.getpid()))
+    check_output_folder(out)
+    assert not ours.exists()
+    assert (lookalike / "thesis.tex").read_text() == "mine" and alive.is_dir()

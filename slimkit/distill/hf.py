@@ -13,10 +13,12 @@ uses the model's own loss (`outputs.loss`), which already shifts labels for caus
 label -100.
 """
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer
 
@@ -25,14 +27,18 @@ from slimkit.distill.losses import ADAPTED_KINDS, FEATURE_KINDS, Term, combine
 from slimkit.distill.tasks import attention_mask
 from slimkit.errors import SlimkitError
 
+ADAPTERS_FILE = "slimkit_adapters.safetensors"
+
 
 class DistillationTrainer(Trainer):
     """`Trainer(model=student, ...)` plus `teacher=` and `losses=` (a list of `Term`).
 
     `probe_inputs` is one small batch (default: 4 token ids) used to learn feature shapes. Adapter
-    weights are kept in `self.adapters`; HF checkpoints do not include them, so a resumed HF run
-    starts its adapters afresh, and under multi-process HF training their gradients are not
-    averaged across ranks (use `Distiller` for multi-process feature distillation).
+    weights are kept in `self.adapters` and saved beside every HF checkpoint as
+    `slimkit_adapters.safetensors`, so `train(resume_from_checkpoint=...)` resumes them too (their
+    optimizer state travels in the Trainer's own optimizer file, as its last parameter group).
+    Under multi-process HF training their gradients are not averaged across ranks (use `Distiller`
+    for multi-process feature distillation).
     """
 
     def __init__(self, *args: Any, teacher: nn.Module, losses: Sequence[Term],
@@ -69,11 +75,37 @@ class DistillationTrainer(Trainer):
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         optimizer = super().create_optimizer(*(() if model is None else (model,)))
-        params = [p for p in self.adapters.parameters() if p.requires_grad]
         already = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        if params and id(params[0]) not in already:  # create_optimizer may be called more than once
-            optimizer.add_param_group({"params": params, "weight_decay": 0.0})
+        named = [(n, p) for n, p in self.adapters.named_parameters() if p.requires_grad and id(p) not in already]
+        # The Trainer's own grouping rule: weights decay, biases do not (create_optimizer may run twice).
+        decay = [p for n, p in named if not n.endswith("bias")]
+        no_decay = [p for n, p in named if n.endswith("bias")]
+        for params, wd in ((decay, self.args.weight_decay), (no_decay, 0.0)):
+            if params:
+                optimizer.add_param_group({"params": params, "weight_decay": wd})
         return optimizer
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        if len(self.adapters) and self.args.should_save:
+            folder = output_dir if output_dir is not None else self.args.output_dir
+            tensors = {k: v.detach().contiguous().cpu() for k, v in self.adapters.state_dict().items()}
+            save_file(tensors, os.path.join(folder, ADAPTERS_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if not len(self.adapters):
+            return
+        path = os.path.join(resume_from_checkpoint, ADAPTERS_FILE)
+        if not os.path.isfile(path):
+            raise SlimkitError(f"{resume_from_checkpoint} has no {ADAPTERS_FILE}: it was not written by "
+                               "DistillationTrainer with these feature terms; resume from one that was, or start afresh")
+        state = load_file(path)
+        mine = self.adapters.state_dict()
+        if set(state) != set(mine) or any(state[k].shape != mine[k].shape for k in mine):
+            raise SlimkitError(f"{path} holds adapters for other feature terms; resume with the terms it was "
+                               "written with, or start afresh")
+        self.adapters.load_state_dict(state)
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor | tuple[torch.Tensor, Any]:

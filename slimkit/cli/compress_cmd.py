@@ -1,0 +1,106 @@
+"""`slimkit compress MODEL --data ... --target latency=0.5x --floor -1pt --out DIR`.
+
+Every option that can be judged without the model (target, floor, task, output folder, export
+format) is judged first, so bad input costs one `error:` line and writes nothing.
+"""
+
+from pathlib import Path
+
+import typer
+
+from slimkit.cli import clean_errors
+from slimkit.cli.app import app
+from slimkit.errors import SlimkitError, check_count
+
+
+@app.command()
+@clean_errors
+def compress(
+    model: str = typer.Argument(..., help="a slimkit .safetensors checkpoint, a Hugging Face folder (config.json) "
+                                          "with --task, or package.module:factory (a callable returning the model, "
+                                          "or a dict with 'model' and optionally 'task', 'data')"),
+    data: str | None = typer.Option(None, help="fashion-mnist, digits, an .npz (x, y), an image folder (one "
+                                                  "sub-folder per class), a text file or 'sentences' (embeddings); "
+                                                  "default: the factory's data, else fashion-mnist"),
+    task: str | None = typer.Option(None, help="classification, embeddings or ctc (default: the factory's task, "
+                                                  "else classification)"),
+    target: str = typer.Option("latency=0.5x", help="latency=0.5x (measured here), macs=2x or params=2x"),
+    floor: str = typer.Option("-1pt", help="validation floor: -1pt relative to dense, or an absolute value (0.95)"),
+    out: Path = typer.Option(..., help="run folder for the model and report (new, or an earlier slimkit run with "
+                                       "--overwrite)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier slimkit run in --out"),
+    seed: int = typer.Option(0, help="seed of the data split, calibration and every recovery"),
+    search_steps: int = typer.Option(200, help="KD steps recovering each candidate mix"),
+    recover_steps: int = typer.Option(1000, help="KD steps of the chosen mix's full recovery"),
+    max_blocks: int | None = typer.Option(None, help="most whole blocks a mix removes (default: all removable)"),
+    batch_size: int = typer.Option(128, help="training batch size"),
+    train_n: int = typer.Option(0, help="use the first N training samples only (0 = all)"),
+    data_dir: Path | None = typer.Option(None, help="folder with Fashion-MNIST IDX files"),
+    export: str | None = typer.Option(None, help="also write the model as 'onnx' (checked in ONNX Runtime)"),
+    keep_slower: bool = typer.Option(False, help="keep a result measured no faster (flagged in the report) instead "
+                                                 "of refusing it"),
+) -> None:
+    """Compress a model to a target within a validation floor: measured-faster or refused.
+
+    Searches depth+width mixes fastest first, recovers each by KD, keeps the first that holds the
+    floor, recovers it fully, tests it once, times it against the dense model, and writes the
+    model with report.json, report.md and candidates.png.
+    """
+    from slimkit.compression.settings import parse_floor, parse_target
+    from slimkit.compression.sources import (
+        TASKS,
+        resolve_data,
+        resolve_model,
+        sentence_data,
+        task_named,
+    )
+
+    parse_target(target)
+    parse_floor(floor)
+    if task is not None and task not in TASKS:
+        raise SlimkitError(f"unknown --task {task!r}; choose one of {', '.join(TASKS)}")
+    if export not in (None, "onnx"):
+        raise SlimkitError(f"--export {export!r} is not a format slimkit writes; use --export onnx")
+    check_count(search_steps, "--search-steps", 0)
+    check_count(recover_steps, "--recover-steps", 0)
+    check_count(batch_size, "--batch-size")
+    check_count(train_n, "--train-n", 0)
+    if max_blocks is not None:
+        check_count(max_blocks, "--max-blocks", 0)
+    from slimkit.outputs import check_output_folder
+
+    inputs = [p for p in (model, data) if p and Path(p).exists()]
+    check_output_folder(out, overwrite, inputs)
+    source = resolve_model(model, task)
+    the_task = task_named(task) if task else source.task or task_named("classification")
+    cutter = source.cutter
+    if source.kind == "huggingface":
+        splits, texts = sentence_data(data or "sentences", source.extras["tokenizer"], seed, train_n)
+        from slimkit.compression.cutters import EncoderCutter
+
+        cutter = cutter or EncoderCutter(source.extras["tokenizer"], texts[:256])
+    elif data is not None or source.data is None:
+        splits = resolve_data(data or "fashion-mnist", str(data_dir) if data_dir else None, seed, train_n)
+    else:
+        splits = source.data
+    if source.kind == "checkpoint" and the_task.name == "classification":
+        from slimkit.cli.app import check_model_fits
+        from slimkit.data.arrays import Dataset
+
+        n_classes = int(splits["train"].y.max()) + 1
+        check_model_fits(source.model, Dataset(data or "fashion-mnist", splits["train"], splits["val"],
+                                               splits["test"], n_classes))
+    from slimkit.compression.run import compress as run_compress
+
+    overrides = {} if max_blocks is None else {"max_blocks": max_blocks}
+    result = run_compress(source.model, splits["train"], splits["val"], splits.get("test"), the_task, target, floor,
+                          example=source.example, out=out, seed=seed, cutter=cutter, overwrite=overwrite,
+                          search_steps=search_steps, recover_steps=recover_steps, batch_size=batch_size,
+                          keep_slower=keep_slower, inputs=tuple(inputs), command="slimkit compress",
+                          export_onnx=export == "onnx", **overrides)
+    r, m = result.report["result"], result.report["metric"]
+    test = f", test {m} {r['test'][m]:.4f}" if r["test"] else ""
+    typer.echo(f"wrote {out}: {r['speedup']:.2f}x faster ({r['ms']:.3f} vs {result.report['dense']['ms']:.3f} ms), "
+               f"{r['macs_reduction']:.2f}x fewer MACs, val {m} {r['val'][m]:.4f}{test}; "
+               f"{result.report['candidates_tried']} mixes recovered in {result.report['wall_seconds']:.0f} s; "
+               f"see {out / 'report.md'}")

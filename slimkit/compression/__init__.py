@@ -1,0 +1,30 @@
+"""`slimkit.compress(...)`: one call from a trained model to a measured-faster one within a quality floor.
+
+    import slimkit
+    result = slimkit.compress(model, train, val, test, task=classification(), target="latency=0.5x", floor="-1pt",
+                      out="runs/compressed")
+
+See run.py for the steps, settings.py for targets and floors, search.py for the depth+width mixes,
+cutters.py for how models are cut and timed, report.py for what is written.
+"""
+
+from slimkit.compression.cutters import (
+    Cutter,
+    EncoderCutter,
+    StructuredCutter,
+    deciding_timer,
+)
+from slimkit.compression.report import save_compressed, to_markdown, write_result
+from slimkit.compression.run import CompressResult, NotFasterError, compress
+from slimkit.compression.search import Candidate
+from slimkit.compression.settings import (
+    CompressSettings,
+    Floor,
+    Target,
+    parse_floor,
+    parse_target,
+)
+
+__all__ = ["Candidate", "CompressResult", "CompressSettings", "Cutter", "EncoderCutter", "Floor", "NotFasterError",
+           "StructuredCutter", "Target", "compress", "deciding_timer", "parse_floor", "parse_target",
+           "save_compressed", "to_markdown", "write_result"]

@@ -1,0 +1,184 @@
+"""How `compress` cuts a model and times it: small adapters over the pruners and timers slimkit has.
+
+A `Cutter` knows, for one family of models, which whole blocks can go, how much each one matters
+(block influence on calibration inputs) and how to remove a fraction of the channels; `compress`
+only combines them. Two exist:
+
+- `StructuredCutter`: slimkit's structured pruner (Torch-Pruning's dependency graph) for conv
+  nets, slimkit's models and anything it supports; blocks are modules marked `removable`;
+- `EncoderCutter`: BERT-style Hugging Face encoders (MiniLM) through slimkit.llm.encoder_prune:
+  FFN neurons by activation-aware importance with least-squares reconstruction, and the last
+  layers as blocks. It needs the tokenizer and calibration sentences.
+
+Timing: `deciding_timer` is the fresh-process timer (slimkit.measure.fresh) when every model can
+be rebuilt in a child process from its checkpoint, else the in-process interleaved timer; either
+way the method is returned in words, for the report.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from slimkit.errors import SlimkitError
+
+Timer = Callable[[list[nn.Module]], list[float]]  # ms per model, all timed alike in one run
+
+
+class Cutter(Protocol):
+    """The surgery `compress` needs for one kind of model; see the module docstring."""
+
+    name: str
+
+    def blocks(self, model: nn.Module) -> list[str]:
+        """Names of whole blocks that can be removed (their output has their input's shape)."""
+
+    def influences(self, model: nn.Module, calib: list[Any]) -> dict[str, float]:
+        """Per block, how much its removal changes what flows on (higher: keep it)."""
+
+    def remove(self, model: nn.Module, names: list[str]) -> nn.Module:
+        """A copy of `model` without the named blocks."""
+
+    def cut(self, model: nn.Module, ratio: float, calib: list[Any],
+            exact: bool = True) -> tuple[nn.Module, dict[str, list[int]]]:
+        """A copy with `ratio` of the channels removed; per group [kept, of] widths. With
+        exact=False only the shapes matter (a cost bisection): the cutter may skip weight work."""
+
+
+@dataclass
+class StructuredCutter:
+    """slimkit's structured pruner; `example` is one input tensor, `importance` its channel score."""
+
+    example: torch.Tensor
+    importance: str = "l2"
+    ignored: tuple[str, ...] | None = None
+    name: str = "structured"
+
+    def blocks(self, model: nn.Module) -> list[str]:
+        from slimkit.prune.layers import removable_blocks
+
+        return sorted(removable_blocks(model))
+
+    def influences(self, model: nn.Module, calib: list[Any]) -> dict[str, float]:
+        from slimkit.prune.layers import block_influences
+
+        return block_influences(model, [(x, None) for x in calib]) if self.blocks(model) else {}
+
+    def remove(self, model: nn.Module, names: list[str]) -> nn.Module:
+        from slimkit.prune.layers import remove_blocks
+
+        return remove_blocks(copy.deepcopy(model), names)
+
+    def cut(self, model: nn.Module, ratio: float, calib: list[Any],
+            exact: bool = True) -> tuple[nn.Module, dict[str, list[int]]]:
+        from slimkit.prune.batchnorm import recalibrate_bn
+        from slimkit.prune.structured import prune_structured
+
+        res = prune_structured(model, self.example, ratio, self.importance if exact else "l2",
+                               calib=[(x, None) for x in calib] if exact else None, ignored=self.ignored)
+        pruned = recalibrate_bn(res.model, calib) if ratio > 0 and exact else res.model
+        return pruned.eval(), {g: [k, n] for g, (k, n) in res.kept.items()}
+
+
+@dataclass
+class EncoderCutter:
+    """A BERT-style encoder (`model.encoder.layer`, `model.config`): FFN neurons and the last layers."""
+
+    tokenizer: Any
+    texts: list[str]
+    name: str = "encoder"
+
+    def blocks(self, model: nn.Module) -> list[str]:
+        return [f"encoder.layer.{i}" for i in range(len(model.encoder.layer))][1:]
+
+    def influences(self, model: nn.Module, calib: list[Any]) -> dict[str, float]:
+        """Later layers first: slimkit.llm drops layers from the top, so the rank follows depth."""
+        names = self.blocks(model)
+        return {n: float(i + 1) / len(names) for i, n in enumerate(reversed(names))}
+
+    def remove(self, model: nn.Module, names: list[str]) -> nn.Module:
+        m = copy.deepcopy(model)
+        drop = {int(n.rsplit(".", 1)[1]) for n in names}
+        m.encoder.layer = nn.ModuleList([lay for i, lay in enumerate(m.encoder.layer) if i not in drop])
+        m.config.num_hidden_layers = len(m.encoder.layer)
+        return m
+
+    def cut(self, model: nn.Module, ratio: float, calib: list[Any],
+            exact: bool = True) -> tuple[nn.Module, dict[str, list[int]]]:
+        from slimkit.llm.encoder_prune import prune_encoder
+        from slimkit.llm.width import _shrink_linear
+
+        m = copy.deepcopy(model)
+        before = m.config.intermediate_size
+        if ratio > 0 and exact:
+            prune_encoder(m, self.tokenizer, self.texts, ffn_ratio=ratio, head_ratio=0.0)
+        elif ratio > 0:  # shapes only: the first neurons, no calibration
+            keep = torch.arange(before - int(before * ratio))
+            for layer in m.encoder.layer:
+                layer.intermediate.dense = _shrink_linear(layer.intermediate.dense, out_idx=keep)
+                layer.output.dense = _shrink_linear(layer.output.dense, in_idx=keep)
+            m.config.intermediate_size = len(keep)
+        return m.eval(), {f"encoder.layer.{i}.intermediate": [m.config.intermediate_size, before]
+                          for i in range(len(m.encoder.layer))}
+
+
+def is_encoder(model: nn.Module) -> bool:
+    """A Hugging Face BERT-style encoder, which `EncoderCutter` handles."""
+    enc = getattr(model, "encoder", None)
+    return hasattr(getattr(model, "config", None), "intermediate_size") and hasattr(enc, "layer")
+
+
+# -- timing --------------------------------------------------------------------------------------
+def can_time_fresh(model: nn.Module, example: Any) -> bool:
+    """Whether a child process can rebuild `model` from a slimkit checkpoint and feed it `example`."""
+    from slimkit.measure.fresh import rebuildable
+
+    return isinstance(example, torch.Tensor) and rebuildable(model)
+
+
+def deciding_timer(model: nn.Module, example: Any, threads: int = 2, rounds: int = 60,
+                   passes: int = 3) -> tuple[Timer, str]:
+    """The timer that decides whether a cut pays, and its method in words.
+
+    Fresh processes loading saved checkpoints (with OpenMP spinning) when the model can be rebuilt
+    there; otherwise this process, interleaved, fastest of `rounds` warm bursts, and the method
+    says why. The in-process timer is the quick one: a process that has trained runs the same
+    model measurably slower than a new one, by an amount that varies (slimkit.measure.fresh).
+    """
+    from slimkit.measure import measure_latency_interleaved
+    from slimkit.measure.fresh import describe, time_in_fresh_processes
+
+    one = _batch_one(example)
+    if can_time_fresh(model, example):
+        def fresh(models: list[nn.Module]) -> list[float]:
+            times = time_in_fresh_processes(models, one, ["nchw"], rounds, threads, fold=True, passes=passes, log=False)
+            return [t["nchw"] for t in times]
+        return fresh, describe(rounds, threads, True, passes, 1) + ", NCHW"
+
+    def here(models: list[nn.Module]) -> list[float]:
+        res = measure_latency_interleaved([copy.deepcopy(m).eval() for m in models], one, runs=rounds, warmup=5,
+                                          threads=threads, stat="min")
+        return [r.ms for r in res]
+    why = ("the model cannot be rebuilt in a child process (it has no config())" if isinstance(example, torch.Tensor)
+           else "its inputs are not a single tensor")
+    return here, (f"in this process, because {why}: alternating {rounds} rounds x 4 warm calls per model, fastest "
+                  f"round, {threads} threads, batch 1, BatchNorm not folded; less trustworthy than fresh processes")
+
+
+def _batch_one(example: Any) -> Any:
+    from slimkit.distill.train_data import head
+
+    return head(example, 1)
+
+
+def check_cuttable(cutter: Cutter, model: nn.Module, calib: list[Any]) -> None:
+    """Fail early, in one line, when the cutter cannot cut this model at all."""
+    try:
+        cutter.cut(model, 0.25, calib, exact=False)
+    except SlimkitError as exc:
+        raise SlimkitError(f"slimkit cannot cut {type(model).__name__}: {exc}") from None

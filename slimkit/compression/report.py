@@ -1,0 +1,144 @@
+"""The compress report: JSON, Markdown and one PNG of every mix tried, written with the model.
+
+The PNG has two panels: measured latency (share of dense) against the validation metric of every
+mix recovered, the dense model and the floor drawn in and the chosen mix marked; and the kept
+width of every channel group in the chosen mix. Everything goes through
+slimkit.outputs.output_folder: staged, fsynced, renamed in, with a manifest, and an existing
+folder is replaced only when slimkit wrote it and --overwrite is given.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+if TYPE_CHECKING:
+    from slimkit.compression.run import CompressResult
+
+MODEL_FILE = "model.safetensors"
+HF_FOLDER = "model"
+
+
+def save_compressed(model: nn.Module, folder: Path) -> dict:
+    """Save the model in the form it can be reloaded from; returns {"path", "format", "reload"}.
+
+    slimkit models (config()) as a pruned slimkit checkpoint; Hugging Face models as a
+    save_pretrained folder (their config carries the new widths); any other module as safetensors
+    weights with every tensor's shape in the header, which the model's own builder reloads.
+    """
+    if callable(getattr(model, "config", None)):
+        from slimkit.io import save_model
+
+        save_model(model, folder / MODEL_FILE)
+        return {"path": MODEL_FILE, "format": "slimkit checkpoint", "reload": "slimkit.io.load_model(path)"}
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained(folder / HF_FOLDER)
+        return {"path": HF_FOLDER, "format": "Hugging Face folder", "reload": "AutoModel.from_pretrained(path)"}
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    shapes = {k: list(v.shape) for k, v in tensors.items()}
+    save_file(tensors, str(folder / MODEL_FILE), metadata={"slimkit_shapes": json.dumps(shapes)})
+    return {"path": MODEL_FILE, "format": "safetensors weights with shapes",
+            "reload": "build the model, resize its layers to the recorded shapes, load_state_dict"}
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def to_markdown(report: dict) -> str:
+    """The report as a Markdown page: summary, the dense and compressed rows, every mix tried."""
+    d, r, m = report["dense"], report["result"], report["metric"]
+    direction = ">=" if report["higher_is_better"] else "<="
+    lines = [
+        "# slimkit compress", "",
+        (f"- task: {report['task']}; metric: validation {m} (floor {direction} {report['floor_value']:.4g}, "
+         f"from {report['floor']})"),
+        f"- target: {report['target']}; cutter: {report['cutter']}",
+        f"- timing: {report['timing']}",
+        (f"- result: {'measured faster' if r['faster'] else 'NOT measured faster'} "
+         f"({r['ms']:.3f} ms vs dense {d['ms']:.3f} ms, {r['speedup']:.2f}x), target "
+         f"{'met' if r['meets_target'] else 'missed'}; {report['candidates_tried']} of "
+         f"{len(report['candidates'])} mixes recovered; wall {_fmt(report.get('wall_seconds'))} s"),
+        "", "| model | MMACs | params | ms | val " + m + " | test " + m + " |", "|---|---|---|---|---|---|",
+        (f"| dense | {d['macs'] / 1e6:.2f} | {d['params']} | {d['ms']:.3f} | {_fmt(d['val'].get(m))} | "
+         f"{_fmt(d['test'].get(m))} |"),
+        (f"| compressed | {r['macs'] / 1e6:.2f} | {r['params']} | {r['ms']:.3f} | {_fmt(r['val'].get(m))} | "
+         f"{_fmt(r['test'].get(m))} |"),
+        "", "## Mixes (fastest first)", "",
+        "| # | blocks removed | channel ratio | MMACs | ms (search) | x dense | val after short KD | holds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i, c in enumerate(report["candidates"]):
+        mark = " (chosen)" if i == report["chosen"] else ""
+        lines.append(f"| {i}{mark} | {c['blocks']} {', '.join(c['removed'])} | {c['ratio']:g} | {c['macs'] / 1e6:.2f} "
+                     f"| {c['ms']:.3f} | {c['latency_share']:.2f} | {_fmt(c['val'])} | {_fmt(c['held'])} |")
+    chosen = report["candidates"][report["chosen"]]
+    lines += ["", "## Kept widths of the chosen mix", "", "| group | kept | of |", "|---|---|---|"]
+    lines += [f"| {g} | {k} | {n} |" for g, (k, n) in chosen["kept"].items()]
+    if report.get("saved"):
+        s = report["saved"]
+        lines += ["", f"Saved: `{s['path']}` ({s['format']}); reload: {s['reload']}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    """The two-panel PNG (see the module docstring)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = report["metric"]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
+    tried = [c for c in report["candidates"] if c["val"] is not None]
+    ax.scatter([c["latency_share"] for c in tried], [c["val"] for c in tried], c="tab:blue", label="mix (short KD)")
+    for c in tried:
+        ax.annotate(f"{c['blocks']}b r{c['ratio']:g}", (c["latency_share"], c["val"]), fontsize=7,
+                    textcoords="offset points", xytext=(3, 3))
+    ch = report["candidates"][report["chosen"]]
+    ax.scatter([ch["latency_share"]], [ch["val"]], marker="*", s=250, c="tab:red", label="chosen", zorder=3)
+    ax.scatter([1.0], [report["dense"]["val"][m]], marker="s", c="black", label="dense")
+    ax.axhline(report["floor_value"], ls="--", c="gray", label=f"floor {report['floor']}")
+    ax.set_xlabel("measured latency / dense (batch 1)")
+    ax.set_ylabel(f"validation {m}")
+    ax.set_title(f"mixes tried ({report['target']})")
+    ax.legend(fontsize=8)
+    kept = ch["kept"]
+    names = list(kept)
+    bx.bar(range(len(names)), [n for _, n in kept.values()], color="lightgray", label="dense width")
+    bx.bar(range(len(names)), [k for k, _ in kept.values()], color="tab:red", label="kept")
+    bx.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    bx.set_ylabel("channels")
+    bx.set_title(f"kept width per group ({ch['blocks']} blocks removed)")
+    bx.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_result(out: str | Path, result: CompressResult, example: Any, overwrite: bool = False,
+                 inputs: tuple = (), command: str = "slimkit compress", onnx: bool = False) -> Path:
+    """Model + report.json + report.md + candidates.png (+ model.onnx) into `out`, atomically."""
+    from slimkit.outputs import output_folder
+
+    with output_folder(out, overwrite=overwrite, inputs=inputs, command=command) as stage:
+        result.report["saved"] = save_compressed(result.model, stage)
+        if onnx:
+            from slimkit.export import export_onnx
+
+            exported = export_onnx(result.model, example)
+            (stage / "model.onnx").write_bytes(exported.model_bytes)
+            result.report["onnx"] = {**exported.as_dict(), "path": "model.onnx"}
+        (stage / "report.json").write_text(json.dumps(result.report, indent=1, default=str))
+        (stage / "report.md").write_text(to_markdown(result.report))
+        plot(result.report, stage / "candidates.png")
+    return Path(out)

@@ -1,0 +1,255 @@
+"""`compress`: one call from a trained model to a measured-faster one within a quality floor.
+
+Steps, in order (each shows progress):
+
+1. profile the dense model: MACs, parameters, validation metrics, the floor's value;
+2. build the depth+width mixes reaching the target and time them (search.py), fastest first;
+3. recover each mix by a short KD on the engine, fastest first, and keep the first that holds
+   the validation floor; when none does, refuse, naming the best-scoring mix;
+4. recover the chosen mix fully (more KD steps from where its short recovery ended);
+5. evaluate it, and the dense model, on the test split once;
+6. time it against the dense model with the deciding timer, in one run: a result not measured
+   faster is refused (`NotFasterError`), or with `keep_slower` returned flagged `faster=False`;
+7. with `out`, save the model and the report (report.py) through slimkit's output rules.
+
+Everything random is seeded from `seed`: the same seed and data give the same structure and
+weights, provided the timer measures the same order of speeds (a timer is injectable for that;
+the report records every measured time).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from torch import nn
+from tqdm.auto import tqdm
+
+from slimkit.compression.cutters import (
+    Cutter,
+    StructuredCutter,
+    Timer,
+    check_cuttable,
+    deciding_timer,
+    is_encoder,
+)
+from slimkit.compression.search import Candidate, check_reachable, params_of, search
+from slimkit.compression.settings import (
+    CompressSettings,
+    parse_floor,
+    parse_target,
+)
+from slimkit.distill import (
+    Distiller,
+    Task,
+    TrainConfig,
+    ce,
+    classification,
+    cosine,
+    evaluate,
+    kd,
+)
+from slimkit.distill.train_data import InMemory, as_train_data, batches_of, head
+from slimkit.errors import SlimkitError
+from slimkit.measure import count_macs
+
+
+class NotFasterError(SlimkitError):
+    """The compressed model did not measure faster than the dense one; nothing was saved."""
+
+
+@dataclass
+class CompressResult:
+    """The compressed model, the report (JSON-ready), the chosen mix and every mix measured."""
+
+    model: nn.Module
+    report: dict
+    chosen: Candidate
+    candidates: list[Candidate] = field(default_factory=list)
+    faster: bool = True
+    out: Path | None = None
+
+
+def make_settings(target: str, floor: Any, seed: int, settings: CompressSettings | None, overrides: dict) -> CompressSettings:
+    """The run's settings; bad values become one SlimkitError line (pydantic's first complaint)."""
+    parse_target(target)
+    if not callable(floor):
+        parse_floor(floor)
+    base = settings.model_dump() if settings is not None else {}
+    values = {**base, **overrides, "target": target, "seed": seed,
+              "floor": floor if not callable(floor) else base.get("floor", "-1pt")}
+    try:
+        return CompressSettings(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise SlimkitError(f"compress setting {'.'.join(map(str, err['loc'])) or '?'}: {err['msg']}") from None
+
+
+def terms_for(task: Task, s: CompressSettings) -> list:
+    """The recovery losses: cosine to the teacher for embeddings, else KD (+ the task's supervised loss)."""
+    if task.name == "embeddings":
+        return [cosine()]
+    if task.supervised is None or s.alpha >= 1:
+        return [kd(1.0, s.temperature)]
+    return [t for t in (kd(s.alpha, s.temperature), ce(1.0 - s.alpha)) if t.weight > 0]
+
+
+def recover(student: nn.Module, teacher: nn.Module, train: Any, task: Task, s: CompressSettings, steps: int,
+            desc: str, progress: bool) -> nn.Module:
+    """`steps` KD optimizer steps of a copy of `student` from `teacher` on the engine; no validation."""
+    model = copy.deepcopy(student)
+    if steps == 0:
+        return model.eval()
+    data = as_train_data(train)
+    per_epoch = -(-len(data) // s.batch_size) if isinstance(data, InMemory) else data.length()
+    epochs = max(1, -(-steps // per_epoch)) if per_epoch else 10**6
+    cfg = TrainConfig(epochs=epochs, batch_size=s.batch_size, lr=s.lr, seed=s.seed, max_steps=steps,
+                      warmup_steps=max(1, min(100, steps // 10)))
+    Distiller(teacher, model, terms_for(task, s), cfg, task=task).fit(train, None, progress=progress, desc=desc)
+    return model.eval()
+
+
+def calibration_inputs(train: Any, task: Task, n: int, batch_size: int) -> list:
+    """The inputs of the first `n` training batches (block influence, BatchNorm statistics, cutters)."""
+    out = []
+    for batch in batches_of(train, batch_size):
+        out.append(task.split(batch)[0])
+        if len(out) >= n:
+            break
+    if not out:
+        raise SlimkitError("the training data gave no batches; compress needs training samples")
+    return out
+
+
+def _score(model: nn.Module, data: Any, task: Task, teacher: nn.Module, batch_size: int) -> dict[str, float]:
+    return evaluate(model, data, task, teacher, batch_size=batch_size)
+
+
+def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Task | None = None,
+             target: str = "latency=0.5x", floor: Any = "-1pt", example: Any = None, out: str | Path | None = None,
+             seed: int = 0, settings: CompressSettings | None = None, cutter: Cutter | None = None,
+             timer: Timer | None = None, timing_method: str | None = None, overwrite: bool = False,
+             progress: bool = True, command: str = "slimkit.compress()", inputs: tuple = (), export_onnx: bool = False,
+             **overrides) -> CompressResult:
+    """Compress `model` to `target` keeping the validation metric of `task` above `floor`; see the module docstring.
+
+    Data are what the engine takes (slimkit.distill.train_data): a Split, tensors, a DataLoader, a
+    list of batches, or a function epoch -> batches; `test` may be None (no test evaluation).
+    `example` is one input batch (default: the first validation batch's inputs). `cutter` is how
+    the model is cut (default: slimkit's structured pruner); `timer` times a list of models alike
+    (default: the deciding timer, `timing_method` then says how an injected one measures).
+    `export_onnx` also writes model.onnx to `out` (slimkit.export, checked in ONNX Runtime).
+    Further keyword arguments are CompressSettings fields.
+    """
+    t0 = time.time()
+    s = make_settings(target, floor, seed, settings, overrides)
+    tgt, flr = parse_target(s.target), parse_floor(floor) if callable(floor) else parse_floor(s.floor)
+    if out is not None:
+        from slimkit.outputs import check_output_folder
+
+        check_output_folder(out, overwrite, inputs)
+    if timer is not None and not timing_method:
+        raise SlimkitError("an injected timer needs timing_method= saying how it measures (it goes in the report)")
+    task = task or classification()
+    metric = task.metric
+    if metric is None:
+        raise SlimkitError(f"the {task.name} task has no validation metric; a floor needs one (give the task metrics)")
+    torch.manual_seed(s.seed)
+    model = model.eval()
+    if example is None:
+        example = task.split(next(iter(batches_of(val, 1))))[0]
+    example = head(example, 1)
+    calib = calibration_inputs(train, task, s.calib_batches, s.batch_size)
+    if cutter is None:
+        if is_encoder(model):
+            raise SlimkitError("this is a Hugging Face encoder: pass cutter=EncoderCutter(tokenizer, sentences) "
+                               "(slimkit.compression) so its FFN neurons and layers can be cut")
+        cutter = StructuredCutter(example, s.importance)
+    check_cuttable(cutter, model, calib)
+    if timer is None:
+        timer, timing_method = deciding_timer(model, example, s.threads, s.timing_rounds, s.timing_passes)
+
+    dense_val = _score(model, val, task, model, s.batch_size)
+    floor_value = flr.value(dense_val, metric.name, metric.higher_is_better)
+    if not metric.meets(dense_val[metric.name], floor_value):
+        raise SlimkitError(f"the floor {metric.name} {'>=' if metric.higher_is_better else '<='} {floor_value:.4g} is "
+                           f"stricter than the dense model's own validation {metric.name} "
+                           f"{dense_val[metric.name]:.4g}: no cut can hold it; set a floor relative to dense, e.g. -1pt")
+    check_reachable(model, cutter, example, tgt, calib, s.max_blocks)
+    dense_macs, dense_params = count_macs(model, example), params_of(model)
+    stages = tqdm(total=7, initial=1, desc="compress", disable=not progress, leave=False)  # 1: the profile above
+    stages.set_postfix_str("2 search")
+    found = search(model, cutter, example, tgt, calib, s, timer, progress)
+    cands = found.candidates
+    stages.update(1)
+    stages.set_postfix_str("3 recover mixes")
+    recovered: dict[int, nn.Module] = {}
+
+    def try_mix(i: int) -> bool:
+        c = cands[i]
+        rec = recover(c.model, model, train, task, s, s.search_steps, f"mix {c.blocks} blocks r{c.ratio:g}", progress)
+        recovered[i] = rec
+        c.val = _score(rec, val, task, model, s.batch_size)[metric.name]
+        c.held = metric.meets(c.val, floor_value)
+        return c.held
+
+    chosen_i = next((i for i in range(len(cands)) if try_mix(i)), None)  # fastest first
+    if chosen_i is None:
+        best = max(cands, key=lambda c: c.val if metric.higher_is_better else -c.val)
+        raise SlimkitError(f"no cut that reaches {tgt.text} holds the floor {metric.name} "
+                           f"{'>=' if metric.higher_is_better else '<='} {floor_value:.4g}: the best of "
+                           f"{len(cands)} mixes ({best.blocks} blocks, channel ratio {best.ratio:g}) scores "
+                           f"{best.val:.4g} after {s.search_steps} KD steps; loosen the floor (e.g. -3pt) or the "
+                           f"target, or raise search_steps")
+    chosen = cands[chosen_i]
+    stages.update(1)
+    stages.set_postfix_str("4 full recovery")
+    final = recover(recovered[chosen_i], model, train, task, s, s.recover_steps, "full recovery", progress)
+    final_val = _score(final, val, task, model, s.batch_size)
+    stages.update(1)
+    stages.set_postfix_str("5 test")
+    dense_test = _score(model, test, task, model, s.batch_size) if test is not None else {}
+    final_test = _score(final, test, task, model, s.batch_size) if test is not None else {}
+    stages.update(1)
+    stages.set_postfix_str("6 timing")
+    dense_ms, final_ms = timer([model, final])
+    faster = final_ms < dense_ms
+    stages.update(1)
+    report = {
+        "task": task.name, "metric": metric.name, "higher_is_better": metric.higher_is_better,
+        "target": tgt.text, "floor": flr.text, "floor_value": floor_value, "timing": timing_method,
+        "cutter": cutter.name, "settings": s.model_dump(mode="json"),
+        "dense": {"macs": dense_macs, "params": dense_params, "ms": dense_ms, "ms_search": found.dense_ms,
+                  "val": dense_val, "test": dense_test},
+        "block_ranking": found.block_ranking,
+        "candidates": [c.as_dict() for c in cands], "chosen": chosen_i,
+        "result": {"macs": count_macs(final, example), "params": params_of(final), "ms": final_ms,
+                   "latency_share": final_ms / dense_ms, "speedup": dense_ms / final_ms,
+                   "macs_reduction": dense_macs / max(1, count_macs(final, example)), "val": final_val,
+                   "test": final_test, "faster": faster,
+                   "meets_target": tgt.met(final_ms / dense_ms if tgt.kind == "latency" else
+                                           chosen.share(tgt, dense_macs, dense_params)),
+                   "val_holds_floor": metric.meets(final_val[metric.name], floor_value)},
+        "candidates_tried": sum(c.val is not None for c in cands),
+    }
+    if not faster and not s.keep_slower:
+        stages.close()
+        raise NotFasterError(f"the compressed model measured {final_ms:.3f} ms against the dense model's {dense_ms:.3f} "
+                             f"ms ({timing_method}): it is not faster here, so nothing is kept; try a latency target, "
+                             f"more blocks (max_blocks), or keep_slower=True to inspect it")
+    result = CompressResult(final, report, chosen, cands, faster)
+    report["wall_seconds"] = time.time() - t0
+    if out is not None:
+        from slimkit.compression.report import write_result
+
+        result.out = write_result(out, result, example, overwrite=overwrite, inputs=inputs, command=command,
+                                  onnx=export_onnx)
+        report["wall_seconds"] = time.time() - t0
+    stages.update(1)
+    stages.close()
+    return result

@@ -1,0 +1,258 @@
+"""slimkit.compress: targets and floors, the fastest-first choice, refusals, the report, the factory path.
+
+Runs use a tiny ResNet on 8x8 digits, a few KD steps, and (except where the timer itself is the
+subject) a timer injected that reports MACs as milliseconds, so no test depends on the clock.
+"""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import slimkit
+from slimkit.compression import NotFasterError, parse_floor, parse_target
+from slimkit.compression import run as run_mod
+from slimkit.compression.cutters import deciding_timer
+from slimkit.compression.sources import load_factory
+from slimkit.errors import SlimkitError
+from slimkit.measure import count_macs
+from slimkit.models import ResNetCifar
+
+TINY = {"search_steps": 3, "recover_steps": 3, "batch_size": 64, "calib_batches": 2, "progress": False}
+
+
+def tiny_resnet():
+    torch.manual_seed(0)
+    return ResNetCifar(depth=8, width=16, num_classes=10, in_channels=1, input_size=8)
+
+
+def macs_timer(example):
+    """Milliseconds = MMACs: deterministic, and cheaper models are 'faster'."""
+    return lambda models: [count_macs(m, example) / 1e6 for m in models]
+
+
+@pytest.fixture(scope="module")
+def data():
+    from slimkit.data import load_digits
+
+    d = load_digits(seed=0)
+    return d.train.subset(256), d.val, d.test
+
+
+# -- targets and floors ---------------------------------------------------------------------------
+@pytest.mark.parametrize("text,kind,share", [("latency=0.5x", "latency", 0.5), ("macs=2x", "macs", 0.5),
+                                             ("macs=0.25x", "macs", 0.25), ("params=4x", "params", 0.25),
+                                             (" MACS = 3 x ", "macs", 1 / 3)])
+def test_parse_target(text, kind, share):
+    t = parse_target(text)
+    assert t.kind == kind and t.share == pytest.approx(share)
+
+
+@pytest.mark.parametrize("text", ["latency=2x", "speed=2x", "macs=1x", "macs=", "macs=-2x", "latency=0x", "2x"])
+def test_parse_target_refuses(text):
+    with pytest.raises(SlimkitError, match="latency=0.5x"):
+        parse_target(text)
+
+
+def test_floor_points_follow_the_metric_direction():
+    f = parse_floor("-1pt")
+    assert f.value({"accuracy": 0.90}, "accuracy", True) == pytest.approx(0.89)
+    assert f.value({"cer": 0.10}, "cer", False) == pytest.approx(0.11)  # an error rate may rise by 1 pt
+    assert parse_floor("0.95").value({"cosine": 1.0}, "cosine", True) == 0.95
+    assert parse_floor(0.5).absolute == 0.5
+    rule = parse_floor(lambda dense: dense["accuracy"] - 0.05)
+    assert rule.value({"accuracy": 0.9}, "accuracy", True) == pytest.approx(0.85)
+    with pytest.raises(SlimkitError, match="finite number"):
+        parse_floor(lambda dense: None).value({"accuracy": 0.9}, "accuracy", True)
+    for bad in ("-1 points", "one", "nan", "+1pt"):
+        with pytest.raises(SlimkitError, match="-1pt"):
+            parse_floor(bad)
+
+
+# -- a full run -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    train, val, test = data
+    out = tmp_path_factory.mktemp("compress") / "run"
+    model = tiny_resnet()
+    result = slimkit.compress(model, train, val, test, target="macs=2x", floor=0.0, out=out, seed=3,
+                              timer=macs_timer(val.x[:1]), timing_method="MACs as ms (test)", **TINY)
+    return model, result, out
+
+
+def test_every_mix_reaches_the_macs_target_and_the_fastest_holding_one_is_chosen(run):
+    _, result, _ = run
+    dense_macs = result.report["dense"]["macs"]
+    assert len(result.candidates) >= 2  # 0 and 1 blocks removed
+    assert all(c.macs <= dense_macs / 2 for c in result.candidates)
+    times = [c.ms for c in result.candidates]
+    assert times == sorted(times)  # fastest first
+    assert result.chosen is result.candidates[0]  # floor 0.0: the fastest holds
+    assert result.faster and result.report["result"]["meets_target"]
+    assert count_macs(result.model, torch.zeros(1, 1, 8, 8)) <= dense_macs / 2
+
+
+def test_report_files_and_reload(run):
+    _, result, out = run
+    names = {p.name for p in out.iterdir()}
+    assert {"report.json", "report.md", "candidates.png", "model.safetensors", ".slimkit-run.json"} <= names
+    report = json.loads((out / "report.json").read_text())
+    assert report["timing"] == "MACs as ms (test)" and report["target"] == "macs=2x"
+    assert len(report["candidates"]) == len(result.candidates) and report["candidates"][report["chosen"]]["kept"]
+    assert report["settings"]["seed"] == 3  # the recipe
+    assert (out / "candidates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "(chosen)" in (out / "report.md").read_text()
+    from slimkit.io import load_model
+
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(load_model(out / "model.safetensors").eval()(x), result.model.eval()(x), atol=1e-5)
+
+
+def test_same_seed_same_structure_and_weights(run, data):
+    _, first, _ = run
+    train, val, test = data
+    again = slimkit.compress(tiny_resnet(), train, val, test, target="macs=2x", floor=0.0, seed=3,
+                             timer=macs_timer(val.x[:1]), timing_method="MACs as ms (test)", **TINY)
+    assert [c.as_dict() for c in again.candidates] == [c.as_dict() for c in first.candidates]
+    for a, b in zip(again.model.state_dict().values(), first.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_existing_foreign_folder_is_refused_before_work(data, tmp_path):
+    train, val, test = data
+    (tmp_path / "mine.txt").write_text("keep")
+    with pytest.raises(SlimkitError, match="not made by slimkit"):
+        slimkit.compress(tiny_resnet(), train, val, test, target="macs=2x", out=tmp_path, timer=macs_timer(val.x[:1]),
+                         timing_method="t", **TINY)
+    assert (tmp_path / "mine.txt").read_text() == "keep"
+
+
+# -- the choice, with recovery and scores replaced so the rule alone is tested ----------------------
+@pytest.fixture
+def scored_by_params(monkeypatch):
+    """No training; a model's validation 'accuracy' is its parameter count / 1e5 (lighter = worse)."""
+    monkeypatch.setattr(run_mod, "recover", lambda student, *a, **k: student)
+
+    def score(model, data, task, teacher, batch_size):
+        return {"accuracy": sum(p.numel() for p in model.parameters()) / 1e5, "macro_f1": 0.0}
+    monkeypatch.setattr(run_mod, "_score", score)
+
+
+def test_first_mix_holding_the_floor_fastest_first(data, scored_by_params):
+    train, val, test = data
+    probe = slimkit.compress(tiny_resnet(), train, val, test, target="macs=2x", floor=0.0,
+                             timer=macs_timer(val.x[:1]), timing_method="t", **TINY)
+    scores = [c.params / 1e5 for c in probe.candidates]  # fastest first
+    assert len(scores) >= 2
+    best = max(range(len(scores)), key=scores.__getitem__)
+    # a floor only the best-scoring mix holds: every faster one is tried and fails, then it is chosen
+    result = slimkit.compress(tiny_resnet(), train, val, test, target="macs=2x", floor=scores[best] - 1e-9,
+                              timer=macs_timer(val.x[:1]), timing_method="t", **TINY)
+    assert result.candidates.index(result.chosen) == best
+    assert all(c.held is False for c in result.candidates[:best])
+    assert all(c.val is None for c in result.candidates[best + 1:])  # slower mixes are never recovered
+    # a floor above every mix: refused, naming the best one
+    with pytest.raises(SlimkitError, match=f"the best of {len(scores)} mixes"):
+        slimkit.compress(tiny_resnet(), train, val, test, target="macs=2x", floor=lambda d: scores[best] + 0.01,
+                         timer=macs_timer(val.x[:1]), timing_method="t", **TINY)
+
+
+def test_floor_stricter_than_dense_is_refused_before_the_search(data, monkeypatch):
+    train, val, test = data
+    monkeypatch.setattr(run_mod, "search", lambda *a, **k: pytest.fail("searched"))
+    with pytest.raises(SlimkitError, match="stricter than the dense model's own"):
+        slimkit.compress(tiny_resnet(), train, val, test, target="macs=2x", floor=1.01,
+                         timer=macs_timer(val.x[:1]), timing_method="t", **TINY)
+
+
+def test_unreachable_macs_target_is_refused_with_the_deepest_cut(data):
+    train, val, test = data
+    with pytest.raises(SlimkitError, match=r"gives [0-9.]+x fewer macs; try macs="):
+        slimkit.compress(tiny_resnet(), train, val, test, target="macs=500x", floor=0.0,
+                         timer=lambda ms: pytest.fail("timed"), timing_method="t", **TINY)
+
+
+# -- latency: the method is stated and a result not measured faster is refused ----------------------
+def test_deciding_timer_states_its_method():
+    _, method = deciding_timer(tiny_resnet(), torch.zeros(1, 1, 8, 8))
+    assert "fresh processes" in method and "OMP_WAIT_POLICY=ACTIVE" in method
+    foreign = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU())
+    _, method = deciding_timer(foreign, torch.zeros(1, 1, 8, 8))
+    assert method.startswith("in this process") and "cannot be rebuilt" in method
+
+
+def test_latency_target_uses_measured_times(data):
+    train, val, test = data
+    result = slimkit.compress(tiny_resnet(), train, val, test, target="latency=0.5x", floor=0.0,
+                              timer=macs_timer(val.x[:1]), timing_method="MACs as ms (test)", ratios=(0.5, 0.8), **TINY)
+    assert result.report["timing"] == "MACs as ms (test)"
+    assert all(c.latency_share <= 0.5 for c in result.candidates)
+    with pytest.raises(SlimkitError, match="the fastest cut tried is 0.[0-9]+x the dense latency"):
+        slimkit.compress(tiny_resnet(), train, val, test, target="latency=0.01x", floor=0.0,
+                         timer=macs_timer(val.x[:1]), timing_method="t", ratios=(0.5,), **TINY)
+
+
+def test_not_faster_is_refused_and_nothing_written(data, tmp_path):
+    train, val, test = data
+    slower = lambda models: [1.0] + [2.0] * (len(models) - 1)
+    out = tmp_path / "run"
+    with pytest.raises(NotFasterError, match="not faster here"):
+        slimkit.compress(tiny_resnet(), train, val, test, target="macs=2x", floor=0.0, out=out, timer=slower,
+                         timing_method="t", **TINY)
+    assert not out.exists() and not list(tmp_path.iterdir())
+    kept = slimkit.compress(tiny_resnet(), train, val, test, target="macs=2x", floor=0.0, timer=slower,
+                            timing_method="t", keep_slower=True, **TINY)
+    assert kept.faster is False and kept.report["result"]["faster"] is False
+
+
+def test_injected_timer_needs_its_method(data):
+    train, val, test = data
+    with pytest.raises(SlimkitError, match="timing_method"):
+        slimkit.compress(tiny_resnet(), train, val, test, target="macs=2x", timer=macs_timer(val.x[:1]), **TINY)
+
+
+# -- the factory path -----------------------------------------------------------------------------
+FACTORY = '''
+import torch
+from slimkit.data import load_digits
+from slimkit.models import ResNetCifar
+
+def build():
+    torch.manual_seed(0)
+    d = load_digits(seed=0)
+    return {"model": ResNetCifar(depth=8, width=16, num_classes=10, in_channels=1, input_size=8), "data": d}
+
+def weights():
+    return {"w": torch.zeros(2)}
+'''
+
+
+def test_factory_resolves_and_refuses(tmp_path, monkeypatch):
+    (tmp_path / "compress_factory_mod.py").write_text(FACTORY)
+    monkeypatch.chdir(tmp_path)
+    src = load_factory("compress_factory_mod:build")
+    assert isinstance(src.model, ResNetCifar) and set(src.data) == {"train", "val", "test"}
+    with pytest.raises(SlimkitError, match="without a 'model' entry"):
+        load_factory("compress_factory_mod:weights")
+    with pytest.raises(SlimkitError, match="has no callable 'nothing'"):
+        load_factory("compress_factory_mod:nothing")
+    with pytest.raises(SlimkitError, match="cannot import 'no_such_module_here'"):
+        load_factory("no_such_module_here:build")
+    assert not (tmp_path / "__pycache__").exists()  # nothing written into the user's folder
+
+
+def test_cli_compress_from_a_factory(tmp_path, monkeypatch):
+    from slimkit.cli.main import app
+
+    (tmp_path / "compress_factory_mod.py").write_text(FACTORY)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["compress", "compress_factory_mod:build", "--out", "run", "--target", "macs=2x",
+                                   "--floor", "0", "--search-steps", "2", "--recover-steps", "2", "--batch-size", "64",
+                                   "--train-n", "128", "--max-blocks", "0", "--keep-slower"])
+    assert res.exit_code == 0, res.output
+    assert "wrote run:" in res.output and (tmp_path / "run" / "report.json").is_file()
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert "fresh processes" in report["timing"]  # a slimkit model is timed by the deciding timer
+    assert report["result"]["speedup"] == pytest.approx(report["dense"]["ms"] / report["result"]["ms"])
