@@ -109,22 +109,35 @@ def save_hf(model: nn.Module, folder: str | os.PathLike, overwrite: bool = False
     in the config (see the module docstring). `overwrite` replaces an earlier slimkit folder only.
     """
     _check_hf(model)
+    with output_folder(folder, overwrite=overwrite, command="save_hf") as stage:
+        write_hf(model, stage)
+    return Path(folder)
+
+
+def write_hf(model: nn.Module, folder: Path) -> bool:
+    """Write the folder's files into `folder`, which must be new or empty (a staging folder, or a new
+    sub-folder of one: save_hf, run folders that hold a model among other results); returns whether
+    `load_hf` is needed. Paths the user gives go through save_hf, which never replaces their files."""
+    _check_hf(model)
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise SlimkitError(f"{folder} exists and is not an empty folder; write_hf fills new folders only (save_hf "
+                           f"replaces an earlier slimkit folder with overwrite=True)")
     config, layout, needs_layout = fit_config(model)
     config.architectures = [type(model).__name__]  # what save_pretrained records; load_hf builds that class
     if needs_layout:
         setattr(config, LAYOUT_KEY, layout)
         setattr(config, NOTE_KEY, NOTE)
-    with output_folder(folder, overwrite=overwrite, command="save_hf") as stage:
-        model.save_pretrained(stage)
-        config.save_pretrained(stage)  # the widths the model really has, over the dense config
-        if needs_layout:
-            # save_pretrained may write some architectures' weights under older names that only its own
-            # loader maps back; the layout names the model's own tensors, so the weights are written
-            # under those names, in one file
-            for f in [*stage.glob("model*.safetensors"), *stage.glob("model.safetensors.index.json")]:
-                f.unlink()
-            save_file(tensors_for_file(model), str(stage / "model.safetensors"), metadata={"format": "pt"})
-    return Path(folder)
+    model.save_pretrained(folder)
+    config.save_pretrained(folder)  # the widths the model really has, over the dense config
+    if needs_layout:
+        # save_pretrained may write some architectures' weights under older names that only its own
+        # loader maps back; the layout names the model's own tensors, so the weights are written
+        # under those names, in one file
+        for f in [*folder.glob("model*.safetensors"), *folder.glob("model.safetensors.index.json")]:
+            f.unlink()
+        save_file(tensors_for_file(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return needs_layout
 
 
 def load_hf(folder: str | os.PathLike, model_class: type | None = None) -> nn.Module:

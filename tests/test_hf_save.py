@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 from transformers import AutoModel, BertConfig, BertModel, ViTConfig, ViTModel
 
 from slimkit.errors import SlimkitError
-from slimkit.hf_folder import LAYOUT_KEY, load_hf, save_hf
+from slimkit.hf_folder import LAYOUT_KEY, load_hf, save_hf, write_hf
 
 IDS = torch.randint(0, 50, (2, 12))
 
@@ -140,6 +140,8 @@ def test_folders_of_others_are_not_replaced(tmp_path):
     with pytest.raises(SlimkitError, match="not made by slimkit"):
         save_hf(model, mine)
     assert (mine / "notes.txt").read_text() == "keep" and len(list(mine.iterdir())) == 1
+    with pytest.raises(SlimkitError, match="write_hf fills new folders only"):
+        write_hf(model, mine)
     folder = save_hf(model, tmp_path / "bert")
     with pytest.raises(SlimkitError, match="--overwrite"):
         save_hf(model, folder)
