@@ -115,14 +115,16 @@ def save_hf(model: nn.Module, folder: str | os.PathLike, overwrite: bool = False
 
 
 def write_hf(model: nn.Module, folder: Path) -> bool:
-    """Write the folder's files into `folder`, which must be new or empty (a staging folder, or a new
-    sub-folder of one: save_hf, run folders that hold a model among other results); returns whether
+    """Write the folder's files into `folder`, a new folder or one that holds none of them yet (a
+    staging folder: save_hf, run folders that hold a model among other results); returns whether
     `load_hf` is needed. Paths the user gives go through save_hf, which never replaces their files."""
     _check_hf(model)
     folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise SlimkitError(f"{folder} exists and is not an empty folder; write_hf fills new folders only (save_hf "
-                           f"replaces an earlier slimkit folder with overwrite=True)")
+    before = set(folder.iterdir()) if folder.is_dir() else set()
+    clash = sorted(p.name for p in before if p.name == "config.json" or p.name.startswith("model"))
+    if folder.exists() and not folder.is_dir() or clash:
+        raise SlimkitError(f"{folder} already holds {clash[:3] or 'a file by that name'}; write_hf fills new folders "
+                           f"only (save_hf replaces an earlier slimkit folder with overwrite=True)")
     config, layout, needs_layout = fit_config(model)
     config.architectures = [type(model).__name__]  # what save_pretrained records; load_hf builds that class
     if needs_layout:
@@ -135,7 +137,8 @@ def write_hf(model: nn.Module, folder: Path) -> bool:
         # loader maps back; the layout names the model's own tensors, so the weights are written
         # under those names, in one file
         for f in [*folder.glob("model*.safetensors"), *folder.glob("model.safetensors.index.json")]:
-            f.unlink()
+            if f not in before:  # only what save_pretrained just wrote
+                f.unlink()
         save_file(tensors_for_file(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
     return needs_layout
 

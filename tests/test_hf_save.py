@@ -140,7 +140,9 @@ def test_folders_of_others_are_not_replaced(tmp_path):
     with pytest.raises(SlimkitError, match="not made by slimkit"):
         save_hf(model, mine)
     assert (mine / "notes.txt").read_text() == "keep" and len(list(mine.iterdir())) == 1
-    with pytest.raises(SlimkitError, match="write_hf fills new folders only"):
+    assert write_hf(model, tmp_path / "new") is False and (tmp_path / "new" / "config.json").is_file()
+    (mine / "config.json").write_text("{}")
+    with pytest.raises(SlimkitError, match=r"already holds \['config.json'\]; write_hf fills new folders only"):
         write_hf(model, mine)
     folder = save_hf(model, tmp_path / "bert")
     with pytest.raises(SlimkitError, match="--overwrite"):
