@@ -67,13 +67,6 @@ def record_layout(model: nn.Module, dense: nn.Module) -> dict[str, Any]:
     return {"shapes": shapes, "removed_blocks": removed, "attributes": attributes}
 
 
-def is_empty(layout: dict[str, Any], dense: nn.Module) -> bool:
-    """True when the layout describes `dense` unchanged (no removed block, attribute or resized tensor)."""
-    if layout["removed_blocks"] or layout["attributes"]:
-        return False
-    return layout["shapes"] == {k: list(v.shape) for k, v in dense.state_dict().items()}
-
-
 def apply_layout(model: nn.Module, layout: dict[str, Any]) -> nn.Module:
     """Turn a fresh dense build into the recorded layout, in place (see the module docstring).
 

@@ -23,7 +23,7 @@ so per model the fastest over `passes` processes is the quiet machine's.
 Any model can be timed, given how to build its dense form (`builder`, see slimkit.io): the
 models are saved as checkpoints against that builder and the child rebuilds them from the same
 builder. The builder reaches the child on its command line, as "package.module:callable" and JSON
-kwargs (or "hf" for Hugging Face models, saved as folders with slimkit.hf_folder.save_hf); the
+kwargs (or "hf" for Hugging Face models, saved as folders as slimkit.hf_folder.save_hf writes them); the
 child never takes a code reference from a file.
 
     python -m slimkit.measure.fresh DIR [--builder package.module:callable --kwargs JSON | --builder hf]
@@ -89,7 +89,7 @@ def time_in_fresh_processes(models: list[nn.Module], example: torch.Tensor, layo
         raise SlimkitError(f"builder kwargs must be plain JSON values: {exc}") from None
     args: list[str] = []
     if builder == HF:
-        from slimkit.hf_folder import save_hf
+        from slimkit.hf_folder import write_hf
 
         args = ["--builder", HF]
     elif builder is not None:
@@ -98,7 +98,7 @@ def time_in_fresh_processes(models: list[nn.Module], example: torch.Tensor, layo
     with tempfile.TemporaryDirectory(prefix="slimkit-timing-") as d:
         for i, m in enumerate(models):
             if builder == HF:
-                save_hf(m, Path(d) / f"m{i:03d}")
+                write_hf(m, Path(d) / f"m{i:03d}")
             else:
                 save_model(m, Path(d) / f"m{i:03d}.safetensors", builder=None if builder is None else (fn, kwargs or {}))
         save_file({"x": example[:batch].contiguous()}, str(Path(d) / "example.safetensors"))
