@@ -38,9 +38,10 @@ from slimkit.data import load_fashion_mnist
 from slimkit.data.arrays import Split, batches
 from slimkit.io import cache_root, load_model, read_architecture, save_model
 from slimkit.measure import count_macs, evaluate_classifier, predict_logits
+from slimkit.measure.fold import fold_batchnorm
 from slimkit.measure.fresh import time_in_fresh_processes
 from slimkit.models import build_model
-from slimkit.prune.batchnorm import fold_batchnorm, recalibrate_bn
+from slimkit.prune.batchnorm import recalibrate_bn
 from slimkit.prune.latency_cost import latency_table, prune_latency_aware
 from slimkit.prune.recovery import fine_tune
 from slimkit.prune.select import choose_ratio, write_selection

@@ -5,8 +5,7 @@ each stage is a subpackage with a small public surface.
 """
 
 from slimkit.errors import SlimkitError
-
-__version__ = "0.1.0"
+from slimkit.version import __version__
 __all__ = ["SlimkitError", "__version__", "compress"]
 
 

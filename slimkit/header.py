@@ -1,7 +1,7 @@
 """Build the model a checkpoint header describes, refusing a header that does not fit the file.
 
 A header is text anyone can edit, so nothing it says is trusted before it is checked:
-- its kwargs must be ones the class takes, of the annotated types (inspect.signature);
+- its kwargs must be ones the builder takes, of the annotated types (inspect.signature);
 - the model is built first on the meta device, where no memory is allocated, under a cap on how
   many modules and tensors its constructor may create (a header asking for depth 10^9 is stopped
   early instead of looping);
@@ -15,7 +15,7 @@ import os
 import types
 import typing
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,8 +24,7 @@ import torch.nn.modules.module as module_hooks
 from torch import nn
 
 from slimkit.errors import SlimkitError
-from slimkit.io import CORRUPT
-from slimkit.prune.reshape import apply_layout, check_layout
+from slimkit.layout import CORRUPT, apply_layout, check_layout
 
 # A constructor may register this many modules, parameters and buffers beyond 16 per file tensor.
 # Pruned checkpoints (whose dense build is larger than the file) stay far below it; a header whose
@@ -35,55 +34,89 @@ _REGISTRATION_FLOOR = 20_000
 _DENSE_GROWTH = 100
 
 
-def build_checked(cls: type[nn.Module], kwargs: dict[str, Any], extra: dict[str, Any],
+def build_checked(builder: Callable[..., nn.Module], kwargs: dict[str, Any], layout: dict[str, Any] | None,
                   file_shapes: dict[str, list[int]], where: str | os.PathLike) -> nn.Module:
-    """`cls(**kwargs)` resized to the layout in `extra`, after proving it matches `file_shapes`."""
-    check_kwargs(cls, kwargs, where)
-    layout = extra if "shapes" in extra else None
+    """`builder(**kwargs)` turned into `layout`, after proving on the meta device that it matches `file_shapes`."""
+    check_kwargs(builder, kwargs, where)
     if layout is not None:
         check_layout(layout, file_shapes, where)
     limit = 16 * len(file_shapes) + _REGISTRATION_FLOOR
+    name = builder_name(builder)
     try:
         with torch.device("meta"):
-            model, dense_bytes = _build(cls, kwargs, layout, limit, where, meta=True)
+            model, dense_bytes = _build(builder, kwargs, layout, limit, where, meta=True)
     except NotImplementedError:
-        # a constructor that reads tensor values (e.g. .tolist()) cannot run on meta; such a class
+        # a constructor that reads tensor values (e.g. .tolist()) cannot run on meta; such a model
         # is built for real, still under the registration cap, and compared before loading
-        model, _ = _build(cls, kwargs, layout, limit, where, meta=False)
+        model, _ = _build(builder, kwargs, layout, limit, where, meta=False)
         compare_shapes(model, file_shapes, where)
         return model
     compare_shapes(model, file_shapes, where)
     kept = _nbytes(model)
     if dense_bytes > _DENSE_GROWTH * kept + 2**26:
         raise SlimkitError(f"checkpoint {where} holds {kept / 2**20:.1f} MiB of weights but its header's dense "
-                           f"{cls.__name__} would need {dense_bytes / 2**20:.0f} MiB; {CORRUPT}")
-    return _build(cls, kwargs, layout, limit, where, meta=False)[0]
+                           f"{name} would need {dense_bytes / 2**20:.0f} MiB; {CORRUPT}")
+    return _build(builder, kwargs, layout, limit, where, meta=False)[0]
 
 
-def _build(cls: type[nn.Module], kwargs: dict[str, Any], layout: dict[str, Any] | None, limit: int,
+def build_dense(builder: Callable[..., nn.Module], kwargs: dict[str, Any], meta: bool = True) -> nn.Module:
+    """`builder(**kwargs)`, on the meta device when `meta` and the constructor allows it; one line on failure.
+
+    Used when saving, to compare a model with the dense build its builder makes.
+    """
+    name = builder_name(builder)
+    try:
+        if meta:
+            try:
+                with torch.device("meta"):
+                    model = builder(**kwargs)
+            except NotImplementedError:
+                model = builder(**kwargs)
+        else:
+            model = builder(**kwargs)
+    except SlimkitError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's builder is reported in one line
+        raise SlimkitError(f"the builder {name} failed ({type(exc).__name__}: {_first_line(exc)}); pass the "
+                           f"builder that makes the dense model, with its kwargs") from None
+    if not isinstance(model, nn.Module):
+        raise SlimkitError(f"the builder {name} returned a {type(model).__name__}, not an nn.Module; pass a callable "
+                           f"that returns the dense model")
+    return model
+
+
+def builder_name(builder: Callable[..., Any]) -> str:
+    return getattr(builder, "__qualname__", None) or getattr(builder, "__name__", None) or type(builder).__name__
+
+
+def _build(builder: Callable[..., nn.Module], kwargs: dict[str, Any], layout: dict[str, Any] | None, limit: int,
            where: str | os.PathLike, meta: bool) -> tuple[nn.Module, int]:
-    """(cls(**kwargs) resized to `layout`, bytes of the dense build); any failure is one SlimkitError."""
+    """(builder(**kwargs) turned into `layout`, bytes of the dense build); any failure is one SlimkitError."""
+    name = builder_name(builder)
     try:
         with _registration_cap(limit), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. zero-size layers from odd kwargs; the checks below judge them
-            model = cls(**kwargs)
+            model = builder(**kwargs)
+        if not isinstance(model, nn.Module):
+            raise SlimkitError(f"it returned a {type(model).__name__}, not an nn.Module")
         dense_bytes = _nbytes(model)
         if layout is not None:
             apply_layout(model, layout)
     except NotImplementedError:
         if meta:
             raise
-        raise SlimkitError(f"checkpoint {where} describes a {cls.__name__} that cannot be built") from None
+        raise SlimkitError(f"checkpoint {where} describes a {name} that cannot be built") from None
     except SlimkitError as exc:
-        raise SlimkitError(f"checkpoint {where} describes a {cls.__name__} that cannot be built: {exc}") from None
+        raise SlimkitError(f"checkpoint {where} describes a {name} that cannot be built: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any constructor failure on header values is a bad header
-        raise SlimkitError(f"checkpoint {where} describes a {cls.__name__} that cannot be built from its kwargs "
+        raise SlimkitError(f"checkpoint {where} describes a {name} that cannot be built from its kwargs "
                            f"({type(exc).__name__}: {_first_line(exc)})") from None
     return model, dense_bytes
 
 
-def check_kwargs(cls: type, kwargs: dict[str, Any], where: str | os.PathLike) -> None:
+def check_kwargs(cls: Callable[..., Any], kwargs: dict[str, Any], where: str | os.PathLike) -> None:
     """Refuse kwargs the constructor does not take, lacks, or would get with the wrong type."""
+    name = builder_name(cls)
     try:
         params = inspect.signature(cls).parameters
     except (TypeError, ValueError):
@@ -92,19 +125,19 @@ def check_kwargs(cls: type, kwargs: dict[str, Any], where: str | os.PathLike) ->
     named = {n: p for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     unknown = sorted(set(kwargs) - set(named))
     if unknown and not takes_any:
-        raise SlimkitError(f"checkpoint {where} passes {cls.__name__} arguments it does not take: {unknown[:5]} "
+        raise SlimkitError(f"checkpoint {where} passes {name} arguments it does not take: {unknown[:5]} "
                            f"(it takes {', '.join(named) or 'none'}); the header is corrupt or from another version")
     missing = [n for n, p in named.items() if p.default is p.empty and n not in kwargs]
     if missing:
-        raise SlimkitError(f"checkpoint {where} lacks required {cls.__name__} arguments {missing[:5]}; the header "
+        raise SlimkitError(f"checkpoint {where} lacks required {name} arguments {missing[:5]}; the header "
                            f"is corrupt")
     try:
-        hints = typing.get_type_hints(cls.__init__)
+        hints = typing.get_type_hints(cls.__init__ if isinstance(cls, type) else cls)
     except Exception:  # noqa: BLE001 - unresolvable annotations: leave types to the constructor
         hints = {}
     for key, value in kwargs.items():
         if key in hints and not _fits(value, hints[key]):
-            raise SlimkitError(f"checkpoint {where} gives {cls.__name__} argument {key}={_short(value)}, which is "
+            raise SlimkitError(f"checkpoint {where} gives {name} argument {key}={_short(value)}, which is "
                                f"not a {_type_name(hints[key])}; {CORRUPT}")
 
 

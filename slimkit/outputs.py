@@ -222,7 +222,7 @@ def check_output_folder(path: str | os.PathLike, overwrite: bool = False, inputs
 
 def _write_manifest(stage: Path, command: str) -> None:
     """List and fsync every file of the finished stage, then write the manifest last."""
-    from slimkit import __version__
+    from slimkit.version import __version__
 
     files = _files_under(stage)
     for name in files:

@@ -2,7 +2,8 @@
 
 A seeded generator builds a few hundred files: raw noise, truncated checkpoints, valid safetensors
 framing around random metadata, random tensor tables (dtypes, shapes, offsets), and real
-checkpoints whose class, kwargs, format or pruned layout were replaced by random JSON.
+checkpoints whose class, builder, kwargs, format or layout (shapes, removed blocks, module
+attributes) were replaced by random JSON.
 """
 
 import json
@@ -22,6 +23,9 @@ DTYPES = ["F32", "F16", "BF16", "F64", "I64", "I32", "I8", "U8", "BOOL", "C64", 
 NAMES = ["TargetModel", "SourceModel", "SeedCNN", "ResNetCifar", "MobileNetV2Small", "SmallViT", "Nope", ""]
 KEYS = ["in_channels", "input_size", "num_classes", "widths", "depth", "dim", "num_heads", "patch", "mlp_ratio",
         "width", "width_mult", "setting", "last_channel", "bogus"]
+MODULES = ["", "conv1", "fc2", "blocks.0", "blocks.0.attn", "features.0", "head", "nope"]
+ATTRIBUTES = ["in_channels", "out_channels", "groups", "num_heads", "head_dim", "num_features", "eps", "training",
+              "weight", "padding", "kernel_size", "normalized_shape", "removable", "bogus"]
 
 
 def _json_value(rng: random.Random, depth: int = 0):
@@ -78,7 +82,7 @@ def _case(rng: random.Random, tmp_path) -> bytes:
     if kind == 3:  # random JSON in place of the whole description
         header["__metadata__"]["slimkit"] = json.dumps(_json_value(rng), allow_nan=True)
     elif kind == 4 and rng.random() < 0.3:  # a description with random fields
-        for field in rng.sample(["format", "class", "kwargs", "extra"], rng.randrange(1, 4)):
+        for field in rng.sample(["format", "class", "builder", "kwargs", "layout", "extra"], rng.randrange(1, 5)):
             arch[field] = rng.choice([_json_value(rng), rng.choice(NAMES), rng.randrange(-1, 4)]) \
                 if field in ("format", "class") else _json_value(rng)
         header["__metadata__"]["slimkit"] = json.dumps(arch, allow_nan=True)
@@ -88,12 +92,16 @@ def _case(rng: random.Random, tmp_path) -> bytes:
             arch["kwargs"][key] = rng.choice([_json_value(rng), rng.randrange(1, 9), 10**9, 2**40,
                                               [2**20, 2**20, 2**20], [[6, 2**30, 2**30, 1]]])
         header["__metadata__"]["slimkit"] = json.dumps(arch, allow_nan=True)
-    elif kind == 5:  # a pruned layout that lies about shapes or blocks
+    elif kind == 5:  # a layout that lies about shapes, blocks or module attributes
         names = [k for k in header if k != "__metadata__"]
         shapes = {k: list(header[k]["shape"]) for k in names}
-        for k in rng.sample(names, rng.randrange(1, 3)):
+        for k in rng.sample(names, rng.randrange(0, 3)):
             shapes[k] = rng.choice([[rng.randrange(0, 10**6) for _ in range(rng.randrange(4))], [2**40], "x"])
-        arch["extra"] = {"shapes": shapes, "removed_blocks": rng.choice([[], ["blocks.0"], ["conv1"], [""], 3])}
+        attributes = {rng.choice(MODULES): {rng.choice(ATTRIBUTES): rng.choice([_json_value(rng), rng.randrange(0, 9),
+                                                                                10**9, -1, [3, 3]])}
+                      for _ in range(rng.randrange(4))}
+        arch["layout"] = {"shapes": shapes, "removed_blocks": rng.choice([[], ["blocks.0"], ["conv1"], [""], 3]),
+                          "attributes": rng.choice([attributes, attributes, [], 7])}
         header["__metadata__"]["slimkit"] = json.dumps(arch, allow_nan=True)
     else:  # a random tensor table, consistent offsets or not
         header = {"__metadata__": rng.choice([header["__metadata__"], {"slimkit": 5}, {"a": "b"}, []])}

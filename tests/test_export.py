@@ -24,10 +24,9 @@ from slimkit.export import (  # noqa: E402
     to_onnx,
     write_output,
 )
-from slimkit.io import load_model  # noqa: E402
+from slimkit.io import load_model, save_model  # noqa: E402
 from slimkit.models import MobileNetV2Small, ResNetCifar, SmallViT, TargetModel  # noqa: E402
 from slimkit.prune.layers import remove_blocks  # noqa: E402
-from slimkit.prune.reshape import save_pruned  # noqa: E402
 from slimkit.prune.structured import prune_structured  # noqa: E402
 
 
@@ -79,7 +78,7 @@ def test_depth_and_width_cut_with_removed_blocks_exports_from_its_checkpoint(dig
     dense = _cnn("resnet")
     cut = remove_blocks(prune_structured(dense, digits.test.x[:1], ratio=0.25, importance="l2").model,
                         ["layer1.1", "layer3.1"])
-    save_pruned(cut, tmp_path / "cut.safetensors")
+    save_model(cut, tmp_path / "cut.safetensors")
     loaded = load_model(tmp_path / "cut.safetensors").eval()
     res = to_onnx(loaded, digits.test.x[:3], tmp_path / "cut.onnx", check_inputs=[digits.test.x[:9]],
                   validate=classifier_check(loaded, digits.test, 10))

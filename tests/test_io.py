@@ -42,17 +42,31 @@ def test_unreadable_and_foreign_checkpoints_fail_clearly(tmp_path):
         load_model(plain)
 
 
-def test_unknown_class_needs_the_users_class(tmp_path):
+def test_unknown_class_needs_the_users_builder(tmp_path):
     class Mine(nn.Module):
         def __init__(self, width: int) -> None:
             super().__init__()
             self.fc = nn.Linear(width, 2)
 
     model = Mine(3)
-    path = save_model(model, tmp_path / "mine.safetensors", arch={"class": "Mine", "kwargs": {"width": 3}})
-    with pytest.raises(SlimkitError, match="classes="):
+    with pytest.raises(SlimkitError, match="no config\\(\\) method; pass builder="):
+        save_model(model, tmp_path / "mine.safetensors")
+    path = save_model(model, tmp_path / "mine.safetensors", builder=(Mine, {"width": 3}))
+    with pytest.raises(SlimkitError, match="not one of slimkit's models; pass builder="):
         load_model(path)
-    assert torch.equal(load_model(path, classes={"Mine": Mine}).fc.weight, model.fc.weight)
+    assert torch.equal(load_model(path, builder=Mine).fc.weight, model.fc.weight)
+
+
+def test_format_1_checkpoints(tmp_path):
+    """Dense format-1 checkpoints still load; pruned ones (no recorded attributes) are refused in one line."""
+    model = TargetModel(in_channels=1, input_size=8, num_classes=3, widths=(4, 4, 8))
+    dense = _with_description(tmp_path, {"format": 1, "class": "TargetModel", "kwargs": model.config(), "extra": {}},
+                              model=model)
+    assert torch.equal(load_model(dense).fc2.weight, model.fc2.weight)
+    pruned = _with_description(tmp_path, {"format": 1, "class": "TargetModel", "kwargs": model.config(),
+                                          "extra": {"shapes": {}, "removed_blocks": []}}, model=model, name="p.safetensors")
+    with pytest.raises(SlimkitError, match="pruned checkpoint in format 1.*prune and save it again"):
+        load_model(pruned)
 
 
 def test_unwritable_folder_is_reported(tmp_path):
@@ -72,8 +86,9 @@ def _with_description(tmp_path, description, model=None, name="m.safetensors"):
 
 
 def _description(**changes):
-    base = {"format": 1, "class": "TargetModel",
-            "kwargs": {"in_channels": 1, "input_size": 8, "num_classes": 3, "widths": [4, 4, 8]}, "extra": {}}
+    base = {"format": 2, "class": "TargetModel", "builder": None,
+            "kwargs": {"in_channels": 1, "input_size": 8, "num_classes": 3, "widths": [4, 4, 8]}, "layout": None,
+            "extra": {}}
     return {**base, **changes}
 
 
@@ -81,7 +96,7 @@ def _description(**changes):
     ([1, 2], "not a JSON object"),
     ("TargetModel", "not a JSON object"),
     (_description(**{"class": 7}), "model class as int, not text"),
-    (_description(format=2), "written by a newer slimkit (checkpoint format 2; this one reads up to 1); upgrade slimkit"),
+    (_description(format=3), "written by a newer slimkit (checkpoint format 3; this one reads up to 2); upgrade slimkit"),
     (_description(format="1"), "no valid checkpoint format version"),
     (_description(kwargs=[1]), "header 'kwargs' of type list"),
     (_description(kwargs={"in_channels": 1, "input_size": 8, "num_classes": 3, "widths": [4, 4, 8], "depth": 3}),
@@ -92,8 +107,16 @@ def _description(**changes):
      "argument widths=[4, 4], which is not a tuple"),
     (_description(kwargs={"in_channels": 1, "input_size": 8, "num_classes": 5, "widths": [4, 4, 8]}),
      "tensor 'fc2.weight' has shape [3, 8] in the file but [5, 8] in the TargetModel"),
-    (_description(extra={"shapes": {"fc2.bias": [4]}}), "tensor 'fc2.bias' has shape [3] in the file but [4] in its layout"),
-    (_description(extra={"shapes": {"fc2.bias": [3]}, "removed_blocks": ["fc2"]}), "not a removable block"),
+    (_description(layout={"shapes": {"fc2.bias": [4]}}), "tensor 'fc2.bias' has shape [3] in the file but [4] in its layout"),
+    (_description(layout={"shapes": {"fc2.bias": [3]}, "removed_blocks": ["fc2"]}), "does not match TargetModel: missing []"),
+    (_description(layout={"shapes": {}, "removed_blocks": ["nope"]}), "removes block 'nope', which TargetModel does not have"),
+    (_description(layout={"shapes": {}, "attributes": {"fc2": {"out_features": [1]}}}), "fc2.out_features to [1], which does not fit its int"),
+    (_description(layout={"shapes": {}, "attributes": {"fc2": {"x": {"a": 1}}}}), "not a map of module names"),
+    (_description(layout={"shapes": {}, "attributes": {"fc2": {"weight": 3}}}), "fc2.weight, which is not a plain attribute"),
+    (_description(layout={"shapes": {}, "attributes": {"fc2": {"training": False}}}), "not a plain attribute"),
+    (_description(layout={"shapes": {}, "attributes": {"fc9": {"x": 1}}}), "module 'fc9', which TargetModel does not"),
+    (_description(layout=[1]), "layout that is not a JSON object"),
+    (_description(builder=3), "names its builder as int"),
 ])
 def test_malformed_headers_are_one_line(tmp_path, description, message):
     path = _with_description(tmp_path, description)
@@ -108,12 +131,12 @@ def test_huge_declared_sizes_are_refused_without_allocating(tmp_path):
     with pytest.raises(SlimkitError, match="has shape .* in the file but"):
         load_model(_with_description(tmp_path, huge_width, name="wide.safetensors"))
     vit = SmallViT(num_classes=3, input_size=4, patch=2, dim=4, depth=1, num_heads=2)
-    deep = {"format": 1, "class": "SmallViT", "extra": {},
+    deep = {"format": 2, "class": "SmallViT", "extra": {}, "layout": None,
             "kwargs": {**vit.config(), "depth": 10**9}}
     with pytest.raises(SlimkitError, match="more than .* layers and tensors"):
         load_model(_with_description(tmp_path, deep, model=vit, name="deep.safetensors"))
     pruned_lie = _description(kwargs={"in_channels": 1, "input_size": 8, "num_classes": 3, "widths": [4, 4, 2**26]},
-                              extra={"shapes": {k: list(v.shape) for k, v in TargetModel(
+                              layout={"shapes": {k: list(v.shape) for k, v in TargetModel(
                                   in_channels=1, input_size=8, num_classes=3, widths=(4, 4, 8)).state_dict().items()}})
     with pytest.raises(SlimkitError, match="dense TargetModel would need"):
         load_model(_with_description(tmp_path, pruned_lie, name="lie.safetensors"))

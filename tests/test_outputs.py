@@ -273,9 +273,10 @@ def test_interrupt_summary_names_committed_results(tmp_path):
 
     outputs.written.clear()
     assert interrupted_summary() == "nothing was written or replaced"
-    save_model(torch.nn.Linear(2, 2), tmp_path / "a.safetensors", arch={"class": "Linear", "kwargs": {}})
+    linear = (torch.nn.Linear, {"in_features": 2, "out_features": 2})
+    save_model(torch.nn.Linear(2, 2), tmp_path / "a.safetensors", builder=linear)
     with output_folder(tmp_path / "run") as stage:
-        save_model(torch.nn.Linear(2, 2), stage / "inner.safetensors", arch={"class": "Linear", "kwargs": {}})
+        save_model(torch.nn.Linear(2, 2), stage / "inner.safetensors", builder=linear)
     summary = interrupted_summary()
     assert str(tmp_path / "a.safetensors") in summary and str(tmp_path / "run") in summary
     assert "inner" not in summary  # written inside the staging folder: part of the run, not a result of its own

@@ -8,11 +8,10 @@ from torch import nn
 
 from slimkit.data.arrays import Split
 from slimkit.errors import SlimkitError
-from slimkit.io import load_model
+from slimkit.io import load_model, save_model
 from slimkit.models import MobileNetV2Small, ResNetCifar, SeedCNN, SmallViT
 from slimkit.prune import allocation as alloc
 from slimkit.prune import importance as imp
-from slimkit.prune.reshape import save_pruned
 from slimkit.prune.select import choose_ratio, write_selection
 from slimkit.prune.structured import (
     build_graph,
@@ -110,7 +109,7 @@ def test_block_removal_by_influence() -> None:
 def test_save_load_heterogeneous_widths(name: str, tmp_path) -> None:
     result = prune_structured(_tiny(name), X[:1], ratio=0.4, allocation="global", calib=[(X, Y)], blocks=1,
                               head_ratio=0.5, round_to=4)
-    path = save_pruned(result.model, tmp_path / "p.safetensors")
+    path = save_model(result.model, tmp_path / "p.safetensors")
     loaded = load_model(path).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(X), result.model.eval()(X), rtol=0, atol=0)
@@ -300,7 +299,7 @@ def test_latency_aware_cuts_where_the_table_says_time_goes() -> None:
 
 @pytest.mark.parametrize("name", ["resnet", "mobilenet"])
 def test_fold_batchnorm_keeps_outputs(name: str) -> None:
-    from slimkit.prune.batchnorm import fold_batchnorm
+    from slimkit.measure.fold import fold_batchnorm
 
     model = _tiny(name)
     pruned = prune_structured(model, X[:1], 0.5).model.eval()
@@ -313,7 +312,7 @@ def test_fold_batchnorm_keeps_outputs(name: str) -> None:
 
 
 def test_fold_refuses_shared_conv_output() -> None:
-    from slimkit.prune.batchnorm import fold_batchnorm
+    from slimkit.measure.fold import fold_batchnorm
 
     class Shared(nn.Module):
         def __init__(self) -> None:

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from slimkit.cli import clean_errors
-from slimkit.cli.main import app, check_model_fits
+from slimkit.cli.app import app, check_model_fits
 from slimkit.errors import SlimkitError, check_count, check_positive, check_sparsity
 
 
@@ -100,7 +100,6 @@ def prune(
         report = magnitude_prune(pruned, sparsity=ratio)
         save_model(pruned, out, extra={"kept_total": report.kept_total})
     elif method == "structured":
-        from slimkit.prune.reshape import save_pruned
         from slimkit.prune.structured import prune_structured
 
         calib = [(x, y) for x, y, _ in batches(data.train.subset(1024), 128, shuffle=True, seed=seed)]
@@ -114,7 +113,7 @@ def prune(
             if kept is dense:
                 raise SlimkitError(f"{info['note']}; nothing written to {out}. Prune more, remove blocks (--blocks), "
                                    "or pass --keep-slower")
-        save_pruned(pruned, out)
+        save_model(pruned, out)
     else:
         raise SlimkitError(f"unknown method {method!r}; use 'structured' or 'magnitude'")
     rows = profile_classifiers({"dense": (dense, checkpoint), f"{method} {ratio:g}": (pruned, out)},

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from slimkit.cli import clean_errors
-from slimkit.cli.main import app
+from slimkit.cli.app import app
 from slimkit.errors import SlimkitError, check_count
 
 
@@ -84,7 +84,7 @@ def compress(
     else:
         splits = source.data
     if source.kind == "checkpoint" and the_task.name == "classification":
-        from slimkit.cli.main import check_model_fits
+        from slimkit.cli.app import check_model_fits
         from slimkit.data.arrays import Dataset
 
         n_classes = int(splits["train"].y.max()) + 1

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from slimkit.cli import clean_errors
-from slimkit.cli.main import app, check_model_fits
+from slimkit.cli.app import app, check_model_fits
 from slimkit.errors import SlimkitError
 
 BATCHES = (1, 32)
@@ -92,7 +92,7 @@ def _classifier(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, 
                                 time_onnx, write_output)
     from slimkit.io import load_model
     from slimkit.measure import count_macs, file_size_bytes, measure_latency_interleaved
-    from slimkit.prune.batchnorm import fold_batchnorm
+    from slimkit.measure.fold import fold_batchnorm
     from slimkit.report import DeployRow
 
     model = load_model(checkpoint).eval()

@@ -10,15 +10,7 @@ from typing import Optional
 import typer
 
 from slimkit.cli import clean_errors
-from slimkit.errors import SlimkitError
-
-app = typer.Typer(
-    help="slimkit: prune and distill PyTorch models, then measure what was really gained.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
+from slimkit.cli.app import app, check_model_fits
 
 @app.command()
 @clean_errors
@@ -90,31 +82,11 @@ def profile(
     print_table([row], [], title=f"{checkpoint} on {data.name} test ({len(data.test)} samples)")
 
 
-def check_model_fits(model, data) -> None:
-    """Turn a model/data mismatch (input shape or number of classes) into one clear line."""
-    import torch
-
-    example = data.test.x[:1]
-    try:
-        with torch.no_grad():
-            out = model.eval()(example)
-    except SlimkitError:
-        raise
-    except RuntimeError as exc:
-        raise SlimkitError(
-            f"model does not accept {data.name} inputs of shape {tuple(example.shape)}: {str(exc).splitlines()[0]}"
-        ) from None
-    width = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
-    if width != data.num_classes:
-        raise SlimkitError(f"the checkpoint predicts {width} classes but {data.name} has {data.num_classes} "
-                           f"(labels 0..{data.num_classes - 1}); use a checkpoint trained on the classes of {data.name}")
-
-
 def main() -> None:
     app()
 
 
-# Commands defined in sibling modules register themselves on `app` when imported.
+# Commands defined in sibling modules register themselves on `app` (slimkit.cli.app) when imported.
 from slimkit.cli import compress, compress_cmd, export  # noqa: E402,F401
 from slimkit.cli.llm import app as _llm_app  # noqa: E402
 

@@ -30,9 +30,9 @@ def save_compressed(model: nn.Module, folder: Path) -> dict:
     weights with every tensor's shape in the header, which the model's own builder reloads.
     """
     if callable(getattr(model, "config", None)):
-        from slimkit.prune.reshape import save_pruned
+        from slimkit.io import save_model
 
-        save_pruned(model, folder / MODEL_FILE)
+        save_model(model, folder / MODEL_FILE)
         return {"path": MODEL_FILE, "format": "slimkit checkpoint", "reload": "slimkit.io.load_model(path)"}
     if hasattr(model, "save_pretrained"):
         model.save_pretrained(folder / HF_FOLDER)

@@ -33,7 +33,7 @@ from slimkit.distill.losses import ADAPTED_KINDS, FEATURE_KINDS, Term, combine
 from slimkit.distill.tasks import Task, classification, evaluate
 from slimkit.distill.train_data import InMemory, Loader, as_train_data, batch_len, head, is_empty, to_device
 from slimkit.errors import SlimkitError
-from slimkit.prune.magnitude import MaskHolder, Masks
+from slimkit.masks import MaskHolder, Masks
 
 Augment = Callable[[Any, torch.Generator], Any]
 Teacher = nn.Module | TeacherOutputs | torch.Tensor | None

@@ -15,7 +15,7 @@ from slimkit.distill.config import CheckpointConfig, EpochLog, TrainConfig
 from slimkit.distill.engine import Distiller
 from slimkit.distill.losses import ce, hinton
 from slimkit.measure.metrics import predict_logits
-from slimkit.prune.magnitude import Masks
+from slimkit.masks import Masks
 
 
 def teacher_logits(teacher: nn.Module, split: Split, batch_size: int = 512) -> torch.Tensor:

@@ -13,15 +13,24 @@ Why OMP_WAIT_POLICY=ACTIVE: between two ops an idle OpenMP worker may sleep, and
 time on every op; the default policy spins for a while before sleeping, so whether a model pays
 depends on the gaps between its ops. ACTIVE (always spin) is the setting of a latency-bound CPU
 deployment and removes that dependence. It applies to the dense and pruned models alike, and it must
-be set before the OpenMP runtime starts, which only a new process allows: the parent sets it in the
-child's environment, and the child records what it ran with.
+be set before the OpenMP runtime starts, which only a new process allows. The child sets it itself:
+started without it, it restarts itself with it before loading anything (the parent passes it in the
+environment too, which saves that restart), and it records what it ran with.
 
 Why several processes: a machine can have slow spells that cover a whole pass. Spells only add time,
 so per model the fastest over `passes` processes is the quiet machine's.
 
-    python -m slimkit.measure.fresh DIR   # child side: times DIR/m*.safetensors, writes DIR/times.json
+Any model can be timed, given how to build its dense form (`builder`, see slimkit.io): the
+models are saved as checkpoints against that builder and the child rebuilds them from the same
+builder. The builder reaches the child on its command line, as "package.module:callable" and JSON
+kwargs (or "hf" for Hugging Face models, saved as folders as slimkit.hf_folder.save_hf writes them); the
+child never takes a code reference from a file.
+
+    python -m slimkit.measure.fresh DIR [--builder package.module:callable --kwargs JSON | --builder hf]
+    # child side: times DIR/m* (checkpoints or folders), writes DIR/times.json
 """
 
+import argparse
 import copy
 import json
 import os
@@ -29,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -43,19 +53,26 @@ METHOD = ("fastest of {passes} fresh processes (each loads the saved checkpoints
 
 
 def rebuildable(model: nn.Module) -> bool:
-    """True when a child process can rebuild `model` from a slimkit checkpoint (it has config())."""
+    """True when a child process can rebuild `model` without a builder (slimkit's models: it has config())."""
     return callable(getattr(model, "config", None))
+
+
+HF = "hf"  # the builder spec for Hugging Face models, saved and reloaded as folders
 
 
 def time_in_fresh_processes(models: list[nn.Module], example: torch.Tensor, layouts: list[str] | None = None,
                             rounds: int = 60, threads: int = 2, fold: bool = True, passes: int = 3,
-                            log: bool = True, batch: int = 1) -> list[dict[str, float]]:
+                            log: bool = True, batch: int = 1, builder: str | None = None,
+                            kwargs: dict[str, Any] | None = None) -> list[dict[str, float]]:
     """Per model, {layout: ms}: the fastest over `passes` new processes, each timing every model in
     every layout in one alternating pass at `batch` (the first rows of `example`). Each pass logs the
-    first model's times, so a slow spell shows. Models must be rebuildable from their checkpoint
-    (`rebuildable`).
+    first model's times, so a slow spell shows.
+
+    `builder` says how the child rebuilds the models: None for slimkit's own models (`rebuildable`),
+    "package.module:callable" with JSON `kwargs` for any model that callable builds densely, or "hf"
+    for Hugging Face models.
     """
-    from slimkit.prune.reshape import save_pruned  # the layout code lives with pruning
+    from slimkit.io import import_builder, save_model
 
     layouts = layouts or ["nchw"]
     unknown = [lay for lay in layouts if lay not in LAYOUTS]
@@ -63,19 +80,39 @@ def time_in_fresh_processes(models: list[nn.Module], example: torch.Tensor, layo
         raise SlimkitError(f"fresh-process timing needs layouts from {sorted(LAYOUTS)}, rounds, passes and threads "
                            f">= 1 and 1 <= batch <= len(example); got layouts={layouts}, rounds={rounds}, passes={passes}, "
                            f"threads={threads}, batch={batch}")
+    if kwargs is not None and (builder is None or builder == HF):
+        raise SlimkitError("kwargs go with builder='package.module:callable'; slimkit's own models and Hugging Face "
+                           "models take none")
+    try:
+        kwargs_json = json.dumps(kwargs or {}, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise SlimkitError(f"builder kwargs must be plain JSON values: {exc}") from None
+    args: list[str] = []
+    if builder == HF:
+        from slimkit.hf_folder import write_hf
+
+        args = ["--builder", HF]
+    elif builder is not None:
+        fn = import_builder(builder)
+        args = ["--builder", builder, "--kwargs", kwargs_json]
     with tempfile.TemporaryDirectory(prefix="slimkit-timing-") as d:
         for i, m in enumerate(models):
-            save_pruned(m, Path(d) / f"m{i:03d}.safetensors")
+            if builder == HF:
+                write_hf(m, Path(d) / f"m{i:03d}")
+            else:
+                save_model(m, Path(d) / f"m{i:03d}.safetensors", builder=None if builder is None else (fn, kwargs or {}))
         save_file({"x": example[:batch].contiguous()}, str(Path(d) / "example.safetensors"))
         spec = {"n": len(models), "layouts": layouts, "rounds": rounds, "threads": threads, "fold": fold}
         (Path(d) / "spec.json").write_text(json.dumps(spec))
         root = str(Path(__file__).resolve().parents[2])  # this slimkit, also when run from a checkout
-        path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+        # the child imports what this process can: a user's builder module may sit on a path added at run time
+        extra = [p for p in sys.path if p and Path(p).is_dir()] if builder not in (None, HF) else []
+        path = os.pathsep.join(dict.fromkeys(filter(None, [root, *extra, os.environ.get("PYTHONPATH")])))
         env = {**os.environ, "OMP_WAIT_POLICY": "ACTIVE", "PYTHONPATH": path}
         best: list[dict[str, float]] = []
         for k in range(passes):
-            done = subprocess.run([sys.executable, "-m", "slimkit.measure.fresh", d], env=env, capture_output=True,
-                                  text=True)
+            done = subprocess.run([sys.executable, "-m", "slimkit.measure.fresh", d, *args], env=env,
+                                  capture_output=True, text=True)
             if done.returncode != 0:
                 raise SlimkitError(f"timing process failed (exit {done.returncode}): "
                                    f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}")
@@ -95,14 +132,24 @@ def describe(rounds: int = 60, threads: int = 2, fold: bool = True, passes: int 
     return METHOD.format(passes=passes, threads=threads, fold=fold, rounds=rounds, batch=batch)
 
 
-def _child(d: Path) -> None:
-    from slimkit.io import load_model
-    from slimkit.prune.batchnorm import fold_batchnorm
+def _load(d: Path, i: int, builder: str | None, kwargs: dict[str, Any]) -> nn.Module:
+    from slimkit.io import import_builder, load_model
+
+    if builder == HF:
+        from slimkit.hf_folder import load_hf
+
+        return load_hf(d / f"m{i:03d}")
+    fn = None if builder is None else (import_builder(builder), kwargs)
+    return load_model(d / f"m{i:03d}.safetensors", builder=fn)
+
+
+def _child(d: Path, builder: str | None, kwargs: dict[str, Any]) -> None:
+    from slimkit.measure.fold import fold_batchnorm
 
     spec = json.loads((d / "spec.json").read_text())
     torch.set_num_threads(spec["threads"])
     example = load_file(str(d / "example.safetensors"))["x"]
-    loaded = [load_model(d / f"m{i:03d}.safetensors").eval() for i in range(spec["n"])]
+    loaded = [_load(d, i, builder, kwargs).eval() for i in range(spec["n"])]
     ready = [fold_batchnorm(m, example) if spec["fold"] else m for m in loaded]
     # Module.to(memory_format=...) converts in place, so each layout gets its own copy
     timed = [copy.deepcopy(m).to(memory_format=LAYOUTS[layout]).eval() for layout in spec["layouts"] for m in ready]
@@ -114,5 +161,21 @@ def _child(d: Path) -> None:
     (d / "times.json").write_text(json.dumps(result))
 
 
+def _main(argv: list[str]) -> None:
+    if os.environ.get("OMP_WAIT_POLICY") != "ACTIVE":
+        # OpenMP read its settings when torch was imported above: restart with the policy set
+        os.execve(sys.executable, [sys.executable, "-m", "slimkit.measure.fresh", *argv],
+                  {**os.environ, "OMP_WAIT_POLICY": "ACTIVE"})
+    parser = argparse.ArgumentParser(prog="python -m slimkit.measure.fresh")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--builder", default=None, help="package.module:callable, or 'hf'")
+    parser.add_argument("--kwargs", default="{}", help="the builder's kwargs as a JSON object")
+    args = parser.parse_args(argv)
+    kwargs = json.loads(args.kwargs)
+    if not isinstance(kwargs, dict):
+        raise SystemExit("--kwargs must be a JSON object")
+    _child(args.folder, args.builder, kwargs)
+
+
 if __name__ == "__main__":
-    _child(Path(sys.argv[1]))
+    _main(sys.argv[1:])

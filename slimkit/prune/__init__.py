@@ -1,11 +1,9 @@
 """Pruning: unstructured magnitude masks (magnitude.py) and structured removal (structured.py and
-its helpers: importance, allocation, layers, latency_cost, select, reshape, recovery)."""
+its helpers: importance, allocation, layers, latency_cost, select, recovery)."""
 
+from slimkit.masks import MaskHolder, apply_masks, bake
 from slimkit.prune.magnitude import (
-    MaskHolder,
     PruneReport,
-    apply_masks,
-    bake,
     kept_ratio,
     magnitude_prune,
     masks_from_threshold,

@@ -1,8 +1,7 @@
 """Unstructured magnitude pruning: |w| <= theta is removed; P_r = sum I(|w| > theta) / M.
 
-Scores, thresholds and masks are pure functions of tensors. `MaskHolder` is the one stateful piece:
-it re-applies masks after every optimizer step so pruned weights never grow back during
-fine-tuning, and `bake` makes them permanent. Biases are left alone.
+Scores, thresholds and masks are pure functions of tensors. Holding masks through training
+(`MaskHolder`, `bake`) lives in slimkit.masks, shared with distillation. Biases are left alone.
 """
 
 import math
@@ -13,8 +12,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import SlimkitError, check_sparsity
-
-Masks = dict[str, torch.Tensor]
+from slimkit.masks import Masks, apply_masks
 
 
 def prunable_weights(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, nn.Parameter]:
@@ -74,16 +72,6 @@ def kept_ratio(masks: Masks) -> tuple[dict[str, float], float]:
     return per_layer, (total_kept / total if total else 1.0)
 
 
-@torch.no_grad()
-def apply_masks(model: nn.Module, masks: Masks) -> None:
-    """Zero every masked-out weight in place."""
-    params = dict(model.named_parameters())
-    for name, mask in masks.items():
-        if name not in params:
-            raise SlimkitError(f"mask names parameter {name!r}, which the model does not have")
-        params[name].mul_(mask.to(params[name].dtype))
-
-
 @dataclass
 class PruneReport:
     """What a magnitude prune did: thresholds, P_r per layer and in total, and the masks."""
@@ -133,35 +121,3 @@ def magnitude_prune(
     apply_masks(model, masks)
     per_layer, total = kept_ratio(masks)
     return PruneReport(thresholds, per_layer, total, masks)
-
-
-class MaskHolder:
-    """Keeps pruned weights at zero through training by re-masking after each optimizer step.
-
-    It hooks `optimizer.step` (register_step_post_hook), so any training loop keeps the masks
-    without knowing about them. Call `remove()` (or `bake`) when done.
-    """
-
-    def __init__(self, model: nn.Module, masks: Masks, optimizer: torch.optim.Optimizer | None = None) -> None:
-        self.model = model
-        self.masks = masks
-        self._handles = []
-        apply_masks(model, masks)
-        if optimizer is not None:
-            self.attach(optimizer)
-
-    def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        self._handles.append(optimizer.register_step_post_hook(lambda *_: apply_masks(self.model, self.masks)))
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-
-def bake(model: nn.Module, masks: Masks, holder: MaskHolder | None = None) -> nn.Module:
-    """Make masks permanent: zero the weights once more and drop any hooks that held them."""
-    if holder is not None:
-        holder.remove()
-    apply_masks(model, masks)
-    return model

@@ -14,7 +14,7 @@ from slimkit.data.arrays import Dataset, Split
 from slimkit.distill import Distiller, TrainConfig, ce, hinton
 from slimkit.distill.cache import TeacherOutputs
 from slimkit.errors import SlimkitError
-from slimkit.prune.magnitude import Masks
+from slimkit.masks import Masks
 
 
 def fine_tune(model: nn.Module, train: Split, epochs: float = 1.0, lr: float = 1e-3, batch_size: int = 128,
