@@ -36,7 +36,6 @@ from tqdm.auto import tqdm
 from slimkit.errors import SlimkitError
 from slimkit.outputs import atomic_write_bytes
 from slimkit.measure.cost import measure_latency_interleaved
-from slimkit.models.vit import Attention
 from slimkit.prune.allocation import importance_lost, latency_aware_keep, next_keep, round_keep, uniform_keep
 from slimkit.prune.structured import Graph, StructuredResult, apply_plan, build_graph, compute_scores, plan_channels
 
@@ -160,8 +159,10 @@ def find_sites(graph: Graph, example: torch.Tensor, round_to: int = 8, max_ratio
     for g, grp in graph.groups.items():
         for item in grp:
             m, is_out = item.dep.target.module, dg.is_out_channel_pruning_fn(item.dep.handler)
-            if isinstance(m, Attention):
-                targets = [(m.proj, "out")] if is_out else [(m.q, "in"), (m.k, "in"), (m.v, "in")]
+            if isinstance(m, nn.Module) and m in graph.nodes:  # timed through the Linear layers it cuts
+                h = graph.nodes[m]
+                layers = h.writes(m) if is_out else [r for r in h.reads(m) if isinstance(r, nn.Linear)]
+                targets = [(x, "out" if is_out else "in") for x in layers]
             elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
                 dw = isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups > 1
                 targets = [(m, "in"), (m, "out")] if dw else [(m, "out" if is_out else "in")]
