@@ -55,6 +55,7 @@ class Handler:
     # submodules whose output channels an own parameter used outside the traced forward follows
     # (wav2vec2's masked-spectrogram embedding): those outputs stay, so the parameter stays consistent
     keep_with: tuple[str, ...] = ()
+    pruner: tp.pruner.BasePruningFunc | None = None  # replaces Torch-Pruning's own pruner for a leaf type
 
     @property
     def is_node(self) -> bool:
@@ -174,6 +175,19 @@ def split_attention(out_path: str = "output.dense") -> Handler:
                                                      ("all_head_size",)))
 
 
+class PerChannelGroupNormPruner(tp.pruner.function.GroupNormPruner):
+    """GroupNorm with one channel per group (instance-norm style) stays so: num_groups follows the cut."""
+
+    def prune_out_channels(self, layer: nn.GroupNorm, idxs: list[int]) -> nn.Module:
+        per_channel = layer.num_groups == layer.num_channels
+        super().prune_out_channels(layer, idxs)
+        if per_channel:
+            layer.num_groups = layer.num_channels
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+
 RNN_KEPT = ("hidden units kept: no correct pruner exists for the gates of multi-layer or bidirectional "
             "recurrent layers (Torch-Pruning's LSTM pruner handles one layer and cuts the 4-gate biases "
             "with unexpanded indices); its input columns follow the channels feeding it")
@@ -182,6 +196,7 @@ RECURRENT = Handler(reads=lambda m: [m], kept_outputs=RNN_KEPT)
 register_handler(Attention, fused_attention("q", "k", "v", "proj", "num_heads"))
 for _rnn in (nn.LSTM, nn.GRU, nn.RNN):
     register_handler(_rnn, RECURRENT)
+register_handler(nn.GroupNorm, Handler(pruner=PerChannelGroupNormPruner()))
 register_handler(nn.Embedding, Handler(keep="embedding tables set the hidden width of everything after them; "
                                             "cutting it is not removing unused channels"))
 register_handler(nn.MultiheadAttention, Handler(

@@ -34,10 +34,11 @@ def hf_config_snapshot(model: nn.Module) -> dict | None:
 
 
 def sync_hf_config(model: nn.Module, dense: dict | None) -> list[str]:
-    """Write uniform head counts / FFN widths into `model.config` when a rebuild confirms them.
+    """Write uniform head counts / FFN widths into `model.config` where a rebuild confirms them.
 
-    Tried in order, first confirmed wins: heads with their head size (classes that read `head_dim`
-    from the config), heads alone, the FFN width alone.
+    An update is confirmed when every tensor it changes in a model built from the config (on the
+    meta device) takes exactly the pruned model's shape. Heads are tried with their head size first
+    (classes that read `head_dim` from the config), then alone; the FFN width on its own.
     """
     if dense is None:
         return []
@@ -51,37 +52,51 @@ def sync_hf_config(model: nn.Module, dense: dict | None) -> list[str]:
         ffn["intermediate_size"] = widths.pop()
     if not heads and not ffn:
         return []
-    dims = {heads_of(model, n).head_dim for n in attention_modules(model)}
-    tries = [{**heads, **ffn}, ffn] if heads else [ffn]
-    if heads and len(dims) == 1:
-        tries.insert(0, {**heads, "head_dim": dims.pop(), **ffn})
-    for updates in filter(None, tries):
-        old = {k: getattr(cfg, k, _MISSING) for k in updates}
-        for k, v in updates.items():
-            setattr(cfg, k, v)
-        if _rebuild_matches(model):
-            changed = ", ".join(f"{k} {'unset' if old[k] is _MISSING else old[k]} -> {v}" for k, v in updates.items())
-            left = sorted((set(heads) | set(ffn)) - set(updates))
-            return [f"config updated: {changed}"] + ([f"config keeps its dense {', '.join(left)}: a model built "
-                                                      "from the new value would not have the pruned shapes; the "
-                                                      "widths live in the module attributes"] if left else [])
-        for k, v in old.items():
-            if v is _MISSING:
-                delattr(cfg, k)
-            else:
-                setattr(cfg, k, v)
-    return [f"config keeps its dense {', '.join(sorted({**heads, **ffn}))}: {type(model).__name__} built from new "
-            "values would not have the pruned shapes; the widths live in the module attributes"]
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    base = _meta_shapes(model, cfg)
+    options = []
+    if heads:
+        dims = {heads_of(model, n).head_dim for n in attention_modules(model)}
+        options.append([{**heads, "head_dim": dims.pop()}, heads] if len(dims) == 1 else [heads])
+    if ffn:
+        options.append([ffn])
+    done, kept = [], []
+    for tries in options:
+        for updates in tries:
+            old = {k: getattr(cfg, k, _MISSING) for k in updates}
+            _assign(cfg, updates)
+            shapes = _meta_shapes(model, cfg)
+            changed = {k for k in shapes if base is not None and shapes[k] != base.get(k)}
+            if base is not None and changed and all(want.get(k) == shapes[k] for k in changed):
+                done.append(", ".join(f"{k} {'unset' if old[k] is _MISSING else old[k]} -> {v}"
+                                      for k, v in updates.items()))
+                break
+            _assign(cfg, old)
+        else:
+            kept.extend(tries[-1])
+    notes = [f"config updated: {', '.join(done)}"] if done else []
+    if kept:
+        notes.append(f"config keeps its dense {', '.join(kept)}: {type(model).__name__} built from a new value would "
+                     "not have the pruned shapes; the widths live in the module attributes")
+    return notes
 
 
 _MISSING = object()
 
 
-def _rebuild_matches(model: nn.Module) -> bool:
+def _assign(cfg, values: dict) -> None:
+    for k, v in values.items():
+        if v is _MISSING:
+            delattr(cfg, k)
+        else:
+            setattr(cfg, k, v)
+
+
+def _meta_shapes(model: nn.Module, cfg) -> dict | None:
+    """Tensor shapes of the model class built from `cfg` on the meta device (None: it cannot be)."""
     try:
         with torch.device("meta"):
-            fresh = type(model)(copy.deepcopy(model.config))
+            fresh = type(model)(copy.deepcopy(cfg))
     except Exception:  # a class that cannot be built from its config alone: leave the config dense
-        return False
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return want == {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+        return None
+    return {k: tuple(v.shape) for k, v in fresh.state_dict().items()}

@@ -10,6 +10,7 @@ their module. The result is a plain nn.Module with smaller tensors.
 
 import copy
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -20,7 +21,7 @@ from torch.nn.utils import parametrize
 from slimkit.errors import SlimkitError, check_count, check_sparsity
 from slimkit.prune import importance as imp
 from slimkit.prune.allocation import global_keep, lowest, uniform_keep
-from slimkit.prune.handlers import Handler, NodePruner, handler_for
+from slimkit.prune.handlers import Handler, NodePruner, handler_for, in_width
 from slimkit.prune.hf_config import hf_config_snapshot, sync_hf_config
 from slimkit.prune.layers import (  # noqa: F401  (re-exported: heads and blocks are part of this API)
     attention_modules,
@@ -48,10 +49,12 @@ class Survey:
     """
 
     nodes: dict[nn.Module, Handler] = field(default_factory=dict)
+    pruners: dict[type, tp.pruner.BasePruningFunc] = field(default_factory=dict)
     frozen: set[int] = field(default_factory=set)
     out_frozen: list[nn.Module] = field(default_factory=list)
     unwrapped: list[tuple[nn.Parameter, int]] = field(default_factory=list)
     kept_intact: dict[str, str] = field(default_factory=dict)
+    param_names: dict[int, str] = field(default_factory=dict)
 
 
 def _leaf_reason(m: nn.Module) -> str | None:
@@ -62,6 +65,8 @@ def _leaf_reason(m: nn.Module) -> str | None:
         return "transposed convolution"
     if isinstance(m, (nn.Conv1d, nn.Conv2d)) and 1 < m.groups and not (m.groups == m.in_channels == m.out_channels):
         return f"grouped convolution (groups={m.groups}): its channels are coupled within groups"
+    if isinstance(m, nn.GroupNorm) and 1 < m.num_groups < m.num_channels:
+        return f"group normalisation over {m.num_groups} groups: cutting channels would move them between groups"
     return None
 
 
@@ -78,7 +83,7 @@ def survey(model: nn.Module, ignored: Iterable[str] = ()) -> Survey:
     if missing:
         raise SlimkitError(f"ignored layers {missing} are not modules of {type(model).__name__}; "
                            f"use names from model.named_modules()")
-    s = Survey()
+    s = Survey(param_names={id(p): n for n, p in model.named_parameters()})
     root_params = dict(getattr(model, "unwrapped_parameters", {}))
     whole: dict[str, str] = {n: "ignored" for n in ignored}  # subtrees kept whole
     covered: list[str] = []  # subtrees a node handler takes care of
@@ -93,6 +98,8 @@ def survey(model: nn.Module, ignored: Iterable[str] = ()) -> Survey:
         if h is not None and h.keep:
             whole[name] = h.keep
             continue
+        if h is not None and h.pruner is not None:
+            s.pruners[type(m)] = h.pruner
         reason = _leaf_reason(m)
         if reason:
             whole[name] = reason
@@ -190,11 +197,14 @@ def build_graph(model: nn.Module, example: torch.Tensor, ignored: Iterable[str] 
     out_frozen = [head] + found.out_frozen
     was_training = model.training
     model.eval()
-    customized = {type(m): NodePruner(h) for m, h in found.nodes.items()}
-    dg = tp.DependencyGraph().build_dependency(
-        model, example_inputs=example, forward_fn=_forward, unwrapped_parameters=found.unwrapped,
-        customized_pruners=customized, verbose=False)
-    model.train(was_training)
+    customized = {**found.pruners, **{type(m): NodePruner(h) for m, h in found.nodes.items()}}
+    try:
+        with _linked(found.nodes):
+            dg = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example, forward_fn=_forward, unwrapped_parameters=found.unwrapped,
+                customized_pruners=customized, verbose=False)
+    finally:
+        model.train(was_training)
     groups, held = {}, {}
     for grp in dg.get_all_groups(ignored_layers=out_frozen, root_module_types=(nn.Conv1d, nn.Conv2d, nn.Linear)):
         root = names[grp[0].dep.target.module]
@@ -202,8 +212,82 @@ def build_graph(model: nn.Module, example: torch.Tensor, ignored: Iterable[str] 
         if why:
             held[root] = why
         else:
-            groups[root] = grp
+            groups[root] = _expand_flattened(dg, found.nodes, grp)
     return Graph(model, dg, groups, names, found.nodes, found.kept_intact, held)
+
+
+def pruning_group(graph: Graph, name: str, idxs: list[int]) -> tp.Group:
+    """The group `name` restricted to channels `idxs`, ready to prune."""
+    grp = graph.groups[name]
+    return _expand_flattened(graph.dg, graph.nodes, graph.dg.get_pruning_group(grp[0].dep.target.module,
+                                                                               grp[0].dep.handler, idxs))
+
+
+def _expand_flattened(dg: tp.DependencyGraph, nodes: dict, grp: tp.Group) -> tp.Group:
+    """Map channels to features where a flatten feeds a node handler (a CRNN's conv -> LSTM).
+
+    Torch-Pruning expands the indices of a flatten only for the Linear layers it knows: a node that
+    reads C*H features after flatten(1, 2) gets the C channel indices. Flatten is channel-major, so
+    channel c is features c*H .. c*H + H-1.
+    """
+    n_root = int(dg.get_out_channels(grp[0].dep.target.module))
+    if not any(isinstance(it.dep.target.module, tp.ops._ReshapeOp) for it in grp):
+        return grp
+    for i, item in enumerate(grp):
+        m = item.dep.target.module
+        if not (isinstance(m, nn.Module) and m in nodes and dg.is_in_channel_pruning_fn(item.dep.handler)):
+            continue
+        width = in_width(m, nodes[m])
+        idxs = list(item.idxs)
+        if width > n_root and width % n_root == 0 and idxs and max(idxs) < n_root:
+            k = width // n_root
+            roots = list(item.root_idxs)
+            new = tp._helpers.GroupItem(item.dep, [c * k + j for c in idxs for j in range(k)])
+            new.root_idxs = [r for r in roots for _ in range(k)]
+            grp[i] = new
+    return grp
+
+
+class _Link(torch.autograd.Function):
+    """One traced edge from a node's input to its output, hiding the node's inner operations."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, None
+
+
+@contextmanager
+def _linked(nodes: dict[nn.Module, Handler]):
+    """While tracing, each node's output hangs directly off its input.
+
+    Otherwise Torch-Pruning walks the node's inner operations (a 2-layer BiLSTM concatenates its
+    directions between layers) and maps the node's input channels through them, which is wrong.
+    """
+    def wrap(m: nn.Module):
+        inner = m.forward
+
+        def forward(*args, **kwargs):
+            out = inner(*args, **kwargs)
+            x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
+            first = out[0] if isinstance(out, tuple) else out
+            y = _Link.apply(x, first.detach())
+            return (y, *out[1:]) if isinstance(out, tuple) else y
+        return forward
+
+    own = {m: m.__dict__["forward"] for m in nodes if "forward" in m.__dict__}
+    try:
+        for m in nodes:
+            m.forward = wrap(m)
+        yield
+    finally:
+        for m in nodes:
+            del m.forward
+            if m in own:
+                m.forward = own[m]
 
 
 def _holds(grp: tp.Group, dg: tp.DependencyGraph, found: Survey, names: dict) -> str | None:
@@ -211,7 +295,7 @@ def _holds(grp: tp.Group, dg: tp.DependencyGraph, found: Survey, names: dict) ->
     for item in grp:
         m = item.dep.target.module
         if id(m) in found.frozen:
-            return f"coupled to kept {names.get(m, 'parameter')}"
+            return f"coupled to kept {names.get(m) or found.param_names.get(id(m), 'parameter')}"
         h = found.nodes.get(m) if isinstance(m, nn.Module) else None
         if h is not None and dg.is_out_channel_pruning_fn(item.dep.handler) and not h.writes(m):
             return f"coupled to the outputs of {names[m]} ({type(m).__name__}), which are not cut"
@@ -337,9 +421,7 @@ def apply_plan(graph: Graph, plan: ChannelPlan) -> nn.Module:
         if g not in graph.groups:
             raise SlimkitError(f"plan names unknown group {g!r}; known groups: {sorted(graph.groups)}")
         if idxs:
-            grp = graph.groups[g]
-            root = grp[0].dep.target.module
-            graph.dg.get_pruning_group(root, grp[0].dep.handler, idxs).prune()
+            pruning_group(graph, g, idxs).prune()
     return graph.model
 
 
@@ -351,9 +433,7 @@ def masked_reference(graph: Graph, plan: ChannelPlan) -> nn.Module:
     params = {id(p): n for n, p in graph.model.named_parameters()}
     ref_mods, ref_params = dict(ref.named_modules()), dict(ref.named_parameters())
     for g, idxs in plan.items():
-        grp = graph.groups[g]
-        root = grp[0].dep.target.module
-        for item in graph.dg.get_pruning_group(root, grp[0].dep.handler, idxs):
+        for item in pruning_group(graph, g, idxs):
             m, cut = item.dep.target.module, torch.as_tensor(list(item.idxs), dtype=torch.long)
             if not graph.dg.is_out_channel_pruning_fn(item.dep.handler):
                 continue
