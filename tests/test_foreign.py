@@ -14,9 +14,9 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
-from slimkit.measure import count_macs  # noqa: E402
-from slimkit.prune import allocation as alloc  # noqa: E402
-from slimkit.prune.structured import (  # noqa: E402
+from slimkit.measure import count_macs
+from slimkit.prune import allocation as alloc
+from slimkit.prune.structured import (
     apply_plan,
     build_graph,
     compute_scores,
@@ -27,7 +27,7 @@ from slimkit.prune.structured import (  # noqa: E402
     prune_structured,
     remove_heads,
 )
-from tests.crnn import CRNN  # noqa: E402
+from tests.crnn import CRNN
 
 
 def _build(name: str) -> tuple[nn.Module, torch.Tensor]:

@@ -214,7 +214,10 @@ def _register_transformers() -> None:
         from transformers.models.bert.modeling_bert import BertSelfAttention
         from transformers.models.convnext.modeling_convnext import ConvNextLayer
         from transformers.models.vit.modeling_vit import ViTAttention, ViTEmbeddings
-        from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2Attention, Wav2Vec2Model
+        from transformers.models.wav2vec2.modeling_wav2vec2 import (
+            Wav2Vec2Attention,
+            Wav2Vec2Model,
+        )
     except ImportError:
         return
     register_handler(BertSelfAttention, split_attention())

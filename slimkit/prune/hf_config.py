@@ -97,6 +97,6 @@ def _meta_shapes(model: nn.Module, cfg) -> dict | None:
     try:
         with torch.device("meta"):
             fresh = type(model)(copy.deepcopy(cfg))
-    except Exception:  # a class that cannot be built from its config alone: leave the config dense
+    except Exception:  # noqa: BLE001  (a class that cannot be built from its config alone: config stays dense)
         return None
     return {k: tuple(v.shape) for k, v in fresh.state_dict().items()}

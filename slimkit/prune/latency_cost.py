@@ -386,4 +386,5 @@ def prune_latency_aware(model: nn.Module, example: torch.Tensor, ratio: float, i
             "predicted_saving_ms": table.saving_ms(keep), "uniform_predicted_saving_ms": table.saving_ms(uniform),
             "importance_uniform": budget, "importance_spent": importance_lost(scores, keep, normalize),
             "ms_per_channel": table.per_channel(round_to)}
-    return StructuredResult(m, {g: (keep[g], sizes[g]) for g in sizes}, notes=notes), info
+    return StructuredResult(m, {g: (keep[g], sizes[g]) for g in sizes}, notes=notes, kept_intact=graph.kept_intact,
+                            held=graph.held), info
