@@ -232,3 +232,19 @@ def test_lstm_recogniser_is_cut_around_its_lstm() -> None:
     for k, v in dense_rnn.state_dict().items():
         if not k.startswith("weight_ih_l0"):
             assert torch.equal(v, pruned.rnn.state_dict()[k]), k
+
+
+def test_latency_sites_come_from_the_handlers() -> None:
+    from slimkit.prune.latency_cost import find_sites
+
+    model, x = _build("bert")
+    sites = find_sites(build_graph(model, x[:1]), x[:1])
+    ffn = {n for n in sites if "intermediate.dense" in n or ("output.dense" in n and "attention" not in n)}
+    assert ffn == set(sites)  # the FFN layers the groups resize; the residual width (embeddings) is kept
+    assert sites["encoder.layer.0.intermediate.dense"].out_group == "encoder.layer.0.intermediate.dense"
+    assert sites["encoder.layer.0.output.dense"].in_group == "encoder.layer.0.intermediate.dense"
+    torch.manual_seed(0)
+    crnn = CRNN(width=16, hidden=24, classes=11).eval()
+    x = torch.randn(1, 1, 16, 40)
+    sites = find_sites(build_graph(crnn, x), x)
+    assert set(sites) == {"conv.0", "conv.4"}  # the LSTM is no timed site; the head's inputs are kept

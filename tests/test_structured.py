@@ -97,6 +97,18 @@ def test_heads_removed_exactly() -> None:
         torch.testing.assert_close(pruned(X), ref(X), rtol=0, atol=1e-5)
 
 
+def test_residual_width_cut_through_attention_when_not_ignored() -> None:
+    model = _tiny("vit")
+    result = prune_structured(model, X[:1], ratio=0.5, ignored=[], round_to=4)
+    m = result.model
+    width = m.patch_embed.out_channels
+    assert width == 16 and m.cls_token.shape[-1] == m.pos_embed.shape[-1] == width
+    for b in m.blocks:
+        assert b.attn.q.in_features == b.attn.proj.out_features == b.norm1.normalized_shape[0] == width
+        assert b.attn.q.out_features == b.attn.num_heads * b.attn.head_dim
+    assert m(X).shape == (6, 10) and result.kept_intact == {}
+
+
 def test_block_removal_by_influence() -> None:
     model = _tiny("resnet")
     result = prune_structured(model, X[:1], ratio=0.0, blocks=1, calib=[(X, Y)])

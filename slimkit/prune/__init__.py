@@ -1,6 +1,7 @@
 """Pruning: unstructured magnitude masks (magnitude.py) and structured removal (structured.py and
-its helpers: importance, allocation, layers, latency_cost, select, reshape, recovery)."""
+its helpers: handlers, survey, importance, allocation, layers, latency_cost, select, reshape, recovery)."""
 
+from slimkit.prune.handlers import Handler, Heads, register_handler
 from slimkit.prune.magnitude import (
     MaskHolder,
     PruneReport,
@@ -19,11 +20,15 @@ from slimkit.prune.structured import (
     iterative_prune,
     prune_structured,
 )
+from slimkit.prune.survey import Survey, survey
 
 __all__ = [
+    "Handler",
+    "Heads",
     "MaskHolder",
     "PruneReport",
     "StructuredResult",
+    "Survey",
     "apply_masks",
     "bake",
     "build_graph",
@@ -34,5 +39,7 @@ __all__ = [
     "masks_from_threshold",
     "prunable_weights",
     "prune_structured",
+    "register_handler",
+    "survey",
     "threshold_for_sparsity",
 ]
