@@ -248,3 +248,33 @@ def test_latency_sites_come_from_the_handlers() -> None:
     x = torch.randn(1, 1, 16, 40)
     sites = find_sites(build_graph(crnn, x), x)
     assert set(sites) == {"conv.0", "conv.4"}  # the LSTM is no timed site; the head's inputs are kept
+
+
+def test_gru_and_multihead_attention_are_cut_around() -> None:
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp = nn.Linear(6, 16)
+            self.gru = nn.GRU(16, 12, batch_first=True, bidirectional=True)
+            self.mid = nn.Linear(24, 16)
+            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+            self.fc1 = nn.Linear(16, 32)
+            self.fc2 = nn.Linear(32, 5)
+
+        def forward(self, x):
+            h = self.mid(self.gru(torch.relu(self.inp(x)))[0])
+            return self.fc2(torch.relu(self.fc1(self.attn(h, h, h)[0])))
+
+    torch.manual_seed(0)
+    model = Mixed().eval()
+    x = torch.randn(2, 7, 6)
+    graph = build_graph(model, x[:1])
+    assert set(graph.groups) == {"inp", "fc1"} and "mid" in graph.held
+    assert {"gru", "attn"} <= set(graph.kept_intact)
+    plan = plan_channels(graph, compute_scores(graph, "l2"), {g: n // 2 for g, n in graph.sizes.items()})
+    ref = masked_reference(graph, plan)
+    attn = copy.deepcopy(model.attn.state_dict())
+    pruned = apply_plan(graph, plan)
+    torch.testing.assert_close(_out(pruned, x), _out(ref, x), rtol=1e-5, atol=1e-5)
+    assert pruned.gru.input_size == 8 and pruned.gru.hidden_size == 12
+    assert all(torch.equal(v, pruned.attn.state_dict()[k]) for k, v in attn.items())
