@@ -278,3 +278,11 @@ def test_gru_and_multihead_attention_are_cut_around() -> None:
     torch.testing.assert_close(_out(pruned, x), _out(ref, x), rtol=1e-5, atol=1e-5)
     assert pruned.gru.input_size == 8 and pruned.gru.hidden_size == 12
     assert all(torch.equal(v, pruned.attn.state_dict()[k]) for k, v in attn.items())
+
+
+def test_taylor_scores_read_hugging_face_logits() -> None:
+    model, x = _build("vit")
+    graph = build_graph(model, x[:1])
+    scores = compute_scores(graph, "taylor", [(x, torch.tensor([0, 3]))])
+    assert set(scores) == set(graph.sizes) and all(s.sum() > 0 for s in scores.values())
+    assert all(p.grad is None for p in model.parameters())  # gradients are cleared afterwards

@@ -84,6 +84,16 @@ def _forward(model: nn.Module, example):
     return model(example)
 
 
+def _logits(out) -> torch.Tensor:
+    """A classifier's scores, from a plain tensor or a Hugging Face output with `logits`."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict) and "logits" in out:
+        return out["logits"]
+    raise SlimkitError("taylor importance needs a classifier: the model's output is neither a tensor of scores nor "
+                       "has 'logits'; use l1, l2, bn or entropy importance")
+
+
 def build_graph(model: nn.Module, example: torch.Tensor, ignored: Iterable[str] | None = None) -> Graph:
     """Trace `model` on `example` and list its prunable groups (the classifier head's outputs excluded).
 
@@ -205,7 +215,7 @@ def compute_scores(graph: Graph, kind: str, calib: Iterable[Batch] | None = None
         was = model.training
         model.eval()
         for x, y in batches:
-            torch.nn.functional.cross_entropy(model(x), y).backward()
+            torch.nn.functional.cross_entropy(_logits(_forward(model, x)), y).backward()
         model.train(was)
         scores = {g: imp.taylor_scores(slices_of(graph, g), n) for g, n in sizes.items()}
         model.zero_grad(set_to_none=True)
