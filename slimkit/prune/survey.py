@@ -91,7 +91,7 @@ def survey(model: nn.Module, ignored: Iterable[str] = ()) -> Survey:
             s.nodes[m] = h
             covered.append(name)
             if h.kept_outputs:
-                s.kept_intact[name or "<root>"] = h.kept_outputs
+                s.kept_intact[name or _root(model)] = h.kept_outputs
             continue
         declared = dict(h.params) if h is not None else {}
         for kw in (h.keep_with if h is not None else ()):
@@ -111,13 +111,17 @@ def survey(model: nn.Module, ignored: Iterable[str] = ()) -> Survey:
         if kept:
             why = ("kept, with the hidden width it follows" if h is not None and h.keep_with
                    else "no handler says how to cut them; they and their channels are kept")
-            s.kept_intact[name or "<root>"] = f"holds its own parameters {', '.join(kept)}: {why}"
+            s.kept_intact[name or _root(model)] = f"holds its own parameters {', '.join(kept)}: {why}"
     for name, reason in whole.items():
-        s.kept_intact[name or "<root>"] = reason
+        s.kept_intact[name or _root(model)] = reason
         sub = modules[name]
         s.frozen.update(id(x) for x in sub.modules())
         s.frozen.update(id(p) for p in sub.parameters())
     return s
+
+
+def _root(model: nn.Module) -> str:
+    return f"<root {type(model).__name__}>"
 
 
 class _Link(torch.autograd.Function):
@@ -145,6 +149,8 @@ def linked_nodes(nodes: dict[nn.Module, Handler]):
         def forward(*args, **kwargs):
             out = inner(*args, **kwargs)
             x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
+            if not x.requires_grad:  # fed by the model's input: no channels upstream to map
+                return out
             first = out[0] if isinstance(out, tuple) else out
             y = _Link.apply(x, first.detach())
             return (y, *out[1:]) if isinstance(out, tuple) else y
