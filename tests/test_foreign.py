@@ -286,3 +286,31 @@ def test_taylor_scores_read_hugging_face_logits() -> None:
     scores = compute_scores(graph, "taylor", [(x, torch.tensor([0, 3]))])
     assert set(scores) == set(graph.sizes) and all(s.sum() > 0 for s in scores.values())
     assert all(p.grad is None for p in model.parameters())  # gradients are cleared afterwards
+
+
+def test_unregistered_attention_is_recognised_or_kept() -> None:
+    t = transformers
+    torch.manual_seed(0)
+    roberta = t.RobertaModel(t.RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                             intermediate_size=64, max_position_embeddings=64)).eval()
+    x = torch.randint(3, 100, (2, 16), generator=torch.Generator().manual_seed(1))
+    scores = head_importance(roberta)  # BERT-style by its attribute names, without an entry
+    plan = {n: alloc.lowest(s, 2) for n, s in scores.items()}
+    torch.testing.assert_close(_out(remove_heads(copy.deepcopy(roberta), plan), x),
+                               _out(masked_heads_reference(roberta, plan), x), rtol=1e-4, atol=1e-4)
+
+    class GroupedKV(nn.Module):  # fewer key/value rows than query rows: no entry fits
+        def __init__(self) -> None:
+            super().__init__()
+            self.head_dim, self.num_heads = 4, 4
+            self.q_proj, self.k_proj, self.v_proj = nn.Linear(16, 16), nn.Linear(16, 8), nn.Linear(16, 8)
+            self.o_proj = nn.Linear(16, 16)
+
+        def forward(self, x):
+            kv = self.k_proj(x).repeat(1, 1, 2) * self.v_proj(x).repeat(1, 1, 2)
+            return self.o_proj(self.q_proj(x) * kv)
+
+    model = nn.Sequential(nn.Linear(6, 16), GroupedKV(), nn.ReLU(), nn.Linear(16, 3)).eval()
+    result = prune_structured(model, torch.randn(1, 5, 6), ratio=0.5, round_to=4)
+    assert "grouped key/value" in result.kept_intact["1"]
+    assert result.model[1].q_proj.out_features == 16 and result.model[0].out_features == 16

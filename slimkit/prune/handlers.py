@@ -72,11 +72,41 @@ def register_handler(cls: type, handler: Handler) -> None:
 
 
 def handler_for(module: nn.Module) -> Handler | None:
-    """The entry for the module's type or its nearest registered base class."""
+    """The entry for the module's type or its nearest registered base class, else `attention_like`."""
     _register_transformers()
     for cls in type(module).__mro__:
         if cls in HANDLERS:
             return HANDLERS[cls]
+    return attention_like(module)
+
+
+def attention_like(m: nn.Module) -> Handler | None:
+    """An entry for attention nobody registered, recognised by the names Hugging Face code uses.
+
+    query/key/value with num_attention_heads and attention_head_size (the output projection in the
+    parent's output.dense) is BERT-style; q_proj/k_proj/v_proj with o_proj or out_proj, head_dim and
+    a head count is fused. Anything else with q/k/v-like projections is kept whole: cut as plain
+    Linear layers, its heads would be split and mixed.
+    """
+    kids = dict(m.named_children())
+
+    def linear(*names: str) -> bool:
+        return all(isinstance(kids.get(n), nn.Linear) for n in names)
+
+    def same(*names: str) -> bool:  # grouped key/value heads have fewer k/v rows than q rows
+        return len({kids[n].out_features for n in names}) == 1
+
+    if linear("query", "key", "value") and same("query", "key", "value") \
+            and hasattr(m, "num_attention_heads") and hasattr(m, "attention_head_size"):
+        return split_attention()
+    if linear("q_proj", "k_proj", "v_proj") and same("q_proj", "k_proj", "v_proj") and hasattr(m, "head_dim"):
+        out = next((n for n in ("o_proj", "out_proj") if linear(n)), None)
+        count = next((a for a in ("num_heads", "num_attention_heads") if isinstance(getattr(m, a, None), int)), None)
+        if out and count:
+            return fused_attention("q_proj", "k_proj", "v_proj", out, count)
+    if linear("query", "key", "value") or linear("q_proj", "k_proj", "v_proj") or linear("q", "k", "v"):
+        return Handler(keep="attention without a handler (or with grouped key/value heads): cutting its "
+                            "projections as plain layers would split heads; register a Handler for it")
     return None
 
 
@@ -213,7 +243,7 @@ def _register_transformers() -> None:
     try:
         from transformers.models.bert.modeling_bert import BertSelfAttention
         from transformers.models.convnext.modeling_convnext import ConvNextLayer
-        from transformers.models.vit.modeling_vit import ViTAttention, ViTEmbeddings
+        from transformers.models.vit import modeling_vit as vit
         from transformers.models.wav2vec2.modeling_wav2vec2 import (
             Wav2Vec2Attention,
             Wav2Vec2Model,
@@ -221,8 +251,12 @@ def _register_transformers() -> None:
     except ImportError:
         return
     register_handler(BertSelfAttention, split_attention())
-    register_handler(ViTAttention, fused_attention("q_proj", "k_proj", "v_proj", "o_proj", "num_attention_heads"))
+    if hasattr(vit, "ViTSelfAttention"):  # transformers 4: BERT-style query/key/value, output.dense in the parent
+        register_handler(vit.ViTSelfAttention, split_attention())
+    else:  # transformers 5: q/k/v and o_proj in one module
+        register_handler(vit.ViTAttention, fused_attention("q_proj", "k_proj", "v_proj", "o_proj",
+                                                           "num_attention_heads"))
     register_handler(Wav2Vec2Attention, fused_attention("q_proj", "k_proj", "v_proj", "out_proj", "num_heads"))
     register_handler(ConvNextLayer, Handler(params={"layer_scale_parameter": 0}))
-    register_handler(ViTEmbeddings, Handler(keep="the class token and position embeddings set the hidden width"))
+    register_handler(vit.ViTEmbeddings, Handler(keep="the class token and position embeddings set the hidden width"))
     register_handler(Wav2Vec2Model, Handler(keep_with=("feature_projection.projection",)))
