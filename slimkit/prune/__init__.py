@@ -1,6 +1,7 @@
 """Pruning: unstructured magnitude masks (magnitude.py) and structured removal (structured.py and
-its helpers: handlers, survey, importance, allocation, layers, latency_cost, select, reshape, recovery)."""
+its helpers: handlers, cuttable, importance, allocation, layers, latency_cost, select, reshape, recovery)."""
 
+from slimkit.prune.cuttable import Survey, survey
 from slimkit.prune.handlers import Handler, Heads, register_handler
 from slimkit.prune.magnitude import (
     MaskHolder,
@@ -20,7 +21,6 @@ from slimkit.prune.structured import (
     iterative_prune,
     prune_structured,
 )
-from slimkit.prune.survey import Survey, survey
 
 __all__ = [
     "Handler",

@@ -23,6 +23,7 @@ from torch import nn
 from slimkit.errors import SlimkitError, check_count, check_sparsity
 from slimkit.prune import importance as imp
 from slimkit.prune.allocation import global_keep, lowest, uniform_keep
+from slimkit.prune.cuttable import Survey, expand_flattened, linked_nodes, survey
 from slimkit.prune.handlers import Handler, NodePruner
 from slimkit.prune.hf_config import hf_config_snapshot, sync_hf_config
 from slimkit.prune.layers import (  # noqa: F401  (re-exported: heads and blocks are part of this API)
@@ -34,7 +35,6 @@ from slimkit.prune.layers import (  # noqa: F401  (re-exported: heads and blocks
     remove_blocks,
     remove_heads,
 )
-from slimkit.prune.survey import Survey, expand_flattened, linked_nodes, survey
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 def classifier_of(model: nn.Module, example: torch.Tensor) -> nn.Module:
