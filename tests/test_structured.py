@@ -96,6 +96,18 @@ def test_heads_removed_exactly() -> None:
         torch.testing.assert_close(pruned(X), ref(X), rtol=0, atol=1e-5)
 
 
+def test_residual_width_cut_through_attention_when_not_ignored() -> None:
+    model = _tiny("vit")
+    result = prune_structured(model, X[:1], ratio=0.5, ignored=[], round_to=4)
+    m = result.model
+    width = m.patch_embed.out_channels
+    assert width == 16 and m.cls_token.shape[-1] == m.pos_embed.shape[-1] == width
+    for b in m.blocks:
+        assert b.attn.q.in_features == b.attn.proj.out_features == b.norm1.normalized_shape[0] == width
+        assert b.attn.q.out_features == b.attn.num_heads * b.attn.head_dim
+    assert m(X).shape == (6, 10) and result.kept_intact == {}
+
+
 def test_block_removal_by_influence() -> None:
     model = _tiny("resnet")
     result = prune_structured(model, X[:1], ratio=0.0, blocks=1, calib=[(X, Y)])
@@ -122,7 +134,7 @@ def test_save_load_heterogeneous_widths(name: str, tmp_path) -> None:
     assert len(result.removed_blocks) == 1 and isinstance(loaded.get_submodule(result.removed_blocks[0]), nn.Identity)
 
 
-def test_unsupported_module_is_named() -> None:
+def test_lstm_is_kept_and_named_not_refused() -> None:
     class WithLSTM(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -133,8 +145,25 @@ def test_unsupported_module_is_named() -> None:
         def forward(self, x):
             return self.fc(self.conv(x).mean((2, 3)))
 
-    with pytest.raises(SlimkitError, match=r"module rnn \(LSTM\)"):
-        prune_structured(WithLSTM(), X[:1], ratio=0.5)
+    torch.manual_seed(0)
+    model = WithLSTM()
+    result = prune_structured(model, X[:1], ratio=0.5, round_to=4)
+    assert "rnn" in result.kept_intact and "hidden units kept" in result.kept_intact["rnn"]
+    assert result.model.conv.out_channels == 4 and result.model.fc.in_features == 4  # the rest is cut
+    assert all(torch.equal(a, b) for a, b in zip(result.model.rnn.parameters(), model.rnn.parameters()))
+    with pytest.raises(SlimkitError, match=r"ignored layers \['nope'\] are not modules"):
+        prune_structured(model, X[:1], ratio=0.5, ignored=["nope"])
+
+
+def test_ignored_layer_keeps_its_exact_weights() -> None:
+    model = _tiny("cnn")
+    result = prune_structured(model, X[:1], ratio=0.5, ignored=["conv2"])
+    m = result.model
+    assert torch.equal(m.conv2.weight, model.conv2.weight) and torch.equal(m.conv2.bias, model.conv2.bias)
+    assert result.kept_intact == {"conv2": "ignored"}
+    assert {"conv1", "conv2"} <= set(result.held)  # its inputs and outputs stay with it
+    assert m.fc1.out_features < model.fc1.out_features  # what is not coupled to it is still cut
+    assert m(X).shape == (6, 10)
 
 
 def test_same_seed_same_structure() -> None:
@@ -207,7 +236,7 @@ def test_choose_ratio_on_val(tmp_path) -> None:
         choose_ratio(model, lambda r: model, val, X[:1])
 
 
-def test_grouped_conv_is_named_as_unsupported() -> None:
+def test_grouped_conv_is_kept_with_its_channels() -> None:
     class Grouped(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -218,8 +247,9 @@ def test_grouped_conv_is_named_as_unsupported() -> None:
         def forward(self, x):
             return self.fc(self.mix(self.stem(x)).mean((2, 3)))
 
-    with pytest.raises(SlimkitError, match=r"module mix \(Conv2d\)"):
-        build_graph(Grouped(), X[:1])
+    graph = build_graph(Grouped(), X[:1])
+    assert graph.groups == {} and set(graph.held) == {"stem", "mix"}
+    assert "grouped convolution (groups=4)" in graph.kept_intact["mix"]
 
 
 def test_iterative_prune_reaches_ratio() -> None:

@@ -1,6 +1,8 @@
 """Pruning: unstructured magnitude masks (magnitude.py) and structured removal (structured.py and
-its helpers: importance, allocation, layers, latency_cost, select, recovery)."""
+its helpers: handlers, cuttable, importance, allocation, layers, latency_cost, select, recovery)."""
 
+from slimkit.prune.cuttable import Survey, survey
+from slimkit.prune.handlers import Handler, Heads, register_handler
 from slimkit.masks import MaskHolder, apply_masks, bake
 from slimkit.prune.magnitude import (
     PruneReport,
@@ -19,9 +21,12 @@ from slimkit.prune.structured import (
 )
 
 __all__ = [
+    "Handler",
+    "Heads",
     "MaskHolder",
     "PruneReport",
     "StructuredResult",
+    "Survey",
     "apply_masks",
     "bake",
     "build_graph",
@@ -32,5 +37,7 @@ __all__ = [
     "masks_from_threshold",
     "prunable_weights",
     "prune_structured",
+    "register_handler",
+    "survey",
     "threshold_for_sparsity",
 ]

@@ -36,7 +36,6 @@ from tqdm.auto import tqdm
 from slimkit.errors import SlimkitError
 from slimkit.outputs import atomic_write_bytes
 from slimkit.measure.cost import measure_latency_interleaved
-from slimkit.models.vit import Attention
 from slimkit.prune.allocation import importance_lost, latency_aware_keep, next_keep, round_keep, uniform_keep
 from slimkit.prune.structured import Graph, StructuredResult, apply_plan, build_graph, compute_scores, plan_channels
 
@@ -138,14 +137,15 @@ def _widths(n: int, round_to: int, max_ratio: float) -> list[int]:
     return sorted({n, floor} | {round_keep(n, n * f, round_to) for f in FRACTIONS})
 
 
-def find_sites(graph: Graph, example: torch.Tensor, round_to: int = 8, max_ratio: float = 0.9) -> dict[str, Site]:
-    """Every Conv/Linear the groups resize, with its batch-1 input shape and width grid (not timed yet)."""
+def find_sites(graph: Graph, example: torch.Tensor, round_to: int = 8, max_ratio: float = 0.9,
+               batch: int = 1) -> dict[str, Site]:
+    """Every Conv/Linear the groups resize, with its input shape at `batch` and width grid (not timed yet)."""
     model, dg, names = graph.model, graph.dg, graph.names
     shapes: dict[nn.Module, list[int]] = {}
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
 
     def record(mod: nn.Module, args: tuple) -> None:  # a pre-hook must return None or it replaces the input
-        shapes.setdefault(mod, [1, *args[0].shape[1:]])
+        shapes.setdefault(mod, [batch, *args[0].shape[1:]])
 
     hooks = [m.register_forward_pre_hook(record) for m in layers]
     try:
@@ -160,8 +160,10 @@ def find_sites(graph: Graph, example: torch.Tensor, round_to: int = 8, max_ratio
     for g, grp in graph.groups.items():
         for item in grp:
             m, is_out = item.dep.target.module, dg.is_out_channel_pruning_fn(item.dep.handler)
-            if isinstance(m, Attention):
-                targets = [(m.proj, "out")] if is_out else [(m.q, "in"), (m.k, "in"), (m.v, "in")]
+            if isinstance(m, nn.Module) and m in graph.nodes:  # timed through the Linear layers it cuts
+                h = graph.nodes[m]
+                layers = h.writes(m) if is_out else [r for r in h.reads(m) if isinstance(r, nn.Linear)]
+                targets = [(x, "out" if is_out else "in") for x in layers]
             elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
                 dw = isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups > 1
                 targets = [(m, "in"), (m, "out")] if dw else [(m, "out" if is_out else "in")]
@@ -252,17 +254,19 @@ def cache_key(model: nn.Module, example: torch.Tensor, threads: int, **settings)
 def latency_table(model: nn.Module, example: torch.Tensor, round_to: int = 8, threads: int = 2,
                   cache: str | Path | None = None, ignored=None, progress: bool = True, rounds: int = 40,
                   max_ratio: float = 0.9, channels_last: bool = False,
-                  calibrate_with: Callable[[nn.Module], nn.Module] | None = None) -> LatencyTable:
+                  calibrate_with: Callable[[nn.Module], nn.Module] | None = None, batch: int = 1) -> LatencyTable:
     """Measure (or read from `cache`) the per-layer lookup table of `model` on this machine.
 
     With `calibrate_with` (how a model is prepared for timing: e.g. BN folding and memory layout),
     the table's scale is fitted to one whole-model measurement, see `calibrate`. A cached calibrated
     table is reused only while the dense model still measures within 25% of its time at
     calibration: timings taken while the machine was busy, or on another machine state, are retaken.
+    `batch` is the batch size every layer is timed at: per-op overhead dominates at batch 1, arithmetic
+    and memory traffic at large batches, so a shape that pays at one need not pay at the other.
     """
     settings = {"round_to": round_to, "rounds": rounds, "max_ratio": max_ratio, "channels_last": channels_last,
                 "fractions": FRACTIONS, "ignored": sorted(ignored) if ignored else None, "version": 4,
-                "calibrated": calibrate_with is not None}
+                "calibrated": calibrate_with is not None, **({"batch": batch} if batch != 1 else {})}
     key = cache_key(model, example[:1], threads, **settings)
     path = Path(cache) if cache else None
     stored = json.loads(path.read_text()) if path and path.is_file() else {}
@@ -271,7 +275,7 @@ def latency_table(model: nn.Module, example: torch.Tensor, round_to: int = 8, th
         if calibrate_with is None or _still_valid(table, model, example, calibrate_with, threads):
             return table
     graph = build_graph(copy.deepcopy(model), example[:1], ignored)
-    sites = find_sites(graph, example, round_to, max_ratio)
+    sites = find_sites(graph, example, round_to, max_ratio, batch)
     for s in tqdm(sites.values(), desc="latency table", disable=not progress, leave=False):
         s.ms = time_site(s, threads, rounds, channels_last)
     table = LatencyTable(sites, graph.sizes)
@@ -385,4 +389,5 @@ def prune_latency_aware(model: nn.Module, example: torch.Tensor, ratio: float, i
             "predicted_saving_ms": table.saving_ms(keep), "uniform_predicted_saving_ms": table.saving_ms(uniform),
             "importance_uniform": budget, "importance_spent": importance_lost(scores, keep, normalize),
             "ms_per_channel": table.per_channel(round_to)}
-    return StructuredResult(m, {g: (keep[g], sizes[g]) for g in sizes}, notes=notes), info
+    return StructuredResult(m, {g: (keep[g], sizes[g]) for g in sizes}, notes=notes, kept_intact=graph.kept_intact,
+                            held=graph.held), info

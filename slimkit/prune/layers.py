@@ -13,38 +13,53 @@ import torch_pruning as tp
 from torch import nn
 
 from slimkit.errors import SlimkitError
-from slimkit.models.vit import Attention
 from slimkit.prune import importance as imp
+from slimkit.prune.handlers import Heads, handler_for
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def attention_modules(model: nn.Module) -> dict[str, Attention]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, Attention)}
+def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every module whose handler can remove heads (slimkit's Attention, Hugging Face attention, ...)."""
+    out = {}
+    for n, m in model.named_modules():
+        h = handler_for(m)
+        if h is not None and h.heads is not None:
+            out[n] = m
+    return out
+
+
+def heads_of(model: nn.Module, name: str) -> Heads:
+    """The heads view of attention module `name` (its handler knows where q/k/v and the output live)."""
+    m = model.get_submodule(name)
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    return handler_for(m).heads(m, parent)
 
 
 def head_importance(model: nn.Module, kind: str = "l2") -> dict[str, torch.Tensor]:
-    """Per-head magnitude (q/k/v rows and proj columns of the head) for every Attention module."""
+    """Per-head magnitude (q/k/v rows and output-projection columns of the head) of every attention module."""
     if kind not in ("l1", "l2"):
         raise SlimkitError(f"head importance supports l1 or l2, got {kind!r}")
     out = {}
-    for name, a in attention_modules(model).items():
+    for name in attention_modules(model):
+        a = heads_of(model, name)
         n = a.num_heads * a.head_dim
         idx = list(range(n))
         sl = [imp.Slice(lin.weight.data, None, 0, idx, idx, "weight") for lin in (a.q, a.k, a.v)]
-        sl.append(imp.Slice(a.proj.weight.data, None, 1, idx, idx, "weight"))
+        sl.append(imp.Slice(a.out.weight.data, None, 1, idx, idx, "weight"))
         out[name] = imp.head_scores(imp.magnitude_scores(sl, n, 1 if kind == "l1" else 2), a.num_heads)
     return out
 
 
 @torch.no_grad()
 def remove_heads(model: nn.Module, plan: dict[str, list[int]]) -> nn.Module:
-    """Remove whole heads in place: slice q/k/v rows and proj columns, lower num_heads."""
+    """Remove whole heads in place: slice q/k/v rows and output-projection columns, then let the
+    handler set the head count (and sizes derived from it) the module's forward reads."""
     mods = attention_modules(model)
     for name, heads in plan.items():
         if name not in mods:
-            raise SlimkitError(f"{name!r} is not an Attention module; known: {sorted(mods)}")
-        a = mods[name]
+            raise SlimkitError(f"{name!r} is not an attention module; known: {sorted(mods)}")
+        a = heads_of(model, name)
         if not heads:
             continue
         if len(set(heads)) >= a.num_heads or min(heads) < 0 or max(heads) >= a.num_heads:
@@ -52,8 +67,8 @@ def remove_heads(model: nn.Module, plan: dict[str, list[int]]) -> nn.Module:
         cut = [h * a.head_dim + i for h in sorted(set(heads)) for i in range(a.head_dim)]
         for lin in (a.q, a.k, a.v):
             tp.prune_linear_out_channels(lin, cut)
-        tp.prune_linear_in_channels(a.proj, cut)
-        a.num_heads -= len(set(heads))
+        tp.prune_linear_in_channels(a.out, cut)
+        handler_for(mods[name]).set_heads(mods[name], a.num_heads - len(set(heads)))
     return model
 
 
@@ -61,12 +76,12 @@ def remove_heads(model: nn.Module, plan: dict[str, list[int]]) -> nn.Module:
 def masked_heads_reference(model: nn.Module, plan: dict[str, list[int]]) -> nn.Module:
     """Dense copy where the planned heads contribute nothing (their v rows and bias are zero)."""
     ref = copy.deepcopy(model)
-    mods = attention_modules(ref)
     for name, heads in plan.items():
-        a = mods[name]
+        a = heads_of(ref, name)
         for h in heads:
             a.v.weight[h * a.head_dim:(h + 1) * a.head_dim] = 0
-            a.v.bias[h * a.head_dim:(h + 1) * a.head_dim] = 0
+            if a.v.bias is not None:
+                a.v.bias[h * a.head_dim:(h + 1) * a.head_dim] = 0
     return ref
 
 

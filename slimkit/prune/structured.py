@@ -3,9 +3,13 @@
 Channel coupling comes from Torch-Pruning's DependencyGraph: one group is every parameter slice
 that must shrink together (a conv's filters, its BatchNorm, the next conv's inputs, every block on
 the same residual stream, a flatten->Linear's input columns). Slimkit decides *which* channels go
-(importance.py) and *how many* (allocation.py); Torch-Pruning performs the surgery. Attention
-heads and whole blocks are removed here directly, since they do not couple with anything outside
-their module. The result is a plain nn.Module with smaller tensors.
+(importance.py) and *how many* (allocation.py); Torch-Pruning performs the surgery. Modules other
+than plain layers are handled by type through the table in handlers.py (attention, recurrent
+layers, own parameters); `survey` sorts every module into cut or kept before tracing, and a channel
+group touching anything kept is left whole, so a model with parts nobody can cut is pruned around
+them rather than refused. Attention heads and whole blocks are removed directly (layers.py), since
+they do not couple with anything outside their module. The result is a plain nn.Module with
+smaller tensors and consistent attributes.
 """
 
 import copy
@@ -17,82 +21,33 @@ import torch_pruning as tp
 from torch import nn
 
 from slimkit.errors import SlimkitError, check_count, check_sparsity
-from slimkit.models.vit import Attention
 from slimkit.prune import importance as imp
 from slimkit.prune.allocation import global_keep, lowest, uniform_keep
+from slimkit.prune.cuttable import Survey, expand_flattened, linked_nodes, survey
+from slimkit.prune.handlers import Handler, NodePruner
+from slimkit.prune.hf_config import hf_config_snapshot, sync_hf_config
 from slimkit.prune.layers import (  # noqa: F401  (re-exported: heads and blocks are part of this API)
     attention_modules,
     block_influences,
     head_importance,
     masked_heads_reference,
+    removable_blocks,
     remove_blocks,
     remove_heads,
-    removable_blocks,
 )
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-_LEAF_OK = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.PReLU)
-
-
-class _AttentionPruner(tp.pruner.BasePruningFunc):
-    """Residual-width pruning of slimkit's Attention: inputs of q/k/v, outputs of proj."""
-
-    def prune_out_channels(self, layer: Attention, idxs: list[int]) -> Attention:
-        tp.prune_linear_out_channels(layer.proj, idxs)
-        return layer
-
-    def prune_in_channels(self, layer: Attention, idxs: list[int]) -> Attention:
-        for lin in (layer.q, layer.k, layer.v):
-            tp.prune_linear_in_channels(lin, idxs)
-        return layer
-
-    def get_out_channels(self, layer: Attention) -> int:
-        return layer.proj.out_features
-
-    def get_in_channels(self, layer: Attention) -> int:
-        return layer.q.in_features
-
-
-def check_supported(model: nn.Module) -> None:
-    """Raise a SlimkitError naming the first module whose parameters the pruner cannot cut."""
-    allowed = set(getattr(model, "unwrapped_parameters", {}))
-    for name, m in model.named_modules():
-        if isinstance(m, Attention):
-            continue
-        own = [p for p, _ in m.named_parameters(recurse=False)]
-        if not own or (m is model and set(own) <= allowed):
-            continue
-        if any(isinstance(p, Attention) for p in _parents(model, name)):
-            continue
-        bad = not isinstance(m, _LEAF_OK) or isinstance(m, nn.ConvTranspose2d)
-        if isinstance(m, (nn.Conv1d, nn.Conv2d)) and 1 < m.groups and not (m.groups == m.in_channels == m.out_channels):
-            bad = True
-        if bad:
-            kind = type(m).__name__
-            raise SlimkitError(
-                f"structured pruning cannot handle module {name or '<root>'} ({kind}); add it to ignored_layers, "
-                f"replace it with a supported layer (Conv, Linear, BN/LN/GN, depthwise conv, slimkit Attention), "
-                f"or keep it unpruned"
-            )
-
-
-def _parents(model: nn.Module, name: str) -> list[nn.Module]:
-    parts, out, m = name.split(".") if name else [], [], model
-    for p in parts[:-1]:
-        m = getattr(m, p)
-        out.append(m)
-    return out
-
-
 def classifier_of(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """The last Conv/Linear to run in a forward pass: the head, whose outputs must stay intact."""
     order: list[nn.Module] = []
     hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod)) for m in model.modules()
              if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear))]
+    was = model.training
     try:
         with torch.no_grad():
-            model.eval()(example)
+            _forward(model.eval(), example)
     finally:
+        model.train(was)
         for h in hooks:
             h.remove()
     if not order:
@@ -102,44 +57,106 @@ def classifier_of(model: nn.Module, example: torch.Tensor) -> nn.Module:
 
 @dataclass
 class Graph:
-    """A traced model: its dependency graph and prunable channel groups, keyed by root module name."""
+    """A traced model: its dependency graph and prunable channel groups, keyed by root module name.
+
+    `nodes` maps modules cut through a handler to it; `kept_intact` names what stays and why;
+    `held` names the channel groups left whole because they touch something kept.
+    """
 
     model: nn.Module
     dg: tp.DependencyGraph
     groups: dict[str, tp.Group]
     names: dict[nn.Module, str] = field(default_factory=dict)
+    nodes: dict[nn.Module, Handler] = field(default_factory=dict)
+    kept_intact: dict[str, str] = field(default_factory=dict)
+    held: dict[str, str] = field(default_factory=dict)
 
     @property
     def sizes(self) -> dict[str, int]:
         return {g: int(self.dg.get_out_channels(grp[0].dep.target.module)) for g, grp in self.groups.items()}
 
 
-def build_graph(model: nn.Module, example: torch.Tensor, ignored: Iterable[str] | None = None) -> Graph:
-    """Trace `model` on `example` and list its prunable groups (the classifier head excluded).
+def _forward(model: nn.Module, example):
+    if isinstance(example, dict):
+        return model(**example)
+    if isinstance(example, tuple):
+        return model(*example)
+    return model(example)
 
-    Groups containing an `ignored` layer are not pruned; None means the model's own
-    `structured_ignored` list (SmallViT keeps its residual width), or nothing.
+
+def _logits(out) -> torch.Tensor:
+    """A classifier's scores, from a plain tensor or a Hugging Face output with `logits`."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict) and "logits" in out:
+        return out["logits"]
+    raise SlimkitError("taylor importance needs a classifier: the model's output is neither a tensor of scores nor "
+                       "has 'logits'; use l1, l2, bn or entropy importance")
+
+
+def build_graph(model: nn.Module, example: torch.Tensor, ignored: Iterable[str] | None = None) -> Graph:
+    """Trace `model` on `example` and list its prunable groups (the classifier head's outputs excluded).
+
+    Groups touching an `ignored` module, or anything `survey` keeps, are not pruned; None means the
+    model's own `structured_ignored` list (SmallViT keeps its residual width), or nothing.
     """
-    check_supported(model)
     ignored = list(getattr(model, "structured_ignored", ()) if ignored is None else ignored)
+    found = survey(model, ignored)
     names = {m: n for n, m in model.named_modules()}
-    modules = dict(model.named_modules())
-    missing = [n for n in ignored if n not in modules]
-    if missing:
-        raise SlimkitError(f"ignored layers {missing} are not modules of {type(model).__name__}")
-    ignored_mods = [classifier_of(model, example)] + [modules[n] for n in ignored]
-    unwrapped = [(getattr(model, n), d) for n, d in getattr(model, "unwrapped_parameters", {}).items()]
+    head = classifier_of(model, example)
+    out_frozen = [head] + found.out_frozen
     was_training = model.training
     model.eval()
-    dg = tp.DependencyGraph().build_dependency(
-        model, example_inputs=example, unwrapped_parameters=unwrapped,
-        customized_pruners={Attention: _AttentionPruner()}, verbose=False)
-    model.train(was_training)
-    groups = {}
-    for grp in dg.get_all_groups(ignored_layers=ignored_mods, root_module_types=(nn.Conv1d, nn.Conv2d, nn.Linear)):
-        root = grp[0].dep.target.module
-        groups[names[root]] = grp
-    return Graph(model, dg, groups, names)
+    customized = {**found.pruners, **{type(m): NodePruner(h) for m, h in found.nodes.items()}}
+    try:
+        with linked_nodes(found.nodes):
+            dg = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example, forward_fn=_forward, unwrapped_parameters=found.unwrapped,
+                customized_pruners=customized, verbose=False)
+    finally:
+        model.train(was_training)
+    groups, held = {}, {}
+    for grp in dg.get_all_groups(ignored_layers=out_frozen, root_module_types=(nn.Conv1d, nn.Conv2d, nn.Linear)):
+        root = names[grp[0].dep.target.module]
+        why = _holds(grp, dg, found, names)
+        if why:
+            held[root] = why
+        else:
+            groups[root] = expand_flattened(dg, found.nodes, grp)
+    return Graph(model, dg, groups, names, found.nodes, found.kept_intact, held)
+
+
+def pruning_group(graph: Graph, name: str, idxs: list[int]) -> tp.Group:
+    """The group `name` restricted to channels `idxs`, ready to prune."""
+    grp = graph.groups[name]
+    return expand_flattened(graph.dg, graph.nodes, graph.dg.get_pruning_group(grp[0].dep.target.module,
+                                                                               grp[0].dep.handler, idxs))
+
+
+def _holds(grp: tp.Group, dg: tp.DependencyGraph, found: Survey, names: dict) -> str | None:
+    """Why a group must stay whole: it touches a kept module/parameter or a node's kept outputs."""
+    for item in grp:
+        m = item.dep.target.module
+        if id(m) in found.frozen:
+            return f"coupled to kept {names.get(m) or found.param_names.get(id(m), 'parameter')}"
+        h = found.nodes.get(m) if isinstance(m, nn.Module) else None
+        if h is not None and dg.is_out_channel_pruning_fn(item.dep.handler) and not h.writes(m):
+            return f"coupled to the outputs of {names[m]} ({type(m).__name__}), which are not cut"
+    return None
+
+
+def _node_weights(graph: Graph, m: nn.Module, is_out: bool) -> list[tuple[torch.Tensor, int]]:
+    """(weight, channel dimension) of every tensor a node handler cuts on that side."""
+    h = graph.nodes[m]
+    if is_out:
+        return [(w.weight, 0) for w in h.writes(m)]
+    out = []
+    for r in h.reads(m):
+        if isinstance(r, nn.RNNBase):
+            out += [(getattr(r, f"weight_ih_l0{sfx}"), 1) for sfx in (("", "_reverse") if r.bidirectional else ("",))]
+        else:
+            out.append((r.weight, 1))
+    return out
 
 
 def slices_of(graph: Graph, name: str) -> list[imp.Slice]:
@@ -154,12 +171,9 @@ def slices_of(graph: Graph, name: str) -> list[imp.Slice]:
 
         if isinstance(m, nn.Parameter):
             add(m, dep.target.pruning_dim, "param")
-        elif isinstance(m, Attention):
-            if is_out:
-                add(m.proj.weight, 0, "weight")
-            else:
-                for lin in (m.q, m.k, m.v):
-                    add(lin.weight, 1, "weight")
+        elif m in graph.nodes:
+            for w, dim in _node_weights(graph, m, is_out):
+                add(w, dim, "weight")
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)) and m.weight is not None:
             add(m.weight, 0, "norm")
         elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
@@ -175,7 +189,8 @@ def _consumer(graph: Graph, name: str) -> tuple[nn.Module, list[int], list[int]]
     """The first module that reads the group's channels as input (sees them after BN and activation)."""
     for item in graph.groups[name]:
         m = item.dep.target.module
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear, Attention)) and not graph.dg.is_out_channel_pruning_fn(item.dep.handler):
+        reads = isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) or (isinstance(m, nn.Module) and m in graph.nodes)
+        if reads and not graph.dg.is_out_channel_pruning_fn(item.dep.handler):
             return m, list(item.idxs), list(item.root_idxs)
     return None
 
@@ -200,20 +215,24 @@ def compute_scores(graph: Graph, kind: str, calib: Iterable[Batch] | None = None
         was = model.training
         model.eval()
         for x, y in batches:
-            torch.nn.functional.cross_entropy(model(x), y).backward()
+            torch.nn.functional.cross_entropy(_logits(_forward(model, x)), y).backward()
         model.train(was)
         scores = {g: imp.taylor_scores(slices_of(graph, g), n) for g, n in sizes.items()}
         model.zero_grad(set_to_none=True)
         return scores
     consumers = {g: _consumer(graph, g) for g in sizes}
     seen: dict[nn.Module, list[torch.Tensor]] = {c[0]: [] for c in consumers.values() if c}
-    hooks = [m.register_forward_pre_hook(lambda mod, args: seen[mod].append(args[0].detach())) for m in seen]
+    def grab(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+        first = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
+        seen[mod].append(first.detach())
+
+    hooks = [m.register_forward_pre_hook(grab, with_kwargs=True) for m in seen]
     try:
         with torch.no_grad():
             was = model.training
             model.eval()
             for x, _ in batches:
-                model(x)
+                _forward(model, x)
             model.train(was)
     finally:
         for h in hooks:
@@ -226,7 +245,7 @@ def compute_scores(graph: Graph, kind: str, calib: Iterable[Batch] | None = None
             continue
         m, idxs, roots = c
         act = torch.cat(seen[m])
-        cdim = act.dim() - 1 if isinstance(m, (nn.Linear, Attention)) else 1
+        cdim = 1 if isinstance(m, (nn.Conv1d, nn.Conv2d)) else act.dim() - 1  # Linear, attention, RNN: last
         scores[g] = imp.entropy_scores(imp.channel_values(act, cdim, idxs, roots, n, seed=seed), bins)
     return scores
 
@@ -245,9 +264,7 @@ def apply_plan(graph: Graph, plan: ChannelPlan) -> nn.Module:
         if g not in graph.groups:
             raise SlimkitError(f"plan names unknown group {g!r}; known groups: {sorted(graph.groups)}")
         if idxs:
-            grp = graph.groups[g]
-            root = grp[0].dep.target.module
-            graph.dg.get_pruning_group(root, grp[0].dep.handler, idxs).prune()
+            pruning_group(graph, g, idxs).prune()
     return graph.model
 
 
@@ -259,9 +276,7 @@ def masked_reference(graph: Graph, plan: ChannelPlan) -> nn.Module:
     params = {id(p): n for n, p in graph.model.named_parameters()}
     ref_mods, ref_params = dict(ref.named_modules()), dict(ref.named_parameters())
     for g, idxs in plan.items():
-        grp = graph.groups[g]
-        root = grp[0].dep.target.module
-        for item in graph.dg.get_pruning_group(root, grp[0].dep.handler, idxs):
+        for item in pruning_group(graph, g, idxs):
             m, cut = item.dep.target.module, torch.as_tensor(list(item.idxs), dtype=torch.long)
             if not graph.dg.is_out_channel_pruning_fn(item.dep.handler):
                 continue
@@ -271,10 +286,11 @@ def masked_reference(graph: Graph, plan: ChannelPlan) -> nn.Module:
             if id(m) not in by_id:  # traced ops (add, relu, reshape) hold no weights
                 continue
             r = ref_mods[by_id[id(m)]]
-            target = r.proj if isinstance(r, Attention) else r
-            for p in (target.weight, getattr(target, "bias", None)):
-                if p is not None:
-                    p.index_fill_(0, cut, 0.0)
+            targets = graph.nodes[m].writes(r) if m in graph.nodes else [r]
+            for target in targets:
+                for p in (target.weight, getattr(target, "bias", None)):
+                    if p is not None:
+                        p.index_fill_(0, cut, 0.0)
     return ref
 
 
@@ -282,13 +298,19 @@ def masked_reference(graph: Graph, plan: ChannelPlan) -> nn.Module:
 
 @dataclass
 class StructuredResult:
-    """The pruned model and what was cut, in JSON-ready form."""
+    """The pruned model and what was cut, in JSON-ready form.
+
+    `kept_intact` names every module left whole (with the reason) and `held` every channel group
+    left whole because it is coupled to one, so a report can say what was not cut.
+    """
 
     model: nn.Module
     kept: dict[str, tuple[int, int]]
     removed_blocks: list[str] = field(default_factory=list)
     removed_heads: dict[str, list[int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    kept_intact: dict[str, str] = field(default_factory=dict)
+    held: dict[str, str] = field(default_factory=dict)
 
 
 def prune_structured(model: nn.Module, example: torch.Tensor, ratio: float = 0.5, importance: str = "l2",
@@ -315,13 +337,18 @@ def prune_structured(model: nn.Module, example: torch.Tensor, ratio: float = 0.5
         if blocks > n_removable:
             raise SlimkitError(f"asked to remove {blocks} blocks but only {n_removable} are removable; lower blocks")
     m = model if inplace else copy.deepcopy(model)
+    if ignored is not None:
+        survey(m, ignored)  # names are checked before anything is cut
     if blocks:
         infl = block_influences(m, calib)
         removed = sorted(infl, key=lambda n: (infl[n], n))[:blocks]
         remove_blocks(m, removed)
     heads: dict[str, list[int]] = {}
     if head_ratio > 0:
+        frozen = survey(m, list(getattr(m, "structured_ignored", ()) if ignored is None else ignored)).frozen
         for name, s in head_importance(m).items():
+            if id(m.get_submodule(name)) in frozen:
+                continue
             drop = min(len(s) - 1, int(round(len(s) * head_ratio)))
             heads[name] = lowest(s, len(s) - drop)
         remove_heads(m, heads)
@@ -332,8 +359,11 @@ def prune_structured(model: nn.Module, example: torch.Tensor, ratio: float = 0.5
         keep = global_keep(scores, ratio, round_to, max_ratio, per_layer)
     else:
         keep = uniform_keep(sizes, ratio, round_to, per_layer)
+    dense_config = hf_config_snapshot(m)
     apply_plan(graph, plan_channels(graph, scores, keep))
-    return StructuredResult(m, {g: (keep[g], sizes[g]) for g in sizes}, removed, heads)
+    notes = sync_hf_config(m, dense_config)
+    return StructuredResult(m, {g: (keep[g], sizes[g]) for g in sizes}, removed, heads, notes,
+                            graph.kept_intact, graph.held)
 
 
 def iterative_prune(model: nn.Module, example: torch.Tensor, ratio: float, steps: int,
