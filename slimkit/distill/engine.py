@@ -304,7 +304,7 @@ class Distiller:
                     last = self.history[-1].metrics.get(metric.name) if self.history and metric else None
                     bar.set_postfix(loss=f"{state['loss_sum'] / max(state['seen'], 1):.4f}",
                                     **{metric.name if metric else "val": f"{last:.4g}" if last is not None else "-"},
-                                    rate=f"{rate:.0f}/s", refresh=False)
+                                    rate=f"{rate:.3g} samples/s", refresh=False)
                 if on_step is not None:
                     on_step(state["step"])
                 every = self.checkpoint.every_steps if self.checkpoint else 0
