@@ -286,3 +286,64 @@ def test_cli_prune_of_the_built_in_reloads_and_transcribes(tmp_path) -> None:
     assert isinstance(text, str)
     again = CliRunner().invoke(app, ["speech", "prune", "--decoder-layers", "2", "--out", str(out)])
     assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def test_recover_trains_on_pseudo_labels_with_the_engine(tmp_path, monkeypatch) -> None:
+    """End to end on a random Whisper with tiny.en's vocabulary and processor: pseudo-labels are made once
+    and cached, a decoder-depth student trains its decoder on encoder states computed once (encoder
+    untouched), an FFN-pruned student trains its encoder on the features."""
+    import copy
+
+    import numpy as np
+    from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
+
+    from slimkit.speech.audio import SpeechSet, Utterance
+    from slimkit.speech.convert import ct2_source_dir, whisper_tiny_en
+    from slimkit.speech.prune import prune_encoder_ffn, remove_decoder_layers
+    from slimkit.speech.recover import SpeechDistillConfig, pseudo_labels, recover
+
+    try:
+        ct2_source_dir()
+    except SlimkitError as exc:
+        pytest.skip(str(exc))
+    folder = whisper_tiny_en()
+    processor = WhisperProcessor.from_pretrained(folder)
+    real = json.loads((folder / "config.json").read_text())
+    torch.manual_seed(0)
+    config = WhisperConfig(**{**real, "d_model": 16, "encoder_attention_heads": 2, "decoder_attention_heads": 2,
+                              "encoder_ffn_dim": 32, "decoder_ffn_dim": 32})
+    teacher = WhisperForConditionalGeneration(config).eval()
+    teacher.generation_config = WhisperForConditionalGeneration.from_pretrained(folder).generation_config
+    teacher.generation_config.max_new_tokens = 6
+    monkeypatch.setenv("SLIMKIT_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    utts = [Utterance(f"u{i}", (0.1 * rng.standard_normal(16_000)).astype(np.float32), "hello there") for i in range(3)]
+    train, val = SpeechSet("train", utts), SpeechSet("val", utts[:2])
+
+    labels = pseudo_labels(teacher, processor, train, progress=False)
+    assert len(labels) == 3 and all(1 <= len(t) <= 6 for t in labels)
+    assert len(list((tmp_path / "cache" / "speech").glob("labels-*.json"))) == 1
+    monkeypatch.setattr("slimkit.speech.recover.decode", lambda *a: pytest.fail("labels were not read from the cache"))
+    assert pseudo_labels(teacher, processor, train, progress=False) == labels
+
+    cfg = SpeechDistillConfig(minutes=5, epochs=1, batch_size=2, lr=1e-2, warmup_steps=0)
+    student = remove_decoder_layers(WhisperForConditionalGeneration(copy.deepcopy(config)).eval(), [0, 3])
+    student.load_state_dict({k: v for k, v in teacher.state_dict().items() if k in student.state_dict()
+                             and "decoder.layers" not in k}, strict=False)
+    student.generation_config = teacher.generation_config
+    encoder_before = {k: v.clone() for k, v in student.get_encoder().state_dict().items()}
+    decoder_before = student.model.decoder.layers[0].fc1.weight.clone()
+    report = recover(student, teacher, processor, train, val, cfg, progress=False)
+    assert report.steps == 2 and report.frozen_encoder and report.encoder_states_once
+    assert 0.0 <= report.history[-1].metrics["token_accuracy"] <= 1.0
+    assert all(torch.equal(v, encoder_before[k]) for k, v in student.get_encoder().state_dict().items())
+    assert not torch.equal(student.model.decoder.layers[0].fc1.weight, decoder_before)
+
+    narrow = WhisperForConditionalGeneration(copy.deepcopy(config)).eval()
+    narrow.load_state_dict(teacher.state_dict())
+    narrow.generation_config = teacher.generation_config
+    prune_encoder_ffn(narrow, 0.5)
+    fc1_before = narrow.model.encoder.layers[0].fc1.weight.clone()
+    report = recover(narrow, teacher, processor, train, None, cfg.model_copy(update={"loss": "ce"}), progress=False)
+    assert report.steps == 2 and not report.frozen_encoder and not report.encoder_states_once
+    assert not torch.equal(narrow.model.encoder.layers[0].fc1.weight, fc1_before)

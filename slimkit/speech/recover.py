@@ -95,7 +95,11 @@ class RecoveryReport:
 def prompt_ids(model) -> list[int]:
     """<|startoftranscript|><|notimestamps|>: the prompt every transcription starts from."""
     gen = model.generation_config
-    return [int(gen.decoder_start_token_id), int(gen.no_timestamps_token_id)]
+    ids = [getattr(gen, "decoder_start_token_id", None), getattr(gen, "no_timestamps_token_id", None)]
+    if None in ids:
+        raise SlimkitError("the model's generation config lacks decoder_start_token_id or no_timestamps_token_id; "
+                           "use a Whisper folder written by slimkit (speech prune, distill or the built-in)")
+    return [int(i) for i in ids]
 
 
 def _weights_digest(model) -> str:
