@@ -210,12 +210,13 @@ def main() -> None:
     if recoveries:
         print(f"\nrecovery on {n_train} synthesised training utterances (teacher pseudo-labels), budget "
               f"{args.kd_minutes:g} min per run, batch {args.batch_size}, lr {args.lr:g}, AdamW, cosine to 0 over the "
-              f"budget; KD = 1.0 * T^2 KL (T 2, teacher top-64) + 0.8 * CE; val = teacher-forced token accuracy on "
+              f"budget; labels with WER > 0.1 against their sentence left out; KD = 1.0 * T^2 KL (T 2, teacher "
+              f"top-64) + 0.8 * CE; val = teacher-forced token accuracy on "
               f"{min(args.val_utterances, len(sets[1]))} held-out synthesised utterances (reported, never selected on)")
         for label, rep, acc in recoveries:
             print(f"  {label:<{width}} steps {rep.steps:>5}  train {rep.train_seconds / 60:5.1f} min (ended by "
                   f"{rep.ended_by or 'epochs'}, teacher cache {'reused' if rep.teacher_cache_reused else 'built'})  "
-                  f"pseudo-labels {rep.label_seconds:6.0f} s  inputs {rep.input_seconds:5.0f} s  encoder "
+                  f"labels kept {rep.labels_kept}  pseudo-labels {rep.label_seconds:6.0f} s  inputs {rep.input_seconds:5.0f} s  encoder "
                   f"{'frozen, states once' if rep.encoder_states_once else 'frozen' if rep.frozen_encoder else 'trained'}"
                   f"  val token acc {acc:.3f}")
     if not check:

@@ -326,7 +326,9 @@ def test_recover_trains_on_pseudo_labels_with_the_engine(tmp_path, monkeypatch) 
     monkeypatch.setattr("slimkit.speech.recover.decode", lambda *a: pytest.fail("labels were not read from the cache"))
     assert pseudo_labels(teacher, processor, train, progress=False) == labels
 
-    cfg = SpeechDistillConfig(minutes=5, epochs=1, batch_size=2, lr=1e-2, warmup_steps=0)
+    with pytest.raises(SlimkitError, match="no pseudo-label of the 3 training utterances is within WER 0.1"):
+        recover(copy.deepcopy(teacher), teacher, processor, train, val, SpeechDistillConfig(), progress=False)
+    cfg = SpeechDistillConfig(minutes=5, epochs=1, batch_size=2, lr=1e-2, warmup_steps=0, max_label_wer=1e9)
     student = remove_decoder_layers(WhisperForConditionalGeneration(copy.deepcopy(config)).eval(), [0, 3])
     student.load_state_dict({k: v for k, v in teacher.state_dict().items() if k in student.state_dict()
                              and "decoder.layers" not in k}, strict=False)
@@ -334,7 +336,7 @@ def test_recover_trains_on_pseudo_labels_with_the_engine(tmp_path, monkeypatch) 
     encoder_before = {k: v.clone() for k, v in student.get_encoder().state_dict().items()}
     decoder_before = student.model.decoder.layers[0].fc1.weight.clone()
     report = recover(student, teacher, processor, train, val, cfg, progress=False)
-    assert report.steps == 2 and report.frozen_encoder and report.encoder_states_once
+    assert report.steps == 2 and report.labels_kept == 3 and report.frozen_encoder and report.encoder_states_once
     assert 0.0 <= report.history[-1].metrics["token_accuracy"] <= 1.0
     assert all(torch.equal(v, encoder_before[k]) for k, v in student.get_encoder().state_dict().items())
     assert not torch.equal(student.model.decoder.layers[0].fc1.weight, decoder_before)

@@ -188,6 +188,8 @@ def distill(
     batch_size: int = typer.Option(8), lr: float = typer.Option(1e-4), epochs: int = typer.Option(100),
     temperature: float = typer.Option(2.0), kd_weight: float = typer.Option(1.0), ce_weight: float = typer.Option(0.8),
     freeze_encoder: str = typer.Option("auto", help="auto (frozen when its shapes are the teacher's), yes or no"),
+    max_label_wer: float = typer.Option(0.1, help="leave out training utterances whose pseudo-label has a higher WER "
+                                        "against the synthesised sentence (distil-whisper's filter)"),
     threads: int = typer.Option(2, help="torch threads"),
     seed: int = typer.Option(0, help="seed of training and of the synthesised sets"),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
@@ -204,7 +206,7 @@ def distill(
     try:
         cfg = SpeechDistillConfig(loss=loss, minutes=minutes, epochs=epochs, batch_size=batch_size, lr=lr,
                                   temperature=temperature, kd_weight=kd_weight, ce_weight=ce_weight,
-                                  freeze_encoder=freeze_encoder, seed=seed)
+                                  freeze_encoder=freeze_encoder, max_label_wer=max_label_wer, seed=seed)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise SlimkitError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
@@ -230,7 +232,8 @@ def distill(
           {"student": str(student_dir), "teacher": str(teacher_dir), "config": cfg.model_dump(),
            "train_utterances": train_utterances, "report": report.as_dict(),
            "wer": {k: r.wer for k, r in results.items()}})
-    typer.echo(f"{loss}: {report.steps} steps in {report.train_seconds / 60:.1f} min (ended by "
+    typer.echo(f"{loss}: {report.labels_kept} of {len(train)} pseudo-labels kept; {report.steps} steps in "
+               f"{report.train_seconds / 60:.1f} min (ended by "
                f"{report.ended_by or 'epochs'}), encoder {'frozen' if report.frozen_encoder else 'trained'}")
     for name, r in results.items():
         typer.echo(f"{name}: WER {100 * r.wer:.2f}% on {r.utterances} held-out synthesised utterances, decode "

@@ -6,6 +6,11 @@ The recipe is distil-whisper's, on synthesised speech:
   reference sentences, and never the real test recordings). They are what the student can reach:
   the teacher's errors included, the student learns one consistent target. Computed once per
   teacher and training set, and kept under slimkit's cache (`pseudo_labels`);
+- **filtered labels**: as distil-whisper does, a training utterance whose pseudo-label has a WER
+  above `max_label_wer` against the sentence that was synthesised is left out (`keep_labels`): it
+  drops the teacher's hallucinations and repetition loops (a 448-token loop would also make its
+  whole batch that long). The sentences only choose which labels to keep; the labels stay the
+  teacher's;
 - **teacher forcing**: the decoder reads <|startoftranscript|><|notimestamps|> + the label tokens
   and predicts, at every position, the next token up to <|endoftext|> (`label_batch`);
 - **losses** (the engine's `seq2seq` task): `kd_weight` * T^2 KL(teacher || student) of the token
@@ -61,6 +66,7 @@ class SpeechDistillConfig(BaseModel):
     ce_weight: float = Field(0.8, ge=0)
     top_k: int = Field(64, ge=1)
     freeze_encoder: Literal["auto", "yes", "no"] = "auto"
+    max_label_wer: float = Field(0.1, ge=0)
     seed: int = 0
 
     def terms(self):
@@ -81,6 +87,7 @@ class RecoveryReport:
     steps: int
     train_seconds: float      # the engine's fit, teacher cache included: what `minutes` bounds
     label_seconds: float      # pseudo-labelling (about 0 when read from the cache)
+    labels_kept: int          # training utterances whose pseudo-label passed the WER filter
     input_seconds: float      # log-mel features, or encoder states when they are computed once
     teacher_cache_reused: bool
     frozen_encoder: bool
@@ -144,6 +151,14 @@ def pseudo_labels(teacher, processor, data: SpeechSet, threads: int = THREADS, p
         torch.set_num_threads(old)
     atomic_write_bytes(path, json.dumps(labels).encode())
     return labels
+
+
+def keep_labels(processor, data: SpeechSet, labels: list[list[int]], max_wer: float) -> list[int]:
+    """Indices of the utterances whose pseudo-label is within `max_wer` of the synthesised sentence."""
+    from slimkit.speech.evaluate import word_error_rate
+
+    texts = [processor.tokenizer.decode(t, skip_special_tokens=True) for t in labels]
+    return [i for i, (u, text) in enumerate(zip(data.utterances, texts)) if word_error_rate([u.text], [text]) <= max_wer]
 
 
 def label_batch(features: torch.Tensor, tokens: list[list[int]], prompt: list[int], eos: int) -> dict:
@@ -240,8 +255,13 @@ def recover(student, teacher, processor, train: SpeechSet, val: SpeechSet | None
     try:
         t0 = time.perf_counter()
         labels = pseudo_labels(teacher, processor, train, threads, progress)
+        keep = keep_labels(processor, train, labels, cfg.max_label_wer)
+        if not keep:
+            raise SlimkitError(f"no pseudo-label of the {len(train)} training utterances is within WER "
+                               f"{cfg.max_label_wer:g} of its sentence; raise max_label_wer")
+        kept = SpeechSet(train.name, [train.utterances[i] for i in keep])
         t1 = time.perf_counter()
-        batch = inputs(train, labels)
+        batch = inputs(kept, [labels[i] for i in keep])
         val_batch = inputs(val, reference_tokens(processor, val)) if val is not None and val.utterances else None
         for p in student.get_encoder().parameters():
             p.requires_grad_(not frozen)
@@ -254,10 +274,10 @@ def recover(student, teacher, processor, train: SpeechSet, val: SpeechSet | None
             p.requires_grad_(True)
         student.eval()
     outputs = distiller.teacher_outputs
-    return RecoveryReport(cfg.loss, distiller.steps_done, t3 - t2, t1 - t0, t2 - t1,
+    return RecoveryReport(cfg.loss, distiller.steps_done, t3 - t2, t1 - t0, len(keep), t2 - t1,
                           bool(outputs is not None and outputs.reused), frozen, shared, distiller.ended_by,
                           list(distiller.history))
 
 
 __all__ = ["RecoveryReport", "SpeechDistillConfig", "check_pair", "encoder_matches", "encoder_states", "features_of",
-           "label_batch", "prompt_ids", "pseudo_labels", "recover", "reference_tokens"]
+           "keep_labels", "label_batch", "prompt_ids", "pseudo_labels", "recover", "reference_tokens"]
