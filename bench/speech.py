@@ -216,7 +216,8 @@ def main() -> None:
         for label, rep, acc in recoveries:
             print(f"  {label:<{width}} steps {rep.steps:>5}  train {rep.train_seconds / 60:5.1f} min (ended by "
                   f"{rep.ended_by or 'epochs'}, teacher cache {'reused' if rep.teacher_cache_reused else 'built'})  "
-                  f"labels kept {rep.labels_kept}  pseudo-labels {rep.label_seconds:6.0f} s  inputs {rep.input_seconds:5.0f} s  encoder "
+                  f"labels kept {rep.labels_kept}  pseudo-labels {rep.label_seconds:6.0f} s  "
+                  f"inputs {rep.input_seconds:5.0f} s  encoder "
                   f"{'frozen, states once' if rep.encoder_states_once else 'frozen' if rep.frozen_encoder else 'trained'}"
                   f"  val token acc {acc:.3f}")
     if not check:
