@@ -185,8 +185,12 @@ def distill(
                                          "out, never the real recordings)"),
     val_utterances: int = typer.Option(50, help="held-out synthesised utterances: token accuracy per epoch, WER at "
                                        "the end"),
-    batch_size: int = typer.Option(8), lr: float = typer.Option(1e-4), epochs: int = typer.Option(100),
-    temperature: float = typer.Option(2.0), kd_weight: float = typer.Option(1.0), ce_weight: float = typer.Option(0.8),
+    batch_size: int = typer.Option(8, help="utterances per optimizer step"),
+    lr: float = typer.Option(1e-4, help="AdamW peak learning rate (cosine to 0 over the budget)"),
+    epochs: int = typer.Option(100, help="upper bound on epochs; --minutes usually ends the run first"),
+    temperature: float = typer.Option(2.0, help="softmax temperature of the KD term"),
+    kd_weight: float = typer.Option(1.0, help="weight of T^2 KL(teacher || student)"),
+    ce_weight: float = typer.Option(0.8, help="weight of the cross-entropy on the pseudo-labels (with --loss kd)"),
     freeze_encoder: str = typer.Option("auto", help="auto (frozen when its shapes are the teacher's), yes or no"),
     max_label_wer: float = typer.Option(0.1, help="leave out training utterances whose pseudo-label has a higher WER "
                                         "against the synthesised sentence (distil-whisper's filter)"),
