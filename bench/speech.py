@@ -1,8 +1,9 @@
 """Benchmark of slimkit's speech recognition on Whisper tiny.en: prints one table.
 
     PYTHONPATH=. python bench/speech.py                 # converter check + dense rows: 12 real + 200 held-out synth
-    PYTHONPATH=. python bench/speech.py --quick         # the same on 12 real + 20 synth utterances (a few minutes)
+    PYTHONPATH=. python bench/speech.py --quick         # smoke: 12 real + 20 synth, 24 training utts, 1 min KD runs
     PYTHONPATH=. python bench/speech.py --pads 1,3,5    # also: trimmed encoder with other paddings, on the real set
+    PYTHONPATH=. python bench/speech.py --quick --skip-check   # the smoke without the converter check
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python bench/speech.py   # on a machine other jobs share (see below)
 
 Needs `pip install -e '.[speech,speech-verify]'` and `apt-get install pocketsphinx-testdata`
@@ -18,6 +19,16 @@ Needs `pip install -e '.[speech,speech-verify]'` and `apt-get install pocketsphi
 3. The same comparison with the original model fed slimkit's own log-mel features (ctranslate2
    directly): it separates the converter from the two pipelines' feature extraction (faster-whisper
    pads 30 s windows with zero features; transformers computes features of zero-padded audio).
+4. Compression rows (skip with --no-compress): the decoder cut 4 -> 2 layers (the first and the
+   last, as distil-whisper), before recovery, after KD and after plain fine-tuning (CE only) on the
+   same budget; the encoder with --ffn fractions of its FFN neurons removed, after KD; and the
+   combination (--combo-ffn with 2 decoder layers) after KD, also with the trimmed encoder input.
+   Recovery is slimkit.speech.recover: the teacher's greedy pseudo-labels of --train-utterances
+   synthesised training utterances (never held-out sentences, never the real recordings), each run
+   bounded by --kd-minutes (the teacher cache inside it; pseudo-labels, computed once and shared,
+   and encoder states outside it, their times printed). Ratios (x dense) compare decode time and
+   end-to-end time (features + encoder + decode) per utterance with the dense 30 s padded row of
+   the same set, measured in this same process.
 Timing is in this one process (slimkit.speech.evaluate's protocol, printed under the table); other
 jobs on the machine only add time, so the load average at start and end is printed with it. On a
 shared machine run it with OMP_WAIT_POLICY=PASSIVE: with 2 threads and busy cores, spinning OpenMP
@@ -27,6 +38,7 @@ workers wait for each other's time slices on every small decoder op.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import time
 
@@ -35,6 +47,8 @@ import torch
 from slimkit.speech.audio import SpeechSet, real_recordings
 from slimkit.speech.convert import ct2_source_dir, load_whisper, offline
 from slimkit.speech.evaluate import THREADS, encode, evaluate, log_mel, parameters, protocol, word_error_rate
+from slimkit.speech.prune import prune_encoder_ffn, remove_decoder_layers, spaced_layers
+from slimkit.speech.recover import SpeechDistillConfig, recover
 from slimkit.speech.synth import SynthSettings, synthetic_set
 
 
@@ -76,15 +90,71 @@ def ct2_same_features(model, processor, data: SpeechSet, threads: int, encoder_c
     return texts, worst
 
 
+def total_ms(r) -> float:
+    """Features + encoder + decode time per utterance of a SetResult."""
+    return r.features_ms + r.encoder_ms + r.decode_ms
+
+
+def compression_rows(args, teacher, processor, sets):
+    """(label, model, trimmed) to evaluate, and one recovery line per training run (see the docstring, part 4)."""
+    n_train = args.train_utterances or (24 if args.quick else 1000)
+    train = synthetic_set(SynthSettings(split="train", utterances=n_train, seed=0))
+    n_val = min(args.val_utterances, len(sets[1]))
+    val = copy.copy(sets[1])
+    val.utterances = val.utterances[:n_val]  # per-epoch token accuracy only; nothing is selected on it
+
+    def student(decoder: int | None, ffn: float):
+        model = copy.deepcopy(teacher)
+        if decoder is not None:
+            remove_decoder_layers(model, spaced_layers(model.config.decoder_layers, decoder))
+        if ffn:
+            prune_encoder_ffn(model, ffn)
+        return model
+
+    def trained(label: str, decoder: int | None, ffn: float, loss: str):
+        model = student(decoder, ffn)
+        cfg = SpeechDistillConfig(loss=loss, minutes=args.kd_minutes, batch_size=args.batch_size, lr=args.lr)
+        report = recover(model, teacher, processor, train, val, cfg, args.threads)
+        last = report.history[-1].metrics.get("token_accuracy", float("nan")) if report.history else float("nan")
+        recoveries.append((label, report, last))
+        return model
+
+    recoveries: list = []
+    rows = [("decoder 4->2 (layers 0, 3), no recovery", student(2, 0.0), False)]
+    rows.append(("decoder 4->2, KD", trained("decoder 4->2, KD", 2, 0.0, "kd"), False))
+    rows.append(("decoder 4->2, CE only (same budget)", trained("decoder 4->2, CE only", 2, 0.0, "ce"), False))
+    for frac in [float(f) for f in args.ffn.split(",") if f.strip()]:
+        label = f"encoder FFN -{100 * frac:g}%, KD"
+        rows.append((label, trained(label, None, frac, "kd"), False))
+    if args.combo_ffn:
+        label = f"decoder 4->2 + encoder FFN -{100 * args.combo_ffn:g}%, KD"
+        combo = trained(label, 2, args.combo_ffn, "kd")
+        rows += [(label, combo, False), (label + ", trimmed input", combo, True)]
+    return rows, recoveries, len(train)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="20 synthesised utterances instead of 200")
+    ap.add_argument("--quick", action="store_true", help="smoke: 20 held-out synthesised utterances instead of 200, "
+                    "24 training utterances, 1 min per recovery run")
     ap.add_argument("--synth", type=int, default=None, help="held-out synthesised utterances (default 200, quick 20)")
     ap.add_argument("--trim-pad", type=float, default=10.0, help="seconds of padding after the audio when trimmed")
     ap.add_argument("--pads", default="", help="comma-separated extra paddings to try on the real set, e.g. 1,3,5")
     ap.add_argument("--threads", type=int, default=THREADS)
     ap.add_argument("--macs-utterances", type=int, default=8)
+    ap.add_argument("--skip-check", action="store_true", help="skip the converter check against CTranslate2 (parts 1, 3)")
+    ap.add_argument("--no-compress", action="store_true", help="skip the compression rows (part 4)")
+    ap.add_argument("--kd-minutes", type=float, default=None, help="time budget of each recovery run (default 30, "
+                    "quick 1)")
+    ap.add_argument("--train-utterances", type=int, default=None, help="synthesised training utterances "
+                    "(default 1000, quick 24)")
+    ap.add_argument("--val-utterances", type=int, default=50, help="held-out utterances for per-epoch token accuracy")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--ffn", default="0.25,0.5", help="encoder FFN fractions to remove, each recovered by KD")
+    ap.add_argument("--combo-ffn", type=float, default=0.25, help="encoder FFN fraction of the combined row (0: none)")
     args = ap.parse_args()
+    args.kd_minutes = args.kd_minutes or (1.0 if args.quick else 30.0)
     offline()
     load_start = os.getloadavg()
     n_synth = args.synth or (20 if args.quick else 200)
@@ -92,20 +162,26 @@ def main() -> None:
     model, processor = load_whisper("whisper-tiny.en")
     params = parameters(model)
 
-    rows, dense = [], {}
-    for trim in (False, True):
-        for data in sets:
-            r = evaluate(model, processor, data, trim, args.threads, args.macs_utterances, args.trim_pad)
-            rows.append((f"dense, {'audio + %g s' % args.trim_pad if trim else '30 s padded'} encoder input", r))
-            if not trim:
-                dense[data.name] = r
+    def measure(label: str, m, trim: bool, data_sets=sets, pad: float = args.trim_pad) -> None:
+        for data in data_sets:
+            rows.append((label, evaluate(m, processor, data, trim, args.threads, args.macs_utterances, pad),
+                         parameters(m)))
+
+    rows: list = []
+    measure("dense, 30 s padded encoder input", model, False)
+    dense = {r.name: r for _, r, _ in rows}
+    measure(f"dense, audio + {args.trim_pad:g} s encoder input", model, True)
     for pad in [float(p) for p in args.pads.split(",") if p.strip()]:
-        r = evaluate(model, processor, sets[0], True, args.threads, args.macs_utterances, pad)
-        rows.append((f"dense, audio + {pad:g} s encoder input", r))
+        measure(f"dense, audio + {pad:g} s encoder input", model, True, sets[:1], pad)
+    recoveries, n_train = [], 0
+    if not args.no_compress:
+        students, recoveries, n_train = compression_rows(args, model, processor, sets)
+        for label, student, trim in students:
+            measure(label, student, trim)
 
     torch.set_num_threads(args.threads)
     check, same_features, reference = [], [], []
-    for data in sets:
+    for data in sets if not args.skip_check else []:
         ours = [h.strip() for h in dense[data.name].hypotheses]
         texts, ms = faster_whisper_transcripts(data, args.threads)
         check.append((data.name, len(data), [(u.id, t, o) for u, t, o in zip(data.utterances, texts, ours) if t != o]))
@@ -117,16 +193,35 @@ def main() -> None:
     print(f"\nWhisper tiny.en ({params / 1e6:.1f} M parameters), {args.threads} threads, OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY', 'unset (OpenMP default)')}; load average at start "
           f"{load_start[0]:.1f}, at end {os.getloadavg()[0]:.1f} (other jobs on the machine add time)\n")
-    head = f"{'row':<36} {'set':<14} {'utts':>5} {'audio s':>7} {'WER %':>6} {'enc ms':>7} {'dec ms':>7} " \
-           f"{'RTF':>6} {'params':>8} {'GMACs/audio s':>13}"
+    width = max(36, *(len(label) for label, _, _ in rows))
+    head = f"{'row':<{width}} {'set':<14} {'utts':>5} {'audio s':>7} {'WER %':>6} {'enc ms':>7} {'dec ms':>7} " \
+           f"{'RTF':>6} {'params':>8} {'GMACs/audio s':>13} {'dec x':>6} {'total x':>7}"
     print(head + "\n" + "-" * len(head))
-    for label, r in rows:
-        print(f"{label:<36} {r.name:<14} {r.utterances:>5} {r.audio_s:>7.2f} {100 * r.wer:>6.2f} {r.encoder_ms:>7.0f} "
-              f"{r.decode_ms:>7.0f} {r.rtf:>6.3f} {params / 1e6:>7.1f}M {r.macs_per_audio_s / 1e9:>13.2f}")
+    for label, r, n_params in rows:
+        base = dense[r.name]
+        print(f"{label:<{width}} {r.name:<14} {r.utterances:>5} {r.audio_s:>7.2f} {100 * r.wer:>6.2f} "
+              f"{r.encoder_ms:>7.0f} {r.decode_ms:>7.0f} {r.rtf:>6.3f} {n_params / 1e6:>7.1f}M "
+              f"{r.macs_per_audio_s / 1e9:>13.2f} {base.decode_ms / r.decode_ms:>6.2f} {total_ms(base) / total_ms(r):>7.2f}")
     for name, wer, ms in reference:
-        print(f"{'faster-whisper (CT2 fp32), reference':<36} {name:<14} {'':>5} {'':>7} {100 * wer:>6.2f} "
+        print(f"{'faster-whisper (CT2 fp32), reference':<{width}} {name:<14} {'':>5} {'':>7} {100 * wer:>6.2f} "
               f"{'total ' + format(ms, '.0f') + ' ms/utt':>23}")
-    print(f"\nmethod: {protocol(args.threads, args.trim_pad)}")
+    print(f"\nmethod: {protocol(args.threads, args.trim_pad)}; dec x / total x = the dense 30 s padded row's decode / "
+          "(features + encoder + decode) time per utterance over this row's, same set, same process")
+    if recoveries:
+        print(f"\nrecovery on {n_train} synthesised training utterances (teacher pseudo-labels), budget "
+              f"{args.kd_minutes:g} min per run, batch {args.batch_size}, lr {args.lr:g}, AdamW, cosine to 0 over the "
+              f"budget; labels with WER > 0.1 against their sentence left out; KD = 1.0 * T^2 KL (T 2, teacher "
+              f"top-64) + 0.8 * CE; val = teacher-forced token accuracy on "
+              f"{min(args.val_utterances, len(sets[1]))} held-out synthesised utterances (reported, never selected on)")
+        for label, rep, acc in recoveries:
+            print(f"  {label:<{width}} steps {rep.steps:>5}  train {rep.train_seconds / 60:5.1f} min (ended by "
+                  f"{rep.ended_by or 'epochs'}, teacher cache {'reused' if rep.teacher_cache_reused else 'built'})  "
+                  f"labels kept {rep.labels_kept}  pseudo-labels {rep.label_seconds:6.0f} s  "
+                  f"inputs {rep.input_seconds:5.0f} s  encoder "
+                  f"{'frozen, states once' if rep.encoder_states_once else 'frozen' if rep.frozen_encoder else 'trained'}"
+                  f"  val token acc {acc:.3f}")
+    if not check:
+        return
     total = sum(n for _, n, _ in check)
     differing = sum(len(d) for _, _, d in check)
     verdict = "PASS" if differing * 20 <= total else "FAIL"

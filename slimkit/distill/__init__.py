@@ -3,7 +3,7 @@
 Public surface (what other slimkit stages and users call):
 - `Distiller(teacher, student, losses, config, checkpoint=, cache=, augment=, masks=, task=)` and
   `.fit(train, val)`, with data as in-memory tensors or any loader of tensor, tuple or dict batches;
-- tasks: `classification`, `sequence_logits` (with `ctc_loss`, `cer`), `causal_lm`, `embeddings`,
+- tasks: `classification`, `sequence_logits` (with `ctc_loss`, `cer`), `causal_lm`, `seq2seq`, `embeddings`,
   or a user's `Task` and `Metric`; `evaluate(model, data, task)`;
 - loss terms `Term` with helpers `kd`, `ce`, `cosine`, `hint`, `attention`, `hinton`, and the pure
   loss functions;
@@ -43,6 +43,7 @@ from slimkit.distill.tasks import (
     ctc_loss,
     embeddings,
     evaluate,
+    seq2seq,
     sequence_logits,
 )
 from slimkit.distill.trainer import teacher_logits, train_classifier
@@ -53,5 +54,5 @@ __all__ = [
     "cer", "classification", "compute_teacher_outputs", "cosine", "cosine_with_warmup", "ctc_loss", "describe",
     "embeddings", "evaluate", "hard_ce", "hidden_cosine", "hidden_mse", "hint", "hint_loss", "hinton", "hinton_kd_loss", "kd",
     "logit_mse", "open_cache", "resolve_module", "soft_target_kl", "soft_target_kl_topk", "teacher_logits",
-    "sequence_logits", "train_classifier",
+    "seq2seq", "sequence_logits", "train_classifier",
 ]

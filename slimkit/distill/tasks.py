@@ -227,6 +227,39 @@ def causal_lm() -> Task:
                 mask=attention_mask, supervised=next_token_ce)
 
 
+# -- encoder-decoder models under teacher forcing ------------------------------------------------
+def label_positions(_inputs: Any, labels: torch.Tensor) -> torch.Tensor:
+    """Decoder positions whose next token is a label (labels -100, prompt and padding, do not count)."""
+    return labels != -100
+
+
+def label_ce(view: torch.Tensor, labels: torch.Tensor, _mask: Any = None) -> torch.Tensor:
+    """Cross-entropy of the logits at every position against its label (-100 ignored): the labels
+    are already the next tokens, as in Hugging Face seq2seq batches."""
+    return F.cross_entropy(view.reshape(-1, view.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+
+
+def token_accuracy() -> Metric:
+    """Share of label positions where the teacher-forced argmax is the label (higher is better)."""
+    def batch(view: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+        keep = labels != -100
+        return int((view.argmax(-1)[keep] == labels[keep]).sum()), int(keep.sum())
+    return Metric("token_accuracy", batch)
+
+
+def seq2seq() -> Task:
+    """Hugging Face encoder-decoder models (e.g. Whisper) under teacher forcing.
+
+    Batches are dicts of the model's inputs (for Whisper "input_features" and "decoder_input_ids")
+    and "labels" (N, L): the token each decoder position must predict, -100 where nothing counts.
+    KD compares the teacher's and the student's token distributions at the label positions only;
+    "ce" is cross-entropy on the labels; validated by teacher-forced token accuracy. No KV cache
+    is built (use_cache=False): a training pass sees the whole target at once.
+    """
+    return Task("seq2seq", (token_accuracy(),), call=lambda m, x: m(**x, use_cache=False), mask=label_positions,
+                supervised=label_ce)
+
+
 # -- sentence embeddings -------------------------------------------------------------------------
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean of token states over real tokens (sentence-transformers' pooling)."""
@@ -306,6 +339,6 @@ def evaluate(model: nn.Module, data: Any, task: Task | None = None, teacher: nn.
 
 
 __all__ = ["Metric", "Task", "accuracy", "attention_mask", "call_model", "causal_lm", "cer", "class_cross_entropy",
-           "classification", "evaluate", "cosine_to_teacher", "ctc_loss", "embeddings", "lm_split", "macro_f1", "mean_pool",
-           "neighbour_agreement_metric", "next_token_ce", "output_logits", "perplexity", "ratio", "sequence_logits",
-           "split_batch", "trim_padding"]
+           "classification", "evaluate", "cosine_to_teacher", "ctc_loss", "embeddings", "label_ce", "label_positions",
+           "lm_split", "macro_f1", "mean_pool", "neighbour_agreement_metric", "next_token_ce", "output_logits",
+           "perplexity", "ratio", "seq2seq", "sequence_logits", "split_batch", "token_accuracy", "trim_padding"]

@@ -1,0 +1,126 @@
+"""Structured compression of Whisper that keeps a plain `WhisperForConditionalGeneration`.
+
+Two cuts, each leaving a model whose config describes it exactly, so `save_pretrained` writes a
+folder that `from_pretrained` rebuilds and `generate()` runs:
+
+- **decoder depth** (`remove_decoder_layers`, `spaced_layers`): drop whole decoder layers, as
+  distil-whisper does. Which layers stay: by default the maximally spaced ones (first and last for
+  2 of 4). Distil-whisper initialises its 2-layer students from the teacher's first and last
+  decoder layers: the first holds the token embedding's processing, the last feeds the shared
+  output projection, and both ends are what a student cannot learn back cheaply. Any other set is
+  a `keep=` away. The kept layers are renumbered (each attention's `layer_idx` indexes the KV
+  cache), `config.decoder_layers` follows, and the generation config's `alignment_heads` (pairs of
+  decoder layer and head used for word timestamps) keep only pairs of kept layers, renumbered.
+- **encoder FFN width** (`prune_encoder_ffn`, `ffn_neuron_scores`): remove the same number of
+  hidden neurons from every encoder layer's fc1/fc2 (a neuron is a row of fc1 and its bias, and the
+  matching column of fc2), because WhisperConfig has one `encoder_ffn_dim` for all layers. Removing
+  a neuron removes exactly its contribution to the layer's output (plus GELU(bias) times the fc2
+  column, which is small for low-scoring neurons; recovery trains it back). Neurons are ranked by
+  a pure magnitude score. Encoder attention heads are not cut here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from slimkit.errors import SlimkitError, check_sparsity
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder's layer list of a WhisperForConditionalGeneration (or WhisperModel)."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise SlimkitError(f"{type(model).__name__} is not a Whisper model with decoder.layers")
+    return layers
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    encoder = model.get_encoder() if hasattr(model, "get_encoder") else None
+    layers = getattr(encoder, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise SlimkitError(f"{type(model).__name__} is not a Whisper model with encoder.layers")
+    return layers
+
+
+def spaced_layers(n_layers: int, n_keep: int) -> list[int]:
+    """`n_keep` of `n_layers` indices spread as evenly as possible, first and last always included
+    (distil-whisper's choice: 2 of 4 -> [0, 3]; 1 keeps the first)."""
+    if not 1 <= n_keep <= n_layers:
+        raise SlimkitError(f"can keep between 1 and {n_layers} decoder layers, asked for {n_keep}")
+    if n_keep == 1:
+        return [0]
+    return sorted({round(i * (n_layers - 1) / (n_keep - 1)) for i in range(n_keep)})
+
+
+def check_keep(keep: Sequence[int], n_layers: int) -> list[int]:
+    """`keep` as a sorted list of distinct, valid decoder layer indices; one SlimkitError line if not."""
+    keep = list(keep)
+    if not keep or len(set(keep)) != len(keep) or any(not 0 <= i < n_layers for i in keep):
+        raise SlimkitError(f"decoder layers to keep must be distinct indices in [0, {n_layers}), at least one; "
+                           f"got {keep}")
+    return sorted(keep)
+
+
+def remove_decoder_layers(model: nn.Module, keep: Sequence[int]) -> nn.Module:
+    """Keep only decoder layers `keep` (in order), in place; config and generation config follow."""
+    layers = decoder_layers(model)
+    keep = check_keep(keep, len(layers))
+    kept = nn.ModuleList([layers[i] for i in keep])
+    for new, layer in enumerate(kept):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new
+    model.get_decoder().layers = kept
+    model.config.decoder_layers = len(keep)
+    gen = getattr(model, "generation_config", None)
+    heads = getattr(gen, "alignment_heads", None)
+    if heads:
+        where = {old: new for new, old in enumerate(keep)}
+        gen.alignment_heads = [[where[layer], head] for layer, head in heads if layer in where]
+    return model
+
+
+def ffn_neuron_scores(fc1: nn.Linear, fc2: nn.Linear) -> torch.Tensor:
+    """Per hidden neuron: ||fc1 row|| * ||fc2 column||, a bound on how much the neuron can move the
+    layer's output for an input of unit norm (before the GELU's own scaling)."""
+    return fc1.weight.detach().float().norm(dim=1) * fc2.weight.detach().float().norm(dim=0)
+
+
+def _slice_linear(layer: nn.Linear, idx: torch.Tensor, dim: int) -> nn.Linear:
+    """A new Linear keeping output rows (dim 0) or input columns (dim 1) `idx`."""
+    weight = layer.weight.detach().index_select(dim, idx).clone()
+    out_f, in_f = weight.shape
+    new = nn.Linear(in_f, out_f, bias=layer.bias is not None, device=weight.device, dtype=weight.dtype)
+    new.weight.data.copy_(weight)
+    if layer.bias is not None:
+        new.bias.data.copy_(layer.bias.detach() if dim == 1 else layer.bias.detach()[idx])
+    return new
+
+
+def prune_encoder_ffn(model: nn.Module, fraction: float) -> list[list[int]]:
+    """Remove round(fraction * encoder_ffn_dim) neurons with the lowest `ffn_neuron_scores` from
+    every encoder layer, in place; returns the kept neuron indices per layer."""
+    check_sparsity(fraction, "encoder FFN fraction")
+    layers = encoder_layers(model)
+    dim = layers[0].fc1.out_features
+    n_keep = dim - round(fraction * dim)
+    if n_keep < 1:
+        raise SlimkitError(f"removing {fraction:g} of {dim} FFN neurons leaves none; remove less")
+    kept = []
+    for layer in layers:
+        if layer.fc1.out_features != dim:
+            raise SlimkitError("encoder layers differ in FFN width; WhisperConfig needs one encoder_ffn_dim")
+        idx = ffn_neuron_scores(layer.fc1, layer.fc2).topk(n_keep).indices.sort().values
+        layer.fc1 = _slice_linear(layer.fc1, idx, 0)
+        layer.fc2 = _slice_linear(layer.fc2, idx, 1)
+        kept.append(idx.tolist())
+    model.config.encoder_ffn_dim = n_keep
+    return kept
+
+
+__all__ = ["check_keep", "decoder_layers", "encoder_layers", "ffn_neuron_scores", "prune_encoder_ffn",
+           "remove_decoder_layers", "spaced_layers"]
