@@ -341,3 +341,37 @@ def test_hugging_face_model_compressed_to_a_folder_that_reloads(tmp_path):
         assert torch.allclose(plain(x[:8]).logits, expected, atol=1e-5)
     _, method = deciding_timer(model, x[:1])
     assert "fresh processes" in method and "Hugging Face folders" in method
+
+
+FOREIGN_FACTORY = '''
+import torch
+from torch import nn
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+def no_builder():
+    return {"model": build()}
+'''
+
+
+def test_cli_factory_of_a_bare_model_is_its_builder(tmp_path, monkeypatch):
+    from slimkit.cli.main import app
+    from slimkit.io import import_builder, load_model
+
+    (tmp_path / "foreign_factory_mod.py").write_text(FOREIGN_FACTORY)
+    monkeypatch.chdir(tmp_path)
+    args = ["--data", "digits", "--target", "macs=2x", "--floor", "0", "--search-steps", "2", "--recover-steps", "2",
+            "--batch-size", "64", "--train-n", "128", "--keep-slower"]
+    res = CliRunner().invoke(app, ["compress", "foreign_factory_mod:no_builder", "--out", "refused", *args])
+    assert res.exit_code == 2 and "pass builder=" in res.output and not (tmp_path / "refused").exists()
+    res = CliRunner().invoke(app, ["compress", "foreign_factory_mod:build", "--out", "run", *args])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["rebuild"]["builder"] == "foreign_factory_mod:build"
+    assert "fresh processes" in report["timing"] and "foreign_factory_mod:build" in report["timing"]
+    model = load_model(tmp_path / "run" / "model.safetensors", builder=import_builder("foreign_factory_mod:build"))
+    assert model[0].out_channels < 16  # the cut model, rebuilt from the factory's dense one
