@@ -68,8 +68,6 @@ def fashion_part(name: str, b: dict, a) -> dict:
 
 
 def crnn_part(b: dict, a) -> dict:
-    from tests.crnn import CRNN
-
     from slimkit.data.rendered_text import text_recognition_data
     from slimkit.distill import (
         Distiller,
@@ -79,6 +77,7 @@ def crnn_part(b: dict, a) -> dict:
         ctc_loss,
         sequence_logits,
     )
+    from tests.crnn import CRNN
 
     n = 256 if a.quick else 2000
     sets = text_recognition_data(n_train=n, n_val=n // 8, n_test=n // 8, seed=a.seed)
