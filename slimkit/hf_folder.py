@@ -39,6 +39,15 @@ NOTE_KEY = "slimkit_note"
 NOTE = "per-layer widths differ from this config; load with slimkit.hf_folder.load_hf(folder)"
 
 
+def is_hf(model: Any) -> bool:
+    """A transformers PreTrainedModel; transformers is not imported when nothing has imported it
+    (then no model can be one)."""
+    import sys
+
+    tf = sys.modules.get("transformers")
+    return tf is not None and isinstance(model, tf.PreTrainedModel)
+
+
 def _check_hf(model: Any) -> None:
     from transformers import PreTrainedModel
 

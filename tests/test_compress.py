@@ -256,3 +256,122 @@ def test_cli_compress_from_a_factory(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert "fresh processes" in report["timing"]  # a slimkit model is timed by the deciding timer
     assert report["result"]["speedup"] == pytest.approx(report["dense"]["ms"] / report["result"]["ms"])
+
+
+# -- models slimkit did not write: saved so they reload, kept parts named -------------------------
+def test_a_model_that_cannot_be_rebuilt_is_refused_before_work(data, tmp_path, monkeypatch):
+    train, val, test = data
+    monkeypatch.setattr(run_mod, "calibration_inputs", lambda *a, **k: pytest.fail("work started"))
+    foreign = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                  torch.nn.Linear(288, 10))
+    with pytest.raises(SlimkitError, match="pass builder="):
+        slimkit.compress(foreign, train, val, test, target="macs=2x", out=tmp_path / "run", timer=macs_timer(val.x[:1]),
+                         timing_method="t", **TINY)
+    with pytest.raises(SlimkitError, match="does not build this"):  # a builder of another shape
+        slimkit.compress(tiny_resnet(), train, val, test, target="macs=2x", out=tmp_path / "run",
+                         builder=(ResNetCifar, {"depth": 8, "width": 8, "num_classes": 10, "in_channels": 1,
+                                                "input_size": 8}), timer=macs_timer(val.x[:1]), timing_method="t",
+                         **TINY)
+    assert not list(tmp_path.iterdir())
+
+
+def test_crnn_conv_cut_lstm_kept_named_and_reloaded(tmp_path):
+    from slimkit.data import text_recognition_data
+    from slimkit.distill import cer, ctc_loss, sequence_logits
+    from slimkit.io import load_model
+    from tests.crnn import CRNN
+
+    words = text_recognition_data(n_train=64, n_val=16, n_test=16, seed=0)
+    kwargs = {"width": 16, "hidden": 16, "classes": 27}
+    torch.manual_seed(0)
+    dense = CRNN(**kwargs).eval()
+    x = words["val"].tensors()[0][:4]
+    out = tmp_path / "run"
+    # no recovery steps: every weight the cut keeps must be the dense model's own
+    result = slimkit.compress(dense, words["train"].tensors(), words["val"].tensors(), words["test"].tensors(),
+                              task=sequence_logits(cer(), supervised=ctc_loss()), target="macs=1.5x",
+                              floor=lambda d: 100.0, out=out, builder=(CRNN, kwargs), timer=macs_timer(x[:1]),
+                              timing_method="MACs as ms (test)", search_steps=0, recover_steps=0, batch_size=16,
+                              calib_batches=2, progress=False)
+    cut = result.model
+    assert cut.conv[4].out_channels < dense.conv[4].out_channels  # the conv backbone is cut
+    for name in ("weight_hh_l0", "weight_hh_l0_reverse", "bias_ih_l0", "bias_hh_l0_reverse"):
+        assert torch.equal(getattr(cut.rnn, name), getattr(dense.rnn, name))  # the LSTM is kept
+    cols_dense = {tuple(c.tolist()) for c in dense.rnn.weight_ih_l0.detach().T}
+    assert all(tuple(c.tolist()) in cols_dense for c in cut.rnn.weight_ih_l0.detach().T)  # its inputs follow the cut
+    assert cut.rnn.weight_ih_l0.shape[1] < dense.rnn.weight_ih_l0.shape[1]
+    report = json.loads((out / "report.json").read_text())
+    assert "rnn" in report["kept_intact"]["modules"] and report["metric"] == "cer"
+    assert report["higher_is_better"] is False and report["rebuild"]["builder"] == "tests.crnn:CRNN"
+    assert "| rnn |" in (out / "report.md").read_text()
+    assert report["saved"]["path"] == "model.safetensors"
+    reloaded = load_model(out / "model.safetensors", builder=CRNN).eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(x), cut.eval()(x), atol=1e-5)
+    _, method = deciding_timer(dense, x[:1], plan=slimkit.compression.plan_rebuild(dense, (CRNN, kwargs)))
+    assert "fresh processes" in method and "tests.crnn:CRNN" in method
+    _, method = deciding_timer(dense, x[:1], plan=slimkit.compression.plan_rebuild(dense, lambda: CRNN(**kwargs)))
+    assert method.startswith("in this process") and "package.module:callable" in method
+
+
+def test_hugging_face_model_compressed_to_a_folder_that_reloads(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from slimkit.data.arrays import Split
+    from slimkit.hf_folder import load_hf
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=4, intermediate_size=64, num_labels=3)
+    model = ViTForImageClassification(config).eval()
+    x, y = torch.randn(96, 3, 16, 16), torch.randint(0, 3, (96,))
+    train, val, test = Split(x[:64], y[:64]), Split(x[64:80], y[64:80]), Split(x[80:], y[80:])
+    out = tmp_path / "run"
+    result = slimkit.compress(model, train, val, test, target="macs=1.3x", floor=0.0, out=out,
+                              timer=macs_timer(x[:1]), timing_method="MACs as ms (test)", **TINY)
+    assert result.model.config.intermediate_size < 64  # the FFN was cut
+    report = json.loads((out / "report.json").read_text())
+    assert report["saved"]["path"] == "model" and report["rebuild"]["kind"] == "hf"
+    assert "vit.embeddings" in report["kept_intact"]["modules"]
+    with torch.no_grad():
+        expected = result.model.eval()(x[:8]).logits
+        assert torch.allclose(load_hf(out / "model")(x[:8]).logits, expected, atol=1e-5)
+        # a uniform FFN cut: the config carries the widths, so plain from_pretrained rebuilds it
+        plain = ViTForImageClassification.from_pretrained(out / "model", local_files_only=True).eval()
+        assert torch.allclose(plain(x[:8]).logits, expected, atol=1e-5)
+    _, method = deciding_timer(model, x[:1])
+    assert "fresh processes" in method and "Hugging Face folders" in method
+
+
+FOREIGN_FACTORY = '''
+import torch
+from torch import nn
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+def no_builder():
+    return {"model": build()}
+'''
+
+
+def test_cli_factory_of_a_bare_model_is_its_builder(tmp_path, monkeypatch):
+    from slimkit.cli.main import app
+    from slimkit.io import import_builder, load_model
+
+    (tmp_path / "foreign_factory_mod.py").write_text(FOREIGN_FACTORY)
+    monkeypatch.chdir(tmp_path)
+    args = ["--data", "digits", "--target", "macs=2x", "--floor", "0", "--search-steps", "2", "--recover-steps", "2",
+            "--batch-size", "64", "--train-n", "128", "--keep-slower"]
+    res = CliRunner().invoke(app, ["compress", "foreign_factory_mod:no_builder", "--out", "refused", *args])
+    assert res.exit_code == 2 and "pass builder=" in res.output and not (tmp_path / "refused").exists()
+    res = CliRunner().invoke(app, ["compress", "foreign_factory_mod:build", "--out", "run", *args])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["rebuild"]["builder"] == "foreign_factory_mod:build"
+    assert "fresh processes" in report["timing"] and "foreign_factory_mod:build" in report["timing"]
+    model = load_model(tmp_path / "run" / "model.safetensors", builder=import_builder("foreign_factory_mod:build"))
+    assert model[0].out_channels < 16  # the cut model, rebuilt from the factory's dense one

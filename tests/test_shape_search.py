@@ -122,3 +122,20 @@ def test_not_slower_times_models_without_config_in_process() -> None:
     small, big = torch.nn.Conv2d(1, 4, 3), torch.nn.Sequential(*[torch.nn.Conv2d(1, 1, 3, padding=1)] * 40)
     kept, info = not_slower(small, big, X[:1], rounds=10)
     assert kept is small and "in this process" in info["method"]
+
+
+def test_not_slower_times_a_foreign_model_in_fresh_processes_with_its_builder() -> None:
+    from slimkit.prune.latency_cost import not_slower
+    from slimkit.prune.structured import prune_structured
+    from tests.crnn import CRNN
+
+    torch.manual_seed(0)
+    dense = CRNN().eval()
+    x = torch.randn(1, 1, 16, 64)
+    cut = prune_structured(dense, x, 0.5).model.eval()
+    assert cut.conv[0].out_channels < dense.conv[0].out_channels
+    _, info = not_slower(dense, cut, x, rounds=5, passes=1, builder="tests.crnn:CRNN")
+    assert "fresh processes" in info["method"] and "builder tests.crnn:CRNN" in info["method"]
+    assert info["dense_ms"] > 0 and info["pruned_ms"] > 0
+    with pytest.raises(SlimkitError, match="has no 'NoSuchBuilder'"):
+        not_slower(dense, cut, x, rounds=5, passes=1, builder="tests.crnn:NoSuchBuilder")

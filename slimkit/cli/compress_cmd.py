@@ -18,7 +18,8 @@ from slimkit.errors import SlimkitError, check_count
 def compress(
     model: str = typer.Argument(..., help="a slimkit .safetensors checkpoint, a Hugging Face folder (config.json) "
                                           "with --task, or package.module:factory (a callable returning the model, "
-                                          "or a dict with 'model' and optionally 'task', 'data')"),
+                                          "or a dict with 'model' and optionally 'task', 'data', "
+                                          "'builder')"),
     data: str | None = typer.Option(None, help="fashion-mnist, digits, an .npz (x, y), an image folder (one "
                                                   "sub-folder per class), a text file or 'sentences' (embeddings); "
                                                   "default: the factory's data, else fashion-mnist"),
@@ -97,7 +98,7 @@ def compress(
                           example=source.example, out=out, seed=seed, cutter=cutter, overwrite=overwrite,
                           search_steps=search_steps, recover_steps=recover_steps, batch_size=batch_size,
                           keep_slower=keep_slower, inputs=tuple(inputs), command="slimkit compress",
-                          export_onnx=export == "onnx", **overrides)
+                          export_onnx=export == "onnx", builder=source.builder, **overrides)
     r, m = result.report["result"], result.report["metric"]
     test = f", test {m} {r['test'][m]:.4f}" if r["test"] else ""
     typer.echo(f"wrote {out}: {r['speedup']:.2f}x faster ({r['ms']:.3f} vs {result.report['dense']['ms']:.3f} ms), "

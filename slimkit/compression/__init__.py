@@ -14,7 +14,8 @@ from slimkit.compression.cutters import (
     StructuredCutter,
     deciding_timer,
 )
-from slimkit.compression.report import save_compressed, to_markdown, write_result
+from slimkit.compression.rebuild import Rebuild, plan_rebuild, save_compressed
+from slimkit.compression.report import to_markdown, write_result
 from slimkit.compression.run import CompressResult, NotFasterError, compress
 from slimkit.compression.search import Candidate
 from slimkit.compression.settings import (
@@ -25,6 +26,6 @@ from slimkit.compression.settings import (
     parse_target,
 )
 
-__all__ = ["Candidate", "CompressResult", "CompressSettings", "Cutter", "EncoderCutter", "Floor", "NotFasterError",
-           "StructuredCutter", "Target", "compress", "deciding_timer", "parse_floor", "parse_target",
+__all__ = ["Candidate", "CompressResult", "CompressSettings", "Cutter", "EncoderCutter", "Floor", "NotFasterError", "Rebuild",
+           "StructuredCutter", "Target", "compress", "deciding_timer", "parse_floor", "parse_target", "plan_rebuild",
            "save_compressed", "to_markdown", "write_result"]

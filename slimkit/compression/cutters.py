@@ -10,9 +10,10 @@ only combines them. Two exist:
   FFN neurons by activation-aware importance with least-squares reconstruction, and the last
   layers as blocks. It needs the tokenizer and calibration sentences.
 
-Timing: `deciding_timer` is the fresh-process timer (slimkit.measure.fresh) when every model can
-be rebuilt in a child process from its checkpoint, else the in-process interleaved timer; either
-way the method is returned in words, for the report.
+Timing: `deciding_timer` is the fresh-process timer (slimkit.measure.fresh) when a child process
+can rebuild the models (slimkit.compression.rebuild: slimkit's own, Hugging Face folders, or the
+user's builder named "package.module:callable"), else the in-process interleaved timer; either way
+the method is returned in words, for the report.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
 from slimkit.errors import SlimkitError
+
+if TYPE_CHECKING:
+    from slimkit.compression.rebuild import Rebuild
 
 Timer = Callable[[list[nn.Module]], list[float]]  # ms per model, all timed alike in one run
 
@@ -48,6 +52,9 @@ class Cutter(Protocol):
             exact: bool = True) -> tuple[nn.Module, dict[str, list[int]]]:
         """A copy with `ratio` of the channels removed; per group [kept, of] widths. With
         exact=False only the shapes matter (a cost bisection): the cutter may skip weight work."""
+
+    def intact(self, model: nn.Module) -> dict[str, dict[str, str]]:
+        """What this cutter leaves whole in `model`, with the reason: {"modules": ..., "groups": ...}."""
 
 
 @dataclass
@@ -84,6 +91,14 @@ class StructuredCutter:
         pruned = recalibrate_bn(res.model, calib) if ratio > 0 and exact else res.model
         return pruned.eval(), {g: [k, n] for g, (k, n) in res.kept.items()}
 
+    def intact(self, model: nn.Module) -> dict[str, dict[str, str]]:
+        """The modules the structured pruner keeps whole (an LSTM, an ignored layer...) and the channel
+        groups held whole because they are coupled to one, each with the reason."""
+        from slimkit.prune.structured import build_graph
+
+        graph = build_graph(copy.deepcopy(model), self.example[:1], self.ignored)
+        return {"modules": dict(graph.kept_intact), "groups": dict(graph.held)}
+
 
 @dataclass
 class EncoderCutter:
@@ -100,6 +115,10 @@ class EncoderCutter:
         """Later layers first: slimkit.llm drops layers from the top, so the rank follows depth."""
         names = self.blocks(model)
         return {n: float(i + 1) / len(names) for i, n in enumerate(reversed(names))}
+
+    def intact(self, model: nn.Module) -> dict[str, dict[str, str]]:
+        why = "the encoder cutter removes FFN neurons and whole layers only"
+        return {"modules": {"embeddings": why, "encoder.layer.*.attention": why}, "groups": {}}
 
     def remove(self, model: nn.Module, names: list[str]) -> nn.Module:
         m = copy.deepcopy(model)
@@ -134,38 +153,42 @@ def is_encoder(model: nn.Module) -> bool:
 
 
 # -- timing --------------------------------------------------------------------------------------
-def can_time_fresh(model: nn.Module, example: Any) -> bool:
-    """Whether a child process can rebuild `model` from a slimkit checkpoint and feed it `example`."""
-    from slimkit.measure.fresh import rebuildable
-
-    return isinstance(example, torch.Tensor) and rebuildable(model)
+def can_time_fresh(plan: Rebuild, example: Any) -> bool:
+    """Whether a child process can rebuild the model (slimkit's own, "hf", or a builder it can import
+    by name) and feed it `example`."""
+    return isinstance(example, torch.Tensor) and plan.fresh
 
 
 def deciding_timer(model: nn.Module, example: Any, threads: int = 2, rounds: int = 60,
-                   passes: int = 3) -> tuple[Timer, str]:
+                   passes: int = 3, plan: Rebuild | None = None) -> tuple[Timer, str]:
     """The timer that decides whether a cut pays, and its method in words.
 
-    Fresh processes loading saved checkpoints (with OpenMP spinning) when the model can be rebuilt
-    there; otherwise this process, interleaved, fastest of `rounds` warm bursts, and the method
-    says why. The in-process timer is the quick one: a process that has trained runs the same
-    model measurably slower than a new one, by an amount that varies (slimkit.measure.fresh).
+    Fresh processes loading saved checkpoints (with OpenMP spinning) when the child can rebuild the
+    model (`plan`, default: what slimkit.compression.rebuild.plan_rebuild says without a builder);
+    otherwise this process, interleaved, fastest of `rounds` warm bursts, and the method says why.
+    The in-process timer is the quick one: a process that has trained runs the same model
+    measurably slower than a new one, by an amount that varies (slimkit.measure.fresh).
     """
+    from slimkit.compression.rebuild import plan_rebuild
     from slimkit.measure import measure_latency_interleaved
     from slimkit.measure.fresh import describe, time_in_fresh_processes
 
+    plan = plan or plan_rebuild(model)
     one = _batch_one(example)
-    if can_time_fresh(model, example):
+    if can_time_fresh(plan, example):
         def fresh(models: list[nn.Module]) -> list[float]:
-            times = time_in_fresh_processes(models, one, ["nchw"], rounds, threads, fold=True, passes=passes, log=False)
+            times = time_in_fresh_processes(models, one, ["nchw"], rounds, threads, fold=True, passes=passes,
+                                            log=False, builder=plan.spec, kwargs=plan.kwargs)
             return [t["nchw"] for t in times]
-        return fresh, describe(rounds, threads, True, passes, 1) + ", NCHW"
+        rebuilt = {"hf": "Hugging Face folders", "slimkit": "slimkit checkpoints"}.get(
+            plan.kind, f"checkpoints rebuilt with builder {plan.spec}")
+        return fresh, describe(rounds, threads, True, passes, 1) + f", NCHW, {rebuilt}"
 
     def here(models: list[nn.Module]) -> list[float]:
         res = measure_latency_interleaved([copy.deepcopy(m).eval() for m in models], one, runs=rounds, warmup=5,
                                           threads=threads, stat="min")
         return [r.ms for r in res]
-    why = ("the model cannot be rebuilt in a child process (it has no config())" if isinstance(example, torch.Tensor)
-           else "its inputs are not a single tensor")
+    why = plan.why_not_fresh if isinstance(example, torch.Tensor) else "its inputs are not a single tensor"
     return here, (f"in this process, because {why}: alternating {rounds} rounds x 4 warm calls per model, fastest "
                   f"round, {threads} threads, batch 1, BatchNorm not folded; less trustworthy than fresh processes")
 

@@ -13,37 +13,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
 if TYPE_CHECKING:
+    from slimkit.compression.rebuild import Rebuild
     from slimkit.compression.run import CompressResult
-
-MODEL_FILE = "model.safetensors"
-HF_FOLDER = "model"
-
-
-def save_compressed(model: nn.Module, folder: Path) -> dict:
-    """Save the model in the form it can be reloaded from; returns {"path", "format", "reload"}.
-
-    slimkit models (config()) as a pruned slimkit checkpoint; Hugging Face models as a
-    save_pretrained folder (their config carries the new widths); any other module as safetensors
-    weights with every tensor's shape in the header, which the model's own builder reloads.
-    """
-    if callable(getattr(model, "config", None)):
-        from slimkit.io import save_model
-
-        save_model(model, folder / MODEL_FILE)
-        return {"path": MODEL_FILE, "format": "slimkit checkpoint", "reload": "slimkit.io.load_model(path)"}
-    if hasattr(model, "save_pretrained"):
-        model.save_pretrained(folder / HF_FOLDER)
-        return {"path": HF_FOLDER, "format": "Hugging Face folder", "reload": "AutoModel.from_pretrained(path)"}
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    shapes = {k: list(v.shape) for k, v in tensors.items()}
-    save_file(tensors, str(folder / MODEL_FILE), metadata={"slimkit_shapes": json.dumps(shapes)})
-    return {"path": MODEL_FILE, "format": "safetensors weights with shapes",
-            "reload": "build the model, resize its layers to the recorded shapes, load_state_dict"}
 
 
 def _fmt(v: Any) -> str:
@@ -84,6 +56,11 @@ def to_markdown(report: dict) -> str:
     chosen = report["candidates"][report["chosen"]]
     lines += ["", "## Kept widths of the chosen mix", "", "| group | kept | of |", "|---|---|---|"]
     lines += [f"| {g} | {k} | {n} |" for g, (k, n) in chosen["kept"].items()]
+    intact = report.get("kept_intact") or {}
+    if intact.get("modules") or intact.get("groups"):
+        lines += ["", "## Kept intact", "", "| module or channel group | why |", "|---|---|"]
+        lines += [f"| {n} | {why} |" for n, why in intact.get("modules", {}).items()]
+        lines += [f"| {n} (channels) | {why} |" for n, why in intact.get("groups", {}).items()]
     if report.get("saved"):
         s = report["saved"]
         lines += ["", f"Saved: `{s['path']}` ({s['format']}); reload: {s['reload']}."]
@@ -125,13 +102,14 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_result(out: str | Path, result: CompressResult, example: Any, overwrite: bool = False,
+def write_result(out: str | Path, result: CompressResult, example: Any, plan: Rebuild, overwrite: bool = False,
                  inputs: tuple = (), command: str = "slimkit compress", onnx: bool = False) -> Path:
-    """Model + report.json + report.md + candidates.png (+ model.onnx) into `out`, atomically."""
+    """Model (saved as `plan` says) + report.json + report.md + candidates.png (+ model.onnx) into `out`, atomically."""
+    from slimkit.compression.rebuild import save_compressed
     from slimkit.outputs import output_folder
 
     with output_folder(out, overwrite=overwrite, inputs=inputs, command=command) as stage:
-        result.report["saved"] = save_compressed(result.model, stage)
+        result.report["saved"] = save_compressed(result.model, stage, plan)
         if onnx:
             from slimkit.export import export_onnx
 

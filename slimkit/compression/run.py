@@ -10,7 +10,9 @@ Steps, in order (each shows progress):
 5. evaluate it, and the dense model, on the test split once;
 6. time it against the dense model with the deciding timer, in one run: a result not measured
    faster is refused (`NotFasterError`), or with `keep_slower` returned flagged `faster=False`;
-7. with `out`, save the model and the report (report.py) through slimkit's output rules.
+7. with `out`, save the model (rebuild.py: a Hugging Face folder, or a checkpoint that reloads with
+   the dense builder) and the report (report.py, naming what was kept intact and why) through
+   slimkit's output rules.
 
 Everything random is seeded from `seed`: the same seed and data give the same structure and
 weights, provided the timer measures the same order of speeds (a timer is injectable for that;
@@ -38,6 +40,7 @@ from slimkit.compression.cutters import (
     deciding_timer,
     is_encoder,
 )
+from slimkit.compression.rebuild import check_rebuild, plan_rebuild
 from slimkit.compression.search import Candidate, check_reachable, params_of, search
 from slimkit.compression.settings import (
     CompressSettings,
@@ -135,7 +138,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
              seed: int = 0, settings: CompressSettings | None = None, cutter: Cutter | None = None,
              timer: Timer | None = None, timing_method: str | None = None, overwrite: bool = False,
              progress: bool = True, command: str = "slimkit.compress()", inputs: tuple = (), export_onnx: bool = False,
-             **overrides) -> CompressResult:
+             builder: Any = None, **overrides) -> CompressResult:
     """Compress `model` to `target` keeping the validation metric of `task` above `floor`; see the module docstring.
 
     Data are what the engine takes (slimkit.distill.train_data): a Split, tensors, a DataLoader, a
@@ -144,6 +147,10 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     the model is cut (default: slimkit's structured pruner); `timer` times a list of models alike
     (default: the deciding timer, `timing_method` then says how an injected one measures).
     `export_onnx` also writes model.onnx to `out` (slimkit.export, checked in ONNX Runtime).
+    `builder` builds the dense model (a callable, (callable, kwargs) or "package.module:callable"):
+    it is how a model that is neither slimkit's nor a Hugging Face one is saved, reloaded
+    (slimkit.io.load_model(path, builder=...)) and timed in fresh processes (rebuild.py); with
+    `out`, such a model without one is refused before any work.
     Further keyword arguments are CompressSettings fields.
     """
     t0 = time.time()
@@ -155,6 +162,9 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
         check_output_folder(out, overwrite, inputs)
     if timer is not None and not timing_method:
         raise SlimkitError("an injected timer needs timing_method= saying how it measures (it goes in the report)")
+    plan = plan_rebuild(model, builder if builder is not None else s.builder)
+    if out is not None:
+        check_rebuild(model, plan)
     task = task or classification()
     metric = task.metric
     if metric is None:
@@ -172,7 +182,9 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
         cutter = StructuredCutter(example, s.importance)
     check_cuttable(cutter, model, calib)
     if timer is None:
-        timer, timing_method = deciding_timer(model, example, s.threads, s.timing_rounds, s.timing_passes)
+        timer, timing_method = deciding_timer(model, example, s.threads, s.timing_rounds, s.timing_passes, plan)
+    intact_of = getattr(cutter, "intact", None)
+    kept_intact = intact_of(model) if intact_of is not None else {"modules": {}, "groups": {}}
 
     dense_val = _score(model, val, task, model, s.batch_size)
     floor_value = flr.value(dense_val, metric.name, metric.higher_is_better)
@@ -223,7 +235,8 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     report = {
         "task": task.name, "metric": metric.name, "higher_is_better": metric.higher_is_better,
         "target": tgt.text, "floor": flr.text, "floor_value": floor_value, "timing": timing_method,
-        "cutter": cutter.name, "settings": s.model_dump(mode="json"),
+        "rebuild": {"kind": plan.kind, "builder": plan.spec, "kwargs": plan.kwargs or {}},
+        "cutter": cutter.name, "kept_intact": kept_intact, "settings": s.model_dump(mode="json"),
         "dense": {"macs": dense_macs, "params": dense_params, "ms": dense_ms, "ms_search": found.dense_ms,
                   "val": dense_val, "test": dense_test},
         "block_ranking": found.block_ranking,
@@ -247,7 +260,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     if out is not None:
         from slimkit.compression.report import write_result
 
-        result.out = write_result(out, result, example, overwrite=overwrite, inputs=inputs, command=command,
+        result.out = write_result(out, result, example, plan, overwrite=overwrite, inputs=inputs, command=command,
                                   onnx=export_onnx)
         report["wall_seconds"] = time.time() - t0
     stages.update(1)

@@ -143,6 +143,9 @@ class CompressSettings(BaseModel):
     threads: int = Field(2, ge=1, description="torch threads for batch-1 timing")
     timing_rounds: int = Field(60, ge=1, description="alternating rounds of batch-1 timing")
     timing_passes: int = Field(3, ge=1, description="fresh timing processes (the fastest counts)")
+    builder: str | None = Field(None, description="package.module:callable building the dense model, for models "
+                                                  "that are neither slimkit's nor Hugging Face ones (save, reload, "
+                                                  "fresh-process timing)")
     keep_slower: bool = Field(False, description="return (flagged) a result measured no faster instead of refusing")
 
     @field_validator("target")

@@ -6,7 +6,10 @@ MODEL is one of:
 - `package.module:factory`, a Python callable the user names on the command line (never read from
   a file). The current folder is searched first, as for `python -m`. It returns the model, or a
   dict with "model" and optionally "task" (a Task), "data" (a Dataset or a dict with train, val,
-  test), "example" and "cutter".
+  test), "example", "cutter" and "builder" (what builds the dense model: a callable, (callable,
+  kwargs) or "package.module:callable"). A factory that returns the bare model is itself the
+  builder; one that returns a dict and a model that is neither slimkit's nor a Hugging Face one
+  must name "builder", or compress refuses it (it could not be reloaded once saved).
 
 Data is a built-in (fashion-mnist, digits), an .npz with x and y, an image folder (one sub-folder
 per class, read with Pillow), a text file of sentences (embeddings), or what the factory returns.
@@ -42,6 +45,7 @@ class Source:
     data: dict | None = None  # {"train", "val", "test"}
     example: Any = None
     cutter: Any = None
+    builder: Any = None  # what builds the dense model (slimkit.compression.rebuild)
     extras: dict = field(default_factory=dict)  # e.g. a tokenizer
 
 
@@ -101,7 +105,8 @@ def load_factory(spec: str) -> Source:
     data = parts.get("data")
     if data is not None and not isinstance(data, dict):
         data = {"train": data.train, "val": data.val, "test": data.test}
-    return Source(model, "factory", parts.get("task"), data, parts.get("example"), parts.get("cutter"))
+    builder = parts.get("builder") if isinstance(out, dict) else spec  # a bare model: the factory builds it
+    return Source(model, "factory", parts.get("task"), data, parts.get("example"), parts.get("cutter"), builder)
 
 
 def resolve_model(spec: str, task: str | None) -> Source:
