@@ -29,21 +29,21 @@ from torch import nn
 from slimkit.errors import SlimkitError, check_sparsity
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder's layer list of a WhisperForConditionalGeneration (or WhisperModel)."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    layers = getattr(decoder, "layers", None)
+def _layers(model: nn.Module, side: str) -> nn.ModuleList:
+    """The layer list of a Whisper model's "encoder" or "decoder" (WhisperForConditionalGeneration or WhisperModel)."""
+    getter = getattr(model, f"get_{side}", None)
+    layers = getattr(getter() if callable(getter) else None, "layers", None)
     if not isinstance(layers, nn.ModuleList):
-        raise SlimkitError(f"{type(model).__name__} is not a Whisper model with decoder.layers")
+        raise SlimkitError(f"{type(model).__name__} is not a Whisper model with {side}.layers")
     return layers
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    return _layers(model, "decoder")
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    encoder = model.get_encoder() if hasattr(model, "get_encoder") else None
-    layers = getattr(encoder, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise SlimkitError(f"{type(model).__name__} is not a Whisper model with encoder.layers")
-    return layers
+    return _layers(model, "encoder")
 
 
 def spaced_layers(n_layers: int, n_keep: int) -> list[int]:
