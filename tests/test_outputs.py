@@ -254,7 +254,9 @@ def test_full_disk_is_one_line_and_keeps_the_old_file(tmp_path):
 def test_ctrl_c_message_says_what_was_written(tmp_path):
     out = tmp_path / "m.safetensors"
     proc = subprocess.Popen([sys.executable, "-m", "slimkit.cli.main", "train", "target", "--dataset", "digits",
-                             "--epochs", "500", "--out", str(out)], stderr=subprocess.PIPE, text=True)
+                             "--epochs", "500", "--out", str(out)], stderr=subprocess.PIPE, text=True,
+                            # a shell that starts jobs in the background ignores SIGINT, and children inherit that
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ""
     while "epoch" not in seen:  # interrupt once training runs, however long start-up takes on a busy machine
         char = proc.stderr.read(1)
