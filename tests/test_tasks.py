@@ -135,3 +135,26 @@ def test_dict_batches_with_a_tiny_hugging_face_lm(tmp_path):
             nll += F.cross_entropy(logits[:-1], row["input_ids"][1:n], reduction="sum").item()
             count += n - 1
     assert history[-1].metrics["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-4)
+
+
+def test_time_budget_schedule_starts_after_the_teacher_cache(digits):
+    """The LR cosine spans the time left after the teacher cache: a slow cache build must not make
+    training start below the peak learning rate."""
+    import time as _time
+
+    class SlowTeacher(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = SeedCNN(1, 8, (8, 16, 32))
+
+        def forward(self, x):
+            _time.sleep(0.05)  # the cache build takes about 1 s of the 3 s budget
+            return self.net(x)
+
+    cfg = TrainConfig(epochs=50, batch_size=32, warmup_steps=0, lr=1e-3, max_minutes=0.05)
+    d = Distiller(SlowTeacher(), SeedCNN(1, 8, (8, 16, 32)), [kd()], cfg, cache=CacheConfig(batch_size=64))
+    lrs = []
+    d.fit(Dataset(digits.name, digits.train, Split(digits.val.x[:64], digits.val.y[:64]), digits.test, 10),
+          progress=False, on_step=lambda s: lrs.append(d.last_lr) if s == 2 else None)
+    assert d.teacher_outputs is not None and d.cache_seconds > 0.5
+    assert lrs and lrs[0] > 0.95e-3  # counting the cache build would give about 0.75e-3

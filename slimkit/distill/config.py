@@ -25,8 +25,9 @@ class TrainConfig:
 
     `max_minutes` is a time budget counted from the start of `fit` (a teacher-cache build
     included, and continued across a resume); with it the learning rate follows a cosine to zero
-    over whichever ends first, the steps or the minutes (`budget_cosine`), so a run cut by time
-    still ends at a small learning rate. The LR then depends on the clock, so a time-budgeted run
+    over whichever ends first, the steps or the minutes left after the teacher cache is built
+    (`budget_cosine`), so a run cut by time still ends at a small learning rate and a slow cache
+    build does not make training start below the peak. The LR then depends on the clock, so a time-budgeted run
     is not bit-reproducible. `max_steps` stops after that many optimizer steps; it also sets the
     schedule's length when the data cannot say how many batches an epoch has.
     """

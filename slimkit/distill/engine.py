@@ -86,6 +86,7 @@ class Distiller:
         self.steps_done = 0
         self.resumed_from_step: int | None = None
         self.last_loss = float("nan")
+        self.last_lr = float("nan")
         self.teacher_outputs: TeacherOutputs | None = None  # the cache this run trained from, if any
         self.cache_seconds = 0.0
         self.ended_by: str | None = None  # "time", "steps" or "early_stop" when not all epochs ran
@@ -184,7 +185,10 @@ class Distiller:
         warm = min(cfg.warmup_steps, total // 10 + 1)
         budget = cfg.max_minutes * 60 if cfg.max_minutes else None
         if budget:
-            lr_at = lambda s: budget_cosine(s, total, self._clock, budget, warm)  # noqa: E731
+            # The cosine spans the training time: the clock and the budget both start after the teacher
+            # cache is built, so a slow cache does not start training at a reduced learning rate.
+            lr_at = lambda s: budget_cosine(s, total, max(self._clock - self.cache_seconds, 0.0),  # noqa: E731
+                                            max(budget - self.cache_seconds, 1e-9), warm)
         else:
             lr_at = lambda s: cosine_with_warmup(s, total, warm)  # noqa: E731
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
@@ -295,6 +299,7 @@ class Distiller:
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
+                self.last_lr = optimizer.param_groups[0]["lr"]  # the rate this step used
                 scheduler.step()
                 state["batch"], state["step"] = b + len(group), state["step"] + 1
                 self.steps_done, self.last_loss = state["step"], group_loss / max(n_group, 1)
