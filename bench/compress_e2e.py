@@ -1,7 +1,8 @@
 """`compress` end to end on trained weights: one call per model at latency=0.5x, floor -1 pt; one table.
 
 Parts (each a row; a part that slimkit refuses prints its one-line reason instead of numbers):
-  * resnet20, mobilenetv2: Fashion-MNIST models trained here first (as `slimkit train` does);
+  * resnet20, mobilenetv2: the Fashion-MNIST base models of bench/structured.py (cached after it, or
+    bench/deploy.py, trained them once; trained here otherwise);
   * crnn: the CRNN-style recogniser of tests/crnn.py on rendered words, task sequence_logits +
     CER (lower is better: the floor allows 1 pt more). The structured pruner cuts the conv backbone
     and keeps the bidirectional LSTM (its input columns follow the cut); the report names it. The
@@ -53,18 +54,21 @@ def budgets(quick: bool) -> dict:
 
 
 def fashion_part(name: str, b: dict, a) -> dict:
+    """The Fashion-MNIST base model of bench/structured.py (its cache when trained before, as
+    bench/deploy.py also uses), in NCHW; quick runs train a tiny one here instead."""
     from slimkit.data import load_fashion_mnist
-    from slimkit.distill import TrainConfig, train_classifier
-    from slimkit.models import build_model
 
     data = load_fashion_mnist(seed=a.seed)
     train = data.train.subset(b["train_n"]) if b["train_n"] else data.train
     val, test = (data.val.subset(256), data.test.subset(256)) if a.quick else (data.val, data.test)
-    torch.manual_seed(a.seed)
-    model = build_model("resnet" if name == "resnet20" else "mobilenetv2", **({"depth": 20} if name == "resnet20" else {}))
-    train_classifier(model, dataclasses.replace(data, train=train, val=val), TrainConfig(epochs=b["base_epochs"], batch_size=128, lr=2e-3, seed=a.seed),
-                     desc=f"train {name}")
-    return {"model": model, "train": train, "val": val, "test": test, "task": None, "floor": a.floor}
+    sys.path.insert(0, str(ROOT / "bench"))
+    from structured import EPOCHS, base_model
+
+    epochs = b["base_epochs"] if a.quick else EPOCHS[name]
+    model, how = base_model(name, epochs, train, a.seed)
+    print(f"{name} base model: {how}")
+    return {"model": model.to(memory_format=torch.contiguous_format), "train": train, "val": val, "test": test,
+            "task": None, "floor": a.floor}
 
 
 def crnn_part(b: dict, a) -> dict:
