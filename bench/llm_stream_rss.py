@@ -59,13 +59,13 @@ def main() -> None:
     cal = calibration_windows(tok, "emma", args.samples, args.seq_len, 0)
     del tok  # pruning needs only the token ids (the CLI drops it too)
     with tempfile.TemporaryDirectory() as tmp:
-        rep = prune_oneshot_folder(src, Path(tmp) / "pruned", cal, args.method, args.sparsity, progress=False)
+        res = prune_oneshot_folder(src, Path(tmp) / "pruned", cal, args.method, args.sparsity, progress=False)
         wall = time.perf_counter() - start
         peak = peak_rss_mb()
         ppl = evaluate(Path(tmp) / "pruned", args.eval_tokens, args.seq_len) if args.eval_tokens else None
     size = fp32_mb(src)
-    print(f"model {src} ({size:.0f} MB fp32); {args.method} {args.sparsity} on {rep.calibration}, "
-          f"realised {rep.realised:.4f}")
+    print(f"model {src} ({size:.0f} MB fp32); {args.method} {args.sparsity} on {res.details['calibration']}, "
+          f"realised {1 - res.kept_total:.4f}")
     print(f"process RSS before loading anything model-related: {baseline:.0f} MB")
     print(f"peak RSS (VmHWM{'' if reset else ', not reset: since process start'}): {peak:.0f} MB "
           f"= {peak / size:.2f}x the fp32 model (target <= 1.5x)")
@@ -75,7 +75,7 @@ def main() -> None:
     if args.json:
         row = {"stage": "one-shot streamed", "model": f"{args.method} {args.sparsity}",
                "ppl": ppl.value if ppl else None, "seconds": round(wall), "rss_mb": round(peak),
-               "other": f"realised {rep.realised:.3f}; calib {rep.calibration}; fresh process, peak RSS "
+               "other": f"realised {1 - res.kept_total:.3f}; calib {res.details['calibration']}; fresh process, peak RSS "
                         f"{peak / size:.2f}x the fp32 model ({size:.0f} MB), Python/torch ({baseline:.0f} MB) included; "
                         f"{torch.get_num_threads()} threads"}
         with args.json.open("a") as f:

@@ -35,6 +35,7 @@ from slimkit.prune.layers import (  # noqa: F401  (re-exported: heads and blocks
     remove_blocks,
     remove_heads,
 )
+from slimkit.prune.result import PruneResult
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 def classifier_of(model: nn.Module, example: torch.Tensor) -> nn.Module:
@@ -296,32 +297,18 @@ def masked_reference(graph: Graph, plan: ChannelPlan) -> nn.Module:
 
 # ----- the usual entry point -------------------------------------------------------------------
 
-@dataclass
-class StructuredResult:
-    """The pruned model and what was cut, in JSON-ready form.
-
-    `kept_intact` names every module left whole (with the reason) and `held` every channel group
-    left whole because it is coupled to one, so a report can say what was not cut.
-    """
-
-    model: nn.Module
-    kept: dict[str, tuple[int, int]]
-    removed_blocks: list[str] = field(default_factory=list)
-    removed_heads: dict[str, list[int]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    kept_intact: dict[str, str] = field(default_factory=dict)
-    held: dict[str, str] = field(default_factory=dict)
-
-
 def prune_structured(model: nn.Module, example: torch.Tensor, ratio: float = 0.5, importance: str = "l2",
                      allocation: str = "uniform", per_layer: dict[str, float] | None = None, round_to: int = 8,
                      calib: Iterable[Batch] | None = None, ignored: Iterable[str] | None = None, max_ratio: float = 0.9,
-                     blocks: int = 0, head_ratio: float = 0.0, inplace: bool = False) -> StructuredResult:
+                     blocks: int = 0, head_ratio: float = 0.0) -> PruneResult:
     """Remove `blocks` least influential blocks, a `head_ratio` of heads, then a `ratio` of channels.
 
-    allocation "uniform" cuts every group by `ratio`; "global" ranks all channels together (scores
-    normalised per group). `per_layer` overrides the ratio of named groups. Kept widths are
-    multiples of `round_to`.
+    The model is changed in place (keep a `copy.deepcopy` first for the dense one); the result's
+    `kept` holds (kept, original) channels per group, `kept_intact` every module left whole (with
+    the reason) and `held` every channel group left whole because it is coupled to one, so a
+    report can say what was not cut. allocation "uniform" cuts every group by `ratio`; "global"
+    ranks all channels together (scores normalised per group). `per_layer` overrides the ratio of
+    named groups. Kept widths are multiples of `round_to`.
     """
     if allocation not in ("uniform", "global"):
         raise SlimkitError(f"allocation must be 'uniform' or 'global', got {allocation!r}")
@@ -336,9 +323,10 @@ def prune_structured(model: nn.Module, example: torch.Tensor, ratio: float = 0.5
         n_removable = len(removable_blocks(model))
         if blocks > n_removable:
             raise SlimkitError(f"asked to remove {blocks} blocks but only {n_removable} are removable; lower blocks")
-    m = model if inplace else copy.deepcopy(model)
+    m = model
     if ignored is not None:
         survey(m, ignored)  # names are checked before anything is cut
+    infl: dict[str, float] = {}
     if blocks:
         infl = block_influences(m, calib)
         removed = sorted(infl, key=lambda n: (infl[n], n))[:blocks]
@@ -362,16 +350,18 @@ def prune_structured(model: nn.Module, example: torch.Tensor, ratio: float = 0.5
     dense_config = hf_config_snapshot(m)
     apply_plan(graph, plan_channels(graph, scores, keep))
     notes = sync_hf_config(m, dense_config)
-    return StructuredResult(m, {g: (keep[g], sizes[g]) for g in sizes}, removed, heads, notes,
-                            graph.kept_intact, graph.held)
+    return PruneResult(m, "structured", {g: (keep[g], sizes[g]) for g in sizes}, removed_blocks=removed,
+                       removed_heads=heads, scores=infl, kept_intact=graph.kept_intact, held=graph.held, notes=notes)
 
 
 def iterative_prune(model: nn.Module, example: torch.Tensor, ratio: float, steps: int,
-                    recover, **kwargs) -> StructuredResult:
-    """N steps of prune-then-recover; each step removes the same fraction of what is left.
+                    recover, **kwargs) -> PruneResult:
+    """N steps of prune-then-recover, in place; each step removes the same fraction of what is left.
 
-    `recover(model) -> model` runs after every step (fine-tuning); other keyword arguments go to
-    prune_structured. Rounding means the final ratio is close to, not exactly, `ratio`.
+    `recover(model) -> model` runs after every step (fine-tuning; the next step prunes what it
+    returns, and the result's `model` is its last return, `model` itself when it trains in place);
+    other keyword arguments go to prune_structured. Rounding means the final ratio is close to, not
+    exactly, `ratio`.
     """
     if steps < 1:
         raise SlimkitError(f"steps must be >= 1, got {steps}")
