@@ -44,8 +44,7 @@ from slimkit.measure import count_macs, measure_latency_interleaved
 from slimkit.io import load_model, save_model
 from slimkit.outputs import atomic_write_bytes
 from slimkit.measure.fold import fold_batchnorm
-from slimkit.prune.latency_cost import latency_table, prune_latency_aware
-from slimkit.prune.structured import prune_structured
+from slimkit.prune import latency_table, prune_latency_aware, prune_structured
 
 CONV = ("resnet50", "mobilenet_v2", "convnext_tiny")
 TRANSFORMERS = ("vit_small", "bert_base", "wav2vec2_base")

@@ -21,9 +21,8 @@ import torch  # imported before the baseline so that it counts as "the process"
 import transformers  # noqa: F401  (imported before the baseline too)
 from safetensors import safe_open
 
-from slimkit.llm.load import resolve
-from slimkit.llm.streaming import Checkpoint, prune_oneshot_folder
-from slimkit.llm.text import calibration_windows
+from slimkit.llm import calibration_windows, prune_oneshot_folder, resolve
+from slimkit.llm.streaming import Checkpoint
 from slimkit.measure.memory import peak_rss_mb, reset_peak_rss, status_mb
 
 
@@ -86,8 +85,7 @@ def evaluate(folder: Path, tokens: int, seq_len: int):
     """Perplexity of the pruned folder on Pride and Prejudice (loaded whole; outside the measured window)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slimkit.llm.perplexity import perplexity
-    from slimkit.llm.text import eval_windows
+    from slimkit.llm import eval_windows, perplexity
 
     tok = AutoTokenizer.from_pretrained(str(folder))
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)

@@ -42,11 +42,10 @@ from slimkit.measure.fold import fold_batchnorm
 from slimkit.measure.fresh import time_in_fresh_processes
 from slimkit.models import build_model
 from slimkit.prune.batchnorm import recalibrate_bn
-from slimkit.prune.latency_cost import latency_table, prune_latency_aware
+from slimkit.prune import latency_table, prune_latency_aware, prune_structured
 from slimkit.prune.recovery import fine_tune
 from slimkit.prune.select import choose_ratio, write_selection
 from slimkit.prune.shape_search import choose_depth_width, ratio_for_macs
-from slimkit.prune.structured import prune_structured
 
 from run_clock import (channels_last, cpu_name, eval_seconds_per_sample, fmt_cell, stage,
                        train_seconds_per_sample)
