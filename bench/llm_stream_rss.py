@@ -74,8 +74,8 @@ def main() -> None:
     if args.json:
         row = {"stage": "one-shot streamed", "model": f"{args.method} {args.sparsity}",
                "ppl": ppl.value if ppl else None, "seconds": round(wall), "rss_mb": round(peak),
-               "other": f"realised {1 - res.kept_total:.3f}; calib {res.details['calibration']}; fresh process, peak RSS "
-                        f"{peak / size:.2f}x the fp32 model ({size:.0f} MB), Python/torch ({baseline:.0f} MB) included; "
+               "other": f"realised {1 - res.kept_total:.3f}; calib {res.details['calibration']}; fresh process, "
+                        f"peak RSS {peak / size:.2f}x the fp32 model ({size:.0f} MB), Python/torch ({baseline:.0f} MB) included; "
                         f"{torch.get_num_threads()} threads"}
         with args.json.open("a") as f:
             f.write(json.dumps(row) + "\n")

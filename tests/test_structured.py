@@ -225,8 +225,8 @@ def test_choose_ratio_on_val(tmp_path) -> None:
     model = _tiny("cnn")
     val = Split(X, Y)
     built, prepared = {}, []
-    sel = choose_ratio(model, lambda r: built.setdefault(r, prune_structured(copy.deepcopy(model), X[:1], r).model), val, X[:1],
-                       floor=0.0, grid=(0.25, 0.5), bisect_steps=1, progress=False, timing_rounds=3,
+    sel = choose_ratio(model, lambda r: built.setdefault(r, prune_structured(copy.deepcopy(model), X[:1], r).model),
+                       val, X[:1], floor=0.0, grid=(0.25, 0.5), bisect_steps=1, progress=False, timing_rounds=3,
                        prepare=lambda m: prepared.append(m) or m)
     assert sel.chosen is not None and sel.chosen.ratio == 0.5 and len(sel.curve) == 2
     assert sel.chosen_model is built[0.5] and len(prepared) == 4  # dense once per point, plus each model

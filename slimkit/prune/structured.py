@@ -196,16 +196,20 @@ def _consumer(graph: Graph, name: str) -> tuple[nn.Module, list[int], list[int]]
     return None
 
 
+def check_importance(kind: str, calib: list) -> None:
+    """Refuse an unknown importance kind, or Taylor / entropy without calibration batches."""
+    if kind not in imp.IMPORTANCE_KINDS:
+        raise SlimkitError(f"unknown importance {kind!r}; choose one of {', '.join(imp.IMPORTANCE_KINDS)}")
+    if kind in ("taylor", "entropy") and not calib:
+        raise SlimkitError(f"{kind} importance needs calibration batches; pass calib=[(x, y), ...]")
+
+
 def compute_scores(graph: Graph, kind: str, calib: Iterable[Batch] | None = None, bins: int = 32,
                    seed: int = 0) -> dict[str, torch.Tensor]:
     """Importance of every channel of every group; Taylor and entropy run over `calib` batches."""
-    if kind not in imp.IMPORTANCE_KINDS:
-        raise SlimkitError(f"unknown importance {kind!r}; choose one of {', '.join(imp.IMPORTANCE_KINDS)}")
+    batches = list(calib or [])
+    check_importance(kind, batches)
     sizes = graph.sizes
-    if kind in ("taylor", "entropy"):
-        batches = list(calib or [])
-        if not batches:
-            raise SlimkitError(f"{kind} importance needs calibration batches; pass calib=[(x, y), ...]")
     if kind == "l1" or kind == "l2":
         return {g: imp.magnitude_scores(slices_of(graph, g), n, 1 if kind == "l1" else 2) for g, n in sizes.items()}
     if kind == "bn":
@@ -316,6 +320,7 @@ def prune_structured(model: nn.Module, example: torch.Tensor, ratio: float = 0.5
     check_count(blocks, "blocks", 0)
     check_sparsity(head_ratio, "head_ratio")
     calib = list(calib or [])
+    check_importance(importance, calib)  # before anything is cut: the model is pruned in place
     removed: list[str] = []
     if blocks:
         if not calib:
@@ -323,34 +328,33 @@ def prune_structured(model: nn.Module, example: torch.Tensor, ratio: float = 0.5
         n_removable = len(removable_blocks(model))
         if blocks > n_removable:
             raise SlimkitError(f"asked to remove {blocks} blocks but only {n_removable} are removable; lower blocks")
-    m = model
     if ignored is not None:
-        survey(m, ignored)  # names are checked before anything is cut
+        survey(model, ignored)  # names are checked before anything is cut
     infl: dict[str, float] = {}
     if blocks:
-        infl = block_influences(m, calib)
+        infl = block_influences(model, calib)
         removed = sorted(infl, key=lambda n: (infl[n], n))[:blocks]
-        remove_blocks(m, removed)
+        remove_blocks(model, removed)
     heads: dict[str, list[int]] = {}
     if head_ratio > 0:
-        frozen = survey(m, list(getattr(m, "structured_ignored", ()) if ignored is None else ignored)).frozen
-        for name, s in head_importance(m).items():
-            if id(m.get_submodule(name)) in frozen:
+        frozen = survey(model, list(getattr(model, "structured_ignored", ()) if ignored is None else ignored)).frozen
+        for name, s in head_importance(model).items():
+            if id(model.get_submodule(name)) in frozen:
                 continue
             drop = min(len(s) - 1, int(round(len(s) * head_ratio)))
             heads[name] = lowest(s, len(s) - drop)
-        remove_heads(m, heads)
-    graph = build_graph(m, example, ignored)
+        remove_heads(model, heads)
+    graph = build_graph(model, example, ignored)
     sizes = graph.sizes
     scores = compute_scores(graph, importance, calib)
     if allocation == "global":
         keep = global_keep(scores, ratio, round_to, max_ratio, per_layer)
     else:
         keep = uniform_keep(sizes, ratio, round_to, per_layer)
-    dense_config = hf_config_snapshot(m)
+    dense_config = hf_config_snapshot(model)
     apply_plan(graph, plan_channels(graph, scores, keep))
-    notes = sync_hf_config(m, dense_config)
-    return PruneResult(m, "structured", {g: (keep[g], sizes[g]) for g in sizes}, removed_blocks=removed,
+    notes = sync_hf_config(model, dense_config)
+    return PruneResult(model, "structured", {g: (keep[g], sizes[g]) for g in sizes}, removed_blocks=removed,
                        removed_heads=heads, scores=infl, kept_intact=graph.kept_intact, held=graph.held, notes=notes)
 
 
