@@ -301,8 +301,9 @@ def compute_device(device: str | torch.device | None) -> torch.device:
 
 @torch.no_grad()
 def sparsify_block(block: nn.Module, method: str, sparsity: float, nm: tuple[int, int] | None,
-                hidden: list[torch.Tensor] | None, kwargs: list[dict] | None, device: torch.device,
-                blocksize: int = 128, percdamp: float = 0.01, mask_scope: str = "row") -> dict[nn.Linear, torch.Tensor]:
+                   hidden: list[torch.Tensor] | None, kwargs: list[dict] | None, device: torch.device,
+                   blocksize: int = 128, percdamp: float = 0.01, mask_scope: str = "row"
+                   ) -> dict[nn.Linear, torch.Tensor]:
     """Prune every Linear of one block in place; returns each Linear's keep-mask (on the block's device).
 
     Magnitude needs no inputs; Wanda and SparseGPT calibrate on `hidden`/`kwargs`, the inputs of
@@ -347,9 +348,9 @@ def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = 
 
     `windows` is (n, L) calibration token ids (unused by magnitude). With `nm`, N:M replaces the
     unstructured ratio. `layers` limits pruning to some block indices (tests use one or two).
-    The result holds the keep-masks so that fine-tuning can hold them (MaskHolder). `batch_size` windows go
-    through a block at once: small batches keep the transient activations (attention, FFN) small,
-    which is what bounds peak memory beyond the model itself. The whole model must fit in memory;
+    The result holds the keep-masks so that fine-tuning can hold them (MaskHolder). `batch_size`
+    windows go through a block at once: small batches keep the transient activations (attention,
+    FFN) small, which is what bounds peak memory beyond the model itself. The whole model must fit in memory;
     `slimkit.llm.streaming.prune_oneshot_folder` does the same from a checkpoint one block at a time.
     """
     sparsity, nm = check_oneshot_args(method, sparsity, nm, mask_scope)
@@ -379,7 +380,8 @@ def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = 
         home = next(block.parameters()).device
         block.to(dev)
         if i in todo:
-            block_masks = sparsify_block(block, method, sparsity, nm, hidden, kwargs, dev, blocksize, percdamp, mask_scope)
+            block_masks = sparsify_block(block, method, sparsity, nm, hidden, kwargs, dev, blocksize, percdamp,
+                                         mask_scope)
             for lin, keep in block_masks.items():
                 masks[names[id(lin)] + ".weight"] = keep.cpu()
             order.append(i)

@@ -11,8 +11,8 @@ outputs of the already-pruned blocks before it. So this module
 2. captures the inputs of block 0 with `capture_block_inputs` (its pre-hook stops the forward
    before any meta weight is touched), then drops the skeleton's weights;
 3. for each block: reads that block's tensors from the safetensors files, prunes it with the very
-   same `sparsify_block` as the in-memory path, runs it to produce the next block's inputs, writes it
-   (original dtype and names) to its own shard and sends it back to the meta device.
+   same `sparsify_block` as the in-memory path, runs it to produce the next block's inputs, writes
+   it (original dtype and names) to its own shard and sends it back to the meta device.
 
 Peak memory is therefore the process, the larger of (non-block tensors) and (one block), and the
 calibration activations. The output is a sharded HF folder (`model.safetensors.index.json`) with
