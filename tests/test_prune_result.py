@@ -115,7 +115,12 @@ class _CharTokenizer:
 
 
 def test_encoder_verbs_are_in_place() -> None:
-    from transformers import BertConfig, BertModel, WhisperConfig, WhisperForConditionalGeneration
+    from transformers import (
+        BertConfig,
+        BertModel,
+        WhisperConfig,
+        WhisperForConditionalGeneration,
+    )
 
     from slimkit.llm import prune_encoder
     from slimkit.llm.encoder import head_layout
