@@ -44,8 +44,7 @@ from slimkit.measure import count_macs, measure_latency_interleaved
 from slimkit.io import load_model, save_model
 from slimkit.outputs import atomic_write_bytes
 from slimkit.measure.fold import fold_batchnorm
-from slimkit.prune.latency_cost import latency_table, prune_latency_aware
-from slimkit.prune.structured import prune_structured
+from slimkit.prune import latency_table, prune_latency_aware, prune_structured
 
 CONV = ("resnet50", "mobilenet_v2", "convnext_tiny")
 TRANSFORMERS = ("vit_small", "bert_base", "wav2vec2_base")
@@ -129,13 +128,15 @@ def run_model(name: str, args: argparse.Namespace) -> list[dict]:
     builder = (type(dense), {"config": copy.deepcopy(dense.config)})  # the dense model, before any cut
     x1 = make(1)
     t0 = time.time()
-    variants = {"uniform 50%": prune_structured(dense, x1, ratio=0.5, head_ratio=0.0 if name in CONV else 0.5)}
+    variants = {"uniform 50%": prune_structured(copy.deepcopy(dense), x1, ratio=0.5,
+                                                head_ratio=0.0 if name in CONV else 0.5)}
     if name in CONV and not args.no_latency_aware:
         for b in sorted({1, max(args.batches)}):
             table = latency_table(dense, x1, threads=args.threads, rounds=args.table_rounds if b == 1 else
                                   args.table_rounds_bn, progress=not args.quiet, batch=b,
                                   cache=Path(args.out) / "latency_tables.json")
-            variants[f"lat-aware b{b}"] = prune_latency_aware(dense, x1, 0.5, threads=args.threads, table=table)[0]
+            variants[f"lat-aware b{b}"] = prune_latency_aware(copy.deepcopy(dense), x1, 0.5, threads=args.threads,
+                                                              table=table)
     cut_s = time.time() - t0
     rows = {v: {"model": name, "variant": v, "kept_intact": len(r.kept_intact), "held_groups": len(r.held),
                 "notes": r.notes, "params_ratio": sum(p.numel() for p in r.model.parameters())

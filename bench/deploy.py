@@ -116,7 +116,8 @@ class CnnBench:
         floor = self.acc(dense, self.data.val) - 0.01
         with stage(f"{key}: uniform Taylor cut to <= {a.macs_target} x MACs, KD {a.recover_epochs} ep"):
             r = ratio_for_macs(dense, self.ex, a.macs_target * d_macs)
-            uniform = self.recover(prune_structured(dense, self.ex, r, "taylor", calib=self.calib).model, "uniform")
+            cut = prune_structured(copy.deepcopy(dense), self.ex, r, "taylor", calib=self.calib).model
+            uniform = self.recover(cut, "uniform")
         d_ms = self.eager_times([dense], 1)[0]
         lay = min(d_ms, key=d_ms.get)
         recovered: dict[int, nn.Module] = {}

@@ -15,9 +15,7 @@ from pathlib import Path
 import torch
 
 from slimkit.export import OrtModel, embedding_cosines, encoder_check, quantize_onnx, to_onnx
-from slimkit.llm.encoder import default_sentences, fidelity
-from slimkit.llm.encoder_prune import prune_encoder
-from slimkit.llm.load import load_encoder
+from slimkit.llm import default_sentences, fidelity, load_encoder, prune_encoder
 from slimkit.measure import count_macs
 
 from ort_timing import time_onnx_in_fresh_process

@@ -288,9 +288,7 @@ def part6(args) -> None:
     import copy
 
     from slimkit.distill import causal_lm, compute_teacher_outputs
-    from slimkit.llm.depth import remove_layers
-    from slimkit.llm.load import load_causal_lm
-    from slimkit.llm.text import calibration_windows
+    from slimkit.llm import calibration_windows, load_causal_lm, remove_layers
 
     teacher, tok = load_causal_lm("smollm2")
     remove_layers(teacher, list(range(args.lm_layers, len(teacher.model.layers))))

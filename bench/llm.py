@@ -32,13 +32,22 @@ from pathlib import Path
 
 import torch
 
-from slimkit.llm.depth import prune_depth
-from slimkit.llm.load import load_causal_lm, load_encoder
-from slimkit.llm.oneshot import prune_oneshot
-from slimkit.llm.perplexity import perplexity
-from slimkit.llm.recover import RecoveryConfig, recover
-from slimkit.llm.speed import measure_speed
-from slimkit.llm.text import calibration_windows, eval_windows
+from slimkit.llm import (
+    RecoveryConfig,
+    calibration_windows,
+    default_sentences,
+    distill_encoder,
+    eval_windows,
+    fidelity,
+    load_causal_lm,
+    load_encoder,
+    measure_speed,
+    perplexity,
+    prune_depth,
+    prune_encoder,
+    prune_oneshot,
+    recover,
+)
 from slimkit.measure.memory import peak_rss_mb, reset_peak_rss
 
 
@@ -141,11 +150,12 @@ def main() -> None:
                     model, _ = load_causal_lm("smollm2")
                     nm = ratio if ":" in ratio else None
                     reset_peak_rss()
-                    rep = prune_oneshot(model, cal, method, float(ratio) if nm is None else 0.0, nm)
+                    res = prune_oneshot(model, cal, method, float(ratio) if nm is None else 0.0, nm)
                     rss = peak_rss_mb()
                     ppl = perplexity(model, ev, progress=True)
-                    rows.add(stage="one-shot", model=f"{method} {ratio}", ppl=ppl.value, seconds=round(rep.seconds),
-                             rss_mb=round(rss), other=f"realised {rep.realised:.3f}; calib {rep.calibration}; "
+                    rows.add(stage="one-shot", model=f"{method} {ratio}", ppl=ppl.value,
+                             seconds=round(res.details["seconds"]), rss_mb=round(rss),
+                             other=f"realised {1 - res.kept_total:.3f}; calib {res.details['calibration']}; "
                              f"in-memory prune: peak RSS {rss / fp32_mb:.2f}x the fp32 model ({fp32_mb:.0f} MB), "
                              f"process included (bench/llm_stream_rss.py measures the streamed prune)")
                     del model
@@ -155,10 +165,10 @@ def main() -> None:
         if "depth" in stages or "speed" in stages:
             depth_model = copy.deepcopy(lm)
             t0 = time.perf_counter()
-            drep = prune_depth(depth_model, cal[:16], args.depth_remove)
+            removed = prune_depth(depth_model, cal[:16], args.depth_remove).removed_blocks
             ppl = perplexity(depth_model, ev, progress=True)
             rows.add(stage="depth", model=f"-{args.depth_remove} layers (block influence)", ppl=ppl.value,
-                     seconds=round(time.perf_counter() - t0), other=f"removed {drep.removed}")
+                     seconds=round(time.perf_counter() - t0), other=f"removed {', '.join(removed)}")
             if "depth" in stages and args.kd_minutes > 0:
                 train = calibration_windows(tok, "emma", args.kd_samples, args.seq_len, args.seed + 1)
                 cfg = RecoveryConfig(epochs=100, batch_size=2, lr=args.kd_lr, top_k=64, ce_weight=args.kd_ce_weight,
@@ -185,9 +195,6 @@ def main() -> None:
         del lm
 
     if "encoder" in stages:
-        from slimkit.llm.encoder import default_sentences, distill_encoder, fidelity
-        from slimkit.llm.encoder_prune import prune_encoder
-
         teacher, etok = load_encoder("minilm")
         train, held = default_sentences(args.encoder_train, 500, args.seed)
         calib = train[:args.encoder_calib]

@@ -21,9 +21,8 @@ import torch  # imported before the baseline so that it counts as "the process"
 import transformers  # noqa: F401  (imported before the baseline too)
 from safetensors import safe_open
 
-from slimkit.llm.load import resolve
-from slimkit.llm.streaming import Checkpoint, prune_oneshot_folder
-from slimkit.llm.text import calibration_windows
+from slimkit.llm import calibration_windows, prune_oneshot_folder, resolve
+from slimkit.llm.streaming import Checkpoint
 from slimkit.measure.memory import peak_rss_mb, reset_peak_rss, status_mb
 
 
@@ -59,13 +58,13 @@ def main() -> None:
     cal = calibration_windows(tok, "emma", args.samples, args.seq_len, 0)
     del tok  # pruning needs only the token ids (the CLI drops it too)
     with tempfile.TemporaryDirectory() as tmp:
-        rep = prune_oneshot_folder(src, Path(tmp) / "pruned", cal, args.method, args.sparsity, progress=False)
+        res = prune_oneshot_folder(src, Path(tmp) / "pruned", cal, args.method, args.sparsity, progress=False)
         wall = time.perf_counter() - start
         peak = peak_rss_mb()
         ppl = evaluate(Path(tmp) / "pruned", args.eval_tokens, args.seq_len) if args.eval_tokens else None
     size = fp32_mb(src)
-    print(f"model {src} ({size:.0f} MB fp32); {args.method} {args.sparsity} on {rep.calibration}, "
-          f"realised {rep.realised:.4f}")
+    print(f"model {src} ({size:.0f} MB fp32); {args.method} {args.sparsity} on {res.details['calibration']}, "
+          f"realised {1 - res.kept_total:.4f}")
     print(f"process RSS before loading anything model-related: {baseline:.0f} MB")
     print(f"peak RSS (VmHWM{'' if reset else ', not reset: since process start'}): {peak:.0f} MB "
           f"= {peak / size:.2f}x the fp32 model (target <= 1.5x)")
@@ -75,8 +74,8 @@ def main() -> None:
     if args.json:
         row = {"stage": "one-shot streamed", "model": f"{args.method} {args.sparsity}",
                "ppl": ppl.value if ppl else None, "seconds": round(wall), "rss_mb": round(peak),
-               "other": f"realised {rep.realised:.3f}; calib {rep.calibration}; fresh process, peak RSS "
-                        f"{peak / size:.2f}x the fp32 model ({size:.0f} MB), Python/torch ({baseline:.0f} MB) included; "
+               "other": f"realised {1 - res.kept_total:.3f}; calib {res.details['calibration']}; fresh process, "
+                        f"peak RSS {peak / size:.2f}x the fp32 model ({size:.0f} MB), Python/torch ({baseline:.0f} MB) included; "
                         f"{torch.get_num_threads()} threads"}
         with args.json.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -86,8 +85,7 @@ def evaluate(folder: Path, tokens: int, seq_len: int):
     """Perplexity of the pruned folder on Pride and Prejudice (loaded whole; outside the measured window)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slimkit.llm.perplexity import perplexity
-    from slimkit.llm.text import eval_windows
+    from slimkit.llm import eval_windows, perplexity
 
     tok = AutoTokenizer.from_pretrained(str(folder))
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)

@@ -42,11 +42,10 @@ from slimkit.measure.fold import fold_batchnorm
 from slimkit.measure.fresh import time_in_fresh_processes
 from slimkit.models import build_model
 from slimkit.prune.batchnorm import recalibrate_bn
-from slimkit.prune.latency_cost import latency_table, prune_latency_aware
+from slimkit.prune import latency_table, prune_latency_aware, prune_structured
 from slimkit.prune.recovery import fine_tune
 from slimkit.prune.select import choose_ratio, write_selection
 from slimkit.prune.shape_search import choose_depth_width, ratio_for_macs
-from slimkit.prune.structured import prune_structured
 
 from run_clock import (channels_last, cpu_name, eval_seconds_per_sample, fmt_cell, stage,
                        train_seconds_per_sample)
@@ -156,8 +155,9 @@ class ModelBench:
         return 100 * evaluate_classifier(channels_last(m).eval(), split, self.data.num_classes).accuracy
 
     def prune(self, model: nn.Module, ratio: float, crit: str) -> tuple[nn.Module, dict]:
-        """Uniform cut of `ratio` by `crit`, BatchNorm statistics re-estimated; (model, kept widths)."""
-        res = prune_structured(model, self.example, ratio, crit, calib=self.calib)
+        """Uniform cut of a copy of `model` by `ratio` and `crit`, BatchNorm statistics re-estimated;
+        (model, kept widths)."""
+        res = prune_structured(copy.deepcopy(model), self.example, ratio, crit, calib=self.calib)
         return recalibrate_bn(channels_last(res.model), self.bn_batches), {g: k for g, (k, _) in res.kept.items()}
 
     def recover(self, model: nn.Module, epochs: float, kd: bool, tag: str, seed: int | None = None) -> nn.Module:
@@ -246,7 +246,9 @@ class ModelBench:
                                   rounds=a.table_rounds, channels_last=layout == "channels_last",
                                   calibrate_with=lambda m, lay=layout: self.timing_copy(m, lay))
             self.tables[layout] = table
-            la, info = prune_latency_aware(self.dense, ex, r, crit, self.calib, threads=a.latency_threads, table=table)
+            la = prune_latency_aware(copy.deepcopy(self.dense), ex, r, crit, self.calib, threads=a.latency_threads,
+                                     table=table)
+            info = la.details
             pred = dense_ms[layout] - info["predicted_saving_ms"]
             print(f"[latency-aware] {layout}: table scale {table.scale:.3f}; dense {dense_ms[layout]:.3f} ms, "
                   f"predicted {pred:.3f} ms (uniform "

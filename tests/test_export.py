@@ -1,6 +1,7 @@
 """ONNX export: graphs that match PyTorch (dense, pruned, depth+width cut, ViT, BERT), dynamic axes, safe writes,
 bad input as one line, int8 models that run and are scored."""
 
+import copy
 import os
 
 import pytest
@@ -58,7 +59,7 @@ def _conv_out_channels(data: bytes) -> list[int]:
 @pytest.mark.parametrize("name", ["resnet", "mobilenet", "target"])
 def test_cnn_dense_and_pruned_export_match_pytorch_at_other_batch_sizes(name, digits, tmp_path):
     dense = _cnn(name)
-    pruned = prune_structured(dense, digits.test.x[:1], ratio=0.5, importance="l2").model.eval()
+    pruned = prune_structured(copy.deepcopy(dense), digits.test.x[:1], ratio=0.5, importance="l2").model.eval()
     widths = {}
     for tag, model in (("dense", dense), ("pruned", pruned)):
         res = to_onnx(model, digits.test.x[:2], tmp_path / f"{tag}.onnx", validate=classifier_check(model, digits.test, 10))
@@ -76,8 +77,8 @@ def test_cnn_dense_and_pruned_export_match_pytorch_at_other_batch_sizes(name, di
 
 def test_depth_and_width_cut_with_removed_blocks_exports_from_its_checkpoint(digits, tmp_path):
     dense = _cnn("resnet")
-    cut = remove_blocks(prune_structured(dense, digits.test.x[:1], ratio=0.25, importance="l2").model,
-                        ["layer1.1", "layer3.1"])
+    cut = remove_blocks(prune_structured(copy.deepcopy(dense), digits.test.x[:1], ratio=0.25,
+                                         importance="l2").model, ["layer1.1", "layer3.1"])
     save_model(cut, tmp_path / "cut.safetensors")
     loaded = load_model(tmp_path / "cut.safetensors").eval()
     res = to_onnx(loaded, digits.test.x[:3], tmp_path / "cut.onnx", check_inputs=[digits.test.x[:9]],
@@ -91,7 +92,8 @@ def test_depth_and_width_cut_with_removed_blocks_exports_from_its_checkpoint(dig
 def test_vit_dense_and_head_pruned(digits, tmp_path):
     torch.manual_seed(0)
     vit = SmallViT(input_size=8, patch=2, dim=32, depth=2, num_heads=4).eval()
-    pruned = prune_structured(vit, digits.test.x[:1], ratio=0.25, importance="l2", head_ratio=0.5).model.eval()
+    pruned = prune_structured(copy.deepcopy(vit), digits.test.x[:1], ratio=0.25, importance="l2",
+                              head_ratio=0.5).model.eval()
     assert pruned.blocks[0].attn.num_heads == 2
     for tag, model in (("vit", vit), ("vit_pruned", pruned)):
         res = to_onnx(model, digits.test.x[:1], tmp_path / f"{tag}.onnx")

@@ -18,8 +18,10 @@ def test_encoder_distillation_smoke():
     teacher, tok = load_encoder("minilm")
     student = copy.deepcopy(teacher)
     train, held = default_sentences(64, 32)
-    kept = prune_encoder(student, tok, train[:32], 0.5, 0.25)
-    assert kept["intermediate_size"] == 768 and all(len(h) == 9 for h in kept["heads_kept"])
+    pruned = prune_encoder(student, tok, train[:32], 0.5, 0.25)
+    assert student.config.intermediate_size == 768
+    assert all(pruned.kept[f"encoder.layer.{i}.attention.self"] == (9, 12) for i in range(6))
+    assert all(len(h) == 3 for h in pruned.removed_heads.values())
     before = fidelity(student, teacher, tok, held)
     distill_encoder(student, teacher, tok, train, epochs=2, batch_size=16, lr=2e-4, layer_weight=1.0, progress=False)
     after = fidelity(student, teacher, tok, held)

@@ -72,8 +72,9 @@ def test_streamed_equals_in_memory(lm_folder, cal, tmp_path, method, sparsity, n
     model, _ = small_lm(2)
     ref = prune_oneshot(model, cal, method, sparsity, nm, progress=False)
     _assert_same_weights(model, out)
-    assert rep.realised == pytest.approx(ref.realised, abs=1e-9) and rep.masks == {}
-    assert rep.block_order == [0, 1] and rep.calibration == ref.calibration
+    assert rep.kept_total == pytest.approx(ref.kept_total, abs=1e-9) and rep.masks == {} and rep.model is None
+    assert rep.kept_per_layer == pytest.approx(ref.kept_per_layer, abs=1e-9)
+    assert rep.details["block_order"] == [0, 1] and rep.details["calibration"] == ref.details["calibration"]
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == {f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)}
     assert "lm_head.weight" not in index["weight_map"]

@@ -16,7 +16,7 @@ from slimkit.llm.load import resolve, save_pretrained_atomic
 from slimkit.llm.perplexity import perplexity
 from slimkit.llm.recover import RecoveryConfig, recover
 from slimkit.llm.speed import measure_speed
-from slimkit.llm.width import prune_ffn, prune_kv_groups, prune_width
+from slimkit.llm.width import prune_width, remove_ffn_neurons, remove_kv_groups
 from tests.llm_helpers import small_lm, windows
 
 
@@ -32,7 +32,8 @@ def test_depth_removal_reloads_with_fewer_layers(tmp_path):
     scores = block_influence(model, cal, progress=False)
     assert len(scores) == 3 and all(0.0 <= s <= 2.0 for s in scores)
     rep = prune_depth(model, cal, 1, progress=False)
-    assert rep.removed == [min(range(3), key=lambda i: scores[i])]
+    assert rep.removed_blocks == [f"model.layers.{min(range(3), key=lambda i: scores[i])}"]
+    assert list(rep.scores.values()) == scores and rep.kept == {"model.layers": (2, 3)}
     assert [l.self_attn.layer_idx for l in model.model.layers] == [0, 1]
     out = save_pretrained_atomic(model, tok, tmp_path / "depth")
     again = AutoModelForCausalLM.from_pretrained(str(out)).eval()
@@ -48,13 +49,13 @@ def test_gqa_group_removal_identity_and_equals_masking(tmp_path):
     ids = windows(tok, 1, 32)
     base = _logits(model, ids)
     same = copy.deepcopy(model)
-    prune_kv_groups(same, [[0, 1, 2]])  # removing nothing changes nothing
+    remove_kv_groups(same, [[0, 1, 2]])  # removing nothing changes nothing
     torch.testing.assert_close(_logits(same, ids), base)
     masked = copy.deepcopy(model)
     with torch.no_grad():  # group 1 serves query heads 3, 4, 5 (3 per group, head_dim 64)
         masked.model.layers[0].self_attn.o_proj.weight[:, 3 * 64:6 * 64] = 0
     removed = copy.deepcopy(model)
-    prune_kv_groups(removed, [[0, 2]])
+    remove_kv_groups(removed, [[0, 2]])
     assert removed.config.num_attention_heads == 6 and removed.config.num_key_value_heads == 2
     torch.testing.assert_close(_logits(removed, ids), _logits(masked, ids), rtol=1e-4, atol=1e-4)
     out = save_pretrained_atomic(removed, tok, tmp_path / "gqa")
@@ -70,11 +71,14 @@ def test_ffn_removal_equals_zeroing_and_prune_width_reloads(tmp_path):
     masked = copy.deepcopy(model)
     with torch.no_grad():
         masked.model.layers[0].mlp.down_proj.weight[:, 1::2] = 0
-    prune_ffn(model, [keep])
+    remove_ffn_neurons(model, [keep])
     torch.testing.assert_close(_logits(model, ids), _logits(masked, ids), rtol=1e-4, atol=1e-4)
     small, _ = small_lm(2)
     rep = prune_width(small, windows(tok, 2, 32), ffn_ratio=0.25, kv_groups_remove=1, progress=False)
-    assert (rep.intermediate_size, rep.kv_groups, rep.heads) == (1152, 2, 6)
+    cfg = rep.model.config
+    assert (cfg.intermediate_size, cfg.num_key_value_heads, cfg.num_attention_heads) == (1152, 2, 6)
+    assert rep.kept["model.layers.1.mlp"] == (1152, 1536) and rep.kept["model.layers.1.self_attn"] == (2, 3)
+    assert all(len(h) == 3 for h in rep.removed_heads.values()) and len(rep.removed_heads) == 2
     out = save_pretrained_atomic(small, tok, tmp_path / "width")
     again = AutoModelForCausalLM.from_pretrained(str(out)).eval()
     torch.testing.assert_close(_logits(again, ids), _logits(small, ids), rtol=1e-4, atol=1e-4)

@@ -1,5 +1,7 @@
 """Latency-aware depth+width search: candidates at the MACs target, choice by measured time and score."""
 
+import copy
+
 import pytest
 import torch
 
@@ -132,7 +134,7 @@ def test_not_slower_times_a_foreign_model_in_fresh_processes_with_its_builder() 
     torch.manual_seed(0)
     dense = CRNN().eval()
     x = torch.randn(1, 1, 16, 64)
-    cut = prune_structured(dense, x, 0.5).model.eval()
+    cut = prune_structured(copy.deepcopy(dense), x, 0.5).model.eval()
     assert cut.conv[0].out_channels < dense.conv[0].out_channels
     _, info = not_slower(dense, cut, x, rounds=5, passes=1, builder="tests.crnn:CRNN")
     assert "fresh processes" in info["method"] and "builder tests.crnn:CRNN" in info["method"]

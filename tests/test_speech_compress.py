@@ -99,13 +99,13 @@ def test_encoder_ffn_equals_the_masked_model_and_reloads(tmp_path) -> None:
     masked = tiny_whisper()
     expected_keep = [ffn_neuron_scores(layer.fc1, layer.fc2).topk(24).indices.sort().values.tolist()
                      for layer in model.model.encoder.layers]
-    kept = prune_encoder_ffn(model, 0.25)
-    assert kept == expected_keep
+    result = prune_encoder_ffn(model, 0.25)
+    assert result.model is model and result.kept == {f"model.encoder.layers.{i}.fc1": (24, 32) for i in range(2)}
     assert model.config.encoder_ffn_dim == 24
     assert all(layer.fc1.weight.shape == (24, 16) and layer.fc2.weight.shape == (16, 24)
                for layer in model.model.encoder.layers)
     with torch.no_grad():  # definition: the dense model with the removed neurons' fc2 columns zeroed
-        for layer, keep in zip(masked.model.encoder.layers, kept):
+        for layer, keep in zip(masked.model.encoder.layers, expected_keep):
             drop = [i for i in range(32) if i not in keep]
             layer.fc2.weight[:, drop] = 0.0
     feats, ids = features(), torch.tensor([PROMPT + [5, 6]] * 3)

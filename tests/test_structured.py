@@ -1,5 +1,6 @@
 """Structured pruning: exact equivalence with masked references, couplings, heads, blocks, checkpoints."""
 
+import copy
 import json
 
 import pytest
@@ -90,7 +91,7 @@ def test_heads_removed_exactly() -> None:
     scores = head_importance(model)
     plan = {name: alloc.lowest(s, 2) for name, s in scores.items()}
     ref = masked_heads_reference(model, plan).eval()
-    pruned = remove_heads(__import__("copy").deepcopy(model), plan).eval()
+    pruned = remove_heads(copy.deepcopy(model), plan).eval()
     assert all(a.num_heads == 2 and a.q.out_features == 16 for a in (b.attn for b in pruned.blocks))
     with torch.no_grad():
         torch.testing.assert_close(pruned(X), ref(X), rtol=0, atol=1e-5)
@@ -147,7 +148,7 @@ def test_lstm_is_kept_and_named_not_refused() -> None:
 
     torch.manual_seed(0)
     model = WithLSTM()
-    result = prune_structured(model, X[:1], ratio=0.5, round_to=4)
+    result = prune_structured(copy.deepcopy(model), X[:1], ratio=0.5, round_to=4)
     assert "rnn" in result.kept_intact and "hidden units kept" in result.kept_intact["rnn"]
     assert result.model.conv.out_channels == 4 and result.model.fc.in_features == 4  # the rest is cut
     assert all(torch.equal(a, b) for a, b in zip(result.model.rnn.parameters(), model.rnn.parameters()))
@@ -157,7 +158,7 @@ def test_lstm_is_kept_and_named_not_refused() -> None:
 
 def test_ignored_layer_keeps_its_exact_weights() -> None:
     model = _tiny("cnn")
-    result = prune_structured(model, X[:1], ratio=0.5, ignored=["conv2"])
+    result = prune_structured(copy.deepcopy(model), X[:1], ratio=0.5, ignored=["conv2"])
     m = result.model
     assert torch.equal(m.conv2.weight, model.conv2.weight) and torch.equal(m.conv2.bias, model.conv2.bias)
     assert result.kept_intact == {"conv2": "ignored"}
@@ -224,8 +225,8 @@ def test_choose_ratio_on_val(tmp_path) -> None:
     model = _tiny("cnn")
     val = Split(X, Y)
     built, prepared = {}, []
-    sel = choose_ratio(model, lambda r: built.setdefault(r, prune_structured(model, X[:1], r).model), val, X[:1],
-                       floor=0.0, grid=(0.25, 0.5), bisect_steps=1, progress=False, timing_rounds=3,
+    sel = choose_ratio(model, lambda r: built.setdefault(r, prune_structured(copy.deepcopy(model), X[:1], r).model),
+                       val, X[:1], floor=0.0, grid=(0.25, 0.5), bisect_steps=1, progress=False, timing_rounds=3,
                        prepare=lambda m: prepared.append(m) or m)
     assert sel.chosen is not None and sel.chosen.ratio == 0.5 and len(sel.curve) == 2
     assert sel.chosen_model is built[0.5] and len(prepared) == 4  # dense once per point, plus each model
@@ -319,8 +320,9 @@ def test_latency_aware_cuts_where_the_table_says_time_goes() -> None:
     for s in sites.values():  # synthetic timings: only conv2's output channels cost time
         s.ms = [[float(o) if s.name == "conv2" else 1.0 for o in s.out_widths] for _ in s.in_widths]
     table = LatencyTable(sites, {"conv1": 16, "conv2": 32, "fc1": 64})
-    la, info = prune_latency_aware(model, X[:1], 0.5, "l2", round_to=4, threads=1, table=table, rounds=3)
-    uniform = prune_structured(model, X[:1], 0.5, round_to=4)
+    la = prune_latency_aware(copy.deepcopy(model), X[:1], 0.5, "l2", round_to=4, threads=1, table=table, rounds=3)
+    info = la.details
+    uniform = prune_structured(copy.deepcopy(model), X[:1], 0.5, round_to=4)
     assert la.kept["conv2"][0] < uniform.kept["conv2"][0] and la.kept["conv1"][0] == 16
     assert info["importance_spent"] <= info["importance_uniform"] * (1 + 1e-9)
     assert info["predicted_saving_ms"] > info["uniform_predicted_saving_ms"]
@@ -332,7 +334,7 @@ def test_fold_batchnorm_keeps_outputs(name: str) -> None:
     from slimkit.measure.fold import fold_batchnorm
 
     model = _tiny(name)
-    pruned = prune_structured(model, X[:1], 0.5).model.eval()
+    pruned = prune_structured(copy.deepcopy(model), X[:1], 0.5).model.eval()
     for m in (model, pruned):
         folded = fold_batchnorm(m, X[:1])
         assert not any(isinstance(x, nn.BatchNorm2d) for x in folded.modules())

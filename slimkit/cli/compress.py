@@ -103,8 +103,9 @@ def prune(
         from slimkit.prune.structured import prune_structured
 
         calib = [(x, y) for x, y, _ in batches(data.train.subset(1024), 128, shuffle=True, seed=seed)]
-        result = prune_structured(dense, data.test.x[:1], ratio=ratio, importance=importance, allocation=allocation,
-                                  round_to=round_to, calib=calib, blocks=blocks, head_ratio=heads)
+        result = prune_structured(copy.deepcopy(dense), data.test.x[:1], ratio=ratio, importance=importance,
+                                  allocation=allocation, round_to=round_to, calib=calib, blocks=blocks,
+                                  head_ratio=heads)
         pruned = result.model
         if not keep_slower:
             from slimkit.prune.latency_cost import not_slower

@@ -127,9 +127,10 @@ def prune(
     cal = calibration_windows(tok, calib_text, calib_samples, seq_len, seed) if method != "magnitude" else None
     ev = _eval_setup(tok, eval_text, eval_tokens, seq_len) if eval_tokens else None
     dense = perplexity(lm, ev, eval_text, progress=True) if ev is not None else None
-    report = prune_oneshot(lm, cal, method, sparsity, pattern)
-    typer.echo(f"{method} {'N:M ' + nm if nm else f'{sparsity:.0%}'}: realised sparsity {report.realised:.4f} "
-               f"of decoder Linear weights in {report.seconds:.1f} s (calibration: {report.calibration})")
+    result = prune_oneshot(lm, cal, method, sparsity, pattern)
+    typer.echo(f"{method} {'N:M ' + nm if nm else f'{sparsity:.0%}'}: realised sparsity {1 - result.kept_total:.4f} "
+               f"of decoder Linear weights in {result.details['seconds']:.1f} s "
+               f"(calibration: {result.details['calibration']})")
     if ev is not None:
         _table([("dense", dense), (f"{method} {nm or sparsity}", perplexity(lm, ev, eval_text, progress=True))], dense)
     typer.echo("note: unstructured/N:M zeros stay in dense matrices and give no CPU speed-up")
@@ -161,10 +162,10 @@ def _prune_streamed(model: str, method: str, sparsity: float, nm: Optional[str],
     cal = calibration_windows(tok, calib_text, calib_samples, seq_len, seed) if method != "magnitude" else None
     ev = _eval_setup(tok, eval_text, eval_tokens, seq_len) if eval_tokens else None
     del tok  # from here on only token ids are needed: keep memory for the blocks
-    report = prune_oneshot_folder(src, out, cal, method, sparsity, pattern, overwrite=overwrite)
-    typer.echo(f"{method} {'N:M ' + nm if nm else f'{sparsity:.0%}'}: realised sparsity {report.realised:.4f} "
-               f"of decoder Linear weights in {report.seconds:.1f} s, streamed block by block "
-               f"(calibration: {report.calibration})")
+    result = prune_oneshot_folder(src, out, cal, method, sparsity, pattern, overwrite=overwrite)
+    typer.echo(f"{method} {'N:M ' + nm if nm else f'{sparsity:.0%}'}: realised sparsity {1 - result.kept_total:.4f} "
+               f"of decoder Linear weights in {result.details['seconds']:.1f} s, streamed block by block "
+               f"(calibration: {result.details['calibration']})")
     if ev is not None:
         lm, _ = load_causal_lm(src)
         dense = perplexity(lm, ev, eval_text, progress=True)
@@ -216,8 +217,9 @@ def depth(
     from slimkit.llm.depth import check_depth_cut, prune_depth
 
     def cut(lm, cal) -> str:
-        rep = prune_depth(lm, cal, remove)
-        return f"removed layers {rep.removed} (block influence {[round(rep.scores[i], 4) for i in rep.removed]})"
+        res = prune_depth(lm, cal, remove)
+        return (f"removed layers {', '.join(res.removed_blocks)} "
+                f"(block influence {[round(res.scores[b], 4) for b in res.removed_blocks]})")
 
     _remove_and_save(model, out, overwrite, calib_text, calib_samples, seq_len, eval_text, eval_tokens, seed,
                      f"depth -{remove}", cut, lambda config: check_depth_cut(config.num_hidden_layers, remove))
@@ -246,10 +248,10 @@ def width(
 
     def cut(lm, cal) -> str:
         params = sum(p.numel() for p in lm.parameters())
-        rep = prune_width(lm, cal, ffn_ratio, kv_groups)
+        cfg = prune_width(lm, cal, ffn_ratio, kv_groups).model.config
         kept = sum(p.numel() for p in lm.parameters())
-        return (f"intermediate size {rep.intermediate_size}, KV groups {rep.kv_groups}, query heads {rep.heads}; "
-                f"params {params / 1e6:.1f} M -> {kept / 1e6:.1f} M")
+        return (f"intermediate size {cfg.intermediate_size}, KV groups {cfg.num_key_value_heads}, query heads "
+                f"{cfg.num_attention_heads}; params {params / 1e6:.1f} M -> {kept / 1e6:.1f} M")
 
     _remove_and_save(model, out, overwrite, calib_text, calib_samples, seq_len, eval_text, eval_tokens, seed,
                      f"width -{ffn_ratio:g} FFN, -{kv_groups} KV groups", cut,
@@ -296,7 +298,7 @@ def encoder(
     teacher, tok = load_encoder(model)
     texts, held = default_sentences(train, held_out, seed)
     student = copy.deepcopy(teacher)
-    kept = prune_encoder(student, tok, texts[:calib], ffn_ratio, head_ratio, drop_layers)
+    pruned = prune_encoder(student, tok, texts[:calib], ffn_ratio, head_ratio, drop_layers)
     rows = [("pruned + refit", fidelity(student, teacher, tok, held))]
     if minutes > 0:
         info = distill_encoder(student, teacher, tok, texts, epochs=1000, lr=lr, seed=seed, layer_weight=1.0,
@@ -307,11 +309,12 @@ def encoder(
         rows.append((f"+ distilled {info['steps']} steps, {info['seconds']:.0f} s{resumed}",
                      fidelity(student, teacher, tok, held)))
     params = (sum(p.numel() for p in teacher.parameters()), sum(p.numel() for p in student.parameters()))
-    typer.echo(f"layers {kept['layers']}, FFN {kept['intermediate_size']}, heads per layer "
-               f"{sorted({len(h) for h in kept['heads_kept']})}; params {params[0] / 1e6:.1f} M -> {params[1] / 1e6:.1f} M")
+    heads = sorted({k for name, (k, _) in pruned.kept.items() if name.endswith(".attention.self")})
+    typer.echo(f"layers {len(student.encoder.layer)}, FFN {student.config.intermediate_size}, heads per layer "
+               f"{heads}; params {params[0] / 1e6:.1f} M -> {params[1] / 1e6:.1f} M")
     for label, fid in rows:
         typer.echo(f"{label}: {fid}")
-    saved = save_encoder(student, tok, kept, out, overwrite, [model])
+    saved = save_encoder(student, tok, pruned.removed_heads, out, overwrite, [model])
     typer.echo(f"saved {saved} (reload with slimkit.llm.encoder.load_encoder_pruned)")
 
 

@@ -86,7 +86,7 @@ class StructuredCutter:
         from slimkit.prune.batchnorm import recalibrate_bn
         from slimkit.prune.structured import prune_structured
 
-        res = prune_structured(model, self.example, ratio, self.importance if exact else "l2",
+        res = prune_structured(copy.deepcopy(model), self.example, ratio, self.importance if exact else "l2",
                                calib=[(x, None) for x in calib] if exact else None, ignored=self.ignored)
         pruned = recalibrate_bn(res.model, calib) if ratio > 0 and exact else res.model
         return pruned.eval(), {g: [k, n] for g, (k, n) in res.kept.items()}

@@ -7,14 +7,13 @@ costs little. Scores come from one dense forward over calibration tokens (hooks 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from slimkit.errors import SlimkitError
 from slimkit.llm.oneshot import decoder_layers
+from slimkit.prune.result import PruneResult
 
 
 @torch.no_grad()
@@ -77,18 +76,6 @@ def remove_layers(model: nn.Module, drop: list[int]) -> nn.Module:
     return model
 
 
-@dataclass
-class DepthReport:
-    """Scores per original block, which were removed, and which were kept."""
-
-    scores: list[float]
-    removed: list[int]
-    kept: list[int]
-
-    def as_dict(self) -> dict:
-        return self.__dict__.copy()
-
-
 def check_depth_cut(n_layers: int, n_remove: int) -> None:
     """Refuse removing `n_remove` of `n_layers` decoder layers unless at least one stays."""
     if not 0 <= n_remove < n_layers:
@@ -96,11 +83,21 @@ def check_depth_cut(n_layers: int, n_remove: int) -> None:
                            f"remove fewer layers")
 
 
-def prune_depth(model: nn.Module, windows: torch.Tensor, n_remove: int, progress: bool = True) -> DepthReport:
-    """Remove the `n_remove` blocks with the lowest block influence, in place."""
-    n = len(decoder_layers(model))
+def prune_depth(model: nn.Module, windows: torch.Tensor, n_remove: int, progress: bool = True) -> PruneResult:
+    """Remove the `n_remove` blocks with the lowest block influence, in place.
+
+    The result names blocks as the dense model did (`model.layers.<i>`): `scores` holds every
+    block's influence, `removed_blocks` the removed ones in layer order, `kept` the (kept, original)
+    count of blocks in the stack.
+    """
+    layers = decoder_layers(model)
+    n = len(layers)
     check_depth_cut(n, n_remove)
+    names = {id(m): name for name, m in model.named_modules()}
+    block_names = [names[id(layer)] for layer in layers]
     scores = block_influence(model, windows, progress=progress)
     removed = sorted(sorted(range(n), key=lambda i: scores[i])[:n_remove])
     remove_layers(model, removed)
-    return DepthReport(scores, removed, [i for i in range(n) if i not in removed])
+    stack = block_names[0].rpartition(".")[0]
+    return PruneResult(model, "depth", {stack: (n - n_remove, n)}, removed_blocks=[block_names[i] for i in removed],
+                       scores=dict(zip(block_names, scores)))

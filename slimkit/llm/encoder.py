@@ -30,7 +30,7 @@ from slimkit.distill.engine import Distiller
 from slimkit.distill.losses import Term, cosine
 from slimkit.distill.tasks import embeddings
 from slimkit.errors import SlimkitError
-from slimkit.llm.encoder_prune import prune_heads
+from slimkit.llm.encoder_prune import remove_encoder_heads
 from slimkit.llm.text import read_text
 from slimkit.measure.embedding import cosine_sum, neighbour_agreement
 
@@ -143,13 +143,29 @@ def default_sentences(n_train: int = 2000, n_eval: int = 500, seed: int = 0) -> 
     return pick(train, n_train), pick(held, n_eval)
 
 
-def save_encoder(model: nn.Module, tokenizer, kept: dict, out: str | Path, overwrite: bool = False,
-                 inputs=()) -> Path:
-    """save_pretrained plus slimkit_heads.json (the kept heads per layer), committed as one folder."""
+def head_layout(model: nn.Module, removed_heads: dict[str, list[int]]) -> dict:
+    """What slimkit_heads.json records: the kept heads per layer (indices before the cut, from
+    `removed_heads` as prune_encoder's result names them), the head size, layers and FFN width."""
+    heads_kept = []
+    for i, layer in enumerate(model.encoder.layer):
+        removed = set(removed_heads.get(f"encoder.layer.{i}.attention.self", []))
+        dense = layer.attention.self.num_attention_heads + len(removed)
+        heads_kept.append([h for h in range(dense) if h not in removed])
+    return {"intermediate_size": model.config.intermediate_size, "heads_kept": heads_kept,
+            "head_size": model.encoder.layer[0].attention.self.attention_head_size,
+            "layers": len(model.encoder.layer)}
+
+
+def save_encoder(model: nn.Module, tokenizer, removed_heads: dict[str, list[int]], out: str | Path,
+                 overwrite: bool = False, inputs=()) -> Path:
+    """save_pretrained plus slimkit_heads.json (`head_layout`: the kept heads per layer), committed as
+    one folder; `removed_heads` is the pruning result's."""
     from slimkit.llm.load import save_pretrained_atomic
 
+    layout = head_layout(model, removed_heads)
     return save_pretrained_atomic(model, tokenizer, out, overwrite, inputs,
-                                  extra_files={"slimkit_heads.json": json.dumps(kept).encode()}, command="llm encoder")
+                                  extra_files={"slimkit_heads.json": json.dumps(layout).encode()},
+                                  command="llm encoder")
 
 
 def load_encoder_pruned(path: str | Path):
@@ -165,7 +181,7 @@ def load_encoder_pruned(path: str | Path):
     cfg = AutoConfig.from_pretrained(str(path))
     model = AutoModel.from_config(cfg)
     for layer, kept in zip(model.encoder.layer, meta["heads_kept"]):
-        prune_heads(layer, kept, meta["head_size"])
+        remove_encoder_heads(layer, kept, meta["head_size"])
     state = load_file(str(path / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [m for m in missing if "position_ids" not in m]:

@@ -22,10 +22,11 @@ from torch import nn
 
 from slimkit.errors import SlimkitError, check_sparsity
 from slimkit.llm.width import _shrink_linear, head_columns
+from slimkit.prune.result import PruneResult
 
 
 @torch.no_grad()
-def prune_heads(layer: nn.Module, keep: list[int], head_size: int) -> None:
+def remove_encoder_heads(layer: nn.Module, keep: list[int], head_size: int) -> None:
     """Keep the listed heads of one BERT layer: shrink Q/K/V rows and the output projection's columns."""
     sa = layer.attention.self
     idx = head_columns(sorted(keep), head_size)
@@ -128,12 +129,15 @@ def _run_layer(layer: nn.Module, batches, gram: _Gram | None = None, target: nn.
 
 @torch.no_grad()
 def prune_encoder(model: nn.Module, tokenizer, texts: list[str], ffn_ratio: float = 0.5, head_ratio: float = 0.25,
-                  drop_layers: int = 0, reconstruct: bool = True, batch_size: int = 64, max_length: int = 64) -> dict:
-    """Remove FFN neurons, heads and (the last) layers by activation-aware importance; returns what was kept.
+                  drop_layers: int = 0, reconstruct: bool = True, batch_size: int = 64,
+                  max_length: int = 64) -> PruneResult:
+    """Remove FFN neurons, heads and (the last) layers by activation-aware importance, in place.
 
-    With `reconstruct`, each layer's attention-output and FFN-output projections are refitted by
-    least squares on the calibration sentences, layer by layer on the pruned model's own hidden
-    states (see the module docstring).
+    The result's `kept` holds (kept, original) heads per `encoder.layer.<i>.attention.self` and
+    neurons per `encoder.layer.<i>.intermediate`, `removed_heads` the removed heads and
+    `removed_blocks` the dropped layers. With `reconstruct`, each layer's attention-output and
+    FFN-output projections are refitted by least squares on the calibration sentences, layer by
+    layer on the pruned model's own hidden states (see the module docstring).
     """
     check_sparsity(ffn_ratio, "ffn_ratio")
     check_sparsity(head_ratio, "head_ratio")
@@ -143,6 +147,7 @@ def prune_encoder(model: nn.Module, tokenizer, texts: list[str], ffn_ratio: floa
     n_layers = len(model.encoder.layer)
     if not 0 <= drop_layers < n_layers:
         raise SlimkitError(f"can drop 0..{n_layers - 1} layers, asked for {drop_layers}")
+    removed_blocks = [f"encoder.layer.{i}" for i in range(n_layers - drop_layers, n_layers)]
     if drop_layers:
         model.encoder.layer = model.encoder.layer[: n_layers - drop_layers]
         cfg.num_hidden_layers = n_layers - drop_layers
@@ -151,8 +156,10 @@ def prune_encoder(model: nn.Module, tokenizer, texts: list[str], ffn_ratio: floa
     n_ffn = cfg.intermediate_size - int(cfg.intermediate_size * ffn_ratio)
     n_heads = cfg.num_attention_heads - int(cfg.num_attention_heads * head_ratio)
     batches = _layer_inputs(model, tokenizer, texts, batch_size, max_length)
-    heads_kept = []
-    for layer in model.encoder.layer:
+    n_dense_heads, n_dense_ffn = cfg.num_attention_heads, cfg.intermediate_size
+    kept_widths: dict[str, tuple[int, int]] = {}
+    removed_heads: dict[str, list[int]] = {}
+    for i, layer in enumerate(model.encoder.layer):
         att_out = layer.attention.output.dense
         gram = _Gram(att_out.in_features)
         _run_layer(layer, batches, gram, att_out)
@@ -161,10 +168,13 @@ def prune_encoder(model: nn.Module, tokenizer, texts: list[str], ffn_ratio: floa
         kept = sorted(torch.topk(per_channel.reshape(-1, head_size).sum(1).sqrt() * w, n_heads).indices.tolist())
         refit = (reconstruct_linear(att_out.weight, att_out.bias, gram.value, head_columns(kept, head_size))
                  if reconstruct else None)
-        prune_heads(layer, kept, head_size)
+        remove_encoder_heads(layer, kept, head_size)
         if refit is not None:
             layer.attention.output.dense = _replace(layer.attention.output.dense, *refit)
-        heads_kept.append(kept)
+        kept_widths[f"encoder.layer.{i}.attention.self"] = (len(kept), n_dense_heads)
+        if len(kept) < n_dense_heads:
+            removed_heads[f"encoder.layer.{i}.attention.self"] = [h for h in range(n_dense_heads) if h not in kept]
+        kept_widths[f"encoder.layer.{i}.intermediate"] = (n_ffn, n_dense_ffn)
 
         ffn_out = layer.output.dense
         gram = _Gram(ffn_out.in_features)
@@ -178,5 +188,4 @@ def prune_encoder(model: nn.Module, tokenizer, texts: list[str], ffn_ratio: floa
             layer.output.dense = _shrink_linear(ffn_out, in_idx=keep)
         _run_layer(layer, batches, advance=True)
     cfg.intermediate_size = n_ffn
-    return {"intermediate_size": n_ffn, "heads_kept": heads_kept, "head_size": head_size,
-            "layers": cfg.num_hidden_layers}
+    return PruneResult(model, "encoder", kept_widths, removed_blocks=removed_blocks, removed_heads=removed_heads)

@@ -7,7 +7,7 @@ calibration activations need to live on the compute device at a time: blocks are
 GPU one by one when there is one, and pruned on the CPU otherwise.
 
 The mask rules themselves (`nm_mask`, `row_mask`, `sparsegpt_prune`) are pure functions of tensors
-so they can be tested on a single layer; `prune_block` applies them to one block, so that
+so they can be tested on a single layer; `sparsify_block` applies them to one block, so that
 `slimkit.llm.streaming` can run the same per-block steps on a model read from disk block by block.
 """
 
@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from slimkit.errors import SlimkitError, check_sparsity
+from slimkit.prune.result import PruneResult
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
@@ -259,21 +259,20 @@ def collect_input_stats(block: nn.Module, hidden: list[torch.Tensor], kwargs: li
     return {lin: own_stats[owner[lin]] for lin in linears}
 
 
-@dataclass
-class OneShotReport:
-    """What a one-shot prune did: method, target, realised sparsity, order of blocks, wall time."""
+def oneshot_result(model: nn.Module | None, method: str, sparsity: float, nm: tuple[int, int] | None,
+                   counts: dict[str, tuple[int, int]], order: list[int], start: float, calibration: str,
+                   masks: dict[str, torch.Tensor] | None = None) -> PruneResult:
+    """The PruneResult of a one-shot prune, from (kept, total) weights per pruned Linear weight.
 
-    method: str
-    sparsity: float
-    nm: tuple[int, int] | None
-    realised: float
-    block_order: list[int]
-    seconds: float
-    calibration: str
-    masks: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "masks"}
+    `details` hold the target `sparsity` (1 - N/M with `nm`), the blocks in the order they were
+    pruned, the wall time since `start` and what the calibration was.
+    """
+    kept = sum(k for k, _ in counts.values())
+    total = sum(n for _, n in counts.values())
+    return PruneResult(model, method, kept_per_layer={name: k / n for name, (k, n) in counts.items()},
+                       kept_total=kept / total if total else 1.0, masks=masks or {},
+                       details={"sparsity": sparsity, "nm": nm, "block_order": order,
+                                "seconds": time.perf_counter() - start, "calibration": calibration})
 
 
 def check_oneshot_args(method: str, sparsity: float, nm: tuple[int, int] | str | None, mask_scope: str
@@ -301,9 +300,10 @@ def compute_device(device: str | torch.device | None) -> torch.device:
 
 
 @torch.no_grad()
-def prune_block(block: nn.Module, method: str, sparsity: float, nm: tuple[int, int] | None,
-                hidden: list[torch.Tensor] | None, kwargs: list[dict] | None, device: torch.device,
-                blocksize: int = 128, percdamp: float = 0.01, mask_scope: str = "row") -> dict[nn.Linear, torch.Tensor]:
+def sparsify_block(block: nn.Module, method: str, sparsity: float, nm: tuple[int, int] | None,
+                   hidden: list[torch.Tensor] | None, kwargs: list[dict] | None, device: torch.device,
+                   blocksize: int = 128, percdamp: float = 0.01, mask_scope: str = "row"
+                   ) -> dict[nn.Linear, torch.Tensor]:
     """Prune every Linear of one block in place; returns each Linear's keep-mask (on the block's device).
 
     Magnitude needs no inputs; Wanda and SparseGPT calibrate on `hidden`/`kwargs`, the inputs of
@@ -343,14 +343,14 @@ def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = 
                   nm: tuple[int, int] | str | None = None, batch_size: int = 2, percdamp: float = 0.01,
                   blocksize: int = 128, mask_scope: str = "row", layers: list[int] | None = None,
                   device: str | torch.device | None = None, progress: bool = True,
-                  on_block: Callable[[int], None] | None = None) -> OneShotReport:
+                  on_block: Callable[[int], None] | None = None) -> PruneResult:
     """Prune every Linear inside the decoder blocks in place; embeddings and lm_head stay dense.
 
     `windows` is (n, L) calibration token ids (unused by magnitude). With `nm`, N:M replaces the
     unstructured ratio. `layers` limits pruning to some block indices (tests use one or two).
-    Returns the keep-masks so that fine-tuning can hold them (MaskHolder). `batch_size` windows go
-    through a block at once: small batches keep the transient activations (attention, FFN) small,
-    which is what bounds peak memory beyond the model itself. The whole model must fit in memory;
+    The result holds the keep-masks so that fine-tuning can hold them (MaskHolder). `batch_size`
+    windows go through a block at once: small batches keep the transient activations (attention,
+    FFN) small, which is what bounds peak memory beyond the model itself. The whole model must fit in memory;
     `slimkit.llm.streaming.prune_oneshot_folder` does the same from a checkpoint one block at a time.
     """
     sparsity, nm = check_oneshot_args(method, sparsity, nm, mask_scope)
@@ -365,12 +365,12 @@ def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = 
 
     if method == "magnitude":
         for i in tqdm(todo, desc="magnitude", disable=not progress, leave=False):
-            for lin, keep in prune_block(blocks[i], method, sparsity, nm, None, None, dev).items():
+            for lin, keep in sparsify_block(blocks[i], method, sparsity, nm, None, None, dev).items():
                 masks[names[id(lin)] + ".weight"] = keep.cpu()
             order.append(i)
             if on_block:
                 on_block(i)
-        return _report(model, method, sparsity, nm, order, start, "none", masks)
+        return _result(model, method, sparsity, nm, order, start, "none", masks)
 
     if windows is None:
         raise SlimkitError(f"{method} needs calibration windows")
@@ -380,7 +380,8 @@ def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = 
         home = next(block.parameters()).device
         block.to(dev)
         if i in todo:
-            block_masks = prune_block(block, method, sparsity, nm, hidden, kwargs, dev, blocksize, percdamp, mask_scope)
+            block_masks = sparsify_block(block, method, sparsity, nm, hidden, kwargs, dev, blocksize, percdamp,
+                                         mask_scope)
             for lin, keep in block_masks.items():
                 masks[names[id(lin)] + ".weight"] = keep.cpu()
             order.append(i)
@@ -388,11 +389,9 @@ def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = 
                 on_block(i)
         advance(block, hidden, kwargs)  # next inputs, from the pruned block
         block.to(home)
-    return _report(model, method, sparsity, nm, order, start, f"{windows.shape[0]} x {windows.shape[1]} tokens", masks)
+    return _result(model, method, sparsity, nm, order, start, f"{windows.shape[0]} x {windows.shape[1]} tokens", masks)
 
 
-def _report(model, method, sparsity, nm, order, start, calibration, masks) -> OneShotReport:
-    kept = sum(int(m.sum()) for m in masks.values())
-    total = sum(m.numel() for m in masks.values())
-    realised = 1.0 - kept / total if total else 0.0
-    return OneShotReport(method, sparsity, nm, realised, order, time.perf_counter() - start, calibration, masks)
+def _result(model, method, sparsity, nm, order, start, calibration, masks) -> PruneResult:
+    counts = {name: (int(m.sum()), m.numel()) for name, m in masks.items()}
+    return oneshot_result(model, method, sparsity, nm, counts, order, start, calibration, masks)

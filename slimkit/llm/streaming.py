@@ -11,8 +11,8 @@ outputs of the already-pruned blocks before it. So this module
 2. captures the inputs of block 0 with `capture_block_inputs` (its pre-hook stops the forward
    before any meta weight is touched), then drops the skeleton's weights;
 3. for each block: reads that block's tensors from the safetensors files, prunes it with the very
-   same `prune_block` as the in-memory path, runs it to produce the next block's inputs, writes it
-   (original dtype and names) to its own shard and sends it back to the meta device.
+   same `sparsify_block` as the in-memory path, runs it to produce the next block's inputs, writes
+   it (original dtype and names) to its own shard and sends it back to the meta device.
 
 Peak memory is therefore the process, the larger of (non-block tensors) and (one block), and the
 calibration activations. The output is a sharded HF folder (`model.safetensors.index.json`) with
@@ -39,8 +39,9 @@ from tqdm import tqdm
 
 from slimkit.errors import SlimkitError
 from slimkit.outputs import output_folder
-from slimkit.llm.oneshot import (OneShotReport, advance, capture_block_inputs, check_oneshot_args, compute_device,
-                                 decoder_layers, prune_block)
+from slimkit.llm.oneshot import (advance, capture_block_inputs, check_oneshot_args, compute_device, decoder_layers,
+                                 oneshot_result, sparsify_block)
+from slimkit.prune.result import PruneResult
 
 INDEX = "model.safetensors.index.json"
 # files of a HF folder that hold weights in some format; everything else (config, tokenizer,
@@ -229,15 +230,15 @@ def prune_oneshot_folder(src: str | Path, out: str | Path, windows: torch.Tensor
                          sparsity: float = 0.5, nm: tuple[int, int] | str | None = None, batch_size: int = 2,
                          percdamp: float = 0.01, blocksize: int = 128, mask_scope: str = "row",
                          device: str | torch.device | None = None, progress: bool = True,
-                         overwrite: bool = False) -> OneShotReport:
+                         overwrite: bool = False) -> PruneResult:
     """Prune the HF causal LM in folder `src` block by block into the new folder `out`.
 
     Same settings and the same result as `prune_oneshot` on the loaded model (every Linear of every
     decoder block; embeddings and lm_head dense), but only one block is materialised at a time, so
     a model larger than RAM or GPU memory can be pruned. Blocks are computed in float32 (Wanda and
     SparseGPT on the GPU when there is one, magnitude on the CPU, as in `prune_oneshot`) and stored
-    back in the checkpoint's dtype. The report carries no masks (they would be the size of the
-    model); `realised` is counted block by block.
+    back in the checkpoint's dtype. The result holds no model (it is on disk in `out`) and no masks
+    (they would be the size of the model); the kept fractions are counted block by block.
     `out` appears only when everything is written; a failure leaves neither it nor a partial folder.
     It follows slimkit.outputs' rules (an existing folder is replaced only with `overwrite`).
     """
@@ -262,7 +263,7 @@ def prune_oneshot_folder(src: str | Path, out: str | Path, windows: torch.Tensor
     n_blocks = len(layers)
     shard = "model-{:05d}-of-" + f"{n_blocks + 1:05d}.safetensors"
     weight_map: dict[str, str] = {}
-    kept = total = 0
+    counts: dict[str, tuple[int, int]] = {}
     with output_folder(dest, overwrite, inputs=[ckpt.folder], command="llm prune --stream") as stage:
         non_block = ckpt.read([n for n in ckpt.names if not n.startswith(prefix + ".")])
         size = _save_shard(non_block, stage, shard.format(1), weight_map)  # as stored, before float32 copies
@@ -275,9 +276,9 @@ def prune_oneshot_folder(src: str | Path, out: str | Path, windows: torch.Tensor
         _return_freed_memory()
         for i in tqdm(range(n_blocks), desc=f"{method} (streamed)", disable=not progress, leave=False):
             block, dtypes = _load_block(layers, i, ckpt, prefix, block_dev)
-            masks = prune_block(block, method, sparsity, nm, hidden, kwargs, dev, blocksize, percdamp, mask_scope)
-            kept += sum(int(m.sum()) for m in masks.values())
-            total += sum(m.numel() for m in masks.values())
+            masks = sparsify_block(block, method, sparsity, nm, hidden, kwargs, dev, blocksize, percdamp, mask_scope)
+            names = {lin: name for name, lin in block.named_modules()}
+            counts.update({f"{prefix}.{i}.{names[lin]}.weight": (int(m.sum()), m.numel()) for lin, m in masks.items()})
             del masks
             _return_freed_memory()  # the Hessians and SparseGPT's work buffers, before the forward below
             if hidden is not None and i + 1 < n_blocks:
@@ -292,6 +293,4 @@ def prune_oneshot_folder(src: str | Path, out: str | Path, windows: torch.Tensor
         (stage / INDEX).write_text(json.dumps(index, indent=2) + "\n")
         _copy_side_files(ckpt.folder, stage)
     calibration = "none" if method == "magnitude" else f"{windows.shape[0]} x {windows.shape[1]} tokens"
-    realised = 1.0 - kept / total if total else 0.0
-    seconds = time.perf_counter() - start
-    return OneShotReport(method, sparsity, nm, realised, list(range(n_blocks)), seconds, calibration)
+    return oneshot_result(None, method, sparsity, nm, counts, list(range(n_blocks)), start, calibration)

@@ -20,14 +20,13 @@ residual stream goes first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from slimkit.errors import SlimkitError, check_sparsity
 from slimkit.llm.oneshot import decoder_layers
+from slimkit.prune.result import PruneResult
 
 
 def head_columns(heads: list[int], head_dim: int) -> torch.Tensor:
@@ -82,7 +81,7 @@ def collect_width_stats(model: nn.Module, windows: torch.Tensor, batch_size: int
 
 
 @torch.no_grad()
-def prune_ffn(model: nn.Module, keep_per_layer: list[torch.Tensor]) -> None:
+def remove_ffn_neurons(model: nn.Module, keep_per_layer: list[torch.Tensor]) -> None:
     """Keep the given intermediate neurons (same count in every layer) of every gated MLP."""
     sizes = {int(k.numel()) for k in keep_per_layer}
     if len(sizes) != 1:
@@ -99,7 +98,7 @@ def prune_ffn(model: nn.Module, keep_per_layer: list[torch.Tensor]) -> None:
 
 
 @torch.no_grad()
-def prune_kv_groups(model: nn.Module, keep_groups_per_layer: list[list[int]]) -> None:
+def remove_kv_groups(model: nn.Module, keep_groups_per_layer: list[list[int]]) -> None:
     """Keep the listed KV groups (same count per layer), with all their query heads."""
     cfg = model.config
     n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -129,19 +128,6 @@ def prune_kv_groups(model: nn.Module, keep_groups_per_layer: list[list[int]]) ->
     cfg.num_attention_heads = kept * group
 
 
-@dataclass
-class WidthReport:
-    """What width pruning kept: intermediate size, KV groups and heads per layer."""
-
-    intermediate_size: int
-    kv_groups: int
-    heads: int
-    groups_kept: list[list[int]]
-
-    def as_dict(self) -> dict:
-        return self.__dict__.copy()
-
-
 def check_width_cut(n_kv: int, ffn_ratio: float, kv_groups_remove: int) -> None:
     """Refuse a cut a model with `n_kv` KV groups cannot take: a ratio outside [0, 1), or every KV group."""
     check_sparsity(ffn_ratio, "ffn_ratio")
@@ -150,29 +136,43 @@ def check_width_cut(n_kv: int, ffn_ratio: float, kv_groups_remove: int) -> None:
 
 
 def prune_width(model: nn.Module, windows: torch.Tensor, ffn_ratio: float = 0.0, kv_groups_remove: int = 0,
-                progress: bool = True) -> WidthReport:
-    """Remove `ffn_ratio` of FFN neurons and `kv_groups_remove` KV groups from every layer, in place."""
+                progress: bool = True) -> PruneResult:
+    """Remove `ffn_ratio` of FFN neurons and `kv_groups_remove` KV groups from every layer, in place.
+
+    The result's `kept` holds (kept, original) FFN neurons per `<layer>.mlp` and KV groups per
+    `<layer>.self_attn`; `removed_heads` the query heads that left with the removed groups.
+    """
     check_width_cut(model.config.num_key_value_heads, ffn_ratio, kv_groups_remove)
     cfg = model.config
     ffn, att = collect_width_stats(model, windows, progress=progress)
     layers = decoder_layers(model)
-    n_keep = cfg.intermediate_size - int(cfg.intermediate_size * ffn_ratio)
+    names = {id(m): n for n, m in model.named_modules()}
+    layer_names = [names[id(layer)] for layer in layers]
+    n_ffn = cfg.intermediate_size
+    n_keep = n_ffn - int(n_ffn * ffn_ratio)
     if ffn_ratio > 0:
         keep = []
         for layer, sq in zip(layers, ffn):
             score = sq.sqrt().float() * layer.mlp.down_proj.weight.norm(dim=0)
             keep.append(torch.topk(score, n_keep).indices)
-        prune_ffn(model, keep)
+        remove_ffn_neurons(model, keep)
     n_kv = cfg.num_key_value_heads
     group = cfg.num_attention_heads // n_kv
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    groups_kept = [list(range(n_kv)) for _ in layers]
+    removed_heads: dict[str, list[int]] = {}
     if kv_groups_remove > 0:
         groups_kept = []
-        for layer, sq in zip(layers, att):
+        for name, layer, sq in zip(layer_names, layers, att):
             w_norm = layer.self_attn.o_proj.weight.pow(2).sum(0).reshape(-1, head_dim).sum(1).sqrt()
             o_norm = sq.reshape(-1, head_dim).sum(1).sqrt().float()
             score = (o_norm * w_norm).reshape(n_kv, group).sum(1)
-            groups_kept.append(sorted(torch.topk(score, n_kv - kv_groups_remove).indices.tolist()))
-        prune_kv_groups(model, groups_kept)
-    return WidthReport(cfg.intermediate_size, cfg.num_key_value_heads, cfg.num_attention_heads, groups_kept)
+            kept = sorted(torch.topk(score, n_kv - kv_groups_remove).indices.tolist())
+            groups_kept.append(kept)
+            removed_heads[f"{name}.self_attn"] = [g * group + j for g in range(n_kv) if g not in kept
+                                                  for j in range(group)]
+        remove_kv_groups(model, groups_kept)
+    kept_widths: dict[str, tuple[int, int]] = {}
+    for name in layer_names:
+        kept_widths[f"{name}.mlp"] = (cfg.intermediate_size, n_ffn)
+        kept_widths[f"{name}.self_attn"] = (cfg.num_key_value_heads, n_kv)
+    return PruneResult(model, "width", kept_widths, removed_heads=removed_heads)

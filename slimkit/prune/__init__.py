@@ -1,19 +1,25 @@
-"""Pruning: unstructured magnitude masks (magnitude.py) and structured removal (structured.py and
-its helpers: handlers, cuttable, importance, allocation, layers, latency_cost, select, recovery)."""
+"""Pruning: unstructured magnitude masks (magnitude.py), structured removal (structured.py and its
+helpers: handlers, cuttable, importance, allocation, layers, select, recovery) and latency-aware
+shaping (latency_cost.py).
+
+Every `prune_*` verb (and `magnitude_prune`, `iterative_prune`) changes the model it is given in
+place and returns a `PruneResult` whose `model` is that object; keep a `copy.deepcopy` first when
+the dense model is still needed.
+"""
 
 from slimkit.prune.cuttable import Survey, survey
 from slimkit.prune.handlers import Handler, Heads, register_handler
 from slimkit.masks import MaskHolder, apply_masks, bake
+from slimkit.prune.latency_cost import LatencyTable, latency_table, not_slower, prune_latency_aware
 from slimkit.prune.magnitude import (
-    PruneReport,
     kept_ratio,
     magnitude_prune,
     masks_from_threshold,
     prunable_weights,
     threshold_for_sparsity,
 )
+from slimkit.prune.result import PruneResult
 from slimkit.prune.structured import (
-    StructuredResult,
     build_graph,
     compute_scores,
     iterative_prune,
@@ -23,9 +29,9 @@ from slimkit.prune.structured import (
 __all__ = [
     "Handler",
     "Heads",
+    "LatencyTable",
     "MaskHolder",
-    "PruneReport",
-    "StructuredResult",
+    "PruneResult",
     "Survey",
     "apply_masks",
     "bake",
@@ -33,9 +39,12 @@ __all__ = [
     "compute_scores",
     "iterative_prune",
     "kept_ratio",
+    "latency_table",
     "magnitude_prune",
     "masks_from_threshold",
+    "not_slower",
     "prunable_weights",
+    "prune_latency_aware",
     "prune_structured",
     "register_handler",
     "survey",

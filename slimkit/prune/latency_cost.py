@@ -37,7 +37,8 @@ from slimkit.errors import SlimkitError
 from slimkit.outputs import atomic_write_bytes
 from slimkit.measure.cost import measure_latency_interleaved
 from slimkit.prune.allocation import importance_lost, latency_aware_keep, next_keep, round_keep, uniform_keep
-from slimkit.prune.structured import Graph, StructuredResult, apply_plan, build_graph, compute_scores, plan_channels
+from slimkit.prune.result import PruneResult
+from slimkit.prune.structured import Graph, apply_plan, build_graph, compute_scores, plan_channels
 
 FRACTIONS = (1.0, 0.75, 0.5, 0.25)
 
@@ -362,12 +363,13 @@ def prune_latency_aware(model: nn.Module, example: torch.Tensor, ratio: float, i
                         calib=None, round_to: int = 8, threads: int = 2, cache: str | Path | None = None,
                         ignored=None, max_ratio: float = 0.9, progress: bool = True, rounds: int = 40,
                         channels_last: bool = False, table: LatencyTable | None = None, match: str = "importance",
-                        normalize: bool | None = None):
+                        normalize: bool | None = None) -> PruneResult:
     """Shape the cut by measured time saved per unit of importance lost, matched to a uniform `ratio` cut.
 
     match="importance" spends exactly the importance the uniform cut would lose, where it saves the
     most time; match="latency" reaches the uniform cut's predicted saving while losing the least
-    importance. Returns (StructuredResult, info): the dense latency (measured here), the latency the
+    importance. The model is changed in place (keep a `copy.deepcopy` first for the dense one). The
+    result's `details` hold the dense latency (measured here, before the cut), the latency the
     lookup table predicts for this result and for the uniform cut, the importance spent by each,
     and each group's saving per channel.
 
@@ -379,8 +381,9 @@ def prune_latency_aware(model: nn.Module, example: torch.Tensor, ratio: float, i
         raise SlimkitError(f"match must be 'importance' or 'latency', got {match!r}")
     table = table or latency_table(model, example, round_to, threads, cache, ignored, progress, rounds, max_ratio,
                                    channels_last)
-    m = copy.deepcopy(model)
-    graph = build_graph(m, example[:1], ignored)
+    dense_ms = measure_latency_interleaved([model], example[:1], runs=rounds, warmup=3, threads=threads,
+                                           stat="min")[0].ms
+    graph = build_graph(model, example[:1], ignored)
     sizes = graph.sizes
     scores = compute_scores(graph, importance, calib)
     normalize = importance != "taylor" if normalize is None else normalize
@@ -392,11 +395,9 @@ def prune_latency_aware(model: nn.Module, example: torch.Tensor, ratio: float, i
         keep, notes = latency_aware_keep(scores, table.step_saving, math.inf, round_to, max_ratio,
                                          target_ms=table.saving_ms(uniform), normalize=normalize)
     apply_plan(graph, plan_channels(graph, scores, keep))
-    dense_ms = measure_latency_interleaved([model], example[:1], runs=rounds, warmup=3, threads=threads,
-                                           stat="min")[0].ms
     info = {"dense_ms": dense_ms, "predicted_ms": dense_ms - table.saving_ms(keep), "match": match,
             "predicted_saving_ms": table.saving_ms(keep), "uniform_predicted_saving_ms": table.saving_ms(uniform),
             "importance_uniform": budget, "importance_spent": importance_lost(scores, keep, normalize),
             "ms_per_channel": table.per_channel(round_to)}
-    return StructuredResult(m, {g: (keep[g], sizes[g]) for g in sizes}, notes=notes, kept_intact=graph.kept_intact,
-                            held=graph.held), info
+    return PruneResult(model, "latency-aware", {g: (keep[g], sizes[g]) for g in sizes}, notes=notes,
+                       kept_intact=graph.kept_intact, held=graph.held, details=info)

@@ -6,13 +6,13 @@ Scores, thresholds and masks are pure functions of tensors. Holding masks throug
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from slimkit.errors import SlimkitError, check_sparsity
 from slimkit.masks import Masks, apply_masks
+from slimkit.prune.result import PruneResult
 
 
 def prunable_weights(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, nn.Parameter]:
@@ -72,19 +72,6 @@ def kept_ratio(masks: Masks) -> tuple[dict[str, float], float]:
     return per_layer, (total_kept / total if total else 1.0)
 
 
-@dataclass
-class PruneReport:
-    """What a magnitude prune did: thresholds, P_r per layer and in total, and the masks."""
-
-    theta: float | dict[str, float]
-    kept_per_layer: dict[str, float]
-    kept_total: float
-    masks: Masks = field(repr=False)
-
-    def as_dict(self) -> dict:
-        return {"theta": self.theta, "kept_per_layer": self.kept_per_layer, "kept_total": self.kept_total}
-
-
 def magnitude_prune(
     model: nn.Module,
     sparsity: float | None = None,
@@ -92,8 +79,8 @@ def magnitude_prune(
     scope: str = "global",
     exclude: Iterable[str] = (),
     ratios: dict[str, float] | None = None,
-) -> PruneReport:
-    """Zero weights with |w| <= theta and return the masks and P_r.
+) -> PruneResult:
+    """Zero weights with |w| <= theta, in place; the result holds the masks, P_r and the thresholds.
 
     Give exactly one of: `theta` (an absolute threshold), `sparsity` (a ratio turned into theta over
     all weights when scope='global', or layer by layer when scope='layer'), or `ratios` (a sparsity
@@ -120,4 +107,5 @@ def magnitude_prune(
     masks = masks_from_threshold(weights, thresholds)
     apply_masks(model, masks)
     per_layer, total = kept_ratio(masks)
-    return PruneReport(thresholds, per_layer, total, masks)
+    return PruneResult(model, "magnitude", kept_per_layer=per_layer, kept_total=total, masks=masks,
+                       details={"theta": thresholds})

@@ -111,7 +111,7 @@ def ratio_for_macs(model: nn.Module, example: torch.Tensor, target_macs: float, 
     Returns 0.0 when the model already meets the target; raises when even the largest ratio cannot.
     """
     def macs(ratio: float) -> int:
-        return count_macs(prune_structured(model, example, ratio, "l2").model, example)
+        return count_macs(prune_structured(copy.deepcopy(model), example, ratio, "l2").model, example)
 
     if macs(0.0) <= target_macs:
         return 0.0

@@ -35,6 +35,7 @@ from slimkit.prune.layers import (  # noqa: F401  (re-exported: heads and blocks
     remove_blocks,
     remove_heads,
 )
+from slimkit.prune.result import PruneResult
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 def classifier_of(model: nn.Module, example: torch.Tensor) -> nn.Module:
@@ -195,16 +196,20 @@ def _consumer(graph: Graph, name: str) -> tuple[nn.Module, list[int], list[int]]
     return None
 
 
+def check_importance(kind: str, calib: list) -> None:
+    """Refuse an unknown importance kind, or Taylor / entropy without calibration batches."""
+    if kind not in imp.IMPORTANCE_KINDS:
+        raise SlimkitError(f"unknown importance {kind!r}; choose one of {', '.join(imp.IMPORTANCE_KINDS)}")
+    if kind in ("taylor", "entropy") and not calib:
+        raise SlimkitError(f"{kind} importance needs calibration batches; pass calib=[(x, y), ...]")
+
+
 def compute_scores(graph: Graph, kind: str, calib: Iterable[Batch] | None = None, bins: int = 32,
                    seed: int = 0) -> dict[str, torch.Tensor]:
     """Importance of every channel of every group; Taylor and entropy run over `calib` batches."""
-    if kind not in imp.IMPORTANCE_KINDS:
-        raise SlimkitError(f"unknown importance {kind!r}; choose one of {', '.join(imp.IMPORTANCE_KINDS)}")
+    batches = list(calib or [])
+    check_importance(kind, batches)
     sizes = graph.sizes
-    if kind in ("taylor", "entropy"):
-        batches = list(calib or [])
-        if not batches:
-            raise SlimkitError(f"{kind} importance needs calibration batches; pass calib=[(x, y), ...]")
     if kind == "l1" or kind == "l2":
         return {g: imp.magnitude_scores(slices_of(graph, g), n, 1 if kind == "l1" else 2) for g, n in sizes.items()}
     if kind == "bn":
@@ -296,32 +301,18 @@ def masked_reference(graph: Graph, plan: ChannelPlan) -> nn.Module:
 
 # ----- the usual entry point -------------------------------------------------------------------
 
-@dataclass
-class StructuredResult:
-    """The pruned model and what was cut, in JSON-ready form.
-
-    `kept_intact` names every module left whole (with the reason) and `held` every channel group
-    left whole because it is coupled to one, so a report can say what was not cut.
-    """
-
-    model: nn.Module
-    kept: dict[str, tuple[int, int]]
-    removed_blocks: list[str] = field(default_factory=list)
-    removed_heads: dict[str, list[int]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    kept_intact: dict[str, str] = field(default_factory=dict)
-    held: dict[str, str] = field(default_factory=dict)
-
-
 def prune_structured(model: nn.Module, example: torch.Tensor, ratio: float = 0.5, importance: str = "l2",
                      allocation: str = "uniform", per_layer: dict[str, float] | None = None, round_to: int = 8,
                      calib: Iterable[Batch] | None = None, ignored: Iterable[str] | None = None, max_ratio: float = 0.9,
-                     blocks: int = 0, head_ratio: float = 0.0, inplace: bool = False) -> StructuredResult:
+                     blocks: int = 0, head_ratio: float = 0.0) -> PruneResult:
     """Remove `blocks` least influential blocks, a `head_ratio` of heads, then a `ratio` of channels.
 
-    allocation "uniform" cuts every group by `ratio`; "global" ranks all channels together (scores
-    normalised per group). `per_layer` overrides the ratio of named groups. Kept widths are
-    multiples of `round_to`.
+    The model is changed in place (keep a `copy.deepcopy` first for the dense one); the result's
+    `kept` holds (kept, original) channels per group, `kept_intact` every module left whole (with
+    the reason) and `held` every channel group left whole because it is coupled to one, so a
+    report can say what was not cut. allocation "uniform" cuts every group by `ratio`; "global"
+    ranks all channels together (scores normalised per group). `per_layer` overrides the ratio of
+    named groups. Kept widths are multiples of `round_to`.
     """
     if allocation not in ("uniform", "global"):
         raise SlimkitError(f"allocation must be 'uniform' or 'global', got {allocation!r}")
@@ -329,6 +320,7 @@ def prune_structured(model: nn.Module, example: torch.Tensor, ratio: float = 0.5
     check_count(blocks, "blocks", 0)
     check_sparsity(head_ratio, "head_ratio")
     calib = list(calib or [])
+    check_importance(importance, calib)  # before anything is cut: the model is pruned in place
     removed: list[str] = []
     if blocks:
         if not calib:
@@ -336,42 +328,44 @@ def prune_structured(model: nn.Module, example: torch.Tensor, ratio: float = 0.5
         n_removable = len(removable_blocks(model))
         if blocks > n_removable:
             raise SlimkitError(f"asked to remove {blocks} blocks but only {n_removable} are removable; lower blocks")
-    m = model if inplace else copy.deepcopy(model)
     if ignored is not None:
-        survey(m, ignored)  # names are checked before anything is cut
+        survey(model, ignored)  # names are checked before anything is cut
+    infl: dict[str, float] = {}
     if blocks:
-        infl = block_influences(m, calib)
+        infl = block_influences(model, calib)
         removed = sorted(infl, key=lambda n: (infl[n], n))[:blocks]
-        remove_blocks(m, removed)
+        remove_blocks(model, removed)
     heads: dict[str, list[int]] = {}
     if head_ratio > 0:
-        frozen = survey(m, list(getattr(m, "structured_ignored", ()) if ignored is None else ignored)).frozen
-        for name, s in head_importance(m).items():
-            if id(m.get_submodule(name)) in frozen:
+        frozen = survey(model, list(getattr(model, "structured_ignored", ()) if ignored is None else ignored)).frozen
+        for name, s in head_importance(model).items():
+            if id(model.get_submodule(name)) in frozen:
                 continue
             drop = min(len(s) - 1, int(round(len(s) * head_ratio)))
             heads[name] = lowest(s, len(s) - drop)
-        remove_heads(m, heads)
-    graph = build_graph(m, example, ignored)
+        remove_heads(model, heads)
+    graph = build_graph(model, example, ignored)
     sizes = graph.sizes
     scores = compute_scores(graph, importance, calib)
     if allocation == "global":
         keep = global_keep(scores, ratio, round_to, max_ratio, per_layer)
     else:
         keep = uniform_keep(sizes, ratio, round_to, per_layer)
-    dense_config = hf_config_snapshot(m)
+    dense_config = hf_config_snapshot(model)
     apply_plan(graph, plan_channels(graph, scores, keep))
-    notes = sync_hf_config(m, dense_config)
-    return StructuredResult(m, {g: (keep[g], sizes[g]) for g in sizes}, removed, heads, notes,
-                            graph.kept_intact, graph.held)
+    notes = sync_hf_config(model, dense_config)
+    return PruneResult(model, "structured", {g: (keep[g], sizes[g]) for g in sizes}, removed_blocks=removed,
+                       removed_heads=heads, scores=infl, kept_intact=graph.kept_intact, held=graph.held, notes=notes)
 
 
 def iterative_prune(model: nn.Module, example: torch.Tensor, ratio: float, steps: int,
-                    recover, **kwargs) -> StructuredResult:
-    """N steps of prune-then-recover; each step removes the same fraction of what is left.
+                    recover, **kwargs) -> PruneResult:
+    """N steps of prune-then-recover, in place; each step removes the same fraction of what is left.
 
-    `recover(model) -> model` runs after every step (fine-tuning); other keyword arguments go to
-    prune_structured. Rounding means the final ratio is close to, not exactly, `ratio`.
+    `recover(model) -> model` runs after every step (fine-tuning; the next step prunes what it
+    returns, and the result's `model` is its last return, `model` itself when it trains in place);
+    other keyword arguments go to prune_structured. Rounding means the final ratio is close to, not
+    exactly, `ratio`.
     """
     if steps < 1:
         raise SlimkitError(f"steps must be >= 1, got {steps}")

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import SlimkitError, check_sparsity
+from slimkit.prune.result import PruneResult
 
 
 def _layers(model: nn.Module, side: str) -> nn.ModuleList:
@@ -101,25 +102,26 @@ def _slice_linear(layer: nn.Linear, idx: torch.Tensor, dim: int) -> nn.Linear:
     return new
 
 
-def prune_encoder_ffn(model: nn.Module, fraction: float) -> list[list[int]]:
+def prune_encoder_ffn(model: nn.Module, fraction: float) -> PruneResult:
     """Remove round(fraction * encoder_ffn_dim) neurons with the lowest `ffn_neuron_scores` from
-    every encoder layer, in place; returns the kept neuron indices per layer."""
+    every encoder layer, in place; the result's `kept` holds (kept, original) neurons per layer's fc1."""
     check_sparsity(fraction, "encoder FFN fraction")
     layers = encoder_layers(model)
     dim = layers[0].fc1.out_features
     n_keep = dim - round(fraction * dim)
     if n_keep < 1:
         raise SlimkitError(f"removing {fraction:g} of {dim} FFN neurons leaves none; remove less")
-    kept = []
+    if any(layer.fc1.out_features != dim for layer in layers):
+        raise SlimkitError("encoder layers differ in FFN width; WhisperConfig needs one encoder_ffn_dim")
+    names = {id(m): n for n, m in model.named_modules()}
+    kept = {}
     for layer in layers:
-        if layer.fc1.out_features != dim:
-            raise SlimkitError("encoder layers differ in FFN width; WhisperConfig needs one encoder_ffn_dim")
         idx = ffn_neuron_scores(layer.fc1, layer.fc2).topk(n_keep).indices.sort().values
         layer.fc1 = _slice_linear(layer.fc1, idx, 0)
         layer.fc2 = _slice_linear(layer.fc2, idx, 1)
-        kept.append(idx.tolist())
+        kept[f"{names[id(layer)]}.fc1"] = (n_keep, dim)
     model.config.encoder_ffn_dim = n_keep
-    return kept
+    return PruneResult(model, "encoder-ffn", kept)
 
 
 __all__ = ["check_keep", "decoder_layers", "encoder_layers", "ffn_neuron_scores", "prune_encoder_ffn",
