@@ -68,7 +68,7 @@ def test_recipe_run_end_to_end(tmp_path):
     out = tmp_path / "out"
     recipe.write_text(
         f"dataset: digits\nteacher_epochs: 1\nstudent_epochs: 1\nfinetune_epochs: 0\nbatch_size: 64\n"
-        f"latency_runs: 5\ntheta: 0.01\nout: {out}\n"
+        f"latency_runs: 5\ntheta: 0.01\nheadline: false\nout: {out}\n"
     )
     result = slimkit("run", str(recipe), env_extra={"SLIMKIT_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr
