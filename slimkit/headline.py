@@ -65,11 +65,14 @@ def check_headline(cfg: DemoConfig, data: Dataset) -> None:
                            f"headline: false (--no-headline)") from None
 
 
-def run_headline(cfg: DemoConfig, data: Dataset, teacher: nn.Module, teacher_wall: float, teacher_origin: str,
-                 stage: Path, progress: bool, timer: Any = None, timing_method: str | None = None) -> dict:
+def run_headline(cfg: DemoConfig, data: Dataset, teacher: nn.Module, logits: Any, teacher_wall: float,
+                 teacher_origin: str, stage: Path, progress: bool, timer: Any = None,
+                 timing_method: str | None = None) -> dict:
     """Compress the teacher (KD), recover the same cut with CE, time and test all three; JSON-ready.
 
-    `timer` (with `timing_method` in words) replaces the deciding timer, as in `compress`.
+    `logits` are the teacher's over `data.train` in index order (computed for the KD student
+    already; compress's KD reuses them). `timer` (with `timing_method` in words) replaces the
+    deciding timer, as in `compress`.
     """
     from slimkit.compression import compress, deciding_timer, recover_chosen
     from slimkit.distill import classification, evaluate
@@ -79,15 +82,17 @@ def run_headline(cfg: DemoConfig, data: Dataset, teacher: nn.Module, teacher_wal
     task = classification()
     example = data.val.x[:1]
     base = {"target": cfg.headline_target, "floor": cfg.headline_floor, "recovery": "kd",
-            "search_steps": cfg.headline_search_steps, "recover_steps": cfg.headline_recover_steps}
+            "search_steps": cfg.headline_search_steps, "recover_steps": cfg.headline_recover_steps,
+            "batch_size": cfg.headline_batch_size}
     if timer is None:
         timer, timing_method = deciding_timer(teacher, example)
     t = time.perf_counter()
     try:
         result = compress(teacher, data.train, data.val, data.test, task=task, target=cfg.headline_target,
                           floor=cfg.headline_floor, example=example, seed=cfg.seed, timer=timer,
-                          timing_method=timing_method, keep_slower=True, progress=progress,
-                          search_steps=cfg.headline_search_steps, recover_steps=cfg.headline_recover_steps)
+                          timing_method=timing_method, keep_slower=True, progress=progress, teacher_outputs=logits,
+                          search_steps=cfg.headline_search_steps, recover_steps=cfg.headline_recover_steps,
+                          batch_size=cfg.headline_batch_size)
     except SlimkitError as exc:
         return {"settings": base, "refused": str(exc), "timing": timing_method, "rows": [],
                 "notes": [f"compress refused the teacher at {cfg.headline_target}, floor {cfg.headline_floor}: {exc}"]}
@@ -165,7 +170,7 @@ COLUMNS = [
 def headline_title(h: dict) -> str:
     s = h["settings"]
     return (f"headline: compress the teacher at {s['target']}, floor {s['floor']}, KD recovery against CE on the same "
-            f"cut ({s['search_steps']} + {s['recover_steps']} steps); timing: {h['timing']}")
+            f"cut ({s['search_steps']} + {s['recover_steps']} steps of batch {s['batch_size']}); timing: {h['timing']}")
 
 
 def headline_markdown(h: dict) -> str:

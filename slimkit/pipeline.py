@@ -40,7 +40,7 @@ class DemoConfig(BaseModel):
     teacher: str = "source"
     student: str = "target"
     teacher_epochs: int = Field(3, ge=1)
-    student_epochs: int = Field(4, ge=1)
+    student_epochs: int = Field(3, ge=1)
     finetune_epochs: float = Field(0.25, ge=0, description="passes over the training split; may be fractional")
     batch_size: int = Field(256, ge=1)
     lr: float = Field(2e-3, gt=0)
@@ -64,6 +64,7 @@ class DemoConfig(BaseModel):
     headline_search_steps: int = Field(200, ge=0, description="recovery steps of each mix compress tries")
     headline_recover_steps: int = Field(400, ge=0, description="further recovery steps of the chosen mix (KD and "
                                                                 "CE alike)")
+    headline_batch_size: int = Field(64, ge=1, description="batch size of the headline's recoveries")
 
     @field_validator("sparsity")
     @classmethod
@@ -203,10 +204,10 @@ def run_demo(cfg: DemoConfig, progress: bool = True, inputs: tuple = (), timer: 
     if cfg.headline:
         check_headline(cfg, data)
     with output_folder(cfg.out, cfg.overwrite, inputs, command="demo") as stage:
-        teacher, result = _run_stages(cfg, data, stage, progress)
+        teacher, logits, result = _run_stages(cfg, data, stage, progress)
         if cfg.headline:
             t = time.perf_counter()
-            result["headline"] = run_headline(cfg, data, teacher, result["timings_s"]["teacher"],
+            result["headline"] = run_headline(cfg, data, teacher, logits, result["timings_s"]["teacher"],
                                               result["teacher_origin"], stage, progress, timer, timing_method)
             result["timings_s"]["headline"] = time.perf_counter() - t
             if progress:
@@ -219,8 +220,10 @@ def run_demo(cfg: DemoConfig, progress: bool = True, inputs: tuple = (), timer: 
     return result
 
 
-def _run_stages(cfg: DemoConfig, data: Dataset, stage: Path, progress: bool) -> tuple[torch.nn.Module, dict]:
-    """The teacher -> student rows; returns the teacher (for the headline) and the JSON-ready result."""
+def _run_stages(cfg: DemoConfig, data: Dataset, stage: Path,
+                progress: bool) -> tuple[torch.nn.Module, torch.Tensor, dict]:
+    """The teacher -> student rows; returns the teacher and its logits over the training split (the
+    headline compresses that teacher and its KD reuses the logits), and the JSON-ready result."""
     base = TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
     timings: dict[str, float] = {}
 
@@ -269,7 +272,7 @@ def _run_stages(cfg: DemoConfig, data: Dataset, stage: Path, progress: bool) -> 
               f"latency = median of {cfg.latency_runs} CPU runs with {rows[0].threads} threads")
     if progress:
         print_table(rows, speed_notes(rows, "teacher"), title=header)
-    return teacher, {
+    return teacher, cache, {
         "header": header,
         "rows": rows,
         "notes": speed_notes(rows, "teacher"),

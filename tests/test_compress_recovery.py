@@ -100,10 +100,28 @@ def test_recover_chosen_repeats_compress_recovery_exactly(run, data):
 
 
 def test_recover_chosen_with_ce_trains_the_same_cut_without_a_teacher(run, data):
-    model, result = run
+    _, result = run
     ce_model = recover_chosen(result, Unreadable(), data[0], progress=False, recovery="ce")
     shapes = {k: v.shape for k, v in result.model.state_dict().items()}
     assert {k: v.shape for k, v in ce_model.state_dict().items()} == shapes  # same kept widths
     assert not torch.equal(ce_model.state_dict()["fc.weight"], result.model.state_dict()["fc.weight"])
     start = result.chosen.model.state_dict()
     assert not torch.equal(ce_model.state_dict()["fc.weight"], start["fc.weight"])  # it trained from the cut
+
+
+def test_given_teacher_outputs_serve_the_kd_recoveries(run, data):
+    """Outputs the caller computed already (the demo's KD student needs the same) replace the run's own."""
+    from slimkit.distill import teacher_logits
+
+    model, result = run
+    train, val, test = data
+    ex = val.x[:1]
+    given = slimkit.compress(model, train, val, test, target="macs=2x", floor=0.0, seed=3,
+                             timer=lambda ms: [count_macs(m, ex) / 1e6 for m in ms], timing_method="MACs as ms",
+                             teacher_outputs=teacher_logits(model, train), **TINY)
+    for (name, a), b in zip(given.model.state_dict().items(), result.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    with pytest.raises(SlimkitError, match="teacher outputs cover 10 samples"):
+        slimkit.compress(model, train, val, test, target="macs=2x", floor=0.0, seed=3,
+                         timer=lambda ms: [count_macs(m, ex) / 1e6 for m in ms], timing_method="MACs as ms",
+                         teacher_outputs=teacher_logits(model, train)[:10], **TINY)

@@ -16,7 +16,7 @@ from slimkit.cli.app import app, check_model_fits
 @clean_errors
 def demo(
     epochs: int = typer.Option(3, help="teacher training epochs (the teacher is cached by its settings)"),
-    student_epochs: int = typer.Option(4, help="epochs for the KD student and, same budget, the scratch student"),
+    student_epochs: int = typer.Option(3, help="epochs for the KD student and, same budget, the scratch student"),
     finetune_epochs: float = typer.Option(0.25, help="fine-tune passes over the training set for the pruned teacher, masks held"),
     sparsity: Optional[float] = typer.Option(0.5, help="fraction of conv/linear weights to remove, in [0, 1)"),
     theta: Optional[float] = typer.Option(None, help="magnitude threshold: remove |w| <= theta (overrides --sparsity)"),
@@ -43,6 +43,7 @@ def demo(
     headline_search_steps: int = typer.Option(200, help="headline: recovery steps of each mix compress tries"),
     headline_recover_steps: int = typer.Option(400, help="headline: further recovery steps of the chosen mix (KD "
                                                          "and CE alike)"),
+    headline_batch_size: int = typer.Option(64, help="headline: batch size of the recoveries"),
 ) -> None:
     """Teacher -> magnitude prune -> KD student vs scratch student, profiled in one table; then the
     headline: compress the teacher to a measured-faster cut, KD recovery against CE on the same cut."""
@@ -55,6 +56,7 @@ def demo(
         batch_size=batch_size, reuse_teacher=not no_cache, train_subset=train_subset, overwrite=overwrite,
         headline=headline, headline_target=headline_target, headline_floor=headline_floor,
         headline_search_steps=headline_search_steps, headline_recover_steps=headline_recover_steps,
+        headline_batch_size=headline_batch_size,
     )
     run_demo(cfg)
 

@@ -121,17 +121,32 @@ def terms_for(task: Task, s: CompressSettings) -> list:
     return [t for t in (kd(s.alpha, s.temperature), ce(1.0 - s.alpha)) if t.weight > 0]
 
 
-def recovery_teacher(dense: nn.Module, train: Any, task: Task, s: CompressSettings,
-                     progress: bool) -> nn.Module | TeacherOutputs | None:
+def recovery_teacher(dense: nn.Module, train: Any, task: Task, s: CompressSettings, progress: bool,
+                     given: torch.Tensor | TeacherOutputs | None = None) -> nn.Module | TeacherOutputs | None:
     """What every recovery of a run learns from: nothing for CE; for KD on in-memory data the dense
-    model's outputs, computed once here (the engine would otherwise run the dense model over the
-    whole training split again for every mix); for KD on a loader, the dense model, run live."""
+    model's outputs, `given` or computed once here (the engine would otherwise run the dense model
+    over the whole training split again for every mix); for KD on a loader, the dense model, live."""
     if s.recovery == "ce":
         return None
+    if given is not None:
+        return given if isinstance(given, TeacherOutputs) else TeacherOutputs(given)
     data = as_train_data(train)
     if not isinstance(data, InMemory):
         return dense
     return compute_teacher_outputs(dense.eval(), data, task=task, progress=progress)
+
+
+def check_teacher_outputs(given: torch.Tensor | TeacherOutputs | None, train: Any) -> None:
+    """Refuse, before the search, given outputs that cannot be looked up for every training sample."""
+    if given is None:
+        return
+    data = as_train_data(train)
+    if not isinstance(data, InMemory):
+        raise SlimkitError("teacher_outputs are looked up by sample index, so the training data must be in-memory "
+                           "tensors, not a loader; leave teacher_outputs out")
+    if len(given) != len(data):
+        raise SlimkitError(f"teacher outputs cover {len(given)} samples but the training data has {len(data)}; pass "
+                           f"the dense model's outputs over the whole training split, in its order")
 
 
 def recover(student: nn.Module, teacher: nn.Module | TeacherOutputs | None, train: Any, task: Task,
@@ -174,7 +189,8 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
              seed: int = 0, settings: CompressSettings | None = None, cutter: Cutter | None = None,
              timer: Timer | None = None, timing_method: str | None = None, overwrite: bool = False,
              progress: bool = True, command: str = "slimkit.compress()", inputs: tuple = (), export_onnx: bool = False,
-             builder: Any = None, **overrides) -> CompressResult:
+             builder: Any = None, teacher_outputs: torch.Tensor | TeacherOutputs | None = None,
+             **overrides) -> CompressResult:
     """Compress `model` to `target` keeping the validation metric of `task` above `floor`; see the module docstring.
 
     Data are what the engine takes (slimkit.distill.train_data): a Split, tensors, a DataLoader, a
@@ -186,7 +202,9 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     `builder` builds the dense model (a callable, (callable, kwargs) or "package.module:callable"):
     it is how a model that is neither slimkit's nor a Hugging Face one is saved, reloaded
     (slimkit.io.load_model(path, builder=...)) and timed in fresh processes (rebuild.py); with
-    `out`, such a model without one is refused before any work.
+    `out`, such a model without one is refused before any work. `teacher_outputs`: the dense
+    model's outputs over in-memory `train`, in its order, when the caller has them already (KD
+    recoveries then use them instead of recomputing; the engine checks that they cover `train`).
     Further keyword arguments are CompressSettings fields.
     """
     t0 = time.time()
@@ -218,6 +236,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
                                "(slimkit.compression) so its FFN neurons and layers can be cut")
         cutter = StructuredCutter(example, s.importance)
     check_cuttable(cutter, model, calib)
+    check_teacher_outputs(teacher_outputs, train)
     if timer is None:
         timer, timing_method = deciding_timer(model, example, s.threads, s.timing_rounds, s.timing_passes, plan)
     intact_of = getattr(cutter, "intact", None)
@@ -238,7 +257,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     stages.update(1)
     stages.set_postfix_str("3 recover mixes")
     recovered: dict[int, nn.Module] = {}
-    teacher = recovery_teacher(model, train, task, s, progress)
+    teacher = recovery_teacher(model, train, task, s, progress, teacher_outputs)
 
     def try_mix(i: int) -> bool:
         c = cands[i]
