@@ -20,7 +20,9 @@ def test_help_lists_commands_and_demo_knobs():
     top = slimkit("--help")
     assert top.returncode == 0 and "demo" in top.stdout and "run" in top.stdout
     demo = slimkit("demo", "--help")
-    for knob in ("--epochs", "--sparsity", "--theta", "--temperature", "--alpha", "--seed", "--out"):
+    for knob in ("--epochs", "--sparsity", "--theta", "--temperature", "--alpha", "--seed", "--out",
+                 "--no-headline", "--headline-target", "--headline-floor", "--headline-search-steps",
+                 "--headline-recover-steps", "--headline-batch-size"):
         assert knob in demo.stdout
     assert "train" in top.stdout and "prune" in top.stdout and "llm" in top.stdout  # sibling modules' commands
     assert slimkit("train", "--help").returncode == 0
@@ -31,6 +33,8 @@ def test_help_lists_commands_and_demo_knobs():
     [
         (["demo", "--sparsity", "1.5"], "sparsity must be in [0, 1)"),
         (["demo", "--teacher", "vgg"], "unknown model 'vgg'"),
+        (["demo", "--headline-target", "speed=2x"], "invalid setting headline_target: cannot read target"),
+        (["demo", "--headline-floor", "+1pt"], "invalid setting headline_floor: cannot read floor"),
         (["demo", "--data-dir", "/nonexistent/fmnist"], "apt-get install dataset-fashion-mnist"),
         (["demo", "--dataset", "digits", "--out", "/proc/forbidden/run"], "not writable"),
         (["run", "/nonexistent/recipe.yaml"], "does not exist"),
