@@ -134,7 +134,8 @@ def headline_notes(rows: list[HeadlineRow], report: dict, cfg: DemoConfig) -> li
     elif kd.latency_share > report_share(report):
         line += f". Faster, but it misses the target {report['target']} in this timing run"
     notes = [line]
-    notes.append(f"compress's own check ({report['timing']}): {r['ms']:.3f} vs {report['dense']['ms']:.3f} ms, "
+    notes.append(f"compress's own check (the same timer, its own run): {r['ms']:.3f} vs "
+                 f"{report['dense']['ms']:.3f} ms, "
                  f"{'faster' if r['faster'] else 'NOT faster'}; target {report['target']} "
                  f"{'met' if r['meets_target'] else 'missed'}; validation floor {report['floor']} "
                  f"{'held' if r['val_holds_floor'] else 'NOT held'} after full recovery")

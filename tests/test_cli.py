@@ -19,7 +19,7 @@ def slimkit(*args: str, env_extra: dict | None = None) -> subprocess.CompletedPr
 def test_help_lists_commands_and_demo_knobs():
     top = slimkit("--help")
     assert top.returncode == 0 and "demo" in top.stdout and "run" in top.stdout
-    demo = slimkit("demo", "--help")
+    demo = slimkit("demo", "--help", env_extra={"COLUMNS": "160"})  # at 80, rich shortens the longest names
     for knob in ("--epochs", "--sparsity", "--theta", "--temperature", "--alpha", "--seed", "--out",
                  "--no-headline", "--headline-target", "--headline-floor", "--headline-search-steps",
                  "--headline-recover-steps", "--headline-batch-size"):

@@ -273,8 +273,8 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
         raise SlimkitError(f"no cut that reaches {tgt.text} holds the floor {metric.name} "
                            f"{'>=' if metric.higher_is_better else '<='} {floor_value:.4g}: the best of "
                            f"{len(cands)} mixes ({best.blocks} blocks, channel ratio {best.ratio:g}) scores "
-                           f"{best.val:.4g} after {s.search_steps} {s.recovery.upper()} steps; loosen the floor (e.g. -3pt) or the "
-                           f"target, or raise search_steps")
+                           f"{best.val:.4g} after {s.search_steps} {s.recovery.upper()} steps; loosen the floor "
+                           f"(e.g. -3pt) or the target, or raise search_steps")
     chosen = cands[chosen_i]
     stages.update(1)
     stages.set_postfix_str("4 full recovery")
