@@ -60,7 +60,8 @@ class DemoConfig(BaseModel):
     train_subset: int = Field(0, ge=0, description="use only the first N training samples (0 = all)")
     headline: bool = Field(True, description="compress the teacher, KD recovery against CE on the same cut")
     headline_target: str = Field("latency=0.5x", description="compress target: latency=0.5x, macs=2x or params=2x")
-    headline_floor: str = Field("-1pt", description="validation floor: -1pt relative to the teacher, or a value")
+    headline_floor: str | float = Field("-1pt", description="validation floor: -1pt relative to the teacher, or "
+                                                            "an absolute accuracy such as 0.9")
     headline_search_steps: int = Field(200, ge=0, description="recovery steps of each mix compress tries")
     headline_recover_steps: int = Field(400, ge=0, description="further recovery steps of the chosen mix (KD and "
                                                                 "CE alike)")
@@ -88,7 +89,7 @@ class DemoConfig(BaseModel):
 
     @field_validator("headline_floor")
     @classmethod
-    def _floor(cls, v: str) -> str:
+    def _floor(cls, v: str | float) -> str | float:
         from slimkit.compression.settings import parse_floor
 
         parse_floor(v)

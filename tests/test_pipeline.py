@@ -62,6 +62,7 @@ def test_bad_settings_fail_before_any_work(tmp_path):
         _cfg(tmp_path, headline_target="speed=2x")
     with pytest.raises(SlimkitError, match="invalid setting headline_floor: cannot read floor"):
         _cfg(tmp_path, headline_floor="one point")
+    assert _cfg(tmp_path, headline_floor=0.9).headline_floor == 0.9  # YAML reads `headline_floor: 0.9` as a number
     with pytest.raises(SlimkitError, match="set val_fraction > 0, or headline: false"):
         _cfg(tmp_path, headline=True, val_fraction=0)
     with pytest.raises(SlimkitError, match="unknown model 'resnet9000'"):
