@@ -1,5 +1,7 @@
 """The whole pipeline on one data set: train (or reuse) a teacher, prune it, distill a student,
 train the same student from scratch as the control, then profile all of them on the test split.
+Then the headline (slimkit.headline): `compress` the teacher to a measured-faster cut within the
+floor with KD recovery, against CE recovery of the same cut.
 
 `DemoConfig` is both the CLI's option set and the YAML recipe's schema (pydantic validates it), so
 the command line, a recipe and the Python API drive exactly the same code.
@@ -10,7 +12,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -19,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from slimkit.data import Dataset, load_dataset
 from slimkit.distill import TrainConfig, teacher_logits, train_classifier
 from slimkit.errors import SlimkitError, check_sparsity
+from slimkit.headline import check_headline, headline_markdown, print_headline, run_headline
 from slimkit.io import cache_root, load_model, save_model
 from slimkit.models import MODEL_CLASSES, MODEL_NAMES, build_model
 from slimkit.outputs import check_output_folder, output_folder
@@ -37,7 +40,7 @@ class DemoConfig(BaseModel):
     teacher: str = "source"
     student: str = "target"
     teacher_epochs: int = Field(3, ge=1)
-    student_epochs: int = Field(4, ge=1)
+    student_epochs: int = Field(3, ge=1)
     finetune_epochs: float = Field(0.25, ge=0, description="passes over the training split; may be fractional")
     batch_size: int = Field(256, ge=1)
     lr: float = Field(2e-3, gt=0)
@@ -55,6 +58,14 @@ class DemoConfig(BaseModel):
     reuse_teacher: bool = True
     latency_runs: int = Field(50, ge=5)
     train_subset: int = Field(0, ge=0, description="use only the first N training samples (0 = all)")
+    headline: bool = Field(True, description="compress the teacher, KD recovery against CE on the same cut")
+    headline_target: str = Field("latency=0.5x", description="compress target: latency=0.5x, macs=2x or params=2x")
+    headline_floor: str | float = Field("-1pt", description="validation floor: -1pt relative to the teacher, or "
+                                                            "an absolute accuracy such as 0.9")
+    headline_search_steps: int = Field(200, ge=0, description="recovery steps of each mix compress tries")
+    headline_recover_steps: int = Field(400, ge=0, description="further recovery steps of the chosen mix (KD and "
+                                                                "CE alike)")
+    headline_batch_size: int = Field(64, ge=1, description="batch size of the headline's recoveries")
 
     @field_validator("sparsity")
     @classmethod
@@ -67,6 +78,29 @@ class DemoConfig(BaseModel):
         if v not in MODEL_NAMES and v not in MODEL_CLASSES:
             raise ValueError(f"unknown model {v!r}; choose one of: {', '.join(sorted(MODEL_NAMES))}")
         return v
+
+    @field_validator("headline_target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        from slimkit.compression.settings import parse_target
+
+        parse_target(v)
+        return v
+
+    @field_validator("headline_floor")
+    @classmethod
+    def _floor(cls, v: str | float) -> str | float:
+        from slimkit.compression.settings import parse_floor
+
+        parse_floor(v)
+        return v
+
+    @model_validator(mode="after")
+    def _headline_needs_validation(self) -> "DemoConfig":
+        if self.headline and self.val_fraction == 0:
+            raise ValueError("the headline checks its floor on the validation split: set val_fraction > 0, or "
+                             "headline: false")
+        return self
 
     @model_validator(mode="after")
     def _one_pruning_knob(self) -> "DemoConfig":
@@ -152,13 +186,15 @@ def get_teacher(cfg: DemoConfig, data: Dataset, train: TrainConfig, progress: bo
     return teacher, "trained"
 
 
-def run_demo(cfg: DemoConfig, progress: bool = True, inputs: tuple = ()) -> dict:
+def run_demo(cfg: DemoConfig, progress: bool = True, inputs: tuple = (), timer: Any = None,
+             timing_method: str | None = None) -> dict:
     """Run the pipeline and write checkpoints plus report.json/report.md into `cfg.out`.
 
     The output folder is checked first (slimkit.outputs: never a folder slimkit did not write, an
     earlier result only with `overwrite`, never one holding an input such as the recipe or the
-    data file), then the data; work happens in a staging folder that replaces `cfg.out` only when
-    everything succeeded.
+    data file), then the data and whether the headline can cut the teacher; work happens in a
+    staging folder that replaces `cfg.out` only when everything succeeded. `timer` and
+    `timing_method` replace the headline's deciding timer (as in `compress`).
     """
     t_start = time.perf_counter()
     inputs = (*inputs, cfg.dataset if cfg.dataset.endswith(".npz") else None, cfg.data_dir)
@@ -166,16 +202,29 @@ def run_demo(cfg: DemoConfig, progress: bool = True, inputs: tuple = ()) -> dict
     data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction)
     if cfg.train_subset:
         data = Dataset(data.name, data.train.subset(cfg.train_subset), data.val, data.test, data.num_classes)
+    if cfg.headline:
+        check_headline(cfg, data)
     with output_folder(cfg.out, cfg.overwrite, inputs, command="demo") as stage:
-        result = _run_stages(cfg, data, stage, progress)
+        teacher, logits, result = _run_stages(cfg, data, stage, progress)
+        if cfg.headline:
+            t = time.perf_counter()
+            result["headline"] = run_headline(cfg, data, teacher, logits, result["timings_s"]["teacher"],
+                                              result["teacher_origin"], stage, progress, timer, timing_method)
+            result["timings_s"]["headline"] = time.perf_counter() - t
+            if progress:
+                print_headline(result["headline"])
         result["seconds"] = time.perf_counter() - t_start
-        write_reports(stage, result.pop("rows"), result["notes"], result["header"], result)
+        appendix = headline_markdown(result["headline"]) if cfg.headline else ""
+        write_reports(stage, result.pop("rows"), result["notes"], result["header"], result, appendix=appendix)
     if progress:
         print(f"wrote {cfg.out}/report.json, {cfg.out}/report.md and checkpoints in {result['seconds']:.0f} s")
     return result
 
 
-def _run_stages(cfg: DemoConfig, data: Dataset, stage: Path, progress: bool) -> dict:
+def _run_stages(cfg: DemoConfig, data: Dataset, stage: Path,
+                progress: bool) -> tuple[torch.nn.Module, torch.Tensor, dict]:
+    """The teacher -> student rows; returns the teacher and its logits over the training split (the
+    headline compresses that teacher and its KD reuses the logits), and the JSON-ready result."""
     base = TrainConfig(epochs=cfg.teacher_epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
     timings: dict[str, float] = {}
 
@@ -224,7 +273,7 @@ def _run_stages(cfg: DemoConfig, data: Dataset, stage: Path, progress: bool) -> 
               f"latency = median of {cfg.latency_runs} CPU runs with {rows[0].threads} threads")
     if progress:
         print_table(rows, speed_notes(rows, "teacher"), title=header)
-    return {
+    return teacher, cache, {
         "header": header,
         "rows": rows,
         "notes": speed_notes(rows, "teacher"),
@@ -232,4 +281,5 @@ def _run_stages(cfg: DemoConfig, data: Dataset, stage: Path, progress: bool) -> 
         "prune": prune.as_dict(),
         "history": {"student_kd": [h.as_dict() for h in kd_log], "student_scratch": [h.as_dict() for h in scratch_log]},
         "timings_s": timings,
+        "teacher_origin": teacher_origin,
     }

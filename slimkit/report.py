@@ -176,7 +176,8 @@ def speed_notes(rows: list[ProfileRow], reference: str) -> list[str]:
 
 
 def render_markdown(rows: list[ProfileRow], notes: list[str], header: str = "",
-                    deploy: list[DeployRow] | None = None) -> str:
+                    deploy: list[DeployRow] | None = None, appendix: str = "") -> str:
+    """The table, the deployment table and the notes; `appendix` (Markdown) follows them."""
     lines = [header, ""] if header else []
     if rows:
         lines.append("| " + " | ".join(c for c, _ in COLUMNS) + " |")
@@ -189,7 +190,7 @@ def render_markdown(rows: list[ProfileRow], notes: list[str], header: str = "",
         lines += ["Deployment:", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(c) + " |" for c in cells] + [""]
     lines += [f"- {n}" for n in notes]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + appendix
 
 
 def print_table(rows: list[ProfileRow], notes: list[str], title: str = "",
@@ -222,17 +223,17 @@ def print_table(rows: list[ProfileRow], notes: list[str], title: str = "",
 
 
 def report_files(rows: list[ProfileRow], notes: list[str], header: str, details: dict,
-                 deploy: list[DeployRow] | None = None) -> dict[str, bytes]:
+                 deploy: list[DeployRow] | None = None, appendix: str = "") -> dict[str, bytes]:
     """{"report.json": ..., "report.md": ...}: the bytes of both reports, for the caller to write."""
     payload = {"header": header, "rows": [asdict(r) for r in rows], "notes": notes, **details}
     if deploy:
         payload["deployment"] = [asdict(r) for r in deploy]
     return {"report.json": json.dumps(payload, indent=2).encode(),
-            "report.md": render_markdown(rows, notes, header, deploy).encode()}
+            "report.md": render_markdown(rows, notes, header, deploy, appendix).encode()}
 
 
 def write_reports(folder: Path, rows: list[ProfileRow], notes: list[str], header: str, details: dict,
-                  deploy: list[DeployRow] | None = None) -> None:
-    """report.json and report.md, each written atomically."""
-    for name, data in report_files(rows, notes, header, details, deploy).items():
+                  deploy: list[DeployRow] | None = None, appendix: str = "") -> None:
+    """report.json and report.md (with `appendix`, Markdown, at its end), each written atomically."""
+    for name, data in report_files(rows, notes, header, details, deploy, appendix).items():
         atomic_write_bytes(folder / name, data)

@@ -19,8 +19,10 @@ def slimkit(*args: str, env_extra: dict | None = None) -> subprocess.CompletedPr
 def test_help_lists_commands_and_demo_knobs():
     top = slimkit("--help")
     assert top.returncode == 0 and "demo" in top.stdout and "run" in top.stdout
-    demo = slimkit("demo", "--help")
-    for knob in ("--epochs", "--sparsity", "--theta", "--temperature", "--alpha", "--seed", "--out"):
+    demo = slimkit("demo", "--help", env_extra={"COLUMNS": "160"})  # at 80, rich shortens the longest names
+    for knob in ("--epochs", "--sparsity", "--theta", "--temperature", "--alpha", "--seed", "--out",
+                 "--no-headline", "--headline-target", "--headline-floor", "--headline-search-steps",
+                 "--headline-recover-steps", "--headline-batch-size"):
         assert knob in demo.stdout
     assert "train" in top.stdout and "prune" in top.stdout and "llm" in top.stdout  # sibling modules' commands
     assert slimkit("train", "--help").returncode == 0
@@ -31,6 +33,8 @@ def test_help_lists_commands_and_demo_knobs():
     [
         (["demo", "--sparsity", "1.5"], "sparsity must be in [0, 1)"),
         (["demo", "--teacher", "vgg"], "unknown model 'vgg'"),
+        (["demo", "--headline-target", "speed=2x"], "invalid setting headline_target: cannot read target"),
+        (["demo", "--headline-floor", "+1pt"], "invalid setting headline_floor: cannot read floor"),
         (["demo", "--data-dir", "/nonexistent/fmnist"], "apt-get install dataset-fashion-mnist"),
         (["demo", "--dataset", "digits", "--out", "/proc/forbidden/run"], "not writable"),
         (["run", "/nonexistent/recipe.yaml"], "does not exist"),
@@ -68,7 +72,7 @@ def test_recipe_run_end_to_end(tmp_path):
     out = tmp_path / "out"
     recipe.write_text(
         f"dataset: digits\nteacher_epochs: 1\nstudent_epochs: 1\nfinetune_epochs: 0\nbatch_size: 64\n"
-        f"latency_runs: 5\ntheta: 0.01\nout: {out}\n"
+        f"latency_runs: 5\ntheta: 0.01\nheadline: false\nout: {out}\n"
     )
     result = slimkit("run", str(recipe), env_extra={"SLIMKIT_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr

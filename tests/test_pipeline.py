@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from slimkit.errors import SlimkitError
 from slimkit.pipeline import load_recipe, make_config, run_demo
@@ -11,7 +12,7 @@ from slimkit.pipeline import load_recipe, make_config, run_demo
 
 def _cfg(tmp_path, **kw):
     base = dict(dataset="digits", teacher_epochs=3, student_epochs=3, finetune_epochs=1, batch_size=32,
-                lr=5e-3, finetune_lr=1e-3, latency_runs=5, out=str(tmp_path / "run"))
+                lr=5e-3, finetune_lr=1e-3, latency_runs=5, out=str(tmp_path / "run"), headline=False)
     return make_config(**{**base, **kw})
 
 
@@ -57,6 +58,13 @@ def test_bad_settings_fail_before_any_work(tmp_path):
         _cfg(tmp_path, sparsity=1.5)
     with pytest.raises(SlimkitError, match="invalid setting epochs_typo"):
         _cfg(tmp_path, epochs_typo=3)
+    with pytest.raises(SlimkitError, match="invalid setting headline_target: cannot read target 'speed=2x'"):
+        _cfg(tmp_path, headline_target="speed=2x")
+    with pytest.raises(SlimkitError, match="invalid setting headline_floor: cannot read floor"):
+        _cfg(tmp_path, headline_floor="one point")
+    assert _cfg(tmp_path, headline_floor=0.9).headline_floor == 0.9  # YAML reads `headline_floor: 0.9` as a number
+    with pytest.raises(SlimkitError, match="set val_fraction > 0, or headline: false"):
+        _cfg(tmp_path, headline=True, val_fraction=0)
     with pytest.raises(SlimkitError, match="unknown model 'resnet9000'"):
         run_demo(_cfg(tmp_path, student="resnet9000"), progress=False)
     assert not (tmp_path / "run").exists()
@@ -98,3 +106,47 @@ def test_theta_above_every_weight_is_refused_before_the_students_train(tmp_path)
     with pytest.raises(SlimkitError, match=r"theta 100 is at or above the largest \|w\|"):
         run_demo(_cfg(tmp_path, theta=100.0, teacher_epochs=1, student_epochs=1, finetune_epochs=0), progress=False)
     assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.*"))
+
+
+def test_demo_headline_rows_and_a_ce_control_on_the_same_cut(tmp_path, monkeypatch, digits):
+    """The headline's three rows exist, and the control trained the KD row's structure on CE alone."""
+    from slimkit.compression import run as run_mod
+    from slimkit.io import load_model
+    from slimkit.measure import count_macs
+
+    made = []  # (teacher given to the engine, loss kinds) of every recovery, in order
+
+    class Recording(run_mod.Distiller):
+        def __init__(self, teacher, student, losses, *args, **kw):
+            made.append((teacher, [t.kind for t in losses]))
+            super().__init__(teacher, student, losses, *args, **kw)
+
+    monkeypatch.setattr(run_mod, "Distiller", Recording)
+    ex = digits.val.x[:1]
+    cfg = _cfg(tmp_path, headline=True, train_subset=256, headline_floor="0", headline_search_steps=3,
+               headline_recover_steps=4)
+    result = run_demo(cfg, progress=False, timer=lambda ms: [count_macs(m, ex) / 1e6 for m in ms],
+                      timing_method="MACs as ms (test)")
+    out = tmp_path / "run"
+    report = json.loads((out / "report.json").read_text())
+    head = report["headline"]
+    assert [r["name"] for r in head["rows"]] == ["dense teacher", "compress + KD", "same cut + CE"]
+    dense, kd, _ = head["rows"]
+    assert dense["latency_share"] == 1.0 and kd["macs_reduction"] > 1.5 and kd["latency_share"] < 0.5
+    assert head["timing"] == "MACs as ms (test)" and head["compress"]["settings"]["recovery"] == "kd"
+    assert any(n.startswith("KD against CE on the same cut") for n in head["notes"])
+    assert result["timings_s"]["headline"] > 0
+    md = (out / "report.md").read_text()
+    assert "## Headline" in md and "| same cut + CE | ce |" in md and "| teacher |" in md
+
+    kd_model = load_model(out / "checkpoints" / "compressed_kd.safetensors")
+    ce_model = load_model(out / "checkpoints" / "compressed_ce.safetensors")
+    teacher = load_model(out / "checkpoints" / "teacher.safetensors")
+    widths = {k: v.shape for k, v in kd_model.state_dict().items()}
+    assert {k: v.shape for k, v in ce_model.state_dict().items()} == widths
+    assert widths != {k: v.shape for k, v in teacher.state_dict().items()}  # really cut
+    assert not torch.equal(ce_model.fc1.weight, kd_model.fc1.weight)
+    # compress: one short recovery of the chosen mix, then the full one, both from the teacher;
+    # the control: the same two phases with no teacher and the CE term alone
+    assert [kinds for _, kinds in made] == [["kd", "ce"]] * 2 + [["ce"]] * 2
+    assert all(t is not None for t, _ in made[:2]) and all(t is None for t, _ in made[2:])

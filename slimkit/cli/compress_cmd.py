@@ -31,8 +31,10 @@ def compress(
                                        "--overwrite)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier slimkit run in --out"),
     seed: int = typer.Option(0, help="seed of the data split, calibration and every recovery"),
-    search_steps: int = typer.Option(200, help="KD steps recovering each candidate mix"),
-    recover_steps: int = typer.Option(1000, help="KD steps of the chosen mix's full recovery"),
+    search_steps: int = typer.Option(200, help="recovery steps of each candidate mix"),
+    recover_steps: int = typer.Option(1000, help="recovery steps of the chosen mix's full recovery"),
+    recovery: str = typer.Option("kd", help="recovery loss: 'kd' from the dense model, or 'ce' on labels alone "
+                                            "(the control; not for embeddings)"),
     max_blocks: int | None = typer.Option(None, help="most whole blocks a mix removes (default: all removable)"),
     batch_size: int = typer.Option(128, help="training batch size"),
     train_n: int = typer.Option(0, help="use the first N training samples only (0 = all)"),
@@ -62,6 +64,10 @@ def compress(
         raise SlimkitError(f"unknown --task {task!r}; choose one of {', '.join(TASKS)}")
     if export not in (None, "onnx"):
         raise SlimkitError(f"--export {export!r} is not a format slimkit writes; use --export onnx")
+    if recovery not in ("kd", "ce"):
+        raise SlimkitError(f"unknown --recovery {recovery!r}; use 'kd' or 'ce'")
+    if recovery == "ce" and task == "embeddings":
+        raise SlimkitError("--recovery ce trains on labels, and the embeddings task has none; use --recovery kd")
     check_count(search_steps, "--search-steps", 0)
     check_count(recover_steps, "--recover-steps", 0)
     check_count(batch_size, "--batch-size")
@@ -97,6 +103,7 @@ def compress(
     result = run_compress(source.model, splits["train"], splits["val"], splits.get("test"), the_task, target, floor,
                           example=source.example, out=out, seed=seed, cutter=cutter, overwrite=overwrite,
                           search_steps=search_steps, recover_steps=recover_steps, batch_size=batch_size,
+                          recovery=recovery,
                           keep_slower=keep_slower, inputs=tuple(inputs), command="slimkit compress",
                           export_onnx=export == "onnx", builder=source.builder, **overrides)
     r, m = result.report["result"], result.report["metric"]

@@ -16,7 +16,7 @@ from slimkit.cli.app import app, check_model_fits
 @clean_errors
 def demo(
     epochs: int = typer.Option(3, help="teacher training epochs (the teacher is cached by its settings)"),
-    student_epochs: int = typer.Option(4, help="epochs for the KD student and, same budget, the scratch student"),
+    student_epochs: int = typer.Option(3, help="epochs for the KD student and, same budget, the scratch student"),
     finetune_epochs: float = typer.Option(0.25, help="fine-tune passes over the training set for the pruned teacher, masks held"),
     sparsity: Optional[float] = typer.Option(0.5, help="fraction of conv/linear weights to remove, in [0, 1)"),
     theta: Optional[float] = typer.Option(None, help="magnitude threshold: remove |w| <= theta (overrides --sparsity)"),
@@ -33,8 +33,20 @@ def demo(
     batch_size: int = typer.Option(256, help="training batch size"),
     no_cache: bool = typer.Option(False, "--no-cache", help="retrain the teacher even if a cached one exists"),
     train_subset: int = typer.Option(0, help="train on the first N samples only (0 = all), for quick looks"),
+    headline: bool = typer.Option(True, "--headline/--no-headline", help="then compress the teacher (KD recovery) "
+                                                                        "and recover the same cut with CE, timed "
+                                                                        "and tested side by side"),
+    headline_target: str = typer.Option("latency=0.5x", help="headline compress target: latency=0.5x (measured "
+                                                             "here), macs=2x or params=2x"),
+    headline_floor: str = typer.Option("-1pt", help="headline validation floor: -1pt relative to the teacher, or "
+                                                    "an absolute accuracy such as 0.9"),
+    headline_search_steps: int = typer.Option(200, help="headline: recovery steps of each mix compress tries"),
+    headline_recover_steps: int = typer.Option(400, help="headline: further recovery steps of the chosen mix (KD "
+                                                         "and CE alike)"),
+    headline_batch_size: int = typer.Option(64, help="headline: batch size of the recoveries"),
 ) -> None:
-    """Teacher -> magnitude prune -> KD student vs scratch student, profiled in one table."""
+    """Teacher -> magnitude prune -> KD student vs scratch student, profiled in one table; then the
+    headline: compress the teacher to a measured-faster cut, KD recovery against CE on the same cut."""
     from slimkit.pipeline import make_config, run_demo
 
     cfg = make_config(
@@ -42,6 +54,9 @@ def demo(
         sparsity=sparsity, theta=theta, temperature=temperature, alpha=alpha, seed=seed, out=str(out),
         dataset=dataset, data_dir=str(data_dir) if data_dir else None, teacher=teacher, student=student,
         batch_size=batch_size, reuse_teacher=not no_cache, train_subset=train_subset, overwrite=overwrite,
+        headline=headline, headline_target=headline_target, headline_floor=headline_floor,
+        headline_search_steps=headline_search_steps, headline_recover_steps=headline_recover_steps,
+        headline_batch_size=headline_batch_size,
     )
     run_demo(cfg)
 

@@ -16,7 +16,7 @@ from slimkit.compression.cutters import (
 )
 from slimkit.compression.rebuild import Rebuild, plan_rebuild, save_compressed
 from slimkit.compression.report import to_markdown, write_result
-from slimkit.compression.run import CompressResult, NotFasterError, compress
+from slimkit.compression.run import CompressResult, NotFasterError, compress, recover_chosen
 from slimkit.compression.search import Candidate
 from slimkit.compression.settings import (
     CompressSettings,
@@ -28,4 +28,4 @@ from slimkit.compression.settings import (
 
 __all__ = ["Candidate", "CompressResult", "CompressSettings", "Cutter", "EncoderCutter", "Floor", "NotFasterError", "Rebuild",
            "StructuredCutter", "Target", "compress", "deciding_timer", "parse_floor", "parse_target", "plan_rebuild",
-           "save_compressed", "to_markdown", "write_result"]
+           "recover_chosen", "save_compressed", "to_markdown", "write_result"]

@@ -34,7 +34,8 @@ def to_markdown(report: dict) -> str:
         "# slimkit compress", "",
         (f"- task: {report['task']}; metric: validation {m} (floor {direction} {report['floor_value']:.4g}, "
          f"from {report['floor']})"),
-        f"- target: {report['target']}; cutter: {report['cutter']}",
+        (f"- target: {report['target']}; cutter: {report['cutter']}; recovery: "
+         f"{report['settings'].get('recovery', 'kd')}"),
         f"- timing: {report['timing']}",
         (f"- result: {'measured faster' if r['faster'] else 'NOT measured faster'} "
          f"({r['ms']:.3f} ms vs dense {d['ms']:.3f} ms, {r['speedup']:.2f}x), target "

@@ -4,15 +4,19 @@ Steps, in order (each shows progress):
 
 1. profile the dense model: MACs, parameters, validation metrics, the floor's value;
 2. build the depth+width mixes reaching the target and time them (search.py), fastest first;
-3. recover each mix by a short KD on the engine, fastest first, and keep the first that holds
-   the validation floor; when none does, refuse, naming the best-scoring mix;
-4. recover the chosen mix fully (more KD steps from where its short recovery ended);
+3. recover each mix by a short recovery on the engine, fastest first, and keep the first that
+   holds the validation floor; when none does, refuse, naming the best-scoring mix;
+4. recover the chosen mix fully (more steps from where its short recovery ended);
 5. evaluate it, and the dense model, on the test split once;
 6. time it against the dense model with the deciding timer, in one run: a result not measured
    faster is refused (`NotFasterError`), or with `keep_slower` returned flagged `faster=False`;
 7. with `out`, save the model (rebuild.py: a Hugging Face folder, or a checkpoint that reloads with
    the dense builder) and the report (report.py, naming what was kept intact and why) through
    slimkit's output rules.
+
+Recovery is KD from the dense model by default; `recovery="ce"` trains on labels alone.
+`recover_chosen` repeats steps 3-4 on the chosen cut of a finished run with other settings (the
+same structure and starting weights, the same steps): the control that shows what KD adds.
 
 Everything random is seeded from `seed`: the same seed and data give the same structure and
 weights, provided the timer measures the same order of speeds (a timer is injectable for that;
@@ -57,6 +61,7 @@ from slimkit.distill import (
     evaluate,
     kd,
 )
+from slimkit.distill.cache import TeacherOutputs, compute_teacher_outputs
 from slimkit.distill.train_data import InMemory, as_train_data, batches_of, head
 from slimkit.errors import SlimkitError
 from slimkit.measure import count_macs
@@ -68,7 +73,8 @@ class NotFasterError(SlimkitError):
 
 @dataclass
 class CompressResult:
-    """The compressed model, the report (JSON-ready), the chosen mix and every mix measured."""
+    """The compressed model, the report (JSON-ready), the chosen mix (its `model`: the cut before any
+    recovery), every mix measured, and the run's settings."""
 
     model: nn.Module
     report: dict
@@ -76,6 +82,7 @@ class CompressResult:
     candidates: list[Candidate] = field(default_factory=list)
     faster: bool = True
     out: Path | None = None
+    settings: CompressSettings | None = None
 
 
 def make_settings(target: str, floor: Any, seed: int, settings: CompressSettings | None, overrides: dict) -> CompressSettings:
@@ -93,8 +100,20 @@ def make_settings(target: str, floor: Any, seed: int, settings: CompressSettings
         raise SlimkitError(f"compress setting {'.'.join(map(str, err['loc'])) or '?'}: {err['msg']}") from None
 
 
+def check_recovery(task: Task, recovery: str) -> None:
+    """Refuse CE recovery for a task without labels (embeddings learn the dense model's outputs only)."""
+    if recovery == "ce" and task.supervised is None:
+        raise SlimkitError(f"recovery='ce' trains on labels, and the {task.name} task has none; use recovery='kd' "
+                           f"(the dense model's outputs are the targets)")
+
+
 def terms_for(task: Task, s: CompressSettings) -> list:
-    """The recovery losses: cosine to the teacher for embeddings, else KD (+ the task's supervised loss)."""
+    """The recovery losses. `recovery="ce"`: the task's supervised loss alone, no teacher term (the
+    control). `recovery="kd"`: cosine to the teacher for embeddings, else KD (+ the task's supervised
+    loss, weighted 1 - alpha)."""
+    if s.recovery == "ce":
+        check_recovery(task, s.recovery)
+        return [ce(1.0)]
     if task.name == "embeddings":
         return [cosine()]
     if task.supervised is None or s.alpha >= 1:
@@ -102,18 +121,50 @@ def terms_for(task: Task, s: CompressSettings) -> list:
     return [t for t in (kd(s.alpha, s.temperature), ce(1.0 - s.alpha)) if t.weight > 0]
 
 
-def recover(student: nn.Module, teacher: nn.Module, train: Any, task: Task, s: CompressSettings, steps: int,
-            desc: str, progress: bool) -> nn.Module:
-    """`steps` KD optimizer steps of a copy of `student` from `teacher` on the engine; no validation."""
+def recovery_teacher(dense: nn.Module, train: Any, task: Task, s: CompressSettings, progress: bool,
+                     given: torch.Tensor | TeacherOutputs | None = None) -> nn.Module | TeacherOutputs | None:
+    """What every recovery of a run learns from: nothing for CE; for KD on in-memory data the dense
+    model's outputs, `given` or computed once here (the engine would otherwise run the dense model
+    over the whole training split again for every mix); for KD on a loader, the dense model, live."""
+    if s.recovery == "ce":
+        return None
+    if given is not None:
+        return given if isinstance(given, TeacherOutputs) else TeacherOutputs(given)
+    data = as_train_data(train)
+    if not isinstance(data, InMemory):
+        return dense
+    return compute_teacher_outputs(dense.eval(), data, task=task, progress=progress)
+
+
+def check_teacher_outputs(given: torch.Tensor | TeacherOutputs | None, train: Any) -> None:
+    """Refuse, before the search, given outputs that cannot be looked up for every training sample."""
+    if given is None:
+        return
+    data = as_train_data(train)
+    if not isinstance(data, InMemory):
+        raise SlimkitError("teacher_outputs are looked up by sample index, so the training data must be in-memory "
+                           "tensors, not a loader; leave teacher_outputs out")
+    if len(given) != len(data):
+        raise SlimkitError(f"teacher outputs cover {len(given)} samples but the training data has {len(data)}; pass "
+                           f"the dense model's outputs over the whole training split, in its order")
+
+
+def recover(student: nn.Module, teacher: nn.Module | TeacherOutputs | None, train: Any, task: Task,
+            s: CompressSettings, steps: int, desc: str, progress: bool) -> nn.Module:
+    """`steps` optimizer steps of a copy of `student` on the engine with the losses of `s.recovery`;
+    no validation. The engine gets the teacher only when a loss term reads it, so a CE recovery
+    cannot learn from the dense model."""
     model = copy.deepcopy(student)
     if steps == 0:
         return model.eval()
+    terms = terms_for(task, s)
     data = as_train_data(train)
     per_epoch = -(-len(data) // s.batch_size) if isinstance(data, InMemory) else data.length()
     epochs = max(1, -(-steps // per_epoch)) if per_epoch else 10**6
     cfg = TrainConfig(epochs=epochs, batch_size=s.batch_size, lr=s.lr, seed=s.seed, max_steps=steps,
                       warmup_steps=max(1, min(100, steps // 10)))
-    Distiller(teacher, model, terms_for(task, s), cfg, task=task).fit(train, None, progress=progress, desc=desc)
+    teacher = teacher if any(t.needs_teacher for t in terms) else None
+    Distiller(teacher, model, terms, cfg, task=task).fit(train, None, progress=progress, desc=desc)
     return model.eval()
 
 
@@ -138,7 +189,8 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
              seed: int = 0, settings: CompressSettings | None = None, cutter: Cutter | None = None,
              timer: Timer | None = None, timing_method: str | None = None, overwrite: bool = False,
              progress: bool = True, command: str = "slimkit.compress()", inputs: tuple = (), export_onnx: bool = False,
-             builder: Any = None, **overrides) -> CompressResult:
+             builder: Any = None, teacher_outputs: torch.Tensor | TeacherOutputs | None = None,
+             **overrides) -> CompressResult:
     """Compress `model` to `target` keeping the validation metric of `task` above `floor`; see the module docstring.
 
     Data are what the engine takes (slimkit.distill.train_data): a Split, tensors, a DataLoader, a
@@ -150,7 +202,9 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     `builder` builds the dense model (a callable, (callable, kwargs) or "package.module:callable"):
     it is how a model that is neither slimkit's nor a Hugging Face one is saved, reloaded
     (slimkit.io.load_model(path, builder=...)) and timed in fresh processes (rebuild.py); with
-    `out`, such a model without one is refused before any work.
+    `out`, such a model without one is refused before any work. `teacher_outputs`: the dense
+    model's outputs over in-memory `train`, in its order, when the caller has them already (KD
+    recoveries then use them instead of recomputing; the engine checks that they cover `train`).
     Further keyword arguments are CompressSettings fields.
     """
     t0 = time.time()
@@ -166,6 +220,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     if out is not None:
         check_rebuild(model, plan)
     task = task or classification()
+    check_recovery(task, s.recovery)
     metric = task.metric
     if metric is None:
         raise SlimkitError(f"the {task.name} task has no validation metric; a floor needs one (give the task metrics)")
@@ -181,6 +236,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
                                "(slimkit.compression) so its FFN neurons and layers can be cut")
         cutter = StructuredCutter(example, s.importance)
     check_cuttable(cutter, model, calib)
+    check_teacher_outputs(teacher_outputs, train)
     if timer is None:
         timer, timing_method = deciding_timer(model, example, s.threads, s.timing_rounds, s.timing_passes, plan)
     intact_of = getattr(cutter, "intact", None)
@@ -201,10 +257,11 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     stages.update(1)
     stages.set_postfix_str("3 recover mixes")
     recovered: dict[int, nn.Module] = {}
+    teacher = recovery_teacher(model, train, task, s, progress, teacher_outputs)
 
     def try_mix(i: int) -> bool:
         c = cands[i]
-        rec = recover(c.model, model, train, task, s, s.search_steps, f"mix {c.blocks} blocks r{c.ratio:g}", progress)
+        rec = recover(c.model, teacher, train, task, s, s.search_steps, f"mix {c.blocks} blocks r{c.ratio:g}", progress)
         recovered[i] = rec
         c.val = _score(rec, val, task, model, s.batch_size)[metric.name]
         c.held = metric.meets(c.val, floor_value)
@@ -216,12 +273,12 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
         raise SlimkitError(f"no cut that reaches {tgt.text} holds the floor {metric.name} "
                            f"{'>=' if metric.higher_is_better else '<='} {floor_value:.4g}: the best of "
                            f"{len(cands)} mixes ({best.blocks} blocks, channel ratio {best.ratio:g}) scores "
-                           f"{best.val:.4g} after {s.search_steps} KD steps; loosen the floor (e.g. -3pt) or the "
-                           f"target, or raise search_steps")
+                           f"{best.val:.4g} after {s.search_steps} {s.recovery.upper()} steps; loosen the floor "
+                           f"(e.g. -3pt) or the target, or raise search_steps")
     chosen = cands[chosen_i]
     stages.update(1)
     stages.set_postfix_str("4 full recovery")
-    final = recover(recovered[chosen_i], model, train, task, s, s.recover_steps, "full recovery", progress)
+    final = recover(recovered[chosen_i], teacher, train, task, s, s.recover_steps, "full recovery", progress)
     final_val = _score(final, val, task, model, s.batch_size)
     stages.update(1)
     stages.set_postfix_str("5 test")
@@ -255,7 +312,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
         raise NotFasterError(f"the compressed model measured {final_ms:.3f} ms against the dense model's {dense_ms:.3f} "
                              f"ms ({timing_method}): it is not faster here, so nothing is kept; try a latency target, "
                              f"more blocks (max_blocks), or keep_slower=True to inspect it")
-    result = CompressResult(final, report, chosen, cands, faster)
+    result = CompressResult(final, report, chosen, cands, faster, settings=s)
     report["wall_seconds"] = time.time() - t0
     if out is not None:
         from slimkit.compression.report import write_result
@@ -266,3 +323,25 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     stages.update(1)
     stages.close()
     return result
+
+
+def recover_chosen(result: CompressResult, dense: nn.Module, train: Any, task: Task | None = None,
+                   progress: bool = True, **overrides) -> nn.Module:
+    """The chosen cut of `result` recovered again as `compress` recovered it, with settings changed.
+
+    It starts from the same structure and weights (the cut before any recovery) and runs the same
+    two phases: `search_steps`, then `recover_steps` more from there. With `recovery="ce"` this is
+    the control for KD: everything but the loss is the same. `overrides` are CompressSettings
+    fields; `dense` and `train` must be what `result` was compressed from.
+    """
+    if result.settings is None or result.chosen.model is None:
+        raise SlimkitError("this result does not carry its chosen cut and settings; pass what compress() returned")
+    s = result.settings
+    s = make_settings(s.target, s.floor, s.seed, s, overrides)
+    task = task or classification()
+    check_recovery(task, s.recovery)
+    teacher = recovery_teacher(dense, train, task, s, progress)
+    c = result.chosen
+    short = recover(c.model, teacher, train, task, s, s.search_steps, f"mix {c.blocks} blocks r{c.ratio:g} "
+                    f"({s.recovery})", progress)
+    return recover(short, teacher, train, task, s, s.recover_steps, f"full recovery ({s.recovery})", progress)

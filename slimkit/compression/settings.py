@@ -133,8 +133,14 @@ class CompressSettings(BaseModel):
     ratios: tuple[float, ...] = Field((0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
                                       description="channel ratios tried per depth for a latency target")
     importance: str = Field("l2", description="channel importance: l1, l2, bn, taylor, entropy")
-    search_steps: int = Field(200, ge=0, description="KD optimizer steps recovering each candidate mix")
-    recover_steps: int = Field(1000, ge=0, description="KD optimizer steps of the chosen mix's full recovery")
+    recovery: Literal["kd", "ce"] = Field("kd", description="the recovery loss, in the search and the full "
+                                                            "recovery alike: 'kd' learns from the dense model "
+                                                            "(alpha of KD, the rest the task's supervised loss); "
+                                                            "'ce' is the task's supervised loss on labels alone "
+                                                            "(the control that shows what KD adds; tasks with "
+                                                            "labels only)")
+    search_steps: int = Field(200, ge=0, description="optimizer steps recovering each candidate mix")
+    recover_steps: int = Field(1000, ge=0, description="optimizer steps of the chosen mix's full recovery")
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
     temperature: float = Field(2.0, gt=0, description="KD temperature (logit tasks)")
