@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument("--kd-minutes", type=float, default=30.0)
     ap.add_argument("--kd-samples", type=int, default=256)
     ap.add_argument("--kd-lr", type=float, default=2e-4)
-    ap.add_argument("--kd-ce-weight", type=float, default=0.0, help="weight of next-token CE added to the KD loss")
+    ap.add_argument("--kd-ce-weight", type=float, default=1.0, help="weight of next-token CE added to the KD loss")
     ap.add_argument("--kd-hidden-weight", type=float, default=0.0, help="weight of final-hidden-state KD")
     ap.add_argument("--encoder-minutes", type=float, default=20.0)
     ap.add_argument("--encoder-train", type=int, default=3800, help="Emma sentences (about 3,800 usable)")

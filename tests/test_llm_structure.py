@@ -147,3 +147,9 @@ def test_bad_model_and_layer_input(tmp_path):
         remove_layers(model, [5])
     with pytest.raises(SlimkitError):
         remove_layers(model, [0, 1])
+
+
+def test_recovery_default_adds_next_token_ce_to_the_top_k_kd():
+    """Perplexity is next-token CE, so recovery trains on it beside the KD unless told not to."""
+    assert [t.kind for t in RecoveryConfig().terms()] == ["kd", "ce"]
+    assert [t.kind for t in RecoveryConfig(ce_weight=0.0).terms()] == ["kd"]

@@ -372,6 +372,7 @@ def distill(
     lr: float = typer.Option(1e-4),
     batch_size: int = typer.Option(4),
     top_k: int = typer.Option(64, help="teacher logits cached per position"),
+    ce_weight: float = typer.Option(1.0, help="weight of next-token cross-entropy beside the KD (0 = KD alone)"),
     hidden_weight: float = typer.Option(0.0, help="weight of final-hidden-state MSE (0 = off)"),
     max_minutes: Optional[float] = typer.Option(None, help="stop training after this many minutes"),
     hold_zeros: bool = typer.Option(True, help="keep zero weights at zero (unstructured/N:M students)"),
@@ -394,8 +395,8 @@ def distill(
 
     _check_out(out, overwrite, student, teacher)
     ckpt = _train_checks(checkpoint_dir, checkpoint_every, amp)
-    cfg = RecoveryConfig(epochs=epochs, batch_size=batch_size, lr=lr, top_k=top_k, hidden_weight=hidden_weight,
-                         max_minutes=max_minutes, seed=seed, amp=amp)
+    cfg = RecoveryConfig(epochs=epochs, batch_size=batch_size, lr=lr, top_k=top_k, ce_weight=ce_weight,
+                         hidden_weight=hidden_weight, max_minutes=max_minutes, seed=seed, amp=amp)
     cfg.terms(), cfg.train_config()  # bad settings fail here, before any model loads
     st, tok = load_causal_lm(student)
     te, _ = load_causal_lm(teacher)

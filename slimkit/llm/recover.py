@@ -40,7 +40,9 @@ class RecoveryConfig:
     weight_decay: float = 0.0
     temperature: float = 1.0
     top_k: int = 64
-    ce_weight: float = 0.0
+    # Next-token CE on the training text beside the top-k KD: perplexity is that CE, and the
+    # top-k teacher drops the tail of its distribution; bench/llm.py measures both settings.
+    ce_weight: float = 1.0
     hidden_weight: float = 0.0
     freeze_embeddings: bool = True
     max_minutes: float | None = None
