@@ -40,7 +40,7 @@ class DemoConfig(BaseModel):
     teacher: str = "source"
     student: str = "target"
     teacher_epochs: int = Field(3, ge=1)
-    student_epochs: int = Field(3, ge=1)
+    student_epochs: int = Field(2, ge=1)
     finetune_epochs: float = Field(0.25, ge=0, description="passes over the training split; may be fractional")
     batch_size: int = Field(256, ge=1)
     lr: float = Field(2e-3, gt=0)

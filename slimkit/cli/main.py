@@ -16,7 +16,7 @@ from slimkit.cli.app import app, check_model_fits
 @clean_errors
 def demo(
     epochs: int = typer.Option(3, help="teacher training epochs (the teacher is cached by its settings)"),
-    student_epochs: int = typer.Option(3, help="epochs for the KD student and, same budget, the scratch student"),
+    student_epochs: int = typer.Option(2, help="epochs for the KD student and, same budget, the scratch student"),
     finetune_epochs: float = typer.Option(0.25, help="fine-tune passes over the training set for the pruned teacher, masks held"),
     sparsity: Optional[float] = typer.Option(0.5, help="fraction of conv/linear weights to remove, in [0, 1)"),
     theta: Optional[float] = typer.Option(None, help="magnitude threshold: remove |w| <= theta (overrides --sparsity)"),
