@@ -41,7 +41,7 @@ from torch import nn
 
 from slimkit.errors import SlimkitError
 from slimkit.measure import count_macs, measure_latency_interleaved
-from slimkit.io import load_model, save_model
+from slimkit.hf_folder import load_hf, save_hf
 from slimkit.outputs import atomic_write_bytes
 from slimkit.measure.fold import fold_batchnorm
 from slimkit.prune import latency_table, prune_latency_aware, prune_structured
@@ -103,12 +103,13 @@ class MainOutput(nn.Module):
 
 
 @torch.no_grad()
-def reload_check(model: nn.Module, builder: tuple, x: torch.Tensor) -> float:
-    """Largest absolute output difference between the pruned model and the same model saved with
-    slimkit.io.save_model and rebuilt by load_model from the dense builder (class, config)."""
+def reload_check(model: nn.Module, x: torch.Tensor) -> float:
+    """Largest absolute output difference between the pruned model and the same model written as a
+    Hugging Face folder (slimkit.hf_folder.save_hf: widths in the config, per-layer ones recorded)
+    and read back with load_hf, the path `compress` saves these models by."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = save_model(model, Path(tmp) / "pruned.safetensors", builder=builder)
-        again = load_model(path, builder=builder).eval()
+        folder = save_hf(model, Path(tmp) / "pruned")
+        again = load_hf(folder, type(model)).eval()
     return float((MainOutput(again)(x) - MainOutput(model)(x)).abs().max())
 
 
@@ -125,7 +126,6 @@ def prepare(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, bool]:
 
 def run_model(name: str, args: argparse.Namespace) -> list[dict]:
     dense, make = build(name, args.quick)
-    builder = (type(dense), {"config": copy.deepcopy(dense.config)})  # the dense model, before any cut
     x1 = make(1)
     t0 = time.time()
     variants = {"uniform 50%": prune_structured(copy.deepcopy(dense), x1, ratio=0.5,
@@ -141,7 +141,7 @@ def run_model(name: str, args: argparse.Namespace) -> list[dict]:
     rows = {v: {"model": name, "variant": v, "kept_intact": len(r.kept_intact), "held_groups": len(r.held),
                 "notes": r.notes, "params_ratio": sum(p.numel() for p in r.model.parameters())
                 / sum(p.numel() for p in dense.parameters()), "cut_s": cut_s, "reload_max_abs_diff":
-                reload_check(r.model, builder, x1)} for v, r in variants.items()}
+                reload_check(r.model, x1)} for v, r in variants.items()}
     for b in args.batches:
         x = make(b)
         dense_p, folded = prepare(dense, x)
@@ -206,7 +206,7 @@ def main() -> None:
               f"threads={args.threads}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, BN folded, NCHW; "
               f"{platform.processor() or platform.machine()}, torch {torch.__version__}. "
               f"MACs/ = dense/pruned MACs; speed = dense ms/pruned ms; eff = speed/MACs; kept = modules kept "
-              f"intact; reload = max |diff| after slimkit.io.save_model + load_model(builder=(class, dense config)). Wall {time.time() - t0:.0f} s.")
+              f"intact; reload = max |diff| after slimkit.hf_folder.save_hf + load_hf. Wall {time.time() - t0:.0f} s.")
     print(header)
     print(table(rows, args.batches))
     out = Path(args.out) / ("compress_foreign_quick.json" if args.quick else "compress_foreign.json")
