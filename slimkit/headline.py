@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from slimkit.errors import SlimkitError
+from slimkit.report import column_cells, markdown_table, rich_table, table_console
 
 if TYPE_CHECKING:
     from slimkit.data import Dataset
@@ -178,26 +179,15 @@ def headline_markdown(h: dict) -> str:
     """The headline's section of report.md: title, table (when compress gave a result), notes."""
     lines = ["", "## Headline", "", headline_title(h), ""]
     if h["rows"]:
-        lines += ["| " + " | ".join(c for c, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-        lines += ["| " + " | ".join(f(r) for _, f in COLUMNS) + " |" for r in h["rows"]]
+        lines += markdown_table(*column_cells(COLUMNS, h["rows"]))
         lines += ["", "wall s: " + "; ".join(f"{r['name']}: {r['wall_covers']}" for r in h["rows"]), ""]
     lines += [f"- {n}" for n in h["notes"]]
     return "\n".join(lines) + "\n"
 
 
 def print_headline(h: dict) -> None:
-    import sys
-
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console = table_console()
     if h["rows"]:
-        table = Table(title=headline_title(h))
-        for col, _ in COLUMNS:
-            table.add_column(col, justify="left" if col in ("model", "recovery") else "right")
-        for r in h["rows"]:
-            table.add_row(*(f(r) for _, f in COLUMNS))
-        console.print(table)
+        console.print(rich_table(*column_cells(COLUMNS, h["rows"]), headline_title(h), left=("model", "recovery")))
     for n in h["notes"]:
         console.print(f"- {n}", soft_wrap=True)

@@ -17,10 +17,13 @@ device, and kept when it leaves less to record. transformers 5 no longer support
 `prune_heads`), so head counts go through the recorded layout.
 
 The folder is written through slimkit.outputs.output_folder: staged, fsynced, renamed, with a
-manifest; nothing slimkit did not write is replaced.
+manifest; nothing slimkit did not write is replaced. `load_pretrained` is the one way slimkit
+reads a model with its tokenizer or processor from a local folder (the LLM, encoder and Whisper
+loaders all go through it), so a folder save_hf wrote reloads wherever a folder is accepted.
 """
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -111,16 +114,21 @@ def _pins(config: Any, key: str) -> list[dict[str, int]]:
     return pins
 
 
-def save_hf(model: nn.Module, folder: str | os.PathLike, overwrite: bool = False) -> Path:
+def save_hf(model: nn.Module, folder: str | os.PathLike, overwrite: bool = False, *, tokenizer: Any = None,
+            inputs=(), command: str = "save_hf") -> Path:
     """Write `model` (a transformers PreTrainedModel, pruned or not) as a from_pretrained folder.
 
     Returns the folder. Whether plain `from_pretrained` suffices or `load_hf` is needed is recorded
-    in the config (see the module docstring). `overwrite` replaces an earlier slimkit folder only.
+    in the config (see the module docstring). `tokenizer` (or processor), when given, is saved into
+    the same folder, so `load_pretrained` reads both back. `overwrite` replaces an earlier slimkit
+    folder only, never one holding any of `inputs`; `command` is what the folder's manifest names.
     """
     _check_hf(model)
-    with output_folder(folder, overwrite=overwrite, command="save_hf") as stage:
+    with output_folder(folder, overwrite, inputs, command) as stage:
         write_hf(model, stage)
-    return Path(folder)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(stage)
+    return Path(folder).expanduser()
 
 
 def write_hf(model: nn.Module, folder: Path) -> bool:
@@ -191,3 +199,42 @@ def load_hf(folder: str | os.PathLike, model_class: type | None = None) -> nn.Mo
         raise SlimkitError(f"{path} does not load into {model_class.__name__}: "
                            f"{' '.join(str(exc).split())[:300]}") from None
     return model.eval()
+
+
+def offline() -> None:
+    """No hub traffic from transformers, ever: slimkit loads local folders only."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def records_layout(folder: str | os.PathLike) -> bool:
+    """Whether the folder's config.json records a pruned layout, so that only `load_hf` rebuilds it."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # from_pretrained then says what is wrong with the folder
+    return isinstance(config, dict) and LAYOUT_KEY in config
+
+
+def load_pretrained(model_cls: Any, processor_cls: Any, folder: str | os.PathLike, kind: str) -> tuple[nn.Module, Any]:
+    """(model in eval mode, fp32, processor or tokenizer) from a local from_pretrained folder, offline.
+
+    `model_cls` is a transformers model or Auto class (its from_pretrained is used), `processor_cls`
+    a tokenizer or processor class; `kind` names the model in the one-line error ("a causal LM").
+    A folder whose config records a pruned layout is rebuilt by `load_hf`, as the class the config
+    names, since no config key describes its widths.
+    """
+    offline()
+    import torch
+
+    path = Path(folder)
+    try:
+        if records_layout(path):
+            model = load_hf(path)
+        else:
+            model = model_cls.from_pretrained(str(path), dtype=torch.float32)
+        processor = processor_cls.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as exc:
+        raise SlimkitError(f"cannot load {kind} from {path}: {str(exc).splitlines()[0]}") from None
+    return model.eval(), processor

@@ -18,6 +18,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from slimkit.compression.settings import FloorText, TargetText
 from slimkit.data import Dataset, load_dataset
 from slimkit.distill import TrainConfig, teacher_logits, train_classifier
 from slimkit.errors import SlimkitError, check_sparsity
@@ -59,8 +60,8 @@ class DemoConfig(BaseModel):
     latency_runs: int = Field(50, ge=5)
     train_subset: int = Field(0, ge=0, description="use only the first N training samples (0 = all)")
     headline: bool = Field(True, description="compress the teacher, KD recovery against CE on the same cut")
-    headline_target: str = Field("latency=0.5x", description="compress target: latency=0.5x, macs=2x or params=2x")
-    headline_floor: str | float = Field("-1pt", description="validation floor: -1pt relative to the teacher, or "
+    headline_target: TargetText = Field("latency=0.5x", description="compress target: latency=0.5x, macs=2x or params=2x")
+    headline_floor: FloorText = Field("-1pt", description="validation floor: -1pt relative to the teacher, or "
                                                             "an absolute accuracy such as 0.9")
     headline_search_steps: int = Field(200, ge=0, description="recovery steps of each mix compress tries")
     headline_recover_steps: int = Field(400, ge=0, description="further recovery steps of the chosen mix (KD and "
@@ -77,22 +78,6 @@ class DemoConfig(BaseModel):
     def _known_model(cls, v: str) -> str:
         if v not in MODEL_NAMES and v not in MODEL_CLASSES:
             raise ValueError(f"unknown model {v!r}; choose one of: {', '.join(sorted(MODEL_NAMES))}")
-        return v
-
-    @field_validator("headline_target")
-    @classmethod
-    def _target(cls, v: str) -> str:
-        from slimkit.compression.settings import parse_target
-
-        parse_target(v)
-        return v
-
-    @field_validator("headline_floor")
-    @classmethod
-    def _floor(cls, v: str | float) -> str | float:
-        from slimkit.compression.settings import parse_floor
-
-        parse_floor(v)
         return v
 
     @model_validator(mode="after")

@@ -175,47 +175,56 @@ def speed_notes(rows: list[ProfileRow], reference: str) -> list[str]:
     return notes
 
 
+def column_cells(columns: list, rows: list) -> tuple[list[str], list[list[str]]]:
+    """Column names and cells from (name, format(row)) pairs such as COLUMNS."""
+    return [name for name, _ in columns], [[fmt(r) for _, fmt in columns] for r in rows]
+
+
+def markdown_table(columns: list[str], cells: list[list[str]]) -> list[str]:
+    """A Markdown table's lines: header, rule, one line per row of cells."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + ["| " + " | ".join(c) + " |" for c in cells]
+
+
+def rich_table(columns: list[str], cells: list[list[str]], title: str = "", left: tuple[str, ...] = ()):
+    """The same table for the terminal: the `left` columns (names, labels) left-aligned, numbers right."""
+    from rich.table import Table
+
+    table = Table(title=title or None)
+    for col in columns:
+        table.add_column(col, justify="left" if col in left else "right")
+    for c in cells:
+        table.add_row(*c)
+    return table
+
+
+def table_console():
+    """A rich Console; off a terminal rich assumes 80 columns and squeezes the numbers, so logs get 160."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
 def render_markdown(rows: list[ProfileRow], notes: list[str], header: str = "",
                     deploy: list[DeployRow] | None = None, appendix: str = "") -> str:
     """The table, the deployment table and the notes; `appendix` (Markdown) follows them."""
     lines = [header, ""] if header else []
     if rows:
-        lines.append("| " + " | ".join(c for c, _ in COLUMNS) + " |")
-        lines.append("|" + "---|" * len(COLUMNS))
-        for r in rows:
-            lines.append("| " + " | ".join(fmt(r) for _, fmt in COLUMNS) + " |")
-        lines.append("")
+        lines += markdown_table(*column_cells(COLUMNS, rows)) + [""]
     if deploy:
-        cols, cells = deploy_table(deploy)
-        lines += ["Deployment:", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(c) + " |" for c in cells] + [""]
+        lines += ["Deployment:", ""] + markdown_table(*deploy_table(deploy)) + [""]
     lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n" + appendix
 
 
 def print_table(rows: list[ProfileRow], notes: list[str], title: str = "",
                 deploy: list[DeployRow] | None = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    # Off a terminal rich assumes 80 columns and squeezes the numbers; logs get a readable width.
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console = table_console()
     tables = []
     if rows:
-        table = Table(title=title or None)
-        for col, _ in COLUMNS:
-            table.add_column(col, justify="left" if col == "model" else "right")
-        for r in rows:
-            table.add_row(*(fmt(r) for _, fmt in COLUMNS))
-        tables.append(table)
+        tables.append(rich_table(*column_cells(COLUMNS, rows), title, left=("model",)))
     if deploy:
-        cols, cells = deploy_table(deploy)
-        table = Table(title=(title if not rows else "deployment") or None)
-        for col in cols:
-            table.add_column(col, justify="left" if col in ("variant", "runtime", "file") else "right")
-        for c in cells:
-            table.add_row(*c)
-        tables.append(table)
+        tables.append(rich_table(*deploy_table(deploy), title if not rows else "deployment",
+                                 left=("variant", "runtime", "file")))
     for table in tables:
         console.print(table)
     for n in notes:

@@ -88,3 +88,32 @@ def test_budget_cosine_decays_over_whichever_budget_ends_first():
     assert budget_cosine(10, 100, elapsed=30.0, budget=60.0) == pytest.approx(0.5)
     assert budget_cosine(10, 100, elapsed=90.0, budget=60.0) == pytest.approx(0.0)
     assert budget_cosine(4, 100, warmup=20) == pytest.approx(0.25 * budget_cosine(4, 100))
+
+
+def mlp(hidden: int = 32) -> torch.nn.Sequential:
+    """A model slimkit does not know (no config()): 8x8 digits -> hidden -> 10."""
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, hidden), torch.nn.ReLU(),
+                               torch.nn.Linear(hidden, 10))
+
+
+def test_epoch_checkpoints_of_a_pruned_foreign_model_reload_with_its_builder(digits, tmp_path):
+    """A structurally pruned model that is not slimkit's: its epoch checkpoints record the caller's
+    builder and reload into the pruned shapes; without a builder training refuses before it starts."""
+    from slimkit.errors import SlimkitError
+    from slimkit.io import load_model
+
+    net = mlp()
+    keep = torch.arange(0, 32, 2)  # half the hidden units
+    with torch.no_grad():
+        net[1].weight, net[1].bias = torch.nn.Parameter(net[1].weight[keep]), torch.nn.Parameter(net[1].bias[keep])
+        net[3].weight = torch.nn.Parameter(net[3].weight[:, keep])
+    net[1].out_features = net[3].in_features = 16
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=1e-2, seed=0, warmup_steps=2)
+    with pytest.raises(SlimkitError, match="builder"):
+        train_classifier(net, digits, cfg, checkpoint_dir=tmp_path / "none", progress=False)
+    assert not (tmp_path / "none").exists()
+    train_classifier(net, digits, cfg, checkpoint_dir=tmp_path, progress=False, builder=(mlp, {"hidden": 32}))
+    back = load_model(tmp_path / "epoch1.safetensors", builder=mlp)
+    assert back[1].out_features == 16
+    x = torch.randn(5, 1, 8, 8)
+    torch.testing.assert_close(back(x), net.eval()(x))

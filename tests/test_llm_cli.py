@@ -50,7 +50,8 @@ def test_encoder_command_prunes_distills_saves_and_reloads(tmp_path):
     """Real MiniLM, tiny budget: FFN halved, 9 of 12 heads, one layer dropped; fidelity printed; reloads."""
     import torch
 
-    from slimkit.llm.encoder import embed, load_encoder_pruned
+    from slimkit.llm.encoder import embed
+    from slimkit.llm.load import load_encoder
 
     require(*MINILM)
     out = tmp_path / "enc"
@@ -59,7 +60,7 @@ def test_encoder_command_prunes_distills_saves_and_reloads(tmp_path):
     assert result.exit_code == 0, result.output
     assert "layers 5, FFN 768, heads per layer [9]" in result.output
     assert "pruned + refit: mean cosine" in result.output and "distilled" in result.output
-    model, tok = load_encoder_pruned(out)
+    model, tok = load_encoder(out)
     assert len(model.encoder.layer) == 5 and model.encoder.layer[0].attention.self.query.out_features == 9 * 32
     vec = embed(model, tok, ["A short sentence to embed."])
     assert vec.shape == (1, 384) and torch.isfinite(vec).all()

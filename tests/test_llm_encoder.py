@@ -100,3 +100,70 @@ def test_refit_brings_the_pruned_encoder_closer_than_slicing():
         prune_encoder(student, tok, train, 0.5, 0.25, reconstruct=reconstruct)
         cos[reconstruct] = fidelity(student, teacher, tok, held).mean_cosine
     assert cos[True] > cos[False] + 0.05
+
+
+def _tiny_encoder():
+    """A 2-layer BERT with 4 heads of size 8, and a word-level fast tokenizer over its vocabulary."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    words = ["[PAD]", "[UNK]", "a", "short", "sentence", "to", "embed"]
+    inner = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    inner.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=inner, pad_token="[PAD]", unk_token="[UNK]")
+    model = BertModel(BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=64, max_position_embeddings=32)).eval()
+    return model, tok
+
+
+def test_pruned_encoder_saved_with_save_hf_reloads_through_load_encoder(tmp_path):
+    """Heads cut unevenly (3 and 2 of 4): the folder records the layout, load_encoder rebuilds the same
+    model (same embeddings) and the tokenizer beside it."""
+    import torch
+
+    from slimkit.hf_folder import LAYOUT_KEY, save_hf
+    from slimkit.llm.encoder import embed
+    from slimkit.llm.encoder_prune import remove_encoder_heads
+    from slimkit.llm.load import load_encoder
+
+    model, tok = _tiny_encoder()
+    remove_encoder_heads(model.encoder.layer[0], [0, 1, 3], 8)
+    remove_encoder_heads(model.encoder.layer[1], [1, 2], 8)
+    out = save_hf(model, tmp_path / "enc", tokenizer=tok, command="llm encoder")
+    assert LAYOUT_KEY in (out / "config.json").read_text()
+    back, back_tok = load_encoder(out)
+    assert [layer.attention.self.num_attention_heads for layer in back.encoder.layer] == [3, 2]
+    text = ["a short sentence to embed", "embed a sentence"]
+    torch.testing.assert_close(embed(back, back_tok, text), embed(model, tok, text))
+
+
+def test_load_encoder_reads_the_earlier_slimkit_heads_json_folders(tmp_path):
+    """Folders from the earlier saver (dense config, kept heads in slimkit_heads.json) still load, into
+    the pruned shapes; a description that does not fit the weights is one SlimkitError."""
+    import json
+
+    import torch
+
+    from slimkit.errors import SlimkitError
+    from slimkit.llm.encoder import embed
+    from slimkit.llm.encoder_prune import remove_encoder_heads
+    from slimkit.llm.load import load_encoder
+
+    model, tok = _tiny_encoder()
+    kept = [[0, 2], [1, 2, 3]]
+    for layer, heads in zip(model.encoder.layer, kept):
+        remove_encoder_heads(layer, heads, 8)
+    folder = tmp_path / "old"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (folder / "slimkit_heads.json").write_text(json.dumps({"heads_kept": kept, "head_size": 8, "layers": 2,
+                                                           "intermediate_size": 64}))
+    back, back_tok = load_encoder(folder)
+    assert back.encoder.layer[1].attention.self.query.out_features == 3 * 8
+    text = ["a short sentence to embed"]
+    torch.testing.assert_close(embed(back, back_tok, text), embed(model, tok, text))
+    (folder / "slimkit_heads.json").write_text(json.dumps({"heads_kept": [[0], [1]], "head_size": 8}))
+    with pytest.raises(SlimkitError, match="does not match"):
+        load_encoder(folder)

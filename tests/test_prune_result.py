@@ -123,7 +123,6 @@ def test_encoder_verbs_are_in_place() -> None:
     )
 
     from slimkit.llm import prune_encoder
-    from slimkit.llm.encoder import head_layout
     from slimkit.speech.prune import prune_encoder_ffn
 
     torch.manual_seed(0)
@@ -134,8 +133,9 @@ def test_encoder_verbs_are_in_place() -> None:
     _check(result, bert, "encoder")
     assert bert.encoder.layer[0].intermediate.dense.out_features == 32
     assert result.kept["encoder.layer.1.attention.self"] == (2, 4)
-    layout = head_layout(bert, result.removed_heads)
-    assert [len(h) for h in layout["heads_kept"]] == [2, 2] and layout["head_size"] == 8
+    assert [layer.attention.self.num_attention_heads for layer in bert.encoder.layer] == [2, 2]
+    assert [len(result.removed_heads[f"encoder.layer.{i}.attention.self"]) for i in range(2)] == [2, 2]
+    assert bert.encoder.layer[0].attention.self.query.out_features == 2 * 8
 
     whisper = WhisperForConditionalGeneration(WhisperConfig(
         vocab_size=40, num_mel_bins=8, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,

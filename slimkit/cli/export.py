@@ -135,13 +135,13 @@ def _classifier(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, 
 def _encoder(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, threads, runs, overwrite):
     from slimkit.export import (OrtModel, embedding_cosines, encoder_check, export_onnx, quantize_int8, time_onnx,
                                 write_output)
-    from slimkit.llm.encoder import default_sentences, load_encoder_pruned
+    from slimkit.llm.encoder import default_sentences
     from slimkit.llm.load import load_encoder, resolve
     from slimkit.measure import file_size_bytes, measure_latency_interleaved
     from slimkit.report import DeployRow
 
     path = resolve(checkpoint)
-    model, tok = load_encoder_pruned(path) if (path / "slimkit_heads.json").is_file() else load_encoder(path)
+    model, tok = load_encoder(path)
     calib, held = default_sentences(max(calib_samples, 2), 128, seed)
     enc = lambda texts, **kw: dict(tok(texts, return_tensors="pt", padding=True, truncation=True, **kw))  # noqa: E731
     res = export_onnx(model, enc(held[:2]), check_inputs=[enc(held[2:7]), enc(held[7:8])],

@@ -146,13 +146,14 @@ def _prune_streamed(model: str, method: str, sparsity: float, nm: Optional[str],
     model are loaded one after the other (never both at once), the pruned one from --out: what is
     measured is what was saved.
     """
-    from slimkit.llm.load import _offline, load_causal_lm, resolve
+    from slimkit.hf_folder import offline
+    from slimkit.llm.load import load_causal_lm, resolve
     from slimkit.llm.perplexity import perplexity
     from slimkit.llm.streaming import prune_oneshot_folder
     from slimkit.llm.text import calibration_windows
 
     src = resolve(model)
-    _offline()
+    offline()
     from transformers import AutoTokenizer
 
     try:
@@ -284,7 +285,8 @@ def encoder(
     import copy
 
     from slimkit.distill.ddp import is_main_process
-    from slimkit.llm.encoder import default_sentences, distill_encoder, fidelity, save_encoder
+    from slimkit.hf_folder import save_hf
+    from slimkit.llm.encoder import default_sentences, distill_encoder, fidelity
     from slimkit.llm.encoder_prune import prune_encoder
     from slimkit.llm.load import load_encoder
 
@@ -314,8 +316,8 @@ def encoder(
                f"{heads}; params {params[0] / 1e6:.1f} M -> {params[1] / 1e6:.1f} M")
     for label, fid in rows:
         typer.echo(f"{label}: {fid}")
-    saved = save_encoder(student, tok, pruned.removed_heads, out, overwrite, [model])
-    typer.echo(f"saved {saved} (reload with slimkit.llm.encoder.load_encoder_pruned)")
+    saved = save_hf(student, out, overwrite, tokenizer=tok, inputs=[model], command="llm encoder")
+    typer.echo(f"saved {saved} (reload with slimkit.llm.load_encoder)")
 
 
 @app.command("eval")

@@ -23,9 +23,9 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from slimkit.errors import SlimkitError
 
@@ -121,13 +121,28 @@ def parse_floor(floor: str | float | Callable[[dict], float] | Floor) -> Floor:
     return Floor(absolute=value)
 
 
+def _checked_target(text: str) -> str:
+    parse_target(text)
+    return text
+
+
+def _checked_floor(floor: str | float) -> str | float:
+    parse_floor(floor)
+    return floor
+
+
+# Setting fields that hold a target or a floor as written (the recipe keeps the text), checked on input
+TargetText = Annotated[str, AfterValidator(_checked_target)]
+FloorText = Annotated[str | float, AfterValidator(_checked_floor)]
+
+
 class CompressSettings(BaseModel):
     """Every setting of one `compress` run; the JSON of this model is the run's recipe (report.json)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    target: str = Field("latency=0.5x", description="latency=0.5x, macs=2x or params=2x")
-    floor: str | float = Field("-1pt", description="-1pt relative to dense, or an absolute validation metric")
+    target: TargetText = Field("latency=0.5x", description="latency=0.5x, macs=2x or params=2x")
+    floor: FloorText = Field("-1pt", description="-1pt relative to dense, or an absolute validation metric")
     seed: int = Field(0, description="seed of every recovery and of the calibration batches")
     max_blocks: int | None = Field(None, ge=0, description="most whole blocks a mix removes (None: all removable)")
     ratios: tuple[float, ...] = Field((0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
@@ -153,18 +168,6 @@ class CompressSettings(BaseModel):
                                                   "that are neither slimkit's nor Hugging Face ones (save, reload, "
                                                   "fresh-process timing)")
     keep_slower: bool = Field(False, description="return (flagged) a result measured no faster instead of refusing")
-
-    @field_validator("target")
-    @classmethod
-    def _target(cls, v: str) -> str:
-        parse_target(v)
-        return v
-
-    @field_validator("floor")
-    @classmethod
-    def _floor(cls, v: str | float) -> str | float:
-        parse_floor(v)
-        return v
 
     @field_validator("ratios")
     @classmethod

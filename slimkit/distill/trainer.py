@@ -14,6 +14,7 @@ from slimkit.data.arrays import Dataset, Split
 from slimkit.distill.config import CheckpointConfig, EpochLog, TrainConfig
 from slimkit.distill.engine import Distiller
 from slimkit.distill.losses import ce, hinton
+from slimkit.io import Builder, dense_builder, save_model
 from slimkit.measure.metrics import predict_logits
 from slimkit.masks import Masks
 
@@ -36,12 +37,15 @@ def train_classifier(
     progress: bool = True,
     resume_dir: str | Path | None = None,
     checkpoint_every: int = 0,
+    builder: Builder | None = None,
 ) -> list[EpochLog]:
     """Train `model` in place on `data.train`, evaluating on `data.val` after every epoch.
 
     `teacher` (a model, or its precomputed train-set logits) switches the loss to Hinton KD with
     `temperature` and `alpha`. `masks` are held after every optimizer step (pruned fine-tuning).
-    With `checkpoint_dir`, the weights are saved after every epoch as `epoch{N}.safetensors`; with
+    With `checkpoint_dir`, the model is saved after every epoch as `epoch{N}.safetensors` by
+    slimkit.io.save_model, recorded against `builder` (what builds the dense model; slimkit's own
+    models need none), so a structurally pruned model of any kind reloads with load_model; with
     `resume_dir`, the full training state is saved there (every `checkpoint_every` steps and at each
     epoch end) and a killed run picks up from it.
     """
@@ -51,11 +55,10 @@ def train_classifier(
     on_epoch = None
     if checkpoint_dir is not None:
         folder = Path(checkpoint_dir)
+        dense_builder(model, builder)  # a model save_model cannot describe fails now, not after an epoch
 
         def on_epoch(epoch: int, student: nn.Module, history: list[EpochLog]) -> None:
-            from slimkit.io import save_model
-
-            save_model(student, folder / f"epoch{epoch}.safetensors",
+            save_model(student, folder / f"epoch{epoch}.safetensors", builder=builder,
                        extra={"epoch": epoch, "history": [h.as_dict() for h in history]})
 
     return distiller.fit(data, progress=progress, desc=desc, on_epoch_end=on_epoch)

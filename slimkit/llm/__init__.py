@@ -20,8 +20,6 @@ from slimkit.llm.encoder import (
     distill_encoder,
     embed,
     fidelity,
-    load_encoder_pruned,
-    save_encoder,
 )
 from slimkit.llm.encoder_prune import prune_encoder
 from slimkit.llm.load import (
@@ -58,7 +56,6 @@ __all__ = [
     "load_causal_lm",
     "load_config",
     "load_encoder",
-    "load_encoder_pruned",
     "measure_speed",
     "parse_nm",
     "perplexity",
@@ -71,6 +68,5 @@ __all__ = [
     "recover",
     "remove_layers",
     "resolve",
-    "save_encoder",
     "save_pretrained_atomic",
 ]

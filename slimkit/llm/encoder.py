@@ -1,12 +1,11 @@
-"""Sentence-encoder (BERT / MiniLM) embedding distillation, fidelity, and saving pruned encoders.
+"""Sentence-encoder (BERT / MiniLM) embedding distillation and fidelity.
 
 Pruning itself lives in `slimkit.llm.encoder_prune`: FFN neurons (uniform count per layer, so
-`intermediate_size` in the config stays valid and from_pretrained reloads it), attention heads
-and whole layers. BertConfig derives
-the head size as hidden_size / num_attention_heads, so a BERT with 9 of 12 heads per layer has no
-config that describes it: head-pruned encoders are pruned in memory (the modules shrink, the
-forward is unchanged because it reshapes with -1 heads), and `save_encoder` writes the kept heads
-beside the weights so `load_encoder_pruned` can rebuild the same shapes.
+`intermediate_size` in the config stays valid), attention heads and whole layers. BertConfig
+derives the head size as hidden_size / num_attention_heads, so a BERT with 9 of 12 heads per layer
+has no config that describes it; a pruned encoder is saved like any pruned Hugging Face model, with
+`slimkit.hf_folder.save_hf` (which records the head counts in the config's layout), and
+`slimkit.llm.load.load_encoder` reads it back.
 
 Distillation runs on the shared engine (`Distiller` with the embeddings task): the student's
 mean-pooled sentence embedding is matched to the unpruned teacher's (cosine or MSE), optionally
@@ -16,11 +15,9 @@ plus how often each sentence's nearest neighbour is the same under both models.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -30,7 +27,6 @@ from slimkit.distill.engine import Distiller
 from slimkit.distill.losses import Term, cosine
 from slimkit.distill.tasks import embeddings
 from slimkit.errors import SlimkitError
-from slimkit.llm.encoder_prune import remove_encoder_heads
 from slimkit.llm.text import read_text
 from slimkit.measure.embedding import cosine_sum, neighbour_agreement
 
@@ -141,49 +137,3 @@ def default_sentences(n_train: int = 2000, n_eval: int = 500, seed: int = 0) -> 
     held = sentences(read_text("prideprejudice"))
     pick = lambda xs, n: [xs[i] for i in torch.randperm(len(xs), generator=gen)[:n].tolist()]  # noqa: E731
     return pick(train, n_train), pick(held, n_eval)
-
-
-def head_layout(model: nn.Module, removed_heads: dict[str, list[int]]) -> dict:
-    """What slimkit_heads.json records: the kept heads per layer (indices before the cut, from
-    `removed_heads` as prune_encoder's result names them), the head size, layers and FFN width."""
-    heads_kept = []
-    for i, layer in enumerate(model.encoder.layer):
-        removed = set(removed_heads.get(f"encoder.layer.{i}.attention.self", []))
-        dense = layer.attention.self.num_attention_heads + len(removed)
-        heads_kept.append([h for h in range(dense) if h not in removed])
-    return {"intermediate_size": model.config.intermediate_size, "heads_kept": heads_kept,
-            "head_size": model.encoder.layer[0].attention.self.attention_head_size,
-            "layers": len(model.encoder.layer)}
-
-
-def save_encoder(model: nn.Module, tokenizer, removed_heads: dict[str, list[int]], out: str | Path,
-                 overwrite: bool = False, inputs=()) -> Path:
-    """save_pretrained plus slimkit_heads.json (`head_layout`: the kept heads per layer), committed as
-    one folder; `removed_heads` is the pruning result's."""
-    from slimkit.llm.load import save_pretrained_atomic
-
-    layout = head_layout(model, removed_heads)
-    return save_pretrained_atomic(model, tokenizer, out, overwrite, inputs,
-                                  extra_files={"slimkit_heads.json": json.dumps(layout).encode()},
-                                  command="llm encoder")
-
-
-def load_encoder_pruned(path: str | Path):
-    """Rebuild a head-pruned encoder saved by save_encoder: shrink heads, then load the weights."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    path = Path(path)
-    meta_file = path / "slimkit_heads.json"
-    if not meta_file.is_file():
-        raise SlimkitError(f"{path} has no slimkit_heads.json; load it with transformers' from_pretrained")
-    meta = json.loads(meta_file.read_text())
-    cfg = AutoConfig.from_pretrained(str(path))
-    model = AutoModel.from_config(cfg)
-    for layer, kept in zip(model.encoder.layer, meta["heads_kept"]):
-        remove_encoder_heads(layer, kept, meta["head_size"])
-    state = load_file(str(path / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or [m for m in missing if "position_ids" not in m]:
-        raise SlimkitError(f"{path} does not match its head description: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    return model.eval(), AutoTokenizer.from_pretrained(str(path))

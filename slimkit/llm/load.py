@@ -14,21 +14,18 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import os
 from pathlib import Path
 
 from slimkit.errors import SlimkitError
+from slimkit.hf_folder import load_pretrained, offline
 from slimkit.io import cache_root
 from slimkit.outputs import output_folder
 
 BUILTINS = ("smollm2", "minilm")
+HEADS_FILE = "slimkit_heads.json"  # head-pruned encoders as earlier slimkit versions saved them
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _offline() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _package_dir(dist: str, module: str) -> Path:
@@ -67,7 +64,7 @@ def convert_smollm2(dest: Path | None = None) -> Path:
     The folder is written under a temporary name and renamed into place, so an interrupted
     conversion never leaves a half-written cache that later loads would trust.
     """
-    _offline()
+    offline()
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -104,7 +101,7 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
 
 def load_config(name_or_path: str | os.PathLike):
     """The Hugging Face config of a built-in or a folder, read without loading any weights."""
-    _offline()
+    offline()
     from transformers import AutoConfig
 
     path = resolve(name_or_path)
@@ -117,29 +114,61 @@ def load_config(name_or_path: str | os.PathLike):
 
 def load_causal_lm(name_or_path: str | os.PathLike = "smollm2"):
     """(model in eval mode, fp32, tokenizer) for a causal LM."""
+    offline()
     from transformers import AutoModelForCausalLM
 
     return _load(AutoModelForCausalLM, name_or_path, "a causal LM")
 
 
 def load_encoder(name_or_path: str | os.PathLike = "minilm"):
-    """(AutoModel in eval mode, fp32, tokenizer) for a sentence encoder such as MiniLM."""
+    """(AutoModel in eval mode, fp32, tokenizer) for a sentence encoder such as MiniLM, pruned or not.
+
+    Also reads the folders earlier slimkit versions wrote for head-pruned encoders (the kept heads in
+    slimkit_heads.json beside a dense config), which save_hf's layout has replaced.
+    """
+    offline()
     from transformers import AutoModel
 
-    return _load(AutoModel, name_or_path, "an encoder")
+    path = resolve(name_or_path)
+    if (path / HEADS_FILE).is_file():
+        return _load_heads_file(path)
+    return _load(AutoModel, path, "an encoder")
 
 
 def _load(auto_cls, name_or_path: str | os.PathLike, kind: str):
-    _offline()
-    import torch
+    offline()
     from transformers import AutoTokenizer
 
-    path = resolve(name_or_path)
+    return load_pretrained(auto_cls, AutoTokenizer, resolve(name_or_path), kind)
+
+
+def _load_heads_file(path: Path):
+    """A head-pruned encoder from an earlier slimkit folder: the dense config's model, each layer cut
+    to the heads slimkit_heads.json keeps, then the weights loaded strictly into those shapes."""
+    offline()
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from slimkit.llm.encoder_prune import remove_encoder_heads
+
     try:
-        model = auto_cls.from_pretrained(str(path), dtype=torch.float32)
+        meta = json.loads((path / HEADS_FILE).read_text(encoding="utf-8"))
+        heads_kept, head_size = meta["heads_kept"], int(meta["head_size"])
+        model = AutoModel.from_config(AutoConfig.from_pretrained(str(path)))
+        if len(heads_kept) != len(model.encoder.layer):
+            raise ValueError(f"{len(heads_kept)} layers of heads for {len(model.encoder.layer)} layers")
+        for layer, kept in zip(model.encoder.layer, heads_kept):
+            remove_encoder_heads(layer, kept, head_size)
+        state = load_file(str(path / "model.safetensors"))
         tok = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError, KeyError) as exc:
-        raise SlimkitError(f"cannot load {kind} from {path}: {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SlimkitError(f"cannot load the head-pruned encoder in {path}: {str(exc).splitlines()[0]}") from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape than the kept heads give
+        raise SlimkitError(f"{path} does not match its {HEADS_FILE}: {' '.join(str(exc).split())[:200]}") from None
+    if unexpected or [m for m in missing if "position_ids" not in m]:
+        raise SlimkitError(f"{path} does not match its {HEADS_FILE}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model.eval(), tok
 
 

@@ -247,9 +247,9 @@ def prune_oneshot_folder(src: str | Path, out: str | Path, windows: torch.Tensor
         raise SlimkitError(f"{method} needs calibration windows")
     ckpt = Checkpoint(src)
     dest = Path(out).expanduser()
-    from slimkit.llm.load import _offline
+    from slimkit.hf_folder import offline
 
-    _offline()  # a local folder only: never ask the Hub
+    offline()  # a local folder only: never ask the Hub
     from transformers import AutoConfig
 
     try:

