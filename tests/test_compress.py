@@ -375,3 +375,16 @@ def test_cli_factory_of_a_bare_model_is_its_builder(tmp_path, monkeypatch):
     assert "fresh processes" in report["timing"] and "foreign_factory_mod:build" in report["timing"]
     model = load_model(tmp_path / "run" / "model.safetensors", builder=import_builder("foreign_factory_mod:build"))
     assert model[0].out_channels < 16  # the cut model, rebuilt from the factory's dense one
+
+
+def test_taylor_importance_uses_the_training_labels(data):
+    """Taylor scores are the gradient of the loss on the labels: compress hands the cutter the
+    calibration batches' labels, and the pruner refuses unlabelled batches in one line."""
+    train, val, _ = data
+    res = slimkit.compress(tiny_resnet(), train, val, None, target="macs=2x", floor=0.0, seed=3, importance="taylor",
+                           timer=macs_timer(val.x[:1]), timing_method="MACs as ms (test)", **TINY)
+    assert res.report["settings"]["importance"] == "taylor" and res.chosen.kept
+    with pytest.raises(SlimkitError, match="labelled calibration batches"):
+        from slimkit.prune import prune_structured
+
+        prune_structured(tiny_resnet(), val.x[:1], 0.5, "taylor", calib=[(val.x[:8], None)])

@@ -65,6 +65,7 @@ class StructuredCutter:
     importance: str = "l2"
     ignored: tuple[str, ...] | None = None
     name: str = "structured"
+    labels: list[torch.Tensor] | None = None  # class labels of the calibration batches (Taylor importance)
 
     def blocks(self, model: nn.Module) -> list[str]:
         from slimkit.prune.layers import removable_blocks
@@ -86,8 +87,9 @@ class StructuredCutter:
         from slimkit.prune.batchnorm import recalibrate_bn
         from slimkit.prune.structured import prune_structured
 
+        pairs = list(zip(calib, self.labels)) if self.labels else [(x, None) for x in calib]
         res = prune_structured(copy.deepcopy(model), self.example, ratio, self.importance if exact else "l2",
-                               calib=[(x, None) for x in calib] if exact else None, ignored=self.ignored)
+                               calib=pairs if exact else None, ignored=self.ignored)
         pruned = recalibrate_bn(res.model, calib) if ratio > 0 and exact else res.model
         return pruned.eval(), {g: [k, n] for g, (k, n) in res.kept.items()}
 

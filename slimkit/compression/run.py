@@ -180,6 +180,21 @@ def calibration_inputs(train: Any, task: Task, n: int, batch_size: int) -> list:
     return out
 
 
+def calibration_labels(train: Any, task: Task, n: int, batch_size: int) -> list:
+    """The class labels of the first `n` training batches, for Taylor importance (the gradient of the
+    loss on them); refused in one line when the batches carry no class labels."""
+    out = []
+    for batch in batches_of(train, batch_size):
+        y = task.split(batch)[1]
+        if not (isinstance(y, torch.Tensor) and y.dim() == 1 and not y.is_floating_point()):
+            raise SlimkitError("taylor importance needs class labels in the training batches; this task's batches "
+                               "have none: use importance l2, bn or entropy")
+        out.append(y)
+        if len(out) >= n:
+            break
+    return out
+
+
 def _score(model: nn.Module, data: Any, task: Task, teacher: nn.Module, batch_size: int) -> dict[str, float]:
     return evaluate(model, data, task, teacher, batch_size=batch_size)
 
@@ -234,7 +249,8 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
         if is_encoder(model):
             raise SlimkitError("this is a Hugging Face encoder: pass cutter=EncoderCutter(tokenizer, sentences) "
                                "(slimkit.compression) so its FFN neurons and layers can be cut")
-        cutter = StructuredCutter(example, s.importance)
+        labels = calibration_labels(train, task, len(calib), s.batch_size) if s.importance == "taylor" else None
+        cutter = StructuredCutter(example, s.importance, labels=labels)
     check_cuttable(cutter, model, calib)
     check_teacher_outputs(teacher_outputs, train)
     if timer is None:

@@ -202,6 +202,9 @@ def check_importance(kind: str, calib: list) -> None:
         raise SlimkitError(f"unknown importance {kind!r}; choose one of {', '.join(imp.IMPORTANCE_KINDS)}")
     if kind in ("taylor", "entropy") and not calib:
         raise SlimkitError(f"{kind} importance needs calibration batches; pass calib=[(x, y), ...]")
+    if kind == "taylor" and any(y is None for _, y in calib):
+        raise SlimkitError("taylor importance needs labelled calibration batches [(x, y), ...] (it is the "
+                           "gradient of the loss on the labels); use l2, bn or entropy without labels")
 
 
 def compute_scores(graph: Graph, kind: str, calib: Iterable[Batch] | None = None, bins: int = 32,
