@@ -18,7 +18,7 @@ from slimkit.compression import ExportFailedError
 from slimkit.compression import deploy as deploy_mod
 from slimkit.errors import SlimkitError
 from slimkit.export import OrtModel
-from tests.test_compress import TINY, data, macs_timer, tiny_resnet  # noqa: F401
+from tests.test_compress import FACTORY, TINY, data, macs_timer, tiny_resnet  # noqa: F401
 
 FAST = {**TINY, "timing_rounds": 3}
 
@@ -137,3 +137,23 @@ def test_export_without_an_output_folder_is_refused_before_work(data):  # noqa: 
     train, val, test = data
     with pytest.raises(SlimkitError, match="give out="):
         slimkit.compress(tiny_resnet(), train, val, test, target="macs=2x", export_onnx=True, **FAST)
+
+
+def test_cli_prints_the_deployment_rows(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from slimkit.cli.main import app
+
+    from slimkit.compression import run as run_mod
+
+    # the eager choice by MACs (tests/test_compress.py times the CLI's fresh processes); ORT is timed for real
+    monkeypatch.setattr(run_mod, "deciding_timer", lambda model, example, *a: (macs_timer(example), "MACs as ms"))
+    (tmp_path / "compress_factory_mod.py").write_text(FACTORY)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["compress", "compress_factory_mod:build", "--out", "run", "--target", "macs=2x",
+                                   "--floor", "0", "--search-steps", "2", "--recover-steps", "2", "--batch-size", "64",
+                                   "--train-n", "128", "--max-blocks", "0", "--export", "onnx"])
+    assert res.exit_code == 0, res.output
+    assert "deployment (ONNX Runtime, ORT_ENABLE_ALL, 2 threads; metric on the test split)" in res.output
+    assert "compressed onnx" in res.output and "dense onnx" in res.output and "efficiency" in res.output
+    assert (tmp_path / "run" / "model.onnx").is_file()
