@@ -143,7 +143,6 @@ def test_cli_prints_the_deployment_rows(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from slimkit.cli.main import app
-
     from slimkit.compression import run as run_mod
 
     # the eager choice by MACs (tests/test_compress.py times the CLI's fresh processes); ORT is timed for real
