@@ -14,9 +14,15 @@ from slimkit.compression.cutters import (
     StructuredCutter,
     deciding_timer,
 )
+from slimkit.compression.deploy import ExportFailedError
 from slimkit.compression.rebuild import Rebuild, plan_rebuild, save_compressed
 from slimkit.compression.report import to_markdown, write_result
-from slimkit.compression.run import CompressResult, NotFasterError, compress, recover_chosen
+from slimkit.compression.run import (
+    CompressResult,
+    NotFasterError,
+    compress,
+    recover_chosen,
+)
 from slimkit.compression.search import Candidate
 from slimkit.compression.settings import (
     CompressSettings,
@@ -26,6 +32,6 @@ from slimkit.compression.settings import (
     parse_target,
 )
 
-__all__ = ["Candidate", "CompressResult", "CompressSettings", "Cutter", "EncoderCutter", "Floor", "NotFasterError", "Rebuild",
-           "StructuredCutter", "Target", "compress", "deciding_timer", "parse_floor", "parse_target", "plan_rebuild",
+__all__ = ["Candidate", "CompressResult", "CompressSettings", "Cutter", "EncoderCutter", "ExportFailedError", "Floor",
+           "NotFasterError", "Rebuild", "StructuredCutter", "Target", "compress", "deciding_timer", "parse_floor", "parse_target", "plan_rebuild",
            "recover_chosen", "save_compressed", "to_markdown", "write_result"]

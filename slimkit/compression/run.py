@@ -213,7 +213,9 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     `example` is one input batch (default: the first validation batch's inputs). `cutter` is how
     the model is cut (default: slimkit's structured pruner); `timer` times a list of models alike
     (default: the deciding timer, `timing_method` then says how an injected one measures).
-    `export_onnx` also writes model.onnx to `out` (slimkit.export, checked in ONNX Runtime).
+    `export_onnx` also writes model.onnx to `out`, and the report gets the deployment rows: the
+    dense and compressed exports checked and timed in ONNX Runtime (deploy.py). An export that fails
+    raises ExportFailedError after the model and report were written (the failure recorded).
     `builder` builds the dense model (a callable, (callable, kwargs) or "package.module:callable"):
     it is how a model that is neither slimkit's nor a Hugging Face one is saved, reloaded
     (slimkit.io.load_model(path, builder=...)) and timed in fresh processes (rebuild.py); with
@@ -229,6 +231,12 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
         from slimkit.outputs import check_output_folder
 
         check_output_folder(out, overwrite, inputs)
+    if export_onnx:
+        if out is None:
+            raise SlimkitError("export_onnx writes model.onnx into the run folder: give out= as well")
+        from slimkit.export import require_deploy
+
+        require_deploy()
     if timer is not None and not timing_method:
         raise SlimkitError("an injected timer needs timing_method= saying how it measures (it goes in the report)")
     plan = plan_rebuild(model, builder if builder is not None else s.builder)
@@ -330,15 +338,44 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
                              f"more blocks (max_blocks), or keep_slower=True to inspect it")
     result = CompressResult(final, report, chosen, cands, faster, settings=s)
     report["wall_seconds"] = time.time() - t0
+    onnx_bytes, onnx_error = _deploy(export_onnx, model, final, example, test, val, task, report, s, stages)
     if out is not None:
         from slimkit.compression.report import write_result
 
         result.out = write_result(out, result, example, plan, overwrite=overwrite, inputs=inputs, command=command,
-                                  onnx=export_onnx)
+                                  onnx=onnx_bytes)
         report["wall_seconds"] = time.time() - t0
+    if onnx_error:
+        from slimkit.compression.deploy import ExportFailedError
+
+        stages.close()
+        raise ExportFailedError(f"{onnx_error}; the compressed model and its report were still written to {out} "
+                                f"(without model.onnx; report.json records the failure under 'onnx'): export it "
+                                f"once the cause is fixed with `slimkit export`", result)
     stages.update(1)
     stages.close()
     return result
+
+
+def _deploy(export_onnx: bool, dense: nn.Module, final: nn.Module, example: Any, test: Any, val: Any, task: Task,
+            report: dict, s: CompressSettings, stages: Any) -> tuple[bytes | None, str | None]:
+    """With `export_onnx`: (the compressed model's ONNX bytes, None), or (None, the failure's one line);
+    report["onnx"] gets the deployment rows or the error. The failure does not raise here, so the
+    compressed model is still written (compress never loses a finished run to its export)."""
+    if not export_onnx:
+        return None, None
+    from slimkit.compression.deploy import export_and_time
+
+    stages.set_postfix_str("7 export")
+    data, split = (test, "test") if test is not None else (val, "validation")
+    try:
+        data_bytes, report["onnx"] = export_and_time(dense, final, example, data, split, task, report, s.threads,
+                                                     s.timing_rounds, s.batch_size)
+    except SlimkitError as exc:
+        report["onnx"] = {"error": str(exc)}
+        return None, str(exc)
+    report["deployment"] = report["onnx"].pop("deployment")  # where `slimkit export`'s report.json has its rows
+    return data_bytes, None
 
 
 def recover_chosen(result: CompressResult, dense: nn.Module, train: Any, task: Task | None = None,
