@@ -5,9 +5,10 @@ Per model (ResNet-20-style, MobileNetV2-style), on the full 54k/6k/10k train/val
   * the uniform ratio giving >= 2x fewer MACs; the four criteria at those equal MACs, before
     recovery (BatchNorm statistics re-estimated) and after a short equal KD recovery;
   * CE vs KD recovery on the same samples, for each of two recovery seeds; latency-aware vs
-    uniform shaping at the same importance budget; latency-aware depth+width: 0..k blocks plus
-    channels at the same MACs (blocks ranked by influence per ms their removal saves), timed, then
-    recovered with 4 ep of KD fastest first until one holds the val floor (dense val - 1 pt);
+    uniform shaping at the same importance budget; latency-aware depth+width through
+    slimkit.compress: 0..k blocks plus channels at the same MACs (blocks ranked by influence per ms
+    their removal saves), timed, then recovered with 4 ep of KD (the engine's, live teacher)
+    fastest first until one holds the val floor (dense val - 1 pt);
   * a ratio chosen on val against a floor of "dense val - 1 pt", checked on test only at the end.
 Latency: batch 1, every variant of a model and its dense model BN-folded, each in NCHW and
 channels_last, all timed in alternation at the end (fastest of N rounds of 5 calls in a row, the
@@ -45,7 +46,7 @@ from slimkit.prune.batchnorm import recalibrate_bn
 from slimkit.prune import latency_table, prune_latency_aware, prune_structured
 from slimkit.prune.recovery import fine_tune
 from slimkit.prune.select import choose_ratio, write_selection
-from slimkit.prune.shape_search import choose_depth_width, ratio_for_macs
+from slimkit.prune.shape_search import ratio_for_macs
 
 from run_clock import (channels_last, cpu_name, eval_seconds_per_sample, fmt_cell, stage,
                        train_seconds_per_sample)
@@ -263,38 +264,44 @@ class ModelBench:
                  keep={g: k for g, (k, _) in la.kept.items()}, note=note)
 
     def depth_width(self, crit: str, R: float, max_blocks: int) -> None:
-        """Measured latency-aware shaping: k blocks + channels at the MACs target; the fastest mix (batch-1
-        time) whose val accuracy after an R-epoch KD recovery holds the val floor."""
-        a, floor_val = self.a, self.d_val - self.a.floor_pt
-        recovered: dict[int, nn.Module] = {}
+        """slimkit.compress at the MACs target and the val floor: k blocks + channels, the fastest mix (batch-1
+        time, fresh processes, in the dense model's faster layout) whose val accuracy after an R-epoch KD
+        recovery holds the floor. The mix's recovery is its whole recovery (recover_steps=0)."""
+        import slimkit
+        from slimkit.errors import SlimkitError
 
-        def score(m: nn.Module) -> float:
-            rec = self.recover(recalibrate_bn(channels_last(copy.deepcopy(m)), self.bn_batches), R, True,
-                               "KD depth+width")
-            recovered[id(m)] = rec
-            return self.acc(rec, self.data.val)
-
+        a = self.a
         dense_ms = self.dense_ms
         layout = min(dense_ms, key=dense_ms.get)  # candidates are timed in the layout the dense model runs fastest in
-        choice = choose_depth_width(self.dense, self.example, a.macs_target * self.d_macs, score, crit, self.calib,
-                                    max_blocks=max_blocks, floor=floor_val,
-                                    time_models=lambda ms: [t[layout] for t in self.fresh_times(ms, [layout])])
-        (Path(a.out) / f"{self.key}_depth_width.json").write_text(json.dumps(choice.as_dict(), indent=1))
+        steps = max(1, round(R * len(self.train) / 128))
+        try:
+            res = slimkit.compress(
+                self.dense, self.train, self.data.val, None, target=f"macs={a.macs_target}x", floor=f"-{a.floor_pt}pt",
+                example=self.example, seed=a.seed, importance=crit, max_blocks=max_blocks, search_steps=steps,
+                recover_steps=0, batch_size=128, lr=1e-3, temperature=a.kd_temperature, alpha=a.kd_alpha,
+                keep_slower=True, timer=lambda ms: [t[layout] for t in self.fresh_times(ms, [layout])],
+                timing_method=f"fresh processes, {layout}, {a.timing_rounds} rounds", command="bench/structured.py")
+        except SlimkitError as exc:
+            print(f"[shape] {self.key}: compress refused: {exc}", flush=True)
+            self.rows.append({"model": self.key, "variant": f"latency-aware depth+width (compress) + KD {R}ep",
+                              "note": f"refused: {exc}"})
+            return
+        (Path(a.out) / f"{self.key}_depth_width.json").write_text(json.dumps(res.report, indent=1, default=str))
         print(f"[shape] {self.key}: blocks by influence per ms saved: " + ", ".join(
-            f"{b['block']} ({b['influence']:.3f} / {b['saving_ms']:.3f} ms)" for b in choice.block_ranking), flush=True)
-        for c in choice.candidates:
+            f"{b['block']} ({b['influence']:.3f} / {b['saving_ms']:.3f} ms)" for b in res.report["block_ranking"]),
+            flush=True)
+        for c in res.candidates:
             print(f"[shape] {self.key}: {c.blocks} blocks + ratio {c.ratio}: {c.macs / 1e6:.2f} MMACs, {c.ms:.3f} ms "
-                  f"({layout}), " + ("not recovered" if c.score is None else f"val {c.score:.2f} after KD {R}ep"),
+                  f"({layout}), " + ("not recovered" if c.val is None else f"val {100 * c.val:.2f} after KD {R}ep"),
                   flush=True)
-        c = choice.chosen
-        tried = sorted((x for x in choice.candidates if x.score is not None), key=lambda x: x.ms)
-        held = c.score >= floor_val
-        note = (f"fastest of {len(choice.candidates)} measured mixes holding val >= {floor_val:.2f} after KD {R}ep"
-                if held else f"no measured mix held val >= {floor_val:.2f} after KD {R}ep: the best-scoring one")
-        note += "; recovered fastest first: " + ", ".join(f"{x.blocks} blocks val {x.score:.2f}" for x in tried)
+        c, floor_val = res.chosen, 100 * res.report["floor_value"]
+        tried = [x for x in res.candidates if x.val is not None]
+        note = (f"slimkit.compress: fastest of {len(res.candidates)} measured mixes holding val >= {floor_val:.2f} "
+                f"after KD {R}ep ({steps} steps); recovered fastest first: "
+                + ", ".join(f"{x.blocks} blocks val {100 * x.val:.2f}" for x in tried))
         note += (f"; removed {', '.join(c.removed)}" if c.removed else "") + "; blocks ranked by influence per ms saved"
         self.row(f"latency-aware depth+width: {c.blocks} blocks + uniform-{crit} + KD {R}ep",
-                 recovered[id(choice.model)], c.ratio, val=c.score, note=note)
+                 channels_last(res.model), c.ratio, val=100 * c.val, note=note)
 
     @functools.cached_property
     def dense_ms(self) -> dict[str, float]:
