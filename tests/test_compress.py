@@ -261,7 +261,7 @@ def test_cli_compress_from_a_factory(tmp_path, monkeypatch):
 # -- models slimkit did not write: saved so they reload, kept parts named -------------------------
 def test_a_model_that_cannot_be_rebuilt_is_refused_before_work(data, tmp_path, monkeypatch):
     train, val, test = data
-    monkeypatch.setattr(run_mod, "calibration_inputs", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(run_mod, "calibration_batches", lambda *a, **k: pytest.fail("work started"))
     foreign = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
                                   torch.nn.Linear(288, 10))
     with pytest.raises(SlimkitError, match="pass builder="):

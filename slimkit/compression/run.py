@@ -168,11 +168,12 @@ def recover(student: nn.Module, teacher: nn.Module | TeacherOutputs | None, trai
     return model.eval()
 
 
-def calibration_inputs(train: Any, task: Task, n: int, batch_size: int) -> list:
-    """The inputs of the first `n` training batches (block influence, BatchNorm statistics, cutters)."""
+def calibration_batches(train: Any, task: Task, n: int, batch_size: int) -> list[tuple[Any, Any]]:
+    """(inputs, targets) of the first `n` training batches: the inputs serve block influence, BatchNorm
+    statistics and the cutters; the targets, Taylor importance."""
     out = []
     for batch in batches_of(train, batch_size):
-        out.append(task.split(batch)[0])
+        out.append(task.split(batch))
         if len(out) >= n:
             break
     if not out:
@@ -180,19 +181,14 @@ def calibration_inputs(train: Any, task: Task, n: int, batch_size: int) -> list:
     return out
 
 
-def calibration_labels(train: Any, task: Task, n: int, batch_size: int) -> list:
-    """The class labels of the first `n` training batches, for Taylor importance (the gradient of the
-    loss on them); refused in one line when the batches carry no class labels."""
-    out = []
-    for batch in batches_of(train, batch_size):
-        y = task.split(batch)[1]
-        if not (isinstance(y, torch.Tensor) and y.dim() == 1 and not y.is_floating_point()):
-            raise SlimkitError("taylor importance needs class labels in the training batches; this task's batches "
-                               "have none: use importance l2, bn or entropy")
-        out.append(y)
-        if len(out) >= n:
-            break
-    return out
+def class_labels(batches: list[tuple[Any, Any]]) -> list[torch.Tensor]:
+    """The class labels of calibration batches, for Taylor importance (the gradient of the loss on
+    them); refused in one line when the batches carry no class labels."""
+    ys = [y for _, y in batches]
+    if not all(isinstance(y, torch.Tensor) and y.dim() == 1 and not y.is_floating_point() for y in ys):
+        raise SlimkitError("taylor importance needs class labels in the training batches; this task's batches "
+                           "have none: use importance l2, bn or entropy")
+    return ys
 
 
 def _score(model: nn.Module, data: Any, task: Task, teacher: nn.Module, batch_size: int) -> dict[str, float]:
@@ -252,12 +248,13 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     if example is None:
         example = task.split(next(iter(batches_of(val, 1))))[0]
     example = head(example, 1)
-    calib = calibration_inputs(train, task, s.calib_batches, s.batch_size)
+    calib_batches = calibration_batches(train, task, s.calib_batches, s.batch_size)
+    calib = [x for x, _ in calib_batches]
     if cutter is None:
         if is_encoder(model):
             raise SlimkitError("this is a Hugging Face encoder: pass cutter=EncoderCutter(tokenizer, sentences) "
                                "(slimkit.compression) so its FFN neurons and layers can be cut")
-        labels = calibration_labels(train, task, len(calib), s.batch_size) if s.importance == "taylor" else None
+        labels = class_labels(calib_batches) if s.importance == "taylor" else None
         cutter = StructuredCutter(example, s.importance, labels=labels)
     check_cuttable(cutter, model, calib)
     check_teacher_outputs(teacher_outputs, train)
