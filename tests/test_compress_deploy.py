@@ -77,11 +77,12 @@ def test_report_has_the_measured_deployment_rows(exported):
 
 def test_a_cut_that_pays_eager_but_not_in_the_runtime_is_said_so():
     report = {"result": {"speedup": 1.8, "macs_reduction": 2.0}}
-    notes = deploy_mod.efficiency_notes(report, {"dense": {"batch 1": 1.0, "batch 32": 4.0},
-                                                 "compressed": {"batch 1": 1.1, "batch 32": 2.0}})
+    notes = deploy_mod.efficiency_notes(deploy_mod.efficiency(report, {"dense": {"batch 1": 1.0, "batch 32": 4.0},
+                                                                       "compressed": {"batch 1": 1.1, "batch 32": 2.0}}))
     assert "efficiency 0.90) at batch 1" in notes[0] and "2.00x (efficiency 1.00) at batch 32" in notes[0]
     assert "pays in eager PyTorch but not in ONNX Runtime at batch 1:" in notes[1]
-    fine = deploy_mod.efficiency_notes(report, {"dense": {"batch 1": 2.0}, "compressed": {"batch 1": 1.0}})
+    fine = deploy_mod.efficiency_notes(deploy_mod.efficiency(report, {"dense": {"batch 1": 2.0},
+                                                                      "compressed": {"batch 1": 1.0}}))
     assert len(fine) == 1
 
 

@@ -85,6 +85,7 @@ def export_and_time(dense: nn.Module, final: nn.Module, example: Any, data: Any,
     the report's "onnx" section with its deployment rows). Raises one SlimkitError line naming the
     model and what failed (operator, output tensor or metric)."""
     from slimkit.export import describe_session, export_onnx, time_onnx
+    from slimkit.export.runtime import LEVELS
     from slimkit.report import DeployRow, deploy_notes
 
     batches = timing_batches(example, data, task)
@@ -114,13 +115,14 @@ def export_and_time(dense: nn.Module, final: nn.Module, example: Any, data: Any,
             "dense onnx" if name == "compressed" else None,
             extra={"pytorch": res.checks.get("pytorch"), "max_abs_diff": res.max_abs_diff,
                    "exporter": res.exporter, "opset": res.opset, "split": split_name}))
-    notes = deploy_notes(rows) + efficiency_notes(report, ms)
+    gains = efficiency(report, ms)
+    notes = deploy_notes(rows) + efficiency_notes(gains)
     if task.metric is None:
         notes.append(f"the {task.name} task has no metric: the exports were checked by onnx.checker and the "
                      f"largest output difference on held-out inputs only")
-    section = {"path": "model.onnx", "session": session, "optimisation_level": "ORT_ENABLE_ALL",
+    section = {"path": "model.onnx", "session": session, "optimisation_level": LEVELS[LEVEL],
                "threads": threads, "runs": runs, "split": split_name,
-               "efficiency": efficiency(report, ms), "notes": notes,
+               "efficiency": gains, "notes": notes,
                "exports": {n: {k: v for k, v in r.as_dict().items() if k != "path"} for n, r in exports.items()},
                "deployment": [asdict(r) for r in rows]}
     return exports["compressed"].model_bytes, section
@@ -137,9 +139,9 @@ def efficiency(report: dict, ms: dict[str, dict[str, float]]) -> dict:
     return out
 
 
-def efficiency_notes(report: dict, ms: dict[str, dict[str, float]]) -> list[str]:
-    """The efficiencies in words, and plainly whether the cut pays in the runtime as it does in eager PyTorch."""
-    e = efficiency(report, ms)
+def efficiency_notes(e: dict) -> list[str]:
+    """The efficiencies (as `efficiency` gives them) in words, and plainly whether the cut pays in the
+    runtime as it does in eager PyTorch."""
     eager = e["eager"]["batch 1"]
     ort = ", ".join(f"{v['speedup']:.2f}x (efficiency {v['efficiency']:.2f}) at {k}" for k, v in e["onnxruntime"].items())
     notes = [(f"{e['macs_reduction']:.2f}x fewer MACs; eager PyTorch {eager['speedup']:.2f}x (efficiency "
