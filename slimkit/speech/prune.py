@@ -16,7 +16,9 @@ folder that `from_pretrained` rebuilds and `generate()` runs:
   matching column of fc2), because WhisperConfig has one `encoder_ffn_dim` for all layers. Removing
   a neuron removes exactly its contribution to the layer's output (plus GELU(bias) times the fc2
   column, which is small for low-scoring neurons; recovery trains it back). Neurons are ranked by
-  a pure magnitude score. Encoder attention heads are not cut here.
+  a pure magnitude score. Encoder attention heads are not cut: WhisperAttention derives its head
+  size as d_model / heads, so no WhisperConfig describes fewer heads of the original size, and the
+  folder would not rebuild with `from_pretrained`.
 """
 
 from __future__ import annotations
