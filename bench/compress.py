@@ -21,15 +21,12 @@ convs of dense and pruned models alike, NCHW), each timing them in alternation (
 calls in a row per model, the first call of each burst not recorded); per model the fastest call
 over all processes counts. One process alone is not enough here: at batch 32 the same model runs
 markedly faster in one process than in the next (README, "Foreign architectures"), and slow
-processes only add time.
+processes only add time. This process itself leaves OpenMP's wait policy to the environment: under
+ACTIVE its idle worker threads would spin, taking a core from the timing processes.
 
     PYTHONPATH=. python bench/compress.py            # the full run (2 cores: about half an hour)
     PYTHONPATH=. python bench/compress.py --quick    # smoke run: tiny configs, few rounds
 """
-
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")  # read once, when torch loads OpenMP
 
 import argparse
 import copy
