@@ -15,7 +15,8 @@ depends on the gaps between its ops. ACTIVE (always spin) is the setting of a la
 deployment and removes that dependence. It applies to the dense and pruned models alike, and it must
 be set before the OpenMP runtime starts, which only a new process allows. The child sets it itself:
 started without it, it restarts itself with it before loading anything (the parent passes it in the
-environment too, which saves that restart), and it records what it ran with.
+environment too, which saves that restart), and it records what it ran with. The calling process
+should not run with ACTIVE itself: its idle OpenMP workers would spin through the children's timing.
 
 Why several processes: a machine can have slow spells that cover a whole pass. Spells only add time,
 so per model the fastest over `passes` processes is the quiet machine's.
