@@ -6,27 +6,27 @@ small ViT (ViT-S/16: 384 wide, 6 heads, 12 layers), BERT-base at sequence length
 wav2vec2-base on 1 s of 16 kHz audio. Each goes through a 50% structured cut
 (slimkit.prune.prune_structured: half of every prunable channel group, and for the transformers
 half of every attention module's heads; what cannot be cut is kept and counted); the conv models
-also through the latency-aware shaping at the same importance budget (prune_latency_aware), once
-with its per-layer lookup table measured at batch 1 ("lat-aware b1") and once at the largest
-batch ("lat-aware b32"): which layers are worth cutting differs between the two. Reported at batch 1 and batch 32: MACs reduction
-(dense / pruned, torch.utils.flop_counter), measured speed-up (dense ms / pruned ms) and
-efficiency (speed-up / MACs reduction), plus whether the pruned model saves, reloads and gives the
-same outputs (see `reload_check`).
+also through the latency-aware shaping (prune_latency_aware, match="latency": the uniform cut's
+predicted time saving, reached where it loses the least channel importance), once with its
+per-layer lookup table measured at batch 1 ("lat-aware b1") and once at the largest batch
+("lat-aware b32"): which layers are worth cutting differs between the two. Reported at batch 1 and
+batch 32: MACs reduction (dense / pruned, torch.utils.flop_counter), measured speed-up (dense ms /
+pruned ms) and efficiency (speed-up / MACs reduction), plus whether the pruned model saves, reloads
+and gives the same outputs (see `reload_check`).
 
-Timing method: in this process, every variant of one model and its dense model timed in
-alternation (slimkit.measure.measure_latency_interleaved: rounds of `burst` calls in a row per
-model, the first call of each burst not recorded, fastest recorded call kept), torch intra-op
-threads = --threads (2), OMP_WAIT_POLICY set before torch loads (ACTIVE unless the environment
-sets it), BatchNorm folded into the convs of dense and pruned models alike, NCHW. Each table row
-comes from one such alternating run, so its ratios are measured together.
+Timing method: slimkit's deciding timer (slimkit.measure.fresh), per batch size: every variant of
+one model and its dense model saved as Hugging Face folders, then loaded by --passes fresh
+processes (OMP_WAIT_POLICY=ACTIVE, torch intra-op threads = --threads, BatchNorm folded into the
+convs of dense and pruned models alike, NCHW), each timing them in alternation (rounds of `burst`
+calls in a row per model, the first call of each burst not recorded); per model the fastest call
+over all processes counts. One process alone is not enough here: at batch 32 the same model runs
+markedly faster in one process than in the next (README, "Foreign architectures"), and slow
+processes only add time. This process itself leaves OpenMP's wait policy to the environment: under
+ACTIVE its idle worker threads would spin, taking a core from the timing processes.
 
-    PYTHONPATH=. python bench/compress.py            # the full run (lead's machine: tens of minutes)
+    PYTHONPATH=. python bench/compress.py            # the full run (2 cores: about half an hour)
     PYTHONPATH=. python bench/compress.py --quick    # smoke run: tiny configs, few rounds
 """
-
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")  # read once, when torch loads OpenMP
 
 import argparse
 import copy
@@ -40,10 +40,10 @@ import torch
 from torch import nn
 
 from slimkit.errors import SlimkitError
-from slimkit.measure import count_macs, measure_latency_interleaved
 from slimkit.hf_folder import load_hf, save_hf
+from slimkit.measure import count_macs
+from slimkit.measure.fresh import HF, time_in_fresh_processes
 from slimkit.outputs import atomic_write_bytes
-from slimkit.measure.fold import fold_batchnorm
 from slimkit.prune import latency_table, prune_latency_aware, prune_structured
 
 CONV = ("resnet50", "mobilenet_v2", "convnext_tiny")
@@ -113,17 +113,6 @@ def reload_check(model: nn.Module, x: torch.Tensor) -> float:
     return float((MainOutput(again)(x) - MainOutput(model)(x)).abs().max())
 
 
-def prepare(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, bool]:
-    """The model as it is timed: its main output, BatchNorm folded where the model has conv->BN pairs."""
-    wrapped = MainOutput(copy.deepcopy(model)).eval()
-    if not any(isinstance(m, nn.BatchNorm2d) for m in wrapped.modules()):
-        return wrapped, False
-    try:
-        return fold_batchnorm(wrapped, x[:1]), True
-    except SlimkitError:
-        return wrapped, False
-
-
 def run_model(name: str, args: argparse.Namespace) -> list[dict]:
     dense, make = build(name, args.quick)
     x1 = make(1)
@@ -136,24 +125,25 @@ def run_model(name: str, args: argparse.Namespace) -> list[dict]:
                                   args.table_rounds_bn, progress=not args.quiet, batch=b,
                                   cache=Path(args.out) / "latency_tables.json")
             variants[f"lat-aware b{b}"] = prune_latency_aware(copy.deepcopy(dense), x1, 0.5, threads=args.threads,
-                                                              table=table)
+                                                              table=table, match="latency")
     cut_s = time.time() - t0
     rows = {v: {"model": name, "variant": v, "kept_intact": len(r.kept_intact), "held_groups": len(r.held),
                 "notes": r.notes, "params_ratio": sum(p.numel() for p in r.model.parameters())
                 / sum(p.numel() for p in dense.parameters()), "cut_s": cut_s, "reload_max_abs_diff":
                 reload_check(r.model, x1)} for v, r in variants.items()}
+    folded = any(isinstance(m, nn.BatchNorm2d) for m in dense.modules())
     for b in args.batches:
         x = make(b)
-        dense_p, folded = prepare(dense, x)
-        pruned_p = [prepare(r.model, x)[0] for r in variants.values()]
-        runs, burst = (args.rounds_b1, 5) if b == 1 else (args.rounds_bn, 2)
-        times = measure_latency_interleaved([dense_p, *pruned_p], x, runs=runs, warmup=2, threads=args.threads,
-                                            stat="min", burst=burst)
+        runs, burst, warmup = (args.rounds_b1, 5, 5) if b == 1 else (args.rounds_bn, 2, 2)
+        times = time_in_fresh_processes([dense, *(r.model for r in variants.values())], x, rounds=runs,
+                                        threads=args.threads, fold=folded, passes=args.passes, batch=b, builder=HF,
+                                        burst=burst, warmup=warmup, log=not args.quiet)
+        times = [t["nchw"] for t in times]
         dense_macs = count_macs(dense, x)
-        for (v, r), t in zip(variants.items(), times[1:]):
+        for (v, r), ms in zip(variants.items(), times[1:]):
             macs_red = dense_macs / count_macs(r.model, x)
-            speed = times[0].ms / t.ms
-            rows[v].update({f"b{b}_dense_ms": times[0].ms, f"b{b}_pruned_ms": t.ms, f"b{b}_macs_reduction": macs_red,
+            speed = times[0] / ms
+            rows[v].update({f"b{b}_dense_ms": times[0], f"b{b}_pruned_ms": ms, f"b{b}_macs_reduction": macs_red,
                             f"b{b}_speedup": speed, f"b{b}_efficiency": speed / macs_red, "bn_folded": folded})
     return list(rows.values())
 
@@ -180,6 +170,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds-b1", type=int, default=30, help="alternating rounds at batch 1 (5 calls each, 4 kept)")
     p.add_argument("--rounds-bn", type=int, default=5, help="alternating rounds at larger batches (2 calls, 1 kept)")
+    p.add_argument("--passes", type=int, default=3, help="fresh timing processes per batch size (fastest counts)")
     p.add_argument("--table-rounds", type=int, default=20, help="timing rounds per width of the batch-1 latency table")
     p.add_argument("--table-rounds-bn", type=int, default=3,
                    help="timing rounds per width of the latency table at the largest batch")
@@ -189,7 +180,7 @@ def main() -> None:
     p.add_argument("--out", default="bench/out")
     args = p.parse_args()
     if args.quick:
-        args.rounds_b1, args.rounds_bn, args.table_rounds, args.table_rounds_bn = 5, 2, 3, 2
+        args.rounds_b1, args.rounds_bn, args.table_rounds, args.table_rounds_bn, args.passes = 5, 2, 3, 2, 1
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONV + TRANSFORMERS]
     if unknown:
@@ -201,9 +192,10 @@ def main() -> None:
         print(f"[foreign] {n} ...", flush=True)
         rows += run_model(n, args)
     header = (f"# foreign architectures{' (QUICK: tiny configs, not the reported sizes)' if args.quick else ''}: "
-              f"50% structured cut, random init. Timing: in-process alternating runs (fastest call; batch 1: "
+              f"50% structured cut, random init. Timing: fastest of {args.passes} fresh processes per batch size, each "
+              f"loading every model from its saved folder and timing them in alternation (fastest call; batch 1: "
               f"{args.rounds_b1} rounds x 4 calls; larger batches: {args.rounds_bn} rounds x 1 call), "
-              f"threads={args.threads}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, BN folded, NCHW; "
+              f"threads={args.threads}, OMP_WAIT_POLICY=ACTIVE, BN folded, NCHW; "
               f"{platform.processor() or platform.machine()}, torch {torch.__version__}. "
               f"MACs/ = dense/pruned MACs; speed = dense ms/pruned ms; eff = speed/MACs; kept = modules kept "
               f"intact; reload = max |diff| after slimkit.hf_folder.save_hf + load_hf. Wall {time.time() - t0:.0f} s.")

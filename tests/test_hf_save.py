@@ -176,8 +176,11 @@ def test_fresh_process_timer_times_hf_models():
     for i, layer in enumerate(cut.encoder.layer):
         cut_heads(layer, [0])
         cut_ffn(layer, 16 + 8 * i)
-    times = time_in_fresh_processes([dense, cut], IDS[:1], rounds=2, passes=1, log=False, builder="hf")
+    times = time_in_fresh_processes([dense, cut], IDS[:1], rounds=2, passes=1, log=False, builder="hf",
+                                    burst=2, warmup=1)  # the large-batch settings of bench/compress.py
     assert len(times) == 2 and all(t["nchw"] > 0 for t in times)
+    with pytest.raises(SlimkitError, match="burst >= 2"):
+        time_in_fresh_processes([dense], IDS[:1], builder="hf", burst=1)
 
 
 FOREIGN = {

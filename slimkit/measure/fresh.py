@@ -15,7 +15,8 @@ depends on the gaps between its ops. ACTIVE (always spin) is the setting of a la
 deployment and removes that dependence. It applies to the dense and pruned models alike, and it must
 be set before the OpenMP runtime starts, which only a new process allows. The child sets it itself:
 started without it, it restarts itself with it before loading anything (the parent passes it in the
-environment too, which saves that restart), and it records what it ran with.
+environment too, which saves that restart), and it records what it ran with. The calling process
+should not run with ACTIVE itself: its idle OpenMP workers would spin through the children's timing.
 
 Why several processes: a machine can have slow spells that cover a whole pass. Spells only add time,
 so per model the fastest over `passes` processes is the quiet machine's.
@@ -63,23 +64,28 @@ HF = "hf"  # the builder spec for Hugging Face models, saved and reloaded as fol
 def time_in_fresh_processes(models: list[nn.Module], example: torch.Tensor, layouts: list[str] | None = None,
                             rounds: int = 60, threads: int = 2, fold: bool = True, passes: int = 3,
                             log: bool = True, batch: int = 1, builder: str | None = None,
-                            kwargs: dict[str, Any] | None = None) -> list[dict[str, float]]:
+                            kwargs: dict[str, Any] | None = None, burst: int = 5,
+                            warmup: int = 5) -> list[dict[str, float]]:
     """Per model, {layout: ms}: the fastest over `passes` new processes, each timing every model in
     every layout in one alternating pass at `batch` (the first rows of `example`). Each pass logs the
     first model's times, so a slow spell shows.
 
     `builder` says how the child rebuilds the models: None for slimkit's own models (`rebuildable`),
     "package.module:callable" with JSON `kwargs` for any model that callable builds densely, or "hf"
-    for Hugging Face models.
+    for Hugging Face models. `burst` calls per model and round (the first not recorded) and
+    `warmup` calls per model before the first round: fewer of both suit large batches, where one
+    call takes seconds.
     """
     from slimkit.io import import_builder, save_model
 
     layouts = layouts or ["nchw"]
     unknown = [lay for lay in layouts if lay not in LAYOUTS]
-    if unknown or rounds < 1 or passes < 1 or threads < 1 or not 1 <= batch <= example.shape[0]:
+    if (unknown or rounds < 1 or passes < 1 or threads < 1 or burst < 2 or warmup < 0
+            or not 1 <= batch <= example.shape[0]):
         raise SlimkitError(f"fresh-process timing needs layouts from {sorted(LAYOUTS)}, rounds, passes and threads "
-                           f">= 1 and 1 <= batch <= len(example); got layouts={layouts}, rounds={rounds}, passes={passes}, "
-                           f"threads={threads}, batch={batch}")
+                           f">= 1, burst >= 2, warmup >= 0 and 1 <= batch <= len(example); got layouts={layouts}, "
+                           f"rounds={rounds}, passes={passes}, threads={threads}, burst={burst}, warmup={warmup}, "
+                           f"batch={batch}")
     if kwargs is not None and (builder is None or builder == HF):
         raise SlimkitError("kwargs go with builder='package.module:callable'; slimkit's own models and Hugging Face "
                            "models take none")
@@ -102,7 +108,8 @@ def time_in_fresh_processes(models: list[nn.Module], example: torch.Tensor, layo
             else:
                 save_model(m, Path(d) / f"m{i:03d}.safetensors", builder=None if builder is None else (fn, kwargs or {}))
         save_file({"x": example[:batch].contiguous()}, str(Path(d) / "example.safetensors"))
-        spec = {"n": len(models), "layouts": layouts, "rounds": rounds, "threads": threads, "fold": fold}
+        spec = {"n": len(models), "layouts": layouts, "rounds": rounds, "threads": threads, "fold": fold,
+                "burst": burst, "warmup": warmup}
         (Path(d) / "spec.json").write_text(json.dumps(spec))
         root = str(Path(__file__).resolve().parents[2])  # this slimkit, also when run from a checkout
         # the child imports what this process can: a user's builder module may sit on a path added at run time
@@ -153,8 +160,8 @@ def _child(d: Path, builder: str | None, kwargs: dict[str, Any]) -> None:
     ready = [fold_batchnorm(m, example) if spec["fold"] else m for m in loaded]
     # Module.to(memory_format=...) converts in place, so each layout gets its own copy
     timed = [copy.deepcopy(m).to(memory_format=LAYOUTS[layout]).eval() for layout in spec["layouts"] for m in ready]
-    res = measure_latency_interleaved(timed, example, runs=spec["rounds"], warmup=5, threads=spec["threads"],
-                                      stat="min")
+    res = measure_latency_interleaved(timed, example, runs=spec["rounds"], warmup=spec["warmup"],
+                                      threads=spec["threads"], stat="min", burst=spec["burst"])
     n = spec["n"]
     times = [{lay: res[j * n + i].ms for j, lay in enumerate(spec["layouts"])} for i in range(n)]
     result = {"times": times, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "threads": torch.get_num_threads()}
