@@ -145,7 +145,7 @@ def test_fresh_child_sets_the_wait_policy_itself(tmp_path):
     save_model(_cut(), tmp_path / "m000.safetensors", builder=build)
     save_file({"x": X[:1].contiguous()}, str(tmp_path / "example.safetensors"))
     (tmp_path / "spec.json").write_text(json.dumps({"n": 1, "layouts": ["nchw"], "rounds": 1, "threads": 1,
-                                                    "fold": True}))
+                                                    "fold": True, "burst": 2, "warmup": 1}))
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     subprocess.run([sys.executable, "-m", "slimkit.measure.fresh", str(tmp_path), "--builder", "tests.foreign:build"],
