@@ -17,7 +17,6 @@ MACs reduction, validation and test metric of dense and compressed, mixes recove
 """
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -89,13 +88,16 @@ def crnn_part(b: dict, a) -> dict:
     )
     from tests.crnn import CRNN
 
-    # the teacher of bench/crnn.py: 6000 rendered words (300 val, 500 test), 12 epochs of CTC at batch 32, lr 1e-2
-    n_train, n_val, n_test, epochs = (256, 32, 32, 1) if a.quick else (6000, 300, 500, 12)
+    sys.path.insert(0, str(ROOT / "bench"))
+    from crnn import BATCH_SIZE, LR, TEACHER_EPOCHS, WARMUP_STEPS, WORDS
+
+    # bench/crnn.py's teacher, trained by its recipe
+    (n_train, n_val, n_test), epochs = ((256, 32, 32), 1) if a.quick else (WORDS, TEACHER_EPOCHS)
     sets = text_recognition_data(n_train=n_train, n_val=n_val, n_test=n_test, seed=a.seed)
     task = sequence_logits(cer(), supervised=ctc_loss())
     torch.manual_seed(a.seed)
     model = CRNN()
-    cfg = TrainConfig(epochs=epochs, batch_size=32, lr=1e-2, warmup_steps=10, seed=a.seed)
+    cfg = TrainConfig(epochs=epochs, batch_size=BATCH_SIZE, lr=LR, warmup_steps=WARMUP_STEPS, seed=a.seed)
     Distiller(None, model, [ce()], cfg, task=task).fit(sets["train"].tensors(), None, desc="train crnn")
     return {"model": model, "train": sets["train"].tensors(), "val": sets["val"].tensors(),
             "test": sets["test"].tensors(), "task": task, "floor": a.floor, "builder": CRNN}

@@ -30,16 +30,21 @@ from slimkit.distill import Distiller, TrainConfig, ce, cer, ctc_loss, evaluate,
 from slimkit.measure import count_params, measure_latency_interleaved  # noqa: E402
 from tests.crnn import teacher_and_student  # noqa: E402
 
+# the recipe of the table's models; bench/compress_e2e.py trains its CRNN teacher by the same one
+WORDS = (6000, 300, 500)  # rendered words: train, val, test
+TEACHER_EPOCHS = 12
+BATCH_SIZE, LR, WARMUP_STEPS = 32, 1e-2, 10
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--train", type=int, default=6000, help="rendered training words")
-    ap.add_argument("--val", type=int, default=300)
-    ap.add_argument("--test", type=int, default=500)
-    ap.add_argument("--teacher-epochs", type=int, default=12)
+    ap.add_argument("--train", type=int, default=WORDS[0], help="rendered training words")
+    ap.add_argument("--val", type=int, default=WORDS[1])
+    ap.add_argument("--test", type=int, default=WORDS[2])
+    ap.add_argument("--teacher-epochs", type=int, default=TEACHER_EPOCHS)
     ap.add_argument("--student-epochs", type=int, default=12)
-    ap.add_argument("--lr", type=float, default=1e-2)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=LR)
+    ap.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     ap.add_argument("--temperature", type=float, default=2.0)
     ap.add_argument("--alpha", type=float, default=0.5, help="KD weight; 1 - alpha on CTC")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for training and timing")
@@ -54,7 +59,7 @@ def main() -> None:
     _, scratch = teacher_and_student()
 
     def fit(teacher_model, model, terms, epochs: int, desc: str) -> float:
-        cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, warmup_steps=10, seed=args.seed)
+        cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, warmup_steps=WARMUP_STEPS, seed=args.seed)
         t0 = time.perf_counter()
         Distiller(teacher_model, model, terms, cfg, task=task).fit(train, val, desc=desc)
         return time.perf_counter() - t0
