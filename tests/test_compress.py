@@ -159,6 +159,21 @@ def test_first_mix_holding_the_floor_fastest_first(data, scored_by_params):
                          timer=macs_timer(val.x[:1]), timing_method="t", **TINY)
 
 
+def test_each_tried_mix_leaves_a_line_with_its_score(data, scored_by_params, capsys):
+    train, val, test = data
+    settings = {**TINY, "progress": True}
+    probe = slimkit.compress(tiny_resnet(), train, val, test, target="macs=2x", floor=0.0,
+                             timer=macs_timer(val.x[:1]), timing_method="t", **TINY)
+    scores = [c.params / 1e5 for c in probe.candidates]
+    capsys.readouterr()
+    with pytest.raises(SlimkitError, match="the best of"):
+        slimkit.compress(tiny_resnet(), train, val, test, target="macs=2x", floor=lambda d: max(scores) + 0.01,
+                         timer=macs_timer(val.x[:1]), timing_method="t", **settings)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("mix ")]
+    assert len(lines) == len(scores)  # every mix was tried, and each says how it scored
+    assert lines[0].startswith(f"mix 1/{len(scores)} ") and f"val accuracy {scores[0]:.4g} misses" in lines[0]
+
+
 def test_floor_stricter_than_dense_is_refused_before_the_search(data, monkeypatch):
     train, val, test = data
     monkeypatch.setattr(run_mod, "search", lambda *a, **k: pytest.fail("searched"))
