@@ -131,7 +131,7 @@ def run_part(name: str, b: dict, a) -> dict:
                                recover_steps=recover_steps, timing_rounds=b["timing_rounds"],
                                timing_passes=b["timing_passes"], max_blocks=b["max_blocks"])
         r, m = res.report["result"], res.report["metric"]
-        row.update(share=r["latency_share"], speedup=r["speedup"], macs_x=r["macs_reduction"], metric=m,
+        row.update(share=r["latency_share"], met=r["meets_target"], speedup=r["speedup"], macs_x=r["macs_reduction"], metric=m,
                    dense_val=res.report["dense"]["val"][m], val=r["val"][m],
                    dense_test=res.report["dense"]["test"].get(m), test=r["test"].get(m),
                    tried=f"{res.report['candidates_tried']}/{len(res.candidates)}", compress_s=time.time() - t1,
@@ -153,7 +153,7 @@ def main() -> None:
     rows = [run_part(name, b, a) for name in a.parts.split(",")]
     print(f"\ncompress end to end: target {a.target}, floor {a.floor} (MiniLM: cosine >= 0.95), seed {a.seed}"
           f"{', QUICK smoke (numbers meaningless)' if a.quick else ''}; torch {torch.__version__}, 2 threads")
-    cols = ("part", "share", "speedup", "macs_x", "metric", "dense_val", "val", "dense_test", "test", "tried", "steps",
+    cols = ("part", "share", "met", "speedup", "macs_x", "metric", "dense_val", "val", "dense_test", "test", "tried", "steps",
             "compress_s", "wall_s", "note")
     print(" | ".join(cols))
     for r in rows:
