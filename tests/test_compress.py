@@ -269,6 +269,8 @@ def test_cli_compress_from_a_factory(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "wrote run:" in res.output and (tmp_path / "run" / "report.json").is_file()
     report = json.loads((tmp_path / "run" / "report.json").read_text())
+    said = "met" if report["result"]["meets_target"] else "missed"
+    assert f"target {report['target']} {said})" in res.output  # the final line says whether the target was met
     assert "fresh processes" in report["timing"]  # a slimkit model is timed by the deciding timer
     assert report["result"]["speedup"] == pytest.approx(report["dense"]["ms"] / report["result"]["ms"])
 
