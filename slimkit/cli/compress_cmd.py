@@ -118,8 +118,9 @@ def compress(
     r, m = result.report["result"], result.report["metric"]
     test = f", test {m} {r['test'][m]:.4f}" if r["test"] else ""
     # the search times each mix once; the final measurement can land just past the target, and says so
+    met = "met" if r["meets_target"] else "missed"
     typer.echo(f"wrote {out}: {r['speedup']:.2f}x faster ({r['ms']:.3f} vs {result.report['dense']['ms']:.3f} ms, "
-               f"{r['latency_share']:.2f}x; target {result.report['target']} {'met' if r['meets_target'] else 'missed'}), "
+               f"{r['latency_share']:.2f}x; target {result.report['target']} {met}), "
                f"{r['macs_reduction']:.2f}x fewer MACs, val {m} {r['val'][m]:.4f}{test}; "
                f"{result.report['candidates_tried']} mixes recovered in {result.report['wall_seconds']:.0f} s; "
                f"see {out / 'report.md'}")
