@@ -41,6 +41,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--floor", default="-1pt")
     p.add_argument("--search-steps", type=int, default=None, help="override every part's steps per tried mix")
     p.add_argument("--recover-steps", type=int, default=None, help="override every part's full-recovery steps")
+    p.add_argument("--lr", type=float, default=None, help="recovery learning rate (default: compress's)")
+    p.add_argument("--max-blocks", type=int, default=None, help="cap on the blocks a mix may remove")
+    p.add_argument("--sentences", type=int, default=None, help="MiniLM: sentences of the built-in text (default 2000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/out/compress_e2e")
     return p.parse_args()
@@ -110,7 +113,7 @@ def minilm_part(b: dict, a) -> dict:
     from slimkit.llm.load import load_encoder
 
     model, tok = load_encoder("minilm")
-    splits, texts = sentence_data("sentences", tok, a.seed, b["sentences"])
+    splits, texts = sentence_data("sentences", tok, a.seed, a.sentences or b["sentences"])
     return {"model": model, "train": splits["train"], "val": splits["val"], "test": splits["test"],
             "task": embeddings(), "floor": "0.95", "cutter": EncoderCutter(tok, texts[:256])}
 
@@ -129,7 +132,9 @@ def run_part(name: str, b: dict, a) -> dict:
                                target=a.target, floor=part["floor"], seed=a.seed, cutter=part.get("cutter"), builder=part.get("builder"),
                                out=Path(a.out) / name, overwrite=True, search_steps=search_steps,
                                recover_steps=recover_steps, timing_rounds=b["timing_rounds"],
-                               timing_passes=b["timing_passes"], max_blocks=b["max_blocks"])
+                               timing_passes=b["timing_passes"],
+                               max_blocks=b["max_blocks"] if a.max_blocks is None else a.max_blocks,
+                               **({"lr": a.lr} if a.lr else {}))
         r, m = res.report["result"], res.report["metric"]
         row.update(share=r["latency_share"], met=r["meets_target"], speedup=r["speedup"], macs_x=r["macs_reduction"], metric=m,
                    dense_val=res.report["dense"]["val"][m], val=r["val"][m],

@@ -171,7 +171,7 @@ def sentence_data(spec: str, tokenizer, seed: int = 0, n: int = 0) -> tuple[dict
     if spec == "sentences":
         from slimkit.llm.encoder import default_sentences
 
-        train, held = default_sentences(seed=seed)
+        train, held = default_sentences(n_train=max(n, 2000), seed=seed)  # n > 2000: more of the training book
         texts = train + held
     else:
         p = Path(spec)
