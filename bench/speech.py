@@ -164,8 +164,11 @@ def main() -> None:
 
     def measure(label: str, m, trim: bool, data_sets=sets, pad: float = args.trim_pad) -> None:
         for data in data_sets:
-            rows.append((label, evaluate(m, processor, data, trim, args.threads, args.macs_utterances, pad),
-                         parameters(m)))
+            r = evaluate(m, processor, data, trim, args.threads, args.macs_utterances, pad)
+            rows.append((label, r, parameters(m)))
+            # Each row as soon as it is measured: a run of hours keeps what it measured if it is stopped.
+            print(f"measured: {label} | {r.name} | WER {100 * r.wer:.2f} % | enc {r.encoder_ms:.0f} ms | "
+                  f"dec {r.decode_ms:.0f} ms | RTF {r.rtf:.3f}", flush=True)
 
     rows: list = []
     measure("dense, 30 s padded encoder input", model, False)
