@@ -58,8 +58,16 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def teardown(info: DistInfo) -> None:
+def teardown(info: DistInfo, wait_for_peers: bool = True) -> None:
+    """Leave the process group this process created.
+
+    After a clean run every rank first waits at a barrier: a rank that destroys its gloo group while
+    a peer still has a collective in flight can abort the whole launch at exit ("terminate called
+    without an active exception"). After an error no barrier: the peers may never reach it.
+    """
     if info.owns_group and dist.is_initialized():
+        if wait_for_peers and info.enabled:
+            dist.barrier()
         dist.destroy_process_group()
 
 

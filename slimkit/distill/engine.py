@@ -203,14 +203,16 @@ class Distiller:
                                f"put the checkpoint folder on storage that every node mounts")
         if found:
             self._restore(ckpt, optimizer, scheduler, scaler, state)
+        clean = False
         try:
             self._epochs(model, data, val, source, live, params, optimizer, scheduler, scaler, state, micro,
                          (n_batches, per_epoch), budget, progress, desc, on_epoch_end, on_step)
+            clean = True
         finally:
             if holder is not None:
                 holder.remove()
             if info.owns_group:
-                ddp.teardown(info)
+                ddp.teardown(info, wait_for_peers=clean)
         return self.history
 
     def _elapsed(self) -> float:
