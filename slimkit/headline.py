@@ -124,6 +124,8 @@ def run_headline(cfg: DemoConfig, data: Dataset, teacher: nn.Module, logits: Any
 
 def headline_notes(rows: list[HeadlineRow], report: dict, cfg: DemoConfig) -> list[str]:
     """Plain statements of what the headline measured, including what did not work out."""
+    from slimkit.compression.report import target_verdict
+
     dense, kd, ce = rows
     r = report["result"]
     steps = f"{cfg.headline_search_steps} + {cfg.headline_recover_steps} steps"
@@ -137,8 +139,8 @@ def headline_notes(rows: list[HeadlineRow], report: dict, cfg: DemoConfig) -> li
     notes = [line]
     notes.append(f"compress's own check (the same timer, its own run): {r['ms']:.3f} vs "
                  f"{report['dense']['ms']:.3f} ms, "
-                 f"{'faster' if r['faster'] else 'NOT faster'}; target {report['target']} "
-                 f"{'met' if r['meets_target'] else 'missed'}; validation floor {report['floor']} "
+                 f"{'faster' if r['faster'] else 'NOT faster'}; {target_verdict(report)}; "
+                 f"validation floor {report['floor']} "
                  f"{'held' if r['val_holds_floor'] else 'NOT held'} after full recovery")
     gap = 100 * (kd.accuracy - ce.accuracy)
     if gap > 0:

@@ -275,6 +275,15 @@ def test_cli_compress_from_a_factory(tmp_path, monkeypatch):
     assert report["result"]["speedup"] == pytest.approx(report["dense"]["ms"] / report["result"]["ms"])
 
 
+def test_the_target_verdict_follows_the_final_measurement_not_the_search():
+    from slimkit.compression.report import target_verdict
+
+    report = {"target": "latency=0.5x", "result": {"meets_target": False, "latency_share": 0.514}}
+    assert target_verdict(report) == "target latency=0.5x missed"
+    report["result"]["meets_target"] = True
+    assert target_verdict(report) == "target latency=0.5x met"
+
+
 # -- models slimkit did not write: saved so they reload, kept parts named -------------------------
 def test_a_model_that_cannot_be_rebuilt_is_refused_before_work(data, tmp_path, monkeypatch):
     train, val, test = data
