@@ -21,6 +21,9 @@ MiniLM (bench/deploy_encoder.py): dense and pruned as `slimkit llm encoder --ffn
 
     # full run: ~25 min once bench/structured.py's base models are cached (+ ~15 min to train them), 2 cores
     PYTHONPATH=. python bench/deploy.py
+    # dense beside a compressed model of the same base (the 0.42x MobileNetV2 of bench/compress_e2e.py), timed together
+    PYTHONPATH=. python bench/deploy.py --models mobilenetv2 --minilm off --cuts "" \
+        --checkpoint mobilenetv2=bench/out/compress_e2e/mobilenetv2/model.safetensors
     PYTHONPATH=. python bench/deploy.py --quick   # smoke test: tiny training, numbers meaningless (25 min on a loaded shared machine)
 """
 
@@ -29,6 +32,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -39,6 +43,7 @@ from slimkit.data import batches, load_fashion_mnist
 from slimkit.data.arrays import Split
 from slimkit.export import (OrtModel, classifier_check, classifier_scores, describe_session, quantize_onnx,
                             split_feeds, to_onnx)
+from slimkit.io import load_model
 from slimkit.measure import count_macs, evaluate_classifier, predict_logits
 from slimkit.measure.fresh import time_in_fresh_processes
 from slimkit.prune.batchnorm import recalibrate_bn
@@ -75,8 +80,23 @@ def parse() -> argparse.Namespace:
     p.add_argument("--minilm-calib", type=int, default=256, help="calibration sentences of the MiniLM pruning refit")
     p.add_argument("--minilm-held", type=int, default=128, help="held-out sentences for the cosine checks")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cuts", default="uniform,depth+width", help="the bench's own cuts to build and deploy beside "
+                   "dense (comma-separated; empty: only dense and --checkpoint models)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="MODEL=PATH",
+                   help="also deploy a compressed model of the same base (a slimkit checkpoint, e.g. the "
+                        "model.safetensors of `slimkit compress` or bench/compress_e2e.py); repeatable")
     p.add_argument("--out", default="bench/out/deploy")
     a = p.parse_args()
+    a.cuts = [c for c in a.cuts.split(",") if c]
+    if set(a.cuts) - {"uniform", "depth+width"}:
+        p.error(f"--cuts {','.join(a.cuts)}: choose from uniform, depth+width")
+    a.checkpoints = {}
+    for spec in a.checkpoint:
+        key, sep, path = spec.partition("=")
+        if not sep or key not in a.models.split(",") or not Path(path).is_file():
+            p.error(f"--checkpoint {spec}: give MODEL=PATH with MODEL one of --models ({a.models}) and PATH an "
+                    "existing slimkit checkpoint")
+        a.checkpoints[key] = Path(path)
     if a.quick:
         a.train_n, a.test_n, a.epochs, a.recover_epochs, a.calib_samples = 512, 2000, 0.2, 0.02, 256
         a.rounds_1, a.rounds_32, a.passes, a.minilm_calib, a.minilm_held = 20, 3, 1, 32, 16
@@ -112,12 +132,25 @@ class CnnBench:
         dense, how = base_model(key, epochs, self.train, a.seed)
         self.how = f"base {epochs} ep, {how}"
         self.logits = predict_logits(dense, self.train, 512)
-        d_macs = count_macs(dense, self.ex)
-        floor = self.acc(dense, self.data.val) - 0.01
-        with stage(f"{key}: uniform Taylor cut to <= {a.macs_target} x MACs, KD {a.recover_epochs} ep"):
-            r = ratio_for_macs(dense, self.ex, a.macs_target * d_macs)
+        cuts = {"dense": dense}
+        if "uniform" in a.cuts:
+            cuts["uniform"] = self.uniform_cut(dense)
+        if "depth+width" in a.cuts:
+            cuts["depth+width"] = self.depth_width_cut(dense)
+        if key in a.checkpoints:
+            cuts["compressed (checkpoint)"] = load_model(a.checkpoints[key]).eval()
+        return cuts
+
+    def uniform_cut(self, dense: nn.Module) -> nn.Module:
+        a = self.a
+        with stage(f"{self.key}: uniform Taylor cut to <= {a.macs_target} x MACs, KD {a.recover_epochs} ep"):
+            r = ratio_for_macs(dense, self.ex, a.macs_target * count_macs(dense, self.ex))
             cut = prune_structured(copy.deepcopy(dense), self.ex, r, "taylor", calib=self.calib).model
-            uniform = self.recover(cut, "uniform")
+            return self.recover(cut, "uniform")
+
+    def depth_width_cut(self, dense: nn.Module) -> nn.Module:
+        a, key = self.a, self.key
+        floor = self.acc(dense, self.data.val) - 0.01
         d_ms = self.eager_times([dense], 1)[0]
         lay = min(d_ms, key=d_ms.get)
         recovered: dict[int, nn.Module] = {}
@@ -128,14 +161,14 @@ class CnnBench:
 
         max_blocks = a.max_blocks if a.max_blocks is not None else MAX_BLOCKS[key]
         with stage(f"{key}: depth+width search (0..{max_blocks} blocks), KD {a.recover_epochs} ep per mix tried"):
-            choice = choose_depth_width(dense, self.ex, a.macs_target * d_macs, score, "taylor", self.calib,
-                                        max_blocks=max_blocks, floor=floor,
+            choice = choose_depth_width(dense, self.ex, a.macs_target * count_macs(dense, self.ex), score, "taylor",
+                                        self.calib, max_blocks=max_blocks, floor=floor,
                                         time_models=lambda ms: [t[lay] for t in self.eager_times(ms, 1, [lay])])
         c = choice.chosen
         held = "holds" if c.score >= floor else "no mix held; best-scoring"
         self.dw_note = (f"{c.blocks} blocks ({', '.join(c.removed) or 'none'}) + ratio {c.ratio}; {held} val floor "
                         f"{100 * floor:.2f}")
-        return {"dense": dense, "uniform": uniform, "depth+width": recovered[id(choice.model)]}
+        return recovered[id(choice.model)]
 
     def run(self) -> list[dict]:
         a, data, out = self.a, self.data, Path(self.a.out)
@@ -146,7 +179,7 @@ class CnnBench:
         with stage(f"{self.key}: ONNX export (checked on test), static int8 calibrated on {a.calib_samples} val images"):
             for name, m in models.items():
                 plain = copy.deepcopy(m).to(memory_format=torch.contiguous_format).eval()
-                stem = out / f"{self.key}_{name.replace('+', '_')}"
+                stem = out / f"{self.key}_{re.sub(r'[^a-z0-9]+', '_', name).strip('_')}"
                 # the PyTorch reference runs channels_last (faster here); the export is of a plain NCHW copy
                 res = to_onnx(plain, test.x[:2], f"{stem}.onnx", overwrite=True, check_inputs=[test.x[:32]],
                               validate=classifier_check(m, test, nc))
@@ -175,7 +208,8 @@ class CnnBench:
             s_eager = [eager[b][0] / eager[b][i] for b in (1, 32)]
             eff = (lambda s, mx=macs_x: s / mx) if i else (lambda s: None)
             notes = [f"{v['exporter']} exporter, max abs diff {v['diff']:.1e}"]
-            notes += [self.how] if not i else [self.dw_note] if name == "depth+width" else []
+            notes += ([self.how] if not i else [self.dw_note] if name == "depth+width" else
+                      [f"from {self.a.checkpoints[self.key]}"] if name == "compressed (checkpoint)" else [])
             for j, b in enumerate(("batch 1", "batch 32")):
                 if i and s_eager[j] > 1 >= s_ort[j]:
                     notes.append(f"pays in eager PyTorch ({s_eager[j]:.2f}x) but not in ONNX Runtime ({s_ort[j]:.2f}x) "
