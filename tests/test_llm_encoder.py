@@ -28,6 +28,16 @@ def test_encoder_distillation_smoke():
     assert 0 < before.mean_cosine < after.mean_cosine <= 1
 
 
+def test_more_default_sentences_keep_the_default_ones_first_and_the_books_apart():
+    from slimkit.llm.encoder import DEFAULT_TRAIN_SENTENCES, default_sentences
+
+    train, held = default_sentences()
+    more, held_again = default_sentences(DEFAULT_TRAIN_SENTENCES + 500)
+    assert len(train) == DEFAULT_TRAIN_SENTENCES and len(more) == DEFAULT_TRAIN_SENTENCES + 500
+    assert more[:DEFAULT_TRAIN_SENTENCES] == train and held_again == held  # a bigger run extends, never reshuffles
+    assert not set(more) & set(held)  # Emma trains, Pride and Prejudice is held out
+
+
 def test_layerwise_token_cosine_ignores_padding_and_is_zero_on_match():
     """The encoder's layer terms through the engine's `combine`: padding positions never count."""
     import torch

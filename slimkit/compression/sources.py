@@ -169,9 +169,10 @@ def sentence_data(spec: str, tokenizer, seed: int = 0, n: int = 0) -> tuple[dict
     from slimkit.llm.encoder import encode_sentences, sentences
 
     if spec == "sentences":
-        from slimkit.llm.encoder import default_sentences
+        from slimkit.llm.encoder import DEFAULT_TRAIN_SENTENCES, default_sentences
 
-        train, held = default_sentences(n_train=max(n, 2000), seed=seed)  # n > 2000: more of the training book
+        # n above the default: more of the training book, the default's sentences first
+        train, held = default_sentences(n_train=max(n, DEFAULT_TRAIN_SENTENCES), seed=seed)
         texts = train + held
     else:
         p = Path(spec)

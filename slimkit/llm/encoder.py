@@ -130,8 +130,15 @@ def fidelity(student: nn.Module, teacher: nn.Module, tokenizer, texts: list[str]
     return Fidelity(cosine_sum(s, t) / len(texts), neighbour_agreement(s, t), len(texts))
 
 
-def default_sentences(n_train: int = 2000, n_eval: int = 500, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Training sentences from Emma and held-out sentences from Pride and Prejudice (disjoint books)."""
+DEFAULT_TRAIN_SENTENCES = 2000
+
+
+def default_sentences(n_train: int = DEFAULT_TRAIN_SENTENCES, n_eval: int = 500,
+                      seed: int = 0) -> tuple[list[str], list[str]]:
+    """Training sentences from Emma and held-out sentences from Pride and Prejudice (disjoint books).
+
+    Each book is drawn in one seeded order, so asking for more sentences keeps the first ones.
+    """
     gen = torch.Generator().manual_seed(seed)
     train = sentences(read_text("emma"))
     held = sentences(read_text("prideprejudice"))
