@@ -130,25 +130,27 @@ class CnnBench:
         a, key = self.a, self.key
         epochs = a.epochs if a.epochs is not None else EPOCHS[key]
         dense, how = base_model(key, epochs, self.train, a.seed)
-        self.how = f"base {epochs} ep, {how}"
+        self.notes = {"dense": f"base {epochs} ep, {how}"}  # per variant: how it was made, for its table row
         self.logits = predict_logits(dense, self.train, 512)
+        target_macs = a.macs_target * count_macs(dense, self.ex)
         cuts = {"dense": dense}
         if "uniform" in a.cuts:
-            cuts["uniform"] = self.uniform_cut(dense)
+            cuts["uniform"] = self.uniform_cut(dense, target_macs)
         if "depth+width" in a.cuts:
-            cuts["depth+width"] = self.depth_width_cut(dense)
+            cuts["depth+width"] = self.depth_width_cut(dense, target_macs)
         if key in a.checkpoints:
             cuts["compressed (checkpoint)"] = load_model(a.checkpoints[key]).eval()
+            self.notes["compressed (checkpoint)"] = f"from {a.checkpoints[key]}"
         return cuts
 
-    def uniform_cut(self, dense: nn.Module) -> nn.Module:
+    def uniform_cut(self, dense: nn.Module, target_macs: float) -> nn.Module:
         a = self.a
         with stage(f"{self.key}: uniform Taylor cut to <= {a.macs_target} x MACs, KD {a.recover_epochs} ep"):
-            r = ratio_for_macs(dense, self.ex, a.macs_target * count_macs(dense, self.ex))
+            r = ratio_for_macs(dense, self.ex, target_macs)
             cut = prune_structured(copy.deepcopy(dense), self.ex, r, "taylor", calib=self.calib).model
             return self.recover(cut, "uniform")
 
-    def depth_width_cut(self, dense: nn.Module) -> nn.Module:
+    def depth_width_cut(self, dense: nn.Module, target_macs: float) -> nn.Module:
         a, key = self.a, self.key
         floor = self.acc(dense, self.data.val) - 0.01
         d_ms = self.eager_times([dense], 1)[0]
@@ -161,13 +163,13 @@ class CnnBench:
 
         max_blocks = a.max_blocks if a.max_blocks is not None else MAX_BLOCKS[key]
         with stage(f"{key}: depth+width search (0..{max_blocks} blocks), KD {a.recover_epochs} ep per mix tried"):
-            choice = choose_depth_width(dense, self.ex, a.macs_target * count_macs(dense, self.ex), score, "taylor",
-                                        self.calib, max_blocks=max_blocks, floor=floor,
+            choice = choose_depth_width(dense, self.ex, target_macs, score, "taylor", self.calib,
+                                        max_blocks=max_blocks, floor=floor,
                                         time_models=lambda ms: [t[lay] for t in self.eager_times(ms, 1, [lay])])
         c = choice.chosen
         held = "holds" if c.score >= floor else "no mix held; best-scoring"
-        self.dw_note = (f"{c.blocks} blocks ({', '.join(c.removed) or 'none'}) + ratio {c.ratio}; {held} val floor "
-                        f"{100 * floor:.2f}")
+        self.notes["depth+width"] = (f"{c.blocks} blocks ({', '.join(c.removed) or 'none'}) + ratio {c.ratio}; "
+                                     f"{held} val floor {100 * floor:.2f}")
         return recovered[id(choice.model)]
 
     def run(self) -> list[dict]:
@@ -208,8 +210,7 @@ class CnnBench:
             s_eager = [eager[b][0] / eager[b][i] for b in (1, 32)]
             eff = (lambda s, mx=macs_x: s / mx) if i else (lambda s: None)
             notes = [f"{v['exporter']} exporter, max abs diff {v['diff']:.1e}"]
-            notes += ([self.how] if not i else [self.dw_note] if name == "depth+width" else
-                      [f"from {self.a.checkpoints[self.key]}"] if name == "compressed (checkpoint)" else [])
+            notes += [self.notes[name]] if name in self.notes else []
             for j, b in enumerate(("batch 1", "batch 32")):
                 if i and s_eager[j] > 1 >= s_ort[j]:
                     notes.append(f"pays in eager PyTorch ({s_eager[j]:.2f}x) but not in ONNX Runtime ({s_ort[j]:.2f}x) "
