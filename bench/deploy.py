@@ -189,6 +189,7 @@ class CnnBench:
                 q_acc = classifier_scores(OrtModel(q.model_bytes), test, nc)["accuracy"]
                 info[name] = {"macs": count_macs(plain, self.ex), "pt": res.checks["pytorch"], "onnx": res.checks["onnx"],
                               "diff": max(res.max_abs_diff.values()), "exporter": res.exporter, "mb": res.file_bytes / 1e6,
+                              "rewrites": res.rewrites,
                               "int8": q_acc, "int8_mb": q.file_bytes / 1e6}
                 files += [res.path, q.path]
         settings = {"batch 1": test.x[:1], "batch 32": test.x[:32]}
@@ -210,6 +211,7 @@ class CnnBench:
             s_eager = [eager[b][0] / eager[b][i] for b in (1, 32)]
             eff = (lambda s, mx=macs_x: s / mx) if i else (lambda s: None)
             notes = [f"{v['exporter']} exporter, max abs diff {v['diff']:.1e}"]
+            notes += [f"{k} ({n})" for k, n in v["rewrites"].items()]
             notes += [self.notes[name]] if name in self.notes else []
             for j, b in enumerate(("batch 1", "batch 32")):
                 if i and s_eager[j] > 1 >= s_ort[j]:

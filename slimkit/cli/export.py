@@ -183,4 +183,5 @@ def _encoder(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, thr
 def _say_written(onnx: Path, res) -> None:
     """Which exporter wrote the file, and why the preferred one was not used."""
     typer.echo(f"wrote {onnx} ({res.exporter} exporter, opset {res.opset}"
+               + "".join(f"; {k}: {n}" for k, n in res.rewrites.items())
                + (f"; dynamo fallback because {res.fallback_reason}" if res.fallback_reason else "") + ")")

@@ -114,7 +114,7 @@ def export_and_time(dense: nn.Module, final: nn.Module, example: Any, data: Any,
             "model.onnx" if name == "compressed" else "(not written)", res.file_bytes, timing,
             "dense onnx" if name == "compressed" else None,
             extra={"pytorch": res.checks.get("pytorch"), "max_abs_diff": res.max_abs_diff,
-                   "exporter": res.exporter, "opset": res.opset, "split": split_name}))
+                   "exporter": res.exporter, "opset": res.opset, "rewrites": res.rewrites, "split": split_name}))
     gains = efficiency(report, ms)
     notes = deploy_notes(rows) + efficiency_notes(gains)
     if task.metric is None:

@@ -7,6 +7,9 @@ from the example and differed by 3.0 on other sentences). The dynamo exporter is
 when it fails or its graph does not match PyTorch, the TorchScript one is tried, and the result
 records which was used and why.
 
+Before the checks, `slimkit.export.rewrite` replaces spatial means by GlobalAveragePool, which ONNX
+Runtime's channels-last int8 and blocked fp32 paths run without a layout change.
+
 A graph is only accepted after:
 1. `onnx.checker.check_model`;
 2. running it in ONNX Runtime (the session settings of deployment) on held-out inputs whose batch
@@ -37,6 +40,7 @@ from torch import nn
 
 from slimkit.errors import SlimkitError
 from slimkit.export.files import check_output, write_output
+from slimkit.export.rewrite import spatial_means_to_global_pool
 from slimkit.export.runtime import OrtModel, first_line, require_deploy
 
 EXPORTERS = ("dynamo", "torchscript")
@@ -55,6 +59,7 @@ class ExportResult:
     max_abs_diff: dict[str, float]  # per output, the largest over every held-out input
     checked_shapes: list[dict[str, list[int]]]
     checks: dict = field(default_factory=dict)  # what `validate` returned
+    rewrites: dict[str, int] = field(default_factory=dict)  # graph rewrite -> nodes rewritten (slimkit.export.rewrite)
     model_bytes: bytes = field(default=b"", repr=False)
     path: Path | None = None
 
@@ -66,7 +71,7 @@ class ExportResult:
         return {"path": str(self.path) if self.path else None, "exporter": self.exporter,
                 "fallback_reason": self.fallback_reason, "opset": self.opset, "inputs": self.inputs,
                 "outputs": self.outputs, "max_abs_diff": self.max_abs_diff, "checked_shapes": self.checked_shapes,
-                "checks": self.checks, "file_bytes": self.file_bytes}
+                "checks": self.checks, "rewrites": self.rewrites, "file_bytes": self.file_bytes}
 
 
 def _as_named(example: torch.Tensor | tuple | list | dict) -> dict[str, torch.Tensor]:
@@ -304,14 +309,22 @@ def _attempt(kind: str, model: nn.Module, named: dict[str, torch.Tensor], as_kwa
             onnx.checker.check_model(str(f))
         except Exception as exc:
             raise SlimkitError(f"onnx.checker rejects the graph: {first_line(exc)}") from None
-        data = f.read_bytes()
-        proto = onnx.load_model_from_string(data)
+        proto = onnx.load(str(f))
+        rewrites = {"ReduceMean -> GlobalAveragePool": spatial_means_to_global_pool(proto)}
+        rewrites = {k: n for k, n in rewrites.items() if n}
+        if rewrites:
+            try:
+                onnx.checker.check_model(proto)
+            except Exception as exc:
+                raise SlimkitError(f"onnx.checker rejects the rewritten graph ({', '.join(rewrites)}): "
+                                   f"{first_line(exc)}") from None
+        data = proto.SerializeToString()
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     ort_model = OrtModel(data)
     diffs, shapes = _compare(model, ort_model, held, as_kwargs, atol, rtol)
     checks = validate(ort_model) if validate is not None else {}
     return ExportResult(kind, None, opset_used, axes, [o.name for o in proto.graph.output], diffs, shapes, checks,
-                        data)
+                        rewrites, data)
 
 
 def to_onnx(model: nn.Module, example: torch.Tensor | tuple | dict, path: str, *, overwrite: bool = False,
