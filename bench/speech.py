@@ -29,6 +29,9 @@ Needs `pip install -e '.[speech,speech-verify]'` and `apt-get install pocketsphi
    and encoder states outside it, their times printed). Ratios (x dense) compare decode time and
    end-to-end time (features + encoder + decode) per utterance with the dense 30 s padded row of
    the same set, measured in this same process.
+5. Decode time split (--split-tokens; slimkit.speech.decode_split): per generated token, the time of the
+   output projection, of the decoder layers and of the rest, for the dense model and its 2-layer cut,
+   on decodes forced to the same length; it bounds what any decoder depth cut can gain.
 Timing is in this one process (slimkit.speech.evaluate's protocol, printed under the table); other
 jobs on the machine only add time, so the load average at start and end is printed with it. On a
 shared machine run it with OMP_WAIT_POLICY=PASSIVE: with 2 threads and busy cores, spinning OpenMP
@@ -46,6 +49,7 @@ import torch
 
 from slimkit.speech.audio import SpeechSet, real_recordings
 from slimkit.speech.convert import ct2_source_dir, load_whisper, offline
+from slimkit.speech.decode_split import decode_time_split, layer_free_bound
 from slimkit.speech.evaluate import THREADS, encode, evaluate, log_mel, parameters, protocol, word_error_rate
 from slimkit.speech.prune import prune_encoder_ffn, remove_decoder_layers, spaced_layers
 from slimkit.speech.recover import SpeechDistillConfig, recover
@@ -93,6 +97,21 @@ def ct2_same_features(model, processor, data: SpeechSet, threads: int, encoder_c
 def total_ms(r) -> float:
     """Features + encoder + decode time per utterance of a SetResult."""
     return r.features_ms + r.encoder_ms + r.decode_ms
+
+
+def decode_splits(teacher, processor, data: SpeechSet, tokens: int, threads: int) -> list[str]:
+    """Per-token decode time of the dense model and of its 2-layer decoder cut, split into output projection,
+    decoder layers and the rest (slimkit.speech.decode_split), on the first utterance of `data`."""
+    torch.set_num_threads(threads)
+    with torch.inference_mode():
+        states = encode(teacher, log_mel(processor, data.utterances[0].audio))
+    cut = remove_decoder_layers(copy.deepcopy(teacher), spaced_layers(teacher.config.decoder_layers, 2))
+    splits = [("dense", decode_time_split(teacher, states, tokens)),
+              ("decoder 4->2", decode_time_split(cut, states, tokens))]
+    lines = [f"  {name:<13} {s.line()}; with no layer time at all the decode would be at most "
+             f"{layer_free_bound(s):.2f}x faster" for name, s in splits]
+    return lines + [f"  decoder 4->2 / dense, same forced tokens: {splits[0][1].total_ms / splits[1][1].total_ms:.2f}x "
+                    f"faster decode"]
 
 
 def compression_rows(args, teacher, processor, sets):
@@ -152,6 +171,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--ffn", default="0.25,0.5", help="encoder FFN fractions to remove, each recovered by KD")
+    ap.add_argument("--split-tokens", type=int, default=16, help="forced length of the decodes that split decode "
+                    "time into output projection, layers and the rest (0: skip)")
     ap.add_argument("--combo-ffn", type=float, default=0.25, help="encoder FFN fraction of the combined row (0: none)")
     args = ap.parse_args()
     args.kd_minutes = args.kd_minutes or (1.0 if args.quick else 30.0)
@@ -176,6 +197,7 @@ def main() -> None:
     measure(f"dense, audio + {args.trim_pad:g} s encoder input", model, True)
     for pad in [float(p) for p in args.pads.split(",") if p.strip()]:
         measure(f"dense, audio + {pad:g} s encoder input", model, True, sets[:1], pad)
+    split = decode_splits(model, processor, sets[0], args.split_tokens, args.threads) if args.split_tokens else []
     recoveries, n_train = [], 0
     if not args.no_compress:
         students, recoveries, n_train = compression_rows(args, model, processor, sets)
@@ -210,6 +232,11 @@ def main() -> None:
               f"{'total ' + format(ms, '.0f') + ' ms/utt':>23}")
     print(f"\nmethod: {protocol(args.threads, args.trim_pad)}; dec x / total x = the dense 30 s padded row's decode / "
           "(features + encoder + decode) time per utterance over this row's, same set, same process")
+    if split:
+        print(f"\ndecode time per token, greedy generate() forced to {args.split_tokens} new tokens on {sets[0].name} "
+              f"utterance 1, {args.threads} threads, fastest of 3; output projection and decoder layers timed by forward "
+              f"hooks (the layers include the one-off cross-attention keys/values of the encoder output):")
+        print("\n".join(split))
     if recoveries:
         print(f"\nrecovery on {n_train} synthesised training utterances (teacher pseudo-labels), budget "
               f"{args.kd_minutes:g} min per run, batch {args.batch_size}, lr {args.lr:g}, AdamW, cosine to 0 over the "

@@ -183,6 +183,24 @@ def test_decoder_on_precomputed_encoder_states_equals_the_full_model() -> None:
     assert encoder_matches(student, teacher) and not encoder_matches(student, teacher, weights=True)
 
 
+def test_decode_split_times_the_projection_and_each_layer_of_a_forced_length_decode() -> None:
+    from slimkit.speech.decode_split import decode_time_split, layer_free_bound
+    from slimkit.speech.prune import remove_decoder_layers
+
+    calls = {"head": 0}
+    for n_layers, model in ((4, tiny_whisper()), (2, remove_decoder_layers(tiny_whisper(), [0, 3]))):
+        model.get_output_embeddings().register_forward_hook(lambda *_: calls.update(head=calls["head"] + 1))
+        with torch.no_grad():
+            states = model.get_encoder()(features(1))
+        calls["head"] = 0
+        split = decode_time_split(model, states, tokens=5, repeats=2)
+        assert calls["head"] == 3 * 5  # one projection per generated token, in each of 1 untimed + 2 timed decodes
+        assert (split.tokens, split.layers) == (5, n_layers)
+        assert split.head_ms > 0 and split.layers_ms > 0 and split.other_ms > 0
+        assert layer_free_bound(split) == pytest.approx(split.total_ms / (split.head_ms + split.other_ms))
+    assert not model.get_output_embeddings()._forward_pre_hooks  # the timing hooks are removed
+
+
 def test_token_accuracy_counts_label_positions_only() -> None:
     from slimkit.distill.tasks import token_accuracy
 
