@@ -318,6 +318,7 @@ def test_recover_trains_on_pseudo_labels_with_the_engine(tmp_path, monkeypatch) 
     from slimkit.speech.audio import SpeechSet, Utterance
     from slimkit.speech.convert import ct2_source_dir, whisper_tiny_en
     from slimkit.speech.prune import prune_encoder_ffn, remove_decoder_layers
+    from slimkit.speech import recover as recover_module
     from slimkit.speech.recover import SpeechDistillConfig, pseudo_labels, recover
 
     try:
@@ -338,10 +339,18 @@ def test_recover_trains_on_pseudo_labels_with_the_engine(tmp_path, monkeypatch) 
     utts = [Utterance(f"u{i}", (0.1 * rng.standard_normal(16_000)).astype(np.float32), "hello there") for i in range(3)]
     train, val = SpeechSet("train", utts), SpeechSet("val", utts[:2])
 
-    labels = pseudo_labels(teacher, processor, train, progress=False)
+    labels = pseudo_labels(teacher, processor, train, progress=False)  # one batch of 3
     assert len(labels) == 3 and all(1 <= len(t) <= 6 for t in labels)
     assert len(list((tmp_path / "cache" / "speech").glob("labels-*.json"))) == 1
-    monkeypatch.setattr("slimkit.speech.recover.decode", lambda *a: pytest.fail("labels were not read from the cache"))
+    monkeypatch.setenv("SLIMKIT_CACHE", str(tmp_path / "one-at-a-time"))
+    assert pseudo_labels(teacher, processor, train, progress=False, batch_size=1) == labels
+    monkeypatch.setenv("SLIMKIT_CACHE", str(tmp_path / "cache"))
+    decode, batches = recover_module.decode, []
+    monkeypatch.setattr(recover_module, "decode", lambda m, enc: batches.append(len(enc.last_hidden_state)) or decode(m, enc))
+    more = Utterance("u3", (0.1 * rng.standard_normal(8_000)).astype(np.float32), "and more")
+    assert pseudo_labels(teacher, processor, SpeechSet("train", utts + [more]), progress=False)[:3] == labels
+    assert batches == [1]  # a grown set labels only its new utterance
+    monkeypatch.setattr(recover_module, "decode", lambda *a: pytest.fail("labels were not read from the cache"))
     assert pseudo_labels(teacher, processor, train, progress=False) == labels
 
     with pytest.raises(SlimkitError, match="no pseudo-label of the 3 training utterances is within WER 0.1"):

@@ -5,7 +5,7 @@ The recipe is distil-whisper's, on synthesised speech:
 - **labels**: the teacher's own greedy transcripts of the synthesised training audio (never the
   reference sentences, and never the real test recordings). They are what the student can reach:
   the teacher's errors included, the student learns one consistent target. Computed once per
-  teacher and training set, and kept under slimkit's cache (`pseudo_labels`);
+  teacher and utterance, batched, and kept under slimkit's cache (`pseudo_labels`);
 - **filtered labels**: as distil-whisper does, a training utterance whose pseudo-label has a WER
   above `max_label_wer` against the sentence that was synthesised is left out (`keep_labels`): it
   drops the teacher's hallucinations and repetition loops (a 448-token loop would also make its
@@ -118,39 +118,60 @@ def _weights_digest(model) -> str:
     return h.hexdigest()
 
 
-def _audio_digest(data: SpeechSet) -> str:
-    h = hashlib.sha256()
-    for u in data.utterances:
-        h.update(u.audio.tobytes())
-    return h.hexdigest()
+def _utterance_key(audio) -> str:
+    return hashlib.sha256(audio.tobytes()).hexdigest()[:24]
+
+
+def _until_eos(ids: torch.Tensor, stop: set[int]) -> list[int]:
+    """One generated row up to its first <|endoftext|> (a batch pads finished rows with it)."""
+    out = []
+    for t in ids.tolist():
+        if t in stop:
+            break
+        out.append(int(t))
+    return out
 
 
 @torch.inference_mode()
-def pseudo_labels(teacher, processor, data: SpeechSet, threads: int = THREADS, progress: bool = True) -> list[list[int]]:
+def pseudo_labels(teacher, processor, data: SpeechSet, threads: int = THREADS, progress: bool = True,
+                  batch_size: int = 16) -> list[list[int]]:
     """The teacher's greedy token ids (no prompt, no <|endoftext|>) for every utterance, from the
-    30 s padded features Whisper expects; read from slimkit's cache when this teacher has labelled
-    this audio before."""
+    30 s padded features Whisper expects.
+
+    Utterances are decoded `batch_size` at a time: each generated token reads the whole output
+    projection (vocabulary x d_model) from memory, and a batch shares that read. Labels are kept
+    in slimkit's cache per teacher and per utterance (keyed by their audio), so a training set
+    that grows only labels its new utterances; the cache file is replaced atomically after every
+    batch, so an interrupted run keeps what it labelled."""
     from tqdm import tqdm
 
     from slimkit.outputs import atomic_write_bytes
 
-    key = hashlib.sha256((_weights_digest(teacher) + _audio_digest(data)).encode()).hexdigest()[:20]
-    path = cache_root() / "speech" / f"labels-{key}.json"
-    if path.is_file():
-        labels = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(labels, list) and len(labels) == len(data):
-            return labels
+    if batch_size < 1:
+        raise SlimkitError(f"pseudo-label batch size must be >= 1, got {batch_size}")
+    path = cache_root() / "speech" / f"labels-by-utterance-{_weights_digest(teacher)[:20]}.json"
+    known = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    known = known if isinstance(known, dict) else {}
+    keys = [_utterance_key(u.audio) for u in data.utterances]
+    todo = list(dict.fromkeys(k for k in keys if k not in known))
+    first = {k: i for i, k in reversed(list(enumerate(keys)))}
+    stop = {int(t) for t in (teacher.config.eos_token_id, teacher.generation_config.pad_token_id) if t is not None}
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     teacher.eval()
-    labels = []
     try:
-        for utt in tqdm(data.utterances, desc="teacher pseudo-labels", unit="utt", disable=not progress):
-            labels.append([int(t) for t in decode(teacher, encode(teacher, log_mel(processor, utt.audio)))[0]])
+        bar = tqdm(total=len(todo), desc="teacher pseudo-labels", unit="utt", disable=not progress)
+        for at in range(0, len(todo), batch_size):
+            chunk = todo[at:at + batch_size]
+            feats = torch.cat([log_mel(processor, data.utterances[first[k]].audio) for k in chunk])
+            for k, row in zip(chunk, decode(teacher, encode(teacher, feats))):
+                known[k] = _until_eos(row, stop)
+            atomic_write_bytes(path, json.dumps(known).encode())
+            bar.update(len(chunk))
+        bar.close()
     finally:
         torch.set_num_threads(old)
-    atomic_write_bytes(path, json.dumps(labels).encode())
-    return labels
+    return [known[k] for k in keys]
 
 
 def keep_labels(processor, data: SpeechSet, labels: list[list[int]], max_wer: float) -> list[int]:
