@@ -346,7 +346,8 @@ def test_recover_trains_on_pseudo_labels_with_the_engine(tmp_path, monkeypatch) 
     assert pseudo_labels(teacher, processor, train, progress=False, batch_size=1) == labels
     monkeypatch.setenv("SLIMKIT_CACHE", str(tmp_path / "cache"))
     decode, batches = recover_module.decode, []
-    monkeypatch.setattr(recover_module, "decode", lambda m, enc: batches.append(len(enc.last_hidden_state)) or decode(m, enc))
+    counted = lambda m, enc: batches.append(len(enc.last_hidden_state)) or decode(m, enc)  # noqa: E731
+    monkeypatch.setattr(recover_module, "decode", counted)
     more = Utterance("u3", (0.1 * rng.standard_normal(8_000)).astype(np.float32), "and more")
     assert pseudo_labels(teacher, processor, SpeechSet("train", utts + [more]), progress=False)[:3] == labels
     assert batches == [1]  # a grown set labels only its new utterance
