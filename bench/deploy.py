@@ -70,6 +70,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--recover-epochs", type=float, default=1.0, help="KD recovery of each cut (and each scored mix)")
     p.add_argument("--macs-target", type=float, default=0.5, help="pruned/dense MACs to reach (0.5 = 2x fewer)")
     p.add_argument("--max-blocks", type=int, default=None, help="most blocks the depth+width search removes")
+    p.add_argument("--round-to", type=int, default=8, help="kept channel counts are multiples of this (16: "
+                   "widths ONNX Runtime's int8 convolutions run fast on x86; see bench/int8_widths.py)")
     p.add_argument("--calib-samples", type=int, default=1024, help="validation images for static int8 calibration")
     p.add_argument("--rounds-1", type=int, default=100, help="alternating timing rounds at batch 1 (x4 warm calls)")
     p.add_argument("--rounds-32", type=int, default=20, help="alternating timing rounds at batch 32 (x4 warm calls)")
@@ -146,8 +148,9 @@ class CnnBench:
     def uniform_cut(self, dense: nn.Module, target_macs: float) -> nn.Module:
         a = self.a
         with stage(f"{self.key}: uniform Taylor cut to <= {a.macs_target} x MACs, KD {a.recover_epochs} ep"):
-            r = ratio_for_macs(dense, self.ex, target_macs)
-            cut = prune_structured(copy.deepcopy(dense), self.ex, r, "taylor", calib=self.calib).model
+            r = ratio_for_macs(dense, self.ex, target_macs, round_to=a.round_to)
+            cut = prune_structured(copy.deepcopy(dense), self.ex, r, "taylor", calib=self.calib,
+                                   round_to=a.round_to).model
             return self.recover(cut, "uniform")
 
     def depth_width_cut(self, dense: nn.Module, target_macs: float) -> nn.Module:
@@ -164,7 +167,7 @@ class CnnBench:
         max_blocks = a.max_blocks if a.max_blocks is not None else MAX_BLOCKS[key]
         with stage(f"{key}: depth+width search (0..{max_blocks} blocks), KD {a.recover_epochs} ep per mix tried"):
             choice = choose_depth_width(dense, self.ex, target_macs, score, "taylor", self.calib,
-                                        max_blocks=max_blocks, floor=floor,
+                                        max_blocks=max_blocks, floor=floor, round_to=a.round_to,
                                         time_models=lambda ms: [t[lay] for t in self.eager_times(ms, 1, [lay])])
         c = choice.chosen
         held = "holds" if c.score >= floor else "no mix held; best-scoring"
@@ -283,7 +286,8 @@ def main() -> None:
               f"{a.threads} threads, BN folded, faster of NCHW/channels_last, OMP_WAIT_POLICY=ACTIVE. Latency: fastest "
               f"of {a.rounds_1} (batch 1) / {a.rounds_32} (batch 32) alternating rounds x 4 warm calls, fastest of "
               f"{a.passes} fresh processes, ORT and eager in separate processes. CNNs: Fashion-MNIST, base models "
-              f"{len(train)} train samples; cuts recovered with {a.recover_epochs} ep KD (T=2, alpha=0.5); @1 = batch 1, "
+              f"{len(train)} train samples; cut widths multiples of {a.round_to}, recovered with {a.recover_epochs} ep KD "
+              f"(T=2, alpha=0.5); @1 = batch 1, "
               f"@2 = batch 32; efficiency = speed-up over dense fp32 / MACs reduction; metric = ONNX test accuracy "
               f"({len(data.test)} images), ref = PyTorch (fp32 rows) or the fp32 ONNX model (int8 rows); int8 static "
               f"QDQ calibrated on {a.calib_samples} val images. MiniLM: @1 = seq 32, @2 = seq 128, batch 1, MACs at seq "

@@ -93,6 +93,23 @@ def test_every_mix_reaches_the_macs_target_and_the_fastest_holding_one_is_chosen
     assert count_macs(result.model, torch.zeros(1, 1, 8, 8)) <= dense_macs / 2
 
 
+def test_round_to_reaches_the_structured_pruner(data):
+    """Widths of the compressed model are multiples of round_to (16: none of tiny_resnet's 8-wide cuts survive),
+    and the recipe records it."""
+    train, val, test = data
+    result = slimkit.compress(tiny_resnet(), train, val, test, target="macs=1.5x", floor=0.0, timer=macs_timer(val.x[:1]),
+                              timing_method="MMACs", max_blocks=0, round_to=16, keep_slower=True, **TINY)
+    widths = [m.out_channels for m in result.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths and all(w % 16 == 0 for w in widths)
+    assert result.report["settings"]["round_to"] == 16
+    with pytest.raises(SlimkitError, match="round_to"):
+        slimkit.compress(tiny_resnet(), train, val, test, target="macs=2x", round_to=0, **TINY)
+    from slimkit.cli.main import app
+
+    res = CliRunner().invoke(app, ["compress", "nothing.safetensors", "--round-to", "0", "--out", "unused"])
+    assert res.exit_code == 2 and "--round-to must be an integer >= 1" in res.output
+
+
 def test_report_files_and_reload(run):
     _, result, out = run
     names = {p.name for p in out.iterdir()}

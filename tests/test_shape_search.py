@@ -10,6 +10,7 @@ from slimkit.measure import count_macs
 from slimkit.models import ResNetCifar
 from slimkit.prune.layers import removable_blocks
 from slimkit.prune.shape_search import choose_depth_width, interleaved_timer, rank_blocks, ratio_for_macs
+from slimkit.prune.structured import prune_structured
 
 X = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 CALIB = [(X, torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(1)))]
@@ -141,3 +142,25 @@ def test_not_slower_times_a_foreign_model_in_fresh_processes_with_its_builder() 
     assert info["dense_ms"] > 0 and info["pruned_ms"] > 0
     with pytest.raises(SlimkitError, match="has no 'NoSuchBuilder'"):
         not_slower(dense, cut, x, rounds=5, passes=1, builder="tests.crnn:NoSuchBuilder")
+
+
+def _conv_widths(model) -> list[int]:
+    return [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_round_to_sets_the_width_multiple_of_every_candidate() -> None:
+    """ResNetCifar(width=16) has 16/32/64-channel stages: at round_to 8 a 0.6x MACs cut leaves widths that are
+    odd multiples of 8, at round_to 16 none (the widths ONNX Runtime's int8 convolutions run fast)."""
+    model = _model()
+    target = 0.6 * count_macs(model, X[:1])
+    by_blocks_left = lambda ms: [float(len(removable_blocks(m))) for m in ms]  # noqa: E731
+    widths = {}
+    for round_to in (8, 16):
+        choice = choose_depth_width(model, X[:1], target, lambda m: 1.0, "l2", CALIB, max_blocks=1, tolerance=0.0,
+                                    time_models=by_blocks_left, progress=False, round_to=round_to)
+        assert all(c.macs <= target for c in choice.candidates)
+        widths[round_to] = set(_conv_widths(choice.model))
+    assert any(w % 16 for w in widths[8])
+    assert all(w % 16 == 0 for w in widths[16])
+    r16 = ratio_for_macs(model, X[:1], target, round_to=16)
+    assert count_macs(prune_structured(copy.deepcopy(model), X[:1], r16, "l2", round_to=16).model, X[:1]) <= target

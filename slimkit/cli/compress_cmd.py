@@ -37,6 +37,8 @@ def compress(
                                             "(the control; not for embeddings)"),
     max_blocks: int | None = typer.Option(None, help="most whole blocks a mix removes (default: all removable)"),
     batch_size: int = typer.Option(128, help="training batch size"),
+    round_to: int = typer.Option(8, help="kept channel counts are multiples of this (16 when the model will run "
+                                         "int8 in ONNX Runtime on x86)"),
     train_n: int = typer.Option(0, help="use the first N training samples only (0 = all)"),
     data_dir: Path | None = typer.Option(None, help="folder with Fashion-MNIST IDX files"),
     export: str | None = typer.Option(None, help="'onnx': also write model.onnx; the dense and compressed models "
@@ -73,6 +75,7 @@ def compress(
     check_count(search_steps, "--search-steps", 0)
     check_count(recover_steps, "--recover-steps", 0)
     check_count(batch_size, "--batch-size")
+    check_count(round_to, "--round-to")
     check_count(train_n, "--train-n", 0)
     if max_blocks is not None:
         check_count(max_blocks, "--max-blocks", 0)
@@ -106,7 +109,7 @@ def compress(
     result = run_compress(source.model, splits["train"], splits["val"], splits.get("test"), the_task, target, floor,
                           example=source.example, out=out, seed=seed, cutter=cutter, overwrite=overwrite,
                           search_steps=search_steps, recover_steps=recover_steps, batch_size=batch_size,
-                          recovery=recovery,
+                          recovery=recovery, round_to=round_to,
                           keep_slower=keep_slower, inputs=tuple(inputs), command="slimkit compress",
                           export_onnx=export == "onnx", builder=source.builder, **overrides)
     if result.report.get("deployment"):

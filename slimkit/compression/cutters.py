@@ -66,6 +66,7 @@ class StructuredCutter:
     ignored: tuple[str, ...] | None = None
     name: str = "structured"
     labels: list[torch.Tensor] | None = None  # class labels of the calibration batches (Taylor importance)
+    round_to: int = 8  # kept channel counts are multiples of this
 
     def blocks(self, model: nn.Module) -> list[str]:
         from slimkit.prune.layers import removable_blocks
@@ -89,7 +90,7 @@ class StructuredCutter:
 
         pairs = list(zip(calib, self.labels)) if self.labels else [(x, None) for x in calib]
         res = prune_structured(copy.deepcopy(model), self.example, ratio, self.importance if exact else "l2",
-                               calib=pairs if exact else None, ignored=self.ignored)
+                               calib=pairs if exact else None, ignored=self.ignored, round_to=self.round_to)
         pruned = recalibrate_bn(res.model, calib) if ratio > 0 and exact else res.model
         return pruned.eval(), {g: [k, n] for g, (k, n) in res.kept.items()}
 

@@ -255,7 +255,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
             raise SlimkitError("this is a Hugging Face encoder: pass cutter=EncoderCutter(tokenizer, sentences) "
                                "(slimkit.compression) so its FFN neurons and layers can be cut")
         labels = class_labels(calib_batches) if s.importance == "taylor" else None
-        cutter = StructuredCutter(example, s.importance, labels=labels)
+        cutter = StructuredCutter(example, s.importance, labels=labels, round_to=s.round_to)
     check_cuttable(cutter, model, calib)
     check_teacher_outputs(teacher_outputs, train)
     if timer is None:

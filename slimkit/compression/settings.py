@@ -148,6 +148,9 @@ class CompressSettings(BaseModel):
     ratios: tuple[float, ...] = Field((0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
                                       description="channel ratios tried per depth for a latency target")
     importance: str = Field("l2", description="channel importance: l1, l2, bn, taylor, entropy")
+    round_to: int = Field(8, ge=1, description="kept channel counts of slimkit's structured pruner are multiples of "
+                                               "this; 16 for int8 in ONNX Runtime on x86, whose convolutions run "
+                                               "widths between multiples of 16 slower than fp32 (bench/int8_widths.py)")
     recovery: Literal["kd", "ce"] = Field("kd", description="the recovery loss, in the search and the full "
                                                             "recovery alike: 'kd' learns from the dense model "
                                                             "(alpha of KD, the rest the task's supervised loss); "

@@ -101,7 +101,8 @@ def rank_blocks(influence: dict[str, float], saving_ms: dict[str, float]) -> lis
     return paying + rest
 
 
-def ratio_for_macs(model: nn.Module, example: torch.Tensor, target_macs: float, steps: int = 10) -> float:
+def ratio_for_macs(model: nn.Module, example: torch.Tensor, target_macs: float, steps: int = 10,
+                   round_to: int = 8) -> float:
     """Close to the smallest uniform channel ratio whose pruned MACs are <= target_macs (bisection).
 
     Uniform widths depend on the ratio alone, not on the importance criterion, so the cheap L2
@@ -111,7 +112,7 @@ def ratio_for_macs(model: nn.Module, example: torch.Tensor, target_macs: float, 
     Returns 0.0 when the model already meets the target; raises when even the largest ratio cannot.
     """
     def macs(ratio: float) -> int:
-        return count_macs(prune_structured(copy.deepcopy(model), example, ratio, "l2").model, example)
+        return count_macs(prune_structured(copy.deepcopy(model), example, ratio, "l2", round_to=round_to).model, example)
 
     if macs(0.0) <= target_macs:
         return 0.0
@@ -131,13 +132,15 @@ def choose_depth_width(model: nn.Module, example: torch.Tensor, target_macs: flo
                        score: Callable[[nn.Module], float], importance: str = "l2",
                        calib: Iterable[Batch] | None = None, max_blocks: int | None = None,
                        tolerance: float = 0.5, floor: float | None = None, time_models: Timer | None = None,
-                       progress: bool = True, higher_is_better: bool = True) -> ShapeChoice:
+                       progress: bool = True, higher_is_better: bool = True, round_to: int = 8) -> ShapeChoice:
     """Measure block-plus-channel mixes at one MACs target; keep the fastest that scores near the best.
 
     `score(pruned_model)` is in the same units as `tolerance` (e.g. val accuracy points after a
     recovery; it may train a copy), higher-is-better unless `higher_is_better=False` (an error
     rate, a perplexity: then "meets the floor" is <= and "the best" the lowest, as
-    `slimkit.distill.Metric` reads it). `floor` switches to the fastest-first
+    `slimkit.distill.Metric` reads it). Kept widths are multiples of `round_to` (16 suits ONNX Runtime's
+    int8 convolutions on x86, which run widths between multiples of 16 slower than fp32).
+    `floor` switches to the fastest-first
     rule of the module docstring. `time_models` times a list of
     models alike (default: `interleaved_timer(example)`, in this process); a caller that wants
     timings free of its own process's state can time them elsewhere.
@@ -161,8 +164,9 @@ def choose_depth_width(model: nn.Module, example: torch.Tensor, target_macs: flo
     built: list[tuple[int, float, nn.Module, list[str]]] = []
     for k in range(max_blocks + 1):
         shallow = remove_blocks(copy.deepcopy(model), order[:k])
-        ratio = ratio_for_macs(shallow, example, target_macs)
-        built.append((k, ratio, prune_structured(shallow, example, ratio, importance, calib=calib).model, order[:k]))
+        ratio = ratio_for_macs(shallow, example, target_macs, round_to=round_to)
+        pruned = prune_structured(shallow, example, ratio, importance, calib=calib, round_to=round_to).model
+        built.append((k, ratio, pruned, order[:k]))
         if ratio == 0.0:
             break
     models = [m for _, _, m, _ in built]
