@@ -112,7 +112,8 @@ def ratio_for_macs(model: nn.Module, example: torch.Tensor, target_macs: float, 
     Returns 0.0 when the model already meets the target; raises when even the largest ratio cannot.
     """
     def macs(ratio: float) -> int:
-        return count_macs(prune_structured(copy.deepcopy(model), example, ratio, "l2", round_to=round_to).model, example)
+        cut = prune_structured(copy.deepcopy(model), example, ratio, "l2", round_to=round_to).model
+        return count_macs(cut, example)
 
     if macs(0.0) <= target_macs:
         return 0.0
