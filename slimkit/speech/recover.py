@@ -150,7 +150,10 @@ def pseudo_labels(teacher, processor, data: SpeechSet, threads: int = THREADS, p
     if batch_size < 1:
         raise SlimkitError(f"pseudo-label batch size must be >= 1, got {batch_size}")
     path = cache_root() / "speech" / f"labels-by-utterance-{_weights_digest(teacher)[:20]}.json"
-    known = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    try:  # slimkit's own cache file: one it cannot read is relabelled, never trusted
+        known = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
     known = known if isinstance(known, dict) else {}
     keys = [_utterance_key(u.audio) for u in data.utterances]
     todo = list(dict.fromkeys(k for k in keys if k not in known))
