@@ -318,7 +318,7 @@ def _attempt(kind: str, model: nn.Module, named: dict[str, torch.Tensor], as_kwa
             except Exception as exc:
                 raise SlimkitError(f"onnx.checker rejects the rewritten graph ({', '.join(rewrites)}): "
                                    f"{first_line(exc)}") from None
-        data = proto.SerializeToString()
+        data = proto.SerializeToString() if rewrites else f.read_bytes()
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     ort_model = OrtModel(data)
     diffs, shapes = _compare(model, ort_model, held, as_kwargs, atol, rtol)

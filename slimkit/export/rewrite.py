@@ -24,12 +24,15 @@ def _attrs(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _constants(graph) -> dict[str, np.ndarray]:
+def _constants(graph, names: set[str]) -> dict[str, np.ndarray]:
+    """The values of the initializers and Constant outputs named in `names` (only those: a model's
+    weights are most of its initializers, and none of them is an axes list)."""
     from onnx import numpy_helper
 
-    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer if i.name in names}
     for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+        if (node.op_type == "Constant" and node.output[0] in names and node.attribute
+                and node.attribute[0].name == "value"):
             values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     return values
 
@@ -45,8 +48,8 @@ def _ranks(model) -> dict[str, int]:
 
 
 def _spatial_mean(node, constants: dict[str, np.ndarray], ranks: dict[str, int]) -> bool:
-    """Whether `node` is a ReduceMean over exactly axes 2 and 3 of a 4-D tensor."""
-    if node.op_type != "ReduceMean" or node.domain not in ("", "ai.onnx") or ranks.get(node.input[0]) != 4:
+    """Whether the ReduceMean `node` is over exactly axes 2 and 3 of a 4-D tensor."""
+    if ranks.get(node.input[0]) != 4:
         return False
     axes = _attrs(node).get("axes")
     if axes is None and len(node.input) > 1 and node.input[1]:
@@ -62,11 +65,15 @@ def spatial_means_to_global_pool(model) -> int:
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    constants = _constants(graph)
+    means = {i: n for i, n in enumerate(graph.node) if n.op_type == "ReduceMean" and n.domain in ("", "ai.onnx")}
+    if not means:  # most graphs: no shape inference over the whole model
+        return 0
+    constants = _constants(graph, {n.input[1] for n in means.values() if len(n.input) > 1})
     ranks = _ranks(model)
+    spatial = {i for i, n in means.items() if _spatial_mean(n, constants, ranks)}
     nodes, count = [], 0
-    for node in graph.node:
-        if not _spatial_mean(node, constants, ranks):
+    for i, node in enumerate(graph.node):
+        if i not in spatial:
             nodes.append(node)
             continue
         count += 1
