@@ -78,32 +78,16 @@ def time_onnx_in_fresh_process(files: list[Path], settings: dict[str, torch.Tens
 
 
 def _profile(d: Path, i: int, feeds: dict, threads: int, runs: int = 50, warm: int = 5) -> dict:
-    """The fastest of `runs` profiled runs (after `warm`): its wall time, summed node kernel time, kernel time per
-    op type, and the nodes it ran. The fastest, as for the timings: other jobs on the machine only add time.
+    """The fastest of `runs` profiled runs (after `warm`; slimkit.export.profile_onnx): its wall time, summed node
+    kernel time, kernel time per op type, and the nodes it ran.
 
     Wall minus kernel time is what a run spends outside the operators (scheduling, memory, thread
     hand-offs): a cut that removes arithmetic but keeps every node keeps that part.
     """
-    import onnxruntime
+    from slimkit.export import profile_onnx
 
-    from slimkit.export import session_options
-
-    so = session_options(threads)
-    so.enable_profiling = True
-    so.profile_file_prefix = str(d / f"profile_{i:03d}")
-    sess = onnxruntime.InferenceSession(str(d / f"m{i:03d}.onnx"), so, providers=["CPUExecutionProvider"])
-    for _ in range(warm + runs):
-        sess.run(None, feeds)
-    events = json.loads(Path(sess.end_profiling()).read_text())
-    model_runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])[warm:]
-    fastest = min(model_runs, key=lambda e: e["dur"])
-    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
-               and fastest["ts"] <= e["ts"] <= fastest["ts"] + fastest["dur"]]
-    by_op: dict[str, float] = {}
-    for e in kernels:
-        by_op[e["args"]["op_name"]] = by_op.get(e["args"]["op_name"], 0.0) + e["dur"]
-    return {"wall_us": fastest["dur"], "kernel_us": sum(by_op.values()), "nodes": len(kernels), "by_op": by_op,
-            "runs": len(model_runs)}
+    p = profile_onnx(d / f"m{i:03d}.onnx", feeds, threads, runs=runs, warmup=warm)
+    return {"wall_us": p.wall_us, "kernel_us": p.kernel_us, "nodes": len(p.nodes), "by_op": p.by_op(), "runs": p.runs}
 
 
 def _child(d: Path) -> None:

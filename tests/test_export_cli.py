@@ -87,7 +87,24 @@ def test_onnxruntime_not_installed_names_the_extra(ckpt, tmp_path, monkeypatch):
 
 def test_unknown_int8_mode(ckpt, tmp_path):
     result = runner.invoke(app, ["export", str(ckpt), "--onnx", str(tmp_path / "m.onnx"), "--int8", "int4"])
-    _one_error(result, "--int8 must be 'static' or 'dynamic'")
+    _one_error(result, "--int8 must be 'static', 'mixed' or 'dynamic'")
+
+
+def test_mixed_int8_is_measured_here_and_says_what_it_chose(ckpt, tmp_path):
+    out, rep = tmp_path / "m.onnx", tmp_path / "rep"
+    result = runner.invoke(app, ["export", str(ckpt), "--onnx", str(out), "--int8", "mixed", "--dataset", "digits",
+                                 "--runs", "2", "--report", str(rep)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "m.int8.onnx").is_file() and "'precision_choice': " in result.output
+    rows = {r["name"]: r for r in json.loads((rep / "report.json").read_text())["deployment"]}
+    assert rows["onnx int8"]["precision"] == "int8 mixed" and 0 < rows["onnx int8"]["value"] <= 1
+
+
+def test_mixed_int8_of_an_encoder_is_refused_before_any_work(tmp_path):
+    (tmp_path / "enc").mkdir()
+    result = runner.invoke(app, ["export", str(tmp_path / "enc"), "--onnx", str(tmp_path / "e.onnx"), "--int8", "mixed"])
+    _one_error(result, "use --int8 dynamic for encoders")
+    assert not (tmp_path / "e.onnx").exists()
 
 
 def test_export_an_encoder_folder_with_dynamic_int8(tmp_path):

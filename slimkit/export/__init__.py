@@ -7,12 +7,15 @@ this package does not import them; the functions say which extra is missing when
 from slimkit.export.checks import classifier_check, classifier_scores, embedding_cosines, encoder_check
 from slimkit.export.files import check_output, write_output
 from slimkit.export.onnx_export import EXPORTERS, ExportResult, export_onnx, to_onnx
-from slimkit.export.quantize import QuantResult, quantize_int8, quantize_onnx, split_feeds
+from slimkit.export.mixed import quantize_int8_fastest
+from slimkit.export.profile import KernelProfile, profile_onnx
+from slimkit.export.quantize import QuantResult, pre_processed, quantize_int8, quantize_onnx, split_feeds
 from slimkit.export.runtime import OrtModel, describe_session, require_deploy, session_options, time_onnx
 
 __all__ = [
     "EXPORTERS",
     "ExportResult",
+    "KernelProfile",
     "OrtModel",
     "QuantResult",
     "check_output",
@@ -22,7 +25,10 @@ __all__ = [
     "embedding_cosines",
     "encoder_check",
     "export_onnx",
+    "pre_processed",
+    "profile_onnx",
     "quantize_int8",
+    "quantize_int8_fastest",
     "quantize_onnx",
     "require_deploy",
     "session_options",

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,28 +98,51 @@ def _quiet_root():
         root.setLevel(level)
 
 
-def _quantize(mode: str, src: Path, dst: Path, calibration, calibrate_method: str, per_channel: bool) -> dict:
+def _quantize(mode: str, src: Path, dst: Path, calibration, calibrate_method: str, per_channel: bool,
+              keep_fp32: list[str]) -> dict:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     weights = "int8 per channel" if per_channel else "int8"
+    fp32 = {"kept_fp32": list(keep_fp32)} if keep_fp32 else {}
     if mode == "dynamic":
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=per_channel,
-                         weight_type=QuantType.QInt8)
-        return {"ops": "MatMul, Gemm", "weights": weights, "activations": "uint8, scale per run"}
+                         weight_type=QuantType.QInt8, nodes_to_exclude=list(keep_fp32))
+        return {"ops": "MatMul, Gemm", "weights": weights, "activations": "uint8, scale per run", **fp32}
     reader = _reader(calibration)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[calibrate_method]
     quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
+                    nodes_to_exclude=list(keep_fp32))
     if reader.count == 0:
         raise SlimkitError("static int8 got no calibration batches")
     return {"format": "QDQ", "activations": "uint8", "weights": weights, "calibration": calibrate_method,
-            "calibration_batches": reader.count}
+            "calibration_batches": reader.count, **fp32}
+
+
+def pre_processed(model: bytes | str | os.PathLike) -> bytes:
+    """The fp32 model as quantization sees it (`quant_pre_process`: BatchNorm folded, shapes inferred): the
+    graph whose node names `keep_fp32` refers to. The model unchanged where the pre-processor cannot run."""
+    require_deploy()
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="slimkit-int8-") as d:
+        src, pre = Path(d) / "fp32.onnx", Path(d) / "pre.onnx"
+        if isinstance(model, bytes):
+            src.write_bytes(model)
+        else:
+            src = Path(model)
+        done = not _pre_process(quant_pre_process, src, pre).startswith("skipped")
+        return (pre if done else src).read_bytes()
 
 
 def quantize_int8(model: bytes | str | os.PathLike, mode: str, calibration: Iterable[dict[str, np.ndarray]] | None = None,
-                  calibrate_method: str = "minmax", per_channel: bool = True) -> QuantResult:
-    """An int8 copy of an ONNX model, in memory (see the module docstring for the two modes)."""
+                  calibrate_method: str = "minmax", per_channel: bool = True,
+                  keep_fp32: Sequence[str] = ()) -> QuantResult:
+    """An int8 copy of an ONNX model, in memory (see the module docstring for the two modes).
+
+    `keep_fp32` names nodes of the pre-processed graph (`pre_processed`) to leave in fp32, e.g. the
+    convolutions `slimkit.export.mixed` measured slower in int8."""
     require_deploy()
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -138,9 +161,17 @@ def quantize_int8(model: bytes | str | os.PathLike, mode: str, calibration: Iter
         details: dict = {"mode": mode, "pre_process": _pre_process(quant_pre_process, src, pre)}
         if details["pre_process"].startswith("skipped"):
             pre = src
+        if keep_fp32:
+            import onnx
+
+            names = {n.name for n in onnx.load(str(pre), load_external_data=False).graph.node}
+            unknown = sorted(set(keep_fp32) - names)
+            if unknown:
+                raise SlimkitError(f"keep_fp32 names nodes the pre-processed graph does not have: {unknown[:5]}; take "
+                                   "names from slimkit.export.pre_processed(model)")
         try:
             with _quiet_root():
-                details.update(_quantize(mode, pre, dst, calibration, calibrate_method, per_channel))
+                details.update(_quantize(mode, pre, dst, calibration, calibrate_method, per_channel, list(keep_fp32)))
         except SlimkitError:
             raise
         except Exception as exc:
