@@ -133,12 +133,13 @@ def compression_rows(args, teacher, processor, sets):
     def trained(label: str, decoder: int | None, ffn: float, loss: str):
         model = student(decoder, ffn)
         cfg = SpeechDistillConfig(loss=loss, minutes=args.kd_minutes, batch_size=args.batch_size, lr=args.lr)
-        report = recover(model, teacher, processor, train, val, cfg, args.threads)
+        report = recover(model, teacher, processor, train, val, cfg, args.threads, states_cache=states)
         last = report.history[-1].metrics.get("token_accuracy", float("nan")) if report.history else float("nan")
         recoveries.append((label, report, last))
         return model
 
     recoveries: list = []
+    states: dict = {}  # encoder outputs of the training audio, computed once for every frozen-encoder student
     rows = [("decoder 4->2 (layers 0, 3), no recovery", student(2, 0.0), False)]
     rows.append(("decoder 4->2, KD", trained("decoder 4->2, KD", 2, 0.0, "kd"), False))
     rows.append(("decoder 4->2, CE only (same budget)", trained("decoder 4->2, CE only", 2, 0.0, "ce"), False))

@@ -368,6 +368,12 @@ def test_recover_trains_on_pseudo_labels_with_the_engine(tmp_path, monkeypatch) 
     assert 0.0 <= report.history[-1].metrics["token_accuracy"] <= 1.0
     assert all(torch.equal(v, encoder_before[k]) for k, v in student.get_encoder().state_dict().items())
     assert not torch.equal(student.model.decoder.layers[0].fc1.weight, decoder_before)
+    cache: dict = {}
+    recover(copy.deepcopy(student), teacher, processor, train, val, cfg, progress=False, states_cache=cache)
+    assert len(cache) == 2  # the training and the validation audio
+    monkeypatch.setattr(recover_module, "encoder_states", lambda *a, **k: pytest.fail("encoder states recomputed"))
+    again = recover(copy.deepcopy(student), teacher, processor, train, val, cfg, progress=False, states_cache=cache)
+    assert again.steps == 2 and again.encoder_states_once
 
     narrow = WhisperForConditionalGeneration(copy.deepcopy(config)).eval()
     narrow.load_state_dict(teacher.state_dict())

@@ -97,6 +97,10 @@ def test_wer_uses_whisper_normalisation() -> None:
     assert word_error_rate(["Mr. Knightley has ten apples, in colour!"], ["mister knightley has 10 apples in color"]) == 0.0
     assert word_error_rate(["he was not an ill disposed young man"], ["he was not an ill disposed old man"]) == 1 / 8
     assert word_error_rate(["one two", "three four five six"], ["one two", "three"]) == pytest.approx(3 / 6)
+    # spoken digits become one number on the reference side; digits written apart count as the same digits
+    assert word_error_rate(["two nine three four zero", "five five"], ["2 9 3 4 0.", "5 5"]) == 0.0
+    assert word_error_rate(["go forward ten meters"], ["go forward 10 meters"]) == 0.0
+    assert word_error_rate(["two nine three"], ["2 9 4"]) == 1.0
     with pytest.raises(SlimkitError):
         word_error_rate(["a"], [])
 

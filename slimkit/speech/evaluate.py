@@ -5,7 +5,9 @@ Protocol (stated with every table):
   prompt is <|startoftranscript|><|notimestamps|>), one utterance at a time, batch 1;
 - WER from jiwer over the whole set (total edits / total reference words), after both texts pass
   through Whisper's English normaliser (transformers' EnglishTextNormalizer with Whisper's
-  British-to-American spelling table, shipped by the PyPI package whisper-normalizer);
+  British-to-American spelling table, shipped by the PyPI package whisper-normalizer), then digit
+  runs joined on both sides (`join_digit_runs`: the normaliser writes "five five" as "55", and
+  a model's "5 5" must count as the same digits);
 - timing in this process with ``torch.set_num_threads(threads)`` (2 by default), time.perf_counter
   around the log-mel features, the encoder and the decoder loop (``generate`` given the encoder
   output) of every utterance, after one untimed warm-up utterance; mean per utterance. RTF is
@@ -26,6 +28,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -60,14 +63,24 @@ def normalizer():
     return EnglishTextNormalizer(json.loads(table))
 
 
+def join_digit_runs(text: str) -> str:
+    """Digit groups separated only by spaces, joined: "2 9 3 4 0" -> "29340".
+
+    Whisper's normaliser writes a spoken digit sequence as one number ("two nine three four zero"
+    -> "29340", "five five" -> "55") but leaves digits a model wrote apart ("2 9 3 4 0") as five
+    words, so the same digits would count as one substitution and four insertions."""
+    return re.sub(r"(?<=\d) (?=\d)", "", text)
+
+
 def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
-    """Corpus WER (edits / reference words) after Whisper's English normalisation of both sides."""
+    """Corpus WER (edits / reference words) after Whisper's English normalisation of both sides, with digit
+    runs joined on both (`join_digit_runs`)."""
     import jiwer
 
     if len(references) != len(hypotheses) or not references:
         raise SlimkitError(f"WER needs as many hypotheses as references (got {len(hypotheses)} and {len(references)})")
     norm = normalizer()
-    refs, hyps = [norm(r) for r in references], [norm(h) for h in hypotheses]
+    refs, hyps = [join_digit_runs(norm(r)) for r in references], [join_digit_runs(norm(h)) for h in hypotheses]
     empty = [r for r, n in zip(references, refs) if not n.strip()]
     if empty:
         raise SlimkitError(f"reference {empty[0]!r} is empty after normalisation; WER needs words to compare against")

@@ -249,8 +249,12 @@ def _decoder_call(model, inputs: dict):
 
 
 def recover(student, teacher, processor, train: SpeechSet, val: SpeechSet | None, cfg: SpeechDistillConfig,
-            threads: int = THREADS, progress: bool = True) -> RecoveryReport:
-    """Train `student` in place on the teacher's pseudo-labels of `train` (see the module docstring)."""
+            threads: int = THREADS, progress: bool = True, states_cache: dict | None = None) -> RecoveryReport:
+    """Train `student` in place on the teacher's pseudo-labels of `train` (see the module docstring).
+
+    `states_cache`, a dict the caller keeps, holds the encoder states computed here (keyed by the
+    teacher encoder's weights and the utterances' audio), so several students of one teacher in
+    one process compute them once."""
     from slimkit.distill import CacheConfig, Distiller, TrainConfig, seq2seq
 
     check_pair(student, teacher)
@@ -266,7 +270,13 @@ def recover(student, teacher, processor, train: SpeechSet, val: SpeechSet | None
             return label_batch(features_of(processor, data), tokens, prompt, eos)
         batch = label_batch(torch.zeros(len(data), 0), tokens, prompt, eos)
         del batch["input_features"]
-        return {"encoder_states": encoder_states(teacher, processor, data, progress), **batch}
+        key = (_weights_digest(teacher.get_encoder()), tuple(_utterance_key(u.audio) for u in data.utterances))
+        states = (states_cache or {}).get(key)
+        if states is None:
+            states = encoder_states(teacher, processor, data, progress)
+            if states_cache is not None:
+                states_cache[key] = states
+        return {"encoder_states": states, **batch}
 
     train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             warmup_steps=cfg.warmup_steps, grad_clip=1.0, seed=cfg.seed, amp="off",
