@@ -23,7 +23,7 @@ MiniLM (bench/deploy_encoder.py): dense and pruned as `slimkit llm encoder --ffn
 
     # full run: ~25 min once bench/structured.py's base models are cached (+ ~15 min to train them), 2 cores
     PYTHONPATH=. python bench/deploy.py
-    # dense beside a compressed model of the same base (the 0.42x MobileNetV2 of bench/compress_e2e.py), timed together
+    # dense beside a compressed model of the same base (the MobileNetV2 of bench/compress_e2e.py), timed together
     PYTHONPATH=. python bench/deploy.py --models mobilenetv2 --minilm off --cuts "" \
         --checkpoint mobilenetv2=bench/out/compress_e2e/mobilenetv2/model.safetensors
     PYTHONPATH=. python bench/deploy.py --quick   # smoke test: tiny training, numbers meaningless (25 min on a loaded shared machine)
