@@ -54,6 +54,9 @@ def test_no_pairing_when_kernels_do_not_match_the_graph():
                        ("b", "Conv", 10, (32, 16, 8, 8)))
     slower, why = slower_in_int8(CONVS, swapped, int8)
     assert slower == [] and "first mismatch a" in why
+    conv1d = [("a", (-1, 16, 50))]
+    assert slower_in_int8(conv1d, _profile(("a", "Conv", 10, (32, 16, 50))), int8) == (["a"], None)
+    assert "first mismatch a" in slower_in_int8(conv1d, _profile(("a", "Conv", 10, (32, 16, 8, 8))), int8)[1]
 
 
 def test_candidates_are_the_leading_slower_convolutions_then_all_of_them():
