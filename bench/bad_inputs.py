@@ -322,7 +322,7 @@ CASES: list[Case] = [
          ("export", "good.safetensors", "--onnx", "exists.onnx", *DIGITS)),
     Case("export output is the checkpoint", "write the result to a new path", ("good.safetensors",),
          ("export", "good.safetensors", "--onnx", "good.safetensors", "--overwrite", *DIGITS)),
-    Case("export --int8 int4", "--int8 must be 'static' or 'dynamic'", ("good.safetensors",),
+    Case("export --int8 int4", "--int8 must be 'static', 'mixed' or 'dynamic'", ("good.safetensors",),
          ("export", "good.safetensors", "--onnx", "m.onnx", "--int8", "int4")),
     # compress
     Case("compress factory module missing", "name a module importable from the current folder", (),
