@@ -182,6 +182,7 @@ class CnnBench:
         models = self.cuts()
         test, nc = data.test, data.num_classes
         feeds = split_feeds(data.val, "input", a.calib_samples)
+        timing_batch = split_feeds(data.val, "input", 32, 32)[0]  # the batch int8's precision choice is timed on
         info, files = {}, []
         with stage(f"{self.key}: ONNX export (checked on test), static int8 calibrated on {a.calib_samples} val images"):
             for name, m in models.items():
@@ -190,7 +191,7 @@ class CnnBench:
                 # the PyTorch reference runs channels_last (faster here); the export is of a plain NCHW copy
                 res = to_onnx(plain, test.x[:2], f"{stem}.onnx", overwrite=True, check_inputs=[test.x[:32]],
                               validate=classifier_check(m, test, nc))
-                q = quantize_int8_fastest(res.model_bytes, feeds, split_feeds(data.val, "input", 32, 32)[0], a.threads)
+                q = quantize_int8_fastest(res.model_bytes, feeds, timing_batch, a.threads)
                 q.path = write_output(f"{stem}.int8.onnx", q.model_bytes, overwrite=True)
                 q_acc = classifier_scores(OrtModel(q.model_bytes), test, nc)["accuracy"]
                 info[name] = {"macs": count_macs(plain, self.ex), "pt": res.checks["pytorch"], "onnx": res.checks["onnx"],

@@ -99,7 +99,7 @@ def quantize_int8_fastest(model: bytes | str | os.PathLike, calibration: Sequenc
     validation images; `calibration` must be a list (it is read once per candidate)."""
     if not isinstance(calibration, Sequence):
         raise SlimkitError("calibration for quantize_int8_fastest must be a list of feed dicts (it is read repeatedly)")
-    fp32 = pre_processed(model if isinstance(model, bytes) else str(model))
+    fp32 = pre_processed(model)
     every = quantize_int8(fp32, "static", calibration, **kwargs)
     prof32 = profile_onnx(fp32, timing_feeds, threads, runs=profile_runs)
     prof8 = profile_onnx(every.model_bytes, timing_feeds, threads, runs=profile_runs)

@@ -103,37 +103,43 @@ def _quantize(mode: str, src: Path, dst: Path, calibration, calibrate_method: st
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     weights = "int8 per channel" if per_channel else "int8"
-    fp32 = {"kept_fp32": list(keep_fp32)} if keep_fp32 else {}
+    fp32 = {"kept_fp32": keep_fp32} if keep_fp32 else {}
     if mode == "dynamic":
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=per_channel,
-                         weight_type=QuantType.QInt8, nodes_to_exclude=list(keep_fp32))
+                         weight_type=QuantType.QInt8, nodes_to_exclude=keep_fp32)
         return {"ops": "MatMul, Gemm", "weights": weights, "activations": "uint8, scale per run", **fp32}
     reader = _reader(calibration)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[calibrate_method]
     quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
-                    nodes_to_exclude=list(keep_fp32))
+                    nodes_to_exclude=keep_fp32)
     if reader.count == 0:
         raise SlimkitError("static int8 got no calibration batches")
     return {"format": "QDQ", "activations": "uint8", "weights": weights, "calibration": calibrate_method,
             "calibration_batches": reader.count, **fp32}
 
 
+def _prepare(model: bytes | str | os.PathLike, d: str) -> tuple[Path, str]:
+    """The model pre-processed into folder `d` (`_pre_process`), or the model itself where the pre-processor
+    cannot run; and what ran."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src, pre = Path(d) / "fp32.onnx", Path(d) / "pre.onnx"
+    if isinstance(model, bytes):
+        src.write_bytes(model)
+    else:
+        src = Path(model)
+    note = _pre_process(quant_pre_process, src, pre)
+    return (src if note.startswith("skipped") else pre), note
+
+
 def pre_processed(model: bytes | str | os.PathLike) -> bytes:
     """The fp32 model as quantization sees it (`quant_pre_process`: BatchNorm folded, shapes inferred): the
     graph whose node names `keep_fp32` refers to. The model unchanged where the pre-processor cannot run."""
     require_deploy()
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     with tempfile.TemporaryDirectory(prefix="slimkit-int8-") as d:
-        src, pre = Path(d) / "fp32.onnx", Path(d) / "pre.onnx"
-        if isinstance(model, bytes):
-            src.write_bytes(model)
-        else:
-            src = Path(model)
-        done = not _pre_process(quant_pre_process, src, pre).startswith("skipped")
-        return (pre if done else src).read_bytes()
+        return _prepare(model, d)[0].read_bytes()
 
 
 def quantize_int8(model: bytes | str | os.PathLike, mode: str, calibration: Iterable[dict[str, np.ndarray]] | None = None,
@@ -144,8 +150,6 @@ def quantize_int8(model: bytes | str | os.PathLike, mode: str, calibration: Iter
     `keep_fp32` names nodes of the pre-processed graph (`pre_processed`) to leave in fp32, e.g. the
     convolutions `slimkit.export.mixed` measured slower in int8."""
     require_deploy()
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     if mode not in MODES:
         raise SlimkitError(f"int8 mode must be one of {MODES}, got {mode!r}")
     if calibrate_method not in CALIBRATION:
@@ -153,14 +157,9 @@ def quantize_int8(model: bytes | str | os.PathLike, mode: str, calibration: Iter
     if mode == "static" and calibration is None:
         raise SlimkitError("static int8 needs calibration batches (e.g. split_feeds(data.val)); or use mode='dynamic'")
     with tempfile.TemporaryDirectory(prefix="slimkit-int8-") as d:
-        src, pre, dst = Path(d) / "fp32.onnx", Path(d) / "pre.onnx", Path(d) / "int8.onnx"
-        if isinstance(model, bytes):
-            src.write_bytes(model)
-        else:
-            src = Path(model)
-        details: dict = {"mode": mode, "pre_process": _pre_process(quant_pre_process, src, pre)}
-        if details["pre_process"].startswith("skipped"):
-            pre = src
+        pre, note = _prepare(model, d)
+        dst = Path(d) / "int8.onnx"
+        details: dict = {"mode": mode, "pre_process": note}
         if keep_fp32:
             import onnx
 

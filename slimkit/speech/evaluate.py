@@ -234,5 +234,6 @@ def protocol(threads: int = THREADS, trim_pad_s: float = 10.0) -> str:
     """One line that says how every number of a table was obtained."""
     return (f"greedy generate() (beam 1, no timestamps), batch 1, fp32, {threads} threads, in-process perf_counter "
             "means per utterance after 1 warm-up; RTF = (features + encoder + decode) / audio; WER = jiwer over "
-            "Whisper's EnglishTextNormalizer, digit runs joined; MACs/s = flop_counter MACs (encoder + full decode) / audio s; "
+            "Whisper's EnglishTextNormalizer, digit runs joined; MACs/s = flop_counter MACs (encoder + full decode) "
+            "/ audio s; "
             f"trimmed encoder = audio + {trim_pad_s:g} s of frames, positional table sliced")

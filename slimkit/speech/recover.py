@@ -270,13 +270,12 @@ def recover(student, teacher, processor, train: SpeechSet, val: SpeechSet | None
             return label_batch(features_of(processor, data), tokens, prompt, eos)
         batch = label_batch(torch.zeros(len(data), 0), tokens, prompt, eos)
         del batch["input_features"]
+        if states_cache is None:
+            return {"encoder_states": encoder_states(teacher, processor, data, progress), **batch}
         key = (_weights_digest(teacher.get_encoder()), tuple(_utterance_key(u.audio) for u in data.utterances))
-        states = (states_cache or {}).get(key)
-        if states is None:
-            states = encoder_states(teacher, processor, data, progress)
-            if states_cache is not None:
-                states_cache[key] = states
-        return {"encoder_states": states, **batch}
+        if key not in states_cache:
+            states_cache[key] = encoder_states(teacher, processor, data, progress)
+        return {"encoder_states": states_cache[key], **batch}
 
     train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             warmup_steps=cfg.warmup_steps, grad_clip=1.0, seed=cfg.seed, amp="off",
