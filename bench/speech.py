@@ -11,7 +11,7 @@ Needs `pip install -e '.[speech,speech-verify]'` and `apt-get install pocketsphi
 
 1. Converter check: the original CTranslate2 model, run by faster-whisper (fp32, greedy: beam 1,
    temperature 0 only, no timestamps, no VAD, no conditioning on earlier text, 2 threads), against
-   slimkit's converted model (greedy generate()). Transcripts must be equal (after stripping spaces)
+   slimkit's converted model (greedy decode). Transcripts must be equal (after stripping spaces)
    on all but at most one utterance in twenty over the real and synthesised utterances together.
 2. Rows: the dense teacher with Whisper's 30 s padded encoder input and with the trimmed encoder
    input (the audio plus --trim-pad seconds), each on the real recordings and the held-out
@@ -31,7 +31,11 @@ Needs `pip install -e '.[speech,speech-verify]'` and `apt-get install pocketsphi
    the same set, measured in this same process.
 5. Decode time split (--split-tokens; slimkit.speech.decode_split): per generated token, the time of the
    output projection, of the decoder layers and of the rest, for the dense model and its 2-layer cut,
-   on decodes forced to the same length; it bounds what any decoder depth cut can gain.
+   on decodes forced to the same length; it bounds what any decoder depth cut can gain. The dense
+   model is split again under transformers' generate(), whose per-token bookkeeping the rows avoid.
+Every row decodes with slimkit's greedy loop (slimkit.speech.greedy: generate()'s tokens, checked by
+tests/test_speech_greedy.py) except the row marked generate(), which is there to show what that loop
+costs; the ratios of all rows are against the dense row decoded with slimkit's loop.
 Timing is in this one process (slimkit.speech.evaluate's protocol, printed under the table); other
 jobs on the machine only add time, so the load average at start and end is printed with it. On a
 shared machine run it with OMP_WAIT_POLICY=PASSIVE: with 2 threads and busy cores, spinning OpenMP
@@ -107,8 +111,9 @@ def decode_splits(teacher, processor, data: SpeechSet, tokens: int, threads: int
         states = encode(teacher, log_mel(processor, data.utterances[0].audio))
     cut = remove_decoder_layers(copy.deepcopy(teacher), spaced_layers(teacher.config.decoder_layers, 2))
     splits = [("dense", decode_time_split(teacher, states, tokens)),
-              ("decoder 4->2", decode_time_split(cut, states, tokens))]
-    lines = [f"  {name:<13} {s.line()}; with no layer time at all the decode would be at most "
+              ("decoder 4->2", decode_time_split(cut, states, tokens)),
+              ("dense, generate()", decode_time_split(teacher, states, tokens, use_generate=True))]
+    lines = [f"  {name:<17} {s.line()}; with no layer time at all the decode would be at most "
              f"{layer_free_bound(s):.2f}x faster" for name, s in splits]
     return lines + [f"  decoder 4->2 / dense, same forced tokens: {splits[0][1].total_ms / splits[1][1].total_ms:.2f}x "
                     f"faster decode"]
@@ -184,9 +189,9 @@ def main() -> None:
     model, processor = load_whisper("whisper-tiny.en")
     params = parameters(model)
 
-    def measure(label: str, m, trim: bool, data_sets=sets, pad: float = args.trim_pad) -> None:
+    def measure(label: str, m, trim: bool, data_sets=sets, pad: float = args.trim_pad, use_generate=False) -> None:
         for data in data_sets:
-            r = evaluate(m, processor, data, trim, args.threads, args.macs_utterances, pad)
+            r = evaluate(m, processor, data, trim, args.threads, args.macs_utterances, pad, use_generate=use_generate)
             rows.append((label, r, parameters(m)))
             # Each row as soon as it is measured: a run of hours keeps what it measured if it is stopped.
             print(f"measured: {label} | {r.name} | WER {100 * r.wer:.2f} % | enc {r.encoder_ms:.0f} ms | "
@@ -195,6 +200,7 @@ def main() -> None:
     rows: list = []
     measure("dense, 30 s padded encoder input", model, False)
     dense = {r.name: r for _, r, _ in rows}
+    measure("dense, 30 s padded, transformers' generate()", model, False, use_generate=True)
     measure(f"dense, audio + {args.trim_pad:g} s encoder input", model, True)
     for pad in [float(p) for p in args.pads.split(",") if p.strip()]:
         measure(f"dense, audio + {pad:g} s encoder input", model, True, sets[:1], pad)
@@ -234,7 +240,7 @@ def main() -> None:
     print(f"\nmethod: {protocol(args.threads, args.trim_pad)}; dec x / total x = the dense 30 s padded row's decode / "
           "(features + encoder + decode) time per utterance over this row's, same set, same process")
     if split:
-        print(f"\ndecode time per token, greedy generate() forced to {args.split_tokens} new tokens on {sets[0].name} "
+        print(f"\ndecode time per token, greedy decodes forced to {args.split_tokens} new tokens on {sets[0].name} "
               f"utterance 1, {args.threads} threads, fastest of 3; output projection and decoder layers timed by forward "
               f"hooks (the layers include the one-off cross-attention keys/values of the encoder output):")
         print("\n".join(split))

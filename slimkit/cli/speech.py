@@ -62,7 +62,7 @@ def print_table(model_name: str, params: int, results, threads: int, trim_pad_s:
                       f"{params / 1e6:.1f} M", f"{r.macs_per_audio_s / 1e9:.2f}")
     console = Console(width=max(140, Console().width))
     console.print(table)
-    console.print(f"method: {protocol(threads, trim_pad_s)}")
+    console.print(f"method: {protocol(threads, trim_pad_s, results[0].decode_loop)}")
 
 
 @app.command("eval")

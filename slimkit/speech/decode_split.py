@@ -3,8 +3,9 @@
 Removing decoder layers (distil-whisper's lever) speeds decoding only as far as the layers are the
 decode's cost. On a small Whisper they are not: every generated token also runs the output
 projection over the whole vocabulary, a matrix-vector product whose weight (vocabulary x d_model,
-tied to the token embedding) is read from memory once per token, plus the generate() loop's own
-work (logits processors, cache bookkeeping). `decode_time_split` measures the three parts with
+tied to the token embedding) is read from memory once per token, plus the decode loop's own work
+(embedding, final norm, cache bookkeeping; with generate() also its logits processors and stopping
+criteria). `decode_time_split` measures the three parts with
 forward hooks around the projection and each decoder layer, on a decode forced to a fixed number
 of tokens so that models which stop at different points are compared on the same work, and
 `layer_free_bound` says how much faster the decode could get if the layers cost nothing at all.
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from slimkit.errors import SlimkitError
+from slimkit.speech.greedy import fits_greedy_loop, greedy_tokens
 from slimkit.speech.prune import decoder_layers
 
 
@@ -33,7 +35,7 @@ class DecodeSplit:
 
     @property
     def other_ms(self) -> float:
-        """Embedding, final norm, generate()'s loop, logits processors, token selection."""
+        """Embedding, final norm, the loop's bookkeeping, token selection."""
         return self.total_ms - self.head_ms - self.layers_ms
 
     def line(self) -> str:
@@ -47,8 +49,12 @@ def layer_free_bound(split: DecodeSplit) -> float:
 
 
 @torch.inference_mode()
-def decode_time_split(model, encoder_output, tokens: int = 24, repeats: int = 3) -> DecodeSplit:
-    """Time `repeats` greedy decodes of exactly `tokens` new tokens (after one untimed one); the fastest is kept."""
+def decode_time_split(model, encoder_output, tokens: int = 24, repeats: int = 3,
+                      use_generate: bool = False) -> DecodeSplit:
+    """Time `repeats` greedy decodes of exactly `tokens` new tokens (after one untimed one); the fastest is kept.
+
+    The loop is `slimkit.speech.evaluate.decode`'s: slimkit's greedy loop where it fits the model, else generate().
+    """
     if tokens < 1 or repeats < 1:
         raise SlimkitError(f"decode_time_split needs tokens >= 1 and repeats >= 1, got {tokens}, {repeats}")
     head, layers = model.get_output_embeddings(), list(decoder_layers(model))
@@ -69,8 +75,11 @@ def decode_time_split(model, encoder_output, tokens: int = 24, repeats: int = 3)
         for i in range(repeats + 1):
             spent.update(head=0.0, layers=0.0)
             start = time.perf_counter()
-            model.generate(encoder_outputs=encoder_output, do_sample=False, num_beams=1, min_new_tokens=tokens,
-                           max_new_tokens=tokens)
+            if use_generate or not fits_greedy_loop(model):
+                model.generate(encoder_outputs=encoder_output, do_sample=False, num_beams=1, min_new_tokens=tokens,
+                               max_new_tokens=tokens)
+            else:
+                greedy_tokens(model, encoder_output, max_new_tokens=tokens, stop_at_end=False)
             total = time.perf_counter() - start
             if i and (best is None or total < best[0]):
                 best = (total, spent["head"], spent["layers"])

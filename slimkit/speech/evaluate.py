@@ -1,16 +1,19 @@
 """Transcribe speech sets with a Whisper model and report WER and measured speed.
 
 Protocol (stated with every table):
-- greedy decoding with transformers' ``generate()`` (num_beams 1, no sampling, no timestamps; the
-  prompt is <|startoftranscript|><|notimestamps|>), one utterance at a time, batch 1;
+- greedy decoding (num_beams 1, no sampling, no timestamps; the prompt is
+  <|startoftranscript|><|notimestamps|>), one utterance at a time, batch 1, by slimkit's written-out
+  loop (`slimkit.speech.greedy`: generate()'s tokens without its per-token bookkeeping) where it
+  reproduces the model's generation config, else, or with ``use_generate=True``, by transformers'
+  ``generate()``; each result says which (`SetResult.decode_loop`);
 - WER from jiwer over the whole set (total edits / total reference words), after both texts pass
   through Whisper's English normaliser (transformers' EnglishTextNormalizer with Whisper's
   British-to-American spelling table, shipped by the PyPI package whisper-normalizer), then digit
   runs joined on both sides (`join_digit_runs`: the normaliser writes "five five" as "55", and
   a model's "5 5" must count as the same digits);
 - timing in this process with ``torch.set_num_threads(threads)`` (2 by default), time.perf_counter
-  around the log-mel features, the encoder and the decoder loop (``generate`` given the encoder
-  output) of every utterance, after one untimed warm-up utterance; mean per utterance. RTF is
+  around the log-mel features, the encoder and the decoder loop (given the encoder output) of
+  every utterance, after one untimed warm-up utterance; mean per utterance. RTF is
   (features + encoder + decode) / audio duration, summed over the set;
 - MACs from torch.utils.flop_counter over the encoder and the whole greedy decode of up to
   `macs_utterances` utterances spread over the set, divided by their audio seconds.
@@ -41,6 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from slimkit.errors import SlimkitError
 from slimkit.measure.cost import count_params
 from slimkit.speech.audio import SpeechSet
+from slimkit.speech.greedy import fits_greedy_loop, greedy_tokens
 
 THREADS = 2
 HOP = 160            # samples per log-mel frame at 16 kHz
@@ -122,9 +126,16 @@ def encode(model, features: torch.Tensor):
         return encoder(features)
 
 
-def decode(model, encoder_output) -> torch.Tensor:
+def decode(model, encoder_output, use_generate: bool = False) -> torch.Tensor:
     """Greedy token ids (prompt excluded) from an encoder output; the model's generation config applies."""
+    if not use_generate and fits_greedy_loop(model):
+        return greedy_tokens(model, encoder_output)
     return model.generate(encoder_outputs=encoder_output, do_sample=False, num_beams=1)
+
+
+def decode_loop(model, use_generate: bool = False) -> str:
+    """Which loop `decode` runs for this model: the name the reports print."""
+    return "slimkit greedy loop" if not use_generate and fits_greedy_loop(model) else "generate()"
 
 
 def log_mel(processor, audio: np.ndarray) -> torch.Tensor:
@@ -142,7 +153,8 @@ class Transcription:
 
 
 @torch.inference_mode()
-def transcribe(model, processor, audio: np.ndarray, trim_encoder: bool = False, trim_pad_s: float = 10.0) -> Transcription:
+def transcribe(model, processor, audio: np.ndarray, trim_encoder: bool = False, trim_pad_s: float = 10.0,
+               use_generate: bool = False) -> Transcription:
     """One utterance: text and the measured time of its features, encoder and decode."""
     t0 = time.perf_counter()
     features = log_mel(processor, audio)
@@ -151,21 +163,22 @@ def transcribe(model, processor, audio: np.ndarray, trim_encoder: bool = False, 
     t1 = time.perf_counter()
     encoded = encode(model, features)
     t2 = time.perf_counter()
-    ids = decode(model, encoded)
+    ids = decode(model, encoded, use_generate)
     t3 = time.perf_counter()
     text = processor.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
     return Transcription(text, 1e3 * (t1 - t0), 1e3 * (t2 - t1), 1e3 * (t3 - t2), int(ids.shape[-1]))
 
 
 @torch.inference_mode()
-def transcription_macs(model, processor, audio: np.ndarray, trim_encoder: bool = False, trim_pad_s: float = 10.0) -> int:
+def transcription_macs(model, processor, audio: np.ndarray, trim_encoder: bool = False, trim_pad_s: float = 10.0,
+                       use_generate: bool = False) -> int:
     """Multiply-accumulates of the encoder plus the whole greedy decode of one utterance."""
     features = log_mel(processor, audio)
     if trim_encoder:
         features = features[..., :trimmed_frames(len(audio), trim_pad_s)]
     counter = FlopCounterMode(display=False)
     with counter:
-        decode(model, encode(model, features))
+        decode(model, encode(model, features), use_generate)
     return int(counter.get_total_flops()) // 2
 
 
@@ -184,11 +197,13 @@ class SetResult:
     macs_per_audio_s: float
     tokens: float
     trim_encoder: bool
+    decode_loop: str
     hypotheses: list[str] = field(default_factory=list, repr=False)
 
 
 def evaluate(model, processor, data: SpeechSet, trim_encoder: bool = False, threads: int = THREADS,
-             macs_utterances: int = 8, trim_pad_s: float = 10.0, progress: bool = True) -> SetResult:
+             macs_utterances: int = 8, trim_pad_s: float = 10.0, progress: bool = True,
+             use_generate: bool = False) -> SetResult:
     """Transcribe every utterance of `data` and measure it (protocol in the module docstring)."""
     from tqdm import tqdm
 
@@ -198,17 +213,18 @@ def evaluate(model, processor, data: SpeechSet, trim_encoder: bool = False, thre
     torch.set_num_threads(threads)
     try:
         model.eval()
-        transcribe(model, processor, data.utterances[0].audio, trim_encoder, trim_pad_s)  # warm-up, untimed
+        transcribe(model, processor, data.utterances[0].audio, trim_encoder, trim_pad_s, use_generate)  # warm-up
         runs = []
         bar = tqdm(data.utterances, desc=f"{data.name}{' trimmed' if trim_encoder else ''}", unit="utt",
                    disable=not progress)
         for utt in bar:
-            runs.append(transcribe(model, processor, utt.audio, trim_encoder, trim_pad_s))
+            runs.append(transcribe(model, processor, utt.audio, trim_encoder, trim_pad_s, use_generate))
             if len(runs) % 10 == 0:  # the running WER, for the progress bar only
                 refs = [u.text for u in data.utterances[:len(runs)]]
                 bar.set_postfix(wer=f"{word_error_rate(refs, [r.text for r in runs]):.3f}")
         picks = sorted(set(np.linspace(0, len(data) - 1, max(1, min(macs_utterances, len(data)))).round().astype(int)))
-        macs = sum(transcription_macs(model, processor, data.utterances[i].audio, trim_encoder, trim_pad_s) for i in picks)
+        macs = sum(transcription_macs(model, processor, data.utterances[i].audio, trim_encoder, trim_pad_s,
+                                      use_generate) for i in picks)
         macs_seconds = sum(data.utterances[i].seconds for i in picks)
     finally:
         torch.set_num_threads(old)
@@ -221,7 +237,7 @@ def evaluate(model, processor, data: SpeechSet, trim_encoder: bool = False, thre
         features_ms=sum(r.features_ms for r in runs) / n, encoder_ms=sum(r.encoder_ms for r in runs) / n,
         decode_ms=sum(r.decode_ms for r in runs) / n, rtf=busy_ms / 1e3 / data.seconds,
         macs_per_audio_s=macs / macs_seconds, tokens=sum(r.tokens for r in runs) / n,
-        trim_encoder=trim_encoder, hypotheses=hyps,
+        trim_encoder=trim_encoder, decode_loop=decode_loop(model, use_generate), hypotheses=hyps,
     )
 
 
@@ -230,10 +246,11 @@ def parameters(model) -> int:
     return count_params(model)[0]
 
 
-def protocol(threads: int = THREADS, trim_pad_s: float = 10.0) -> str:
-    """One line that says how every number of a table was obtained."""
-    return (f"greedy generate() (beam 1, no timestamps), batch 1, fp32, {threads} threads, in-process perf_counter "
-            "means per utterance after 1 warm-up; RTF = (features + encoder + decode) / audio; WER = jiwer over "
-            "Whisper's EnglishTextNormalizer, digit runs joined; MACs/s = flop_counter MACs (encoder + full decode) "
-            "/ audio s; "
+def protocol(threads: int = THREADS, trim_pad_s: float = 10.0, loop: str = "slimkit greedy loop") -> str:
+    """One line that says how every number of a table was obtained; `loop` is `decode_loop`'s answer."""
+    said = "slimkit's greedy loop, generate()'s tokens" if loop == "slimkit greedy loop" else "transformers' generate()"
+    return (f"greedy decoding ({said}; beam 1, no timestamps), batch 1, fp32, {threads} threads, in-process "
+            "perf_counter means per utterance after 1 warm-up; RTF = (features + encoder + decode) / audio; "
+            "WER = jiwer over Whisper's EnglishTextNormalizer, digit runs joined; MACs/s = flop_counter MACs "
+            "(encoder + full decode) / audio s; "
             f"trimmed encoder = audio + {trim_pad_s:g} s of frames, positional table sliced")
