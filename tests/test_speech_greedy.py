@@ -101,3 +101,29 @@ def test_built_in_greedy_loop_equals_generate_on_every_real_recording() -> None:
         for utt in utterances[:4]:
             states = encode(model, log_mel(processor, utt.audio))
             assert torch.equal(greedy_tokens(model, states), generated(model, states))
+
+
+def test_cli_eval_says_which_loop_decoded_and_both_give_the_same_wer() -> None:
+    pytest.importorskip("jiwer")
+    from typer.testing import CliRunner
+
+    from slimkit.cli.main import app
+    from slimkit.speech.audio import POCKETSPHINX
+    from slimkit.speech.convert import ct2_source_dir
+
+    try:
+        ct2_source_dir()
+    except SlimkitError as exc:
+        pytest.skip(str(exc))
+    if not POCKETSPHINX.is_dir():
+        pytest.skip("Debian package pocketsphinx-testdata not installed")
+    method, wer = {}, {}
+    for flags in ([], ["--generate"]):
+        result = CliRunner().invoke(app, ["speech", "eval", "--data", "real", "--utterances", "3", *flags])
+        assert result.exit_code == 0, result.output
+        method[bool(flags)] = " ".join(result.output.split())
+        row = next(line for line in result.output.splitlines() if line.strip().startswith("│ real"))
+        wer[bool(flags)] = [cell.strip() for cell in row.split("│")][5]  # set, utts, audio s, encoder input, WER %
+    assert "slimkit's greedy loop, generate()'s tokens" in method[False]
+    assert "transformers' generate()" in method[True] and "slimkit's greedy loop" not in method[True]
+    assert float(wer[False]) == float(wer[True])

@@ -77,6 +77,8 @@ def eval_(
     trim_pad: float = typer.Option(10.0, help="seconds of padding kept after the audio with --trim-encoder"),
     threads: int = typer.Option(2, help="torch threads for the timed runs"),
     seed: int = typer.Option(0, help="seed of the synthesised set"),
+    use_generate: bool = typer.Option(False, "--generate", help="decode with transformers' generate() instead of "
+                                      "slimkit's greedy loop (the same tokens; to time generate() itself)"),
 ) -> None:
     """WER per set and measured speed (encoder and decode ms, RTF, MACs per audio second) of a Whisper model."""
     from slimkit.speech.convert import load_whisper, resolve_model
@@ -92,7 +94,8 @@ def eval_(
         for note in s.notes:
             typer.echo(f"note: {s.name}: {note}")
     whisper, processor = load_whisper(model)
-    results = [evaluate(whisper, processor, s, trim_encoder, threads, trim_pad_s=trim_pad) for s in sets]
+    results = [evaluate(whisper, processor, s, trim_encoder, threads, trim_pad_s=trim_pad, use_generate=use_generate)
+               for s in sets]
     print_table(model, parameters(whisper), results, threads, trim_pad)
 
 
