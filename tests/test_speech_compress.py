@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from slimkit.errors import SlimkitError
+from tests.speech_helpers import require_built_in_whisper
 
 transformers = pytest.importorskip("transformers")
 
@@ -286,13 +287,10 @@ def test_cli_prune_of_the_built_in_reloads_and_transcribes(tmp_path) -> None:
     from typer.testing import CliRunner
 
     from slimkit.cli.main import app
-    from slimkit.speech.convert import ct2_source_dir, load_whisper
+    from slimkit.speech.convert import load_whisper
     from slimkit.speech.evaluate import transcribe
 
-    try:
-        ct2_source_dir()
-    except SlimkitError as exc:
-        pytest.skip(str(exc))
+    require_built_in_whisper(recordings=False)
     out = tmp_path / "pruned"
     result = CliRunner().invoke(app, ["speech", "prune", "--decoder-layers", "2", "--encoder-ffn", "0.25",
                                       "--out", str(out)])
@@ -316,15 +314,12 @@ def test_recover_trains_on_pseudo_labels_with_the_engine(tmp_path, monkeypatch) 
     from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
     from slimkit.speech.audio import SpeechSet, Utterance
-    from slimkit.speech.convert import ct2_source_dir, whisper_tiny_en
+    from slimkit.speech.convert import whisper_tiny_en
     from slimkit.speech.prune import prune_encoder_ffn, remove_decoder_layers
     from slimkit.speech import recover as recover_module
     from slimkit.speech.recover import SpeechDistillConfig, pseudo_labels, recover
 
-    try:
-        ct2_source_dir()
-    except SlimkitError as exc:
-        pytest.skip(str(exc))
+    require_built_in_whisper(recordings=False)
     folder = whisper_tiny_en()
     processor = WhisperProcessor.from_pretrained(folder)
     real = json.loads((folder / "config.json").read_text())

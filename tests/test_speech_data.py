@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from slimkit.errors import SlimkitError
+from tests.speech_helpers import require_built_in_whisper
 
 sf = pytest.importorskip("soundfile", reason="speech extra not installed (pip install -e '.[speech]')")
 
@@ -161,16 +162,11 @@ def test_built_in_converts_once_and_transcribes_a_real_recording() -> None:
     pytest.importorskip("transformers")
     pytest.importorskip("jiwer")
     pytest.importorskip("whisper_normalizer")
-    from slimkit.speech.audio import POCKETSPHINX, real_recordings
-    from slimkit.speech.convert import ct2_source_dir, load_whisper, whisper_tiny_en
+    from slimkit.speech.audio import real_recordings
+    from slimkit.speech.convert import load_whisper, whisper_tiny_en
     from slimkit.speech.evaluate import transcribe, word_error_rate
 
-    try:
-        ct2_source_dir()
-    except SlimkitError as exc:
-        pytest.skip(str(exc))
-    if not POCKETSPHINX.is_dir():
-        pytest.skip("Debian package pocketsphinx-testdata not installed")
+    require_built_in_whisper()
     model, processor = load_whisper("whisper-tiny.en")
     folder = whisper_tiny_en()
     assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))

@@ -9,6 +9,7 @@ from slimkit.errors import SlimkitError
 
 pytest.importorskip("transformers")
 
+from tests.speech_helpers import require_built_in_whisper  # noqa: E402
 from tests.test_speech_compress import EOS, PROMPT, features, tiny_whisper  # noqa: E402
 
 NO_TIMESTAMPS = 39  # the tiny vocabulary's last id
@@ -82,17 +83,12 @@ def test_configs_the_loop_does_not_reproduce_go_to_generate() -> None:
 
 def test_built_in_greedy_loop_equals_generate_on_every_real_recording() -> None:
     pytest.importorskip("jiwer")
-    from slimkit.speech.audio import POCKETSPHINX, real_recordings
-    from slimkit.speech.convert import ct2_source_dir, load_whisper
+    from slimkit.speech.audio import real_recordings
+    from slimkit.speech.convert import load_whisper
     from slimkit.speech.evaluate import encode, log_mel
     from slimkit.speech.greedy import greedy_tokens
 
-    try:
-        ct2_source_dir()
-    except SlimkitError as exc:
-        pytest.skip(str(exc))
-    if not POCKETSPHINX.is_dir():
-        pytest.skip("Debian package pocketsphinx-testdata not installed")
+    require_built_in_whisper()
     model, processor = load_whisper("whisper-tiny.en")
     utterances = real_recordings().utterances
     with torch.inference_mode():
@@ -108,15 +104,8 @@ def test_cli_eval_says_which_loop_decoded_and_both_give_the_same_wer() -> None:
     from typer.testing import CliRunner
 
     from slimkit.cli.main import app
-    from slimkit.speech.audio import POCKETSPHINX
-    from slimkit.speech.convert import ct2_source_dir
 
-    try:
-        ct2_source_dir()
-    except SlimkitError as exc:
-        pytest.skip(str(exc))
-    if not POCKETSPHINX.is_dir():
-        pytest.skip("Debian package pocketsphinx-testdata not installed")
+    require_built_in_whisper()
     method, wer = {}, {}
     for flags in ([], ["--generate"]):
         result = CliRunner().invoke(app, ["speech", "eval", "--data", "real", "--utterances", "3", *flags])
