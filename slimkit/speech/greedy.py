@@ -29,9 +29,9 @@ def fits_greedy_loop(model) -> bool:
             and None not in (g.decoder_start_token_id, getattr(g, "no_timestamps_token_id", None), g.eos_token_id))
 
 
-def _suppress_masks(generation_config, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _suppress_masks(generation_config, vocab: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Additive logit masks: (first generated token, every later token)."""
-    later = torch.zeros(vocab)
+    later = torch.zeros(vocab, device=device)
     later[list(generation_config.suppress_tokens or [])] = float("-inf")
     first = later.clone()
     first[list(generation_config.begin_suppress_tokens or [])] = float("-inf")
@@ -52,7 +52,7 @@ def greedy_tokens(model, encoder_output, max_new_tokens: int | None = None, stop
     g = model.generation_config
     hidden = encoder_output[0]
     batch = hidden.shape[0]
-    prompt = torch.tensor([[g.decoder_start_token_id, g.no_timestamps_token_id]]).repeat(batch, 1)
+    prompt = torch.tensor([[g.decoder_start_token_id, g.no_timestamps_token_id]], device=hidden.device).repeat(batch, 1)
     if max_new_tokens is None:  # generate()'s limit: max_new_tokens, else max_length, within the decoder's positions
         positions, prompted = model.config.max_target_positions, prompt.shape[1]
         if g.max_new_tokens is not None:
@@ -64,11 +64,11 @@ def greedy_tokens(model, encoder_output, max_new_tokens: int | None = None, stop
     if limit < 1:
         raise SlimkitError(f"greedy decode needs at least 1 new token, got max_new_tokens={max_new_tokens}")
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    first_mask, later_mask = _suppress_masks(g, head.out_features)
+    first_mask, later_mask = _suppress_masks(g, head.out_features, hidden.device)
     pad = g.pad_token_id if g.pad_token_id is not None else g.eos_token_id
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
     pieces, step_ids = [], prompt
-    done = torch.zeros(batch, dtype=torch.bool)
+    done = torch.zeros(batch, dtype=torch.bool, device=hidden.device)
     for step in range(limit):
         state = decoder(input_ids=step_ids, encoder_hidden_states=hidden, cache=cache, use_cache=True)
         logits = head(state.last_hidden_state[:, -1]) + (first_mask if step == 0 else later_mask)
