@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from slimkit.errors import SlimkitError
-from slimkit.speech.greedy import fits_greedy_loop, greedy_tokens
+from slimkit.speech.evaluate import GREEDY_LOOP, decode_loop
+from slimkit.speech.greedy import greedy_tokens
 from slimkit.speech.prune import decoder_layers
 
 
@@ -53,8 +54,10 @@ def decode_time_split(model, encoder_output, tokens: int = 24, repeats: int = 3,
                       use_generate: bool = False) -> DecodeSplit:
     """Time `repeats` greedy decodes of exactly `tokens` new tokens (after one untimed one); the fastest is kept.
 
-    The loop is `slimkit.speech.evaluate.decode`'s: slimkit's greedy loop where it fits the model, else generate().
+    The loop is `slimkit.speech.evaluate.decode_loop`'s: slimkit's greedy loop where it fits the model, else
+    generate().
     """
+    greedy = decode_loop(model, use_generate) == GREEDY_LOOP
     if tokens < 1 or repeats < 1:
         raise SlimkitError(f"decode_time_split needs tokens >= 1 and repeats >= 1, got {tokens}, {repeats}")
     head, layers = model.get_output_embeddings(), list(decoder_layers(model))
@@ -75,11 +78,11 @@ def decode_time_split(model, encoder_output, tokens: int = 24, repeats: int = 3,
         for i in range(repeats + 1):
             spent.update(head=0.0, layers=0.0)
             start = time.perf_counter()
-            if use_generate or not fits_greedy_loop(model):
+            if greedy:
+                greedy_tokens(model, encoder_output, max_new_tokens=tokens, stop_at_end=False)
+            else:
                 model.generate(encoder_outputs=encoder_output, do_sample=False, num_beams=1, min_new_tokens=tokens,
                                max_new_tokens=tokens)
-            else:
-                greedy_tokens(model, encoder_output, max_new_tokens=tokens, stop_at_end=False)
             total = time.perf_counter() - start
             if i and (best is None or total < best[0]):
                 best = (total, spent["head"], spent["layers"])

@@ -49,6 +49,7 @@ from slimkit.speech.greedy import fits_greedy_loop, greedy_tokens
 THREADS = 2
 HOP = 160            # samples per log-mel frame at 16 kHz
 FULL_FRAMES = 3000   # 30 s of frames: what the feature extractor pads every utterance to
+GREEDY_LOOP = "slimkit greedy loop"  # `decode_loop`'s name for slimkit.speech.greedy
 
 
 @functools.lru_cache(maxsize=1)
@@ -126,16 +127,16 @@ def encode(model, features: torch.Tensor):
         return encoder(features)
 
 
+def decode_loop(model, use_generate: bool = False) -> str:
+    """Which loop decodes this model (`decode`, `decode_time_split`): the name the reports print."""
+    return GREEDY_LOOP if not use_generate and fits_greedy_loop(model) else "generate()"
+
+
 def decode(model, encoder_output, use_generate: bool = False) -> torch.Tensor:
     """Greedy token ids (prompt excluded) from an encoder output; the model's generation config applies."""
-    if not use_generate and fits_greedy_loop(model):
+    if decode_loop(model, use_generate) == GREEDY_LOOP:
         return greedy_tokens(model, encoder_output)
     return model.generate(encoder_outputs=encoder_output, do_sample=False, num_beams=1)
-
-
-def decode_loop(model, use_generate: bool = False) -> str:
-    """Which loop `decode` runs for this model: the name the reports print."""
-    return "slimkit greedy loop" if not use_generate and fits_greedy_loop(model) else "generate()"
 
 
 def log_mel(processor, audio: np.ndarray) -> torch.Tensor:
@@ -246,9 +247,9 @@ def parameters(model) -> int:
     return count_params(model)[0]
 
 
-def protocol(threads: int = THREADS, trim_pad_s: float = 10.0, loop: str = "slimkit greedy loop") -> str:
+def protocol(threads: int = THREADS, trim_pad_s: float = 10.0, loop: str = GREEDY_LOOP) -> str:
     """One line that says how every number of a table was obtained; `loop` is `decode_loop`'s answer."""
-    said = "slimkit's greedy loop, generate()'s tokens" if loop == "slimkit greedy loop" else "transformers' generate()"
+    said = "slimkit's greedy loop, generate()'s tokens" if loop == GREEDY_LOOP else "transformers' generate()"
     return (f"greedy decoding ({said}; beam 1, no timestamps), batch 1, fp32, {threads} threads, in-process "
             "perf_counter means per utterance after 1 warm-up; RTF = (features + encoder + decode) / audio; "
             "WER = jiwer over Whisper's EnglishTextNormalizer, digit runs joined; MACs/s = flop_counter MACs "

@@ -8,7 +8,7 @@ decode split), and it is the same for a dense and a pruned decoder, so it hides 
 gains. `greedy_tokens` keeps only what greedy transcription with an English-only model without
 timestamps does: the prompt <|startoftranscript|><|notimestamps|>, the generation config's suppress
 and begin-suppress tokens as two precomputed additive masks, argmax, the key/value cache, and a stop
-at end-of-text or the config's max_length. Finished rows of a batch are padded with the pad token,
+at end-of-text or at generate()'s own token limit. Finished rows of a batch are padded with the pad token,
 as generate() pads them. Configs that ask for more (language and task tokens, timestamps, forced
 ids) are refused by `fits_greedy_loop`, and `slimkit.speech.evaluate.decode` hands them to generate().
 """
@@ -65,14 +65,14 @@ def greedy_tokens(model, encoder_output, max_new_tokens: int | None = None, stop
         raise SlimkitError(f"greedy decode needs at least 1 new token, got max_new_tokens={max_new_tokens}")
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     first_mask, later_mask = _suppress_masks(g, head.out_features, hidden.device)
-    pad = g.pad_token_id if g.pad_token_id is not None else g.eos_token_id
+    pad = torch.full((batch,), g.pad_token_id if g.pad_token_id is not None else g.eos_token_id, device=hidden.device)
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
     pieces, step_ids = [], prompt
     done = torch.zeros(batch, dtype=torch.bool, device=hidden.device)
     for step in range(limit):
         state = decoder(input_ids=step_ids, encoder_hidden_states=hidden, cache=cache, use_cache=True)
         logits = head(state.last_hidden_state[:, -1]) + (first_mask if step == 0 else later_mask)
-        chosen = torch.where(done, torch.full_like(done, pad, dtype=torch.long), logits.argmax(-1))
+        chosen = torch.where(done, pad, logits.argmax(-1))
         pieces.append(chosen[:, None])
         done |= chosen == g.eos_token_id
         if stop_at_end and bool(done.all()):
