@@ -117,7 +117,7 @@ class Distiller:
             on_step: Callable[[int], None] | None = None) -> list[EpochLog]:
         """Train on `train`, validating on `val` after every epoch; returns the history.
 
-        `train` is in-memory tensors (a Split, a tensor, a tuple or dict of tensors), a loader (a
+        `train` is in-memory tensors (a Split, a tensor, a tuple, list or dict of tensors), a loader (a
         DataLoader, a list of batches, a function epoch -> iterable), or a `Dataset`, whose train
         and val splits are used. See train_data.py for what resuming needs of a loader.
         """

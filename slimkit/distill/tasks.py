@@ -3,8 +3,9 @@
 `Distiller` knows nothing about images, transcripts, tokens or sentences; a `Task` tells it, with a
 few callables:
 
-- `split(batch) -> (inputs, targets)`: a tensor is all input; a tuple is (inputs, targets, ...); a
-  dict is Hugging Face style, "labels" being the targets and the rest the model's keyword inputs;
+- `split(batch) -> (inputs, targets)`: a tensor is all input; a tuple (or a list, which means the
+  same) is (inputs, targets, ...); a dict is Hugging Face style, "labels" being the targets and the
+  rest the model's keyword inputs;
 - `call(model, inputs) -> output`: model(x), model(*tuple) or model(**dict);
 - `view(output, inputs) -> tensor`: what the output terms (kd, ce, logit_mse, cosine) compare:
   logits (N, C), sequence logits (N, T, C) or a pooled embedding (N, D);
@@ -64,7 +65,8 @@ class Metric:
 
 # -- batches, calls and views --------------------------------------------------------------------
 def split_batch(batch: Any) -> tuple[Any, Any]:
-    """tensor -> (tensor, None); (x, y) -> (x, y); (x, a, b) -> (x, (a, b)); dict -> (rest, labels)."""
+    """tensor -> (tensor, None); (x, y) -> (x, y); (x, a, b) -> (x, (a, b)); dict -> (rest, labels).
+    A list is read as the tuple of its items."""
     if isinstance(batch, dict):
         return {k: v for k, v in batch.items() if k != "labels"}, batch.get("labels")
     if isinstance(batch, (tuple, list)):
@@ -148,14 +150,24 @@ def classification(metrics: Sequence[Metric] | None = None) -> Task:
 
 
 # -- sequences (N, T, C) ------------------------------------------------------------------------
+def ctc_targets(targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels (N, S), lengths (N,)) from CTC targets given as a tuple or a list of the two; anything
+    else (no targets, another count of parts, not tensors) is refused in one line."""
+    if (not isinstance(targets, (tuple, list)) or len(targets) != 2
+            or not all(isinstance(t, torch.Tensor) for t in targets)):
+        got = "none" if targets is None else (f"{len(targets)} parts" if isinstance(targets, (tuple, list))
+                                              else f"a {type(targets).__name__}")
+        raise SlimkitError(f"CTC targets must be (labels (N, S), label lengths (N,)), got {got}; batches are "
+                           f"(inputs, labels, lengths) as a tuple or list, or in-memory data (images, labels, lengths)")
+    labels, lengths = targets
+    return labels, lengths
+
+
 def ctc_loss(blank: int = 0) -> Callable[[torch.Tensor, Any, torch.Tensor | None], torch.Tensor]:
     """The supervised loss of a CTC recogniser. Targets are (labels (N, S) padded, lengths (N,));
     frames beyond `mask` (when given) are not part of the input."""
     def loss(view: torch.Tensor, targets: Any, mask: torch.Tensor | None) -> torch.Tensor:
-        if not isinstance(targets, (tuple, list)) or len(targets) != 2:
-            raise SlimkitError("CTC targets must be (labels (N, S), label lengths (N,)); batches are "
-                               "(inputs, labels, lengths)")
-        labels, lengths = targets
+        labels, lengths = ctc_targets(targets)
         log_probs = F.log_softmax(view.float(), -1).transpose(0, 1)  # (T, N, C)
         frames = mask.sum(1) if mask is not None else torch.full((view.shape[0],), view.shape[1], dtype=torch.long)
         return F.ctc_loss(log_probs, labels, frames.cpu(), lengths.cpu(), blank=blank, zero_infinity=True)
@@ -165,7 +177,7 @@ def ctc_loss(blank: int = 0) -> Callable[[torch.Tensor, Any, torch.Tensor | None
 def cer(blank: int = 0) -> Metric:
     """Character error rate of greedy CTC decoding against (labels, lengths) targets (lower is better)."""
     def batch(view: torch.Tensor, targets: Any) -> tuple[int, int]:
-        labels, lengths = targets
+        labels, lengths = ctc_targets(targets)
         refs = [labels[i, :int(n)].tolist() for i, n in enumerate(lengths)]
         return error_counts(ctc_greedy_decode(view, blank), refs)
     return Metric("cer", batch, higher_is_better=False)
@@ -339,6 +351,7 @@ def evaluate(model: nn.Module, data: Any, task: Task | None = None, teacher: nn.
 
 
 __all__ = ["Metric", "Task", "accuracy", "attention_mask", "call_model", "causal_lm", "cer", "class_cross_entropy",
-           "classification", "evaluate", "cosine_to_teacher", "ctc_loss", "embeddings", "label_ce", "label_positions",
-           "lm_split", "macro_f1", "mean_pool", "neighbour_agreement_metric", "next_token_ce", "output_logits",
-           "perplexity", "ratio", "seq2seq", "sequence_logits", "split_batch", "token_accuracy", "trim_padding"]
+           "classification", "evaluate", "cosine_to_teacher", "ctc_loss", "ctc_targets", "embeddings", "label_ce",
+           "label_positions", "lm_split", "macro_f1", "mean_pool", "neighbour_agreement_metric", "next_token_ce",
+           "output_logits", "perplexity", "ratio", "seq2seq", "sequence_logits", "split_batch", "token_accuracy",
+           "trim_padding"]

@@ -2,12 +2,14 @@
 
 Two kinds, because they allow different things:
 
-- `InMemory`: tensors sharing their first dimension (a `Split`, a tensor, a tuple or a dict of
-  tensors, a `TensorDataset`). The engine draws the sample indices of every batch itself, as a pure
-  function of (seed, epoch), shards them under torchrun, and can look up cached teacher outputs
-  by sample index.
+- `InMemory`: tensors sharing their first dimension (a `Split`, a tensor, a tuple, list or dict of
+  tensors, a `TensorDataset`; a list `[x, y, ...]` means what the tuple `(x, y, ...)` does). The
+  engine draws the sample indices of every batch itself, as a pure function of (seed, epoch),
+  shards them under torchrun, and can look up cached teacher outputs by sample index.
 - `Loader`: a re-iterable of batches (a `DataLoader`, a list of batches) or a function
-  `epoch -> iterable`. Batches may be tensors, tuples or dicts. The loader decides the order, so
+  `epoch -> iterable`. Batches may be tensors, tuples, lists (read as tuples) or dicts. A list
+  whose items are all tensors is in-memory data, not a list of batches: input-only batches in a
+  list are written as 1-tuples, `[(x1,), (x2,), ...]`. The loader decides the order, so
   for a resumed run to replay it, iterating epoch e must give the same batches every time. Before
   each epoch the engine seeds torch's global generator and the loader's own `generator` (when it
   has one) from (seed, epoch) and calls `sampler.set_epoch(epoch)` (DistributedSampler), which makes
@@ -85,10 +87,13 @@ class InMemory:
             data = tuple(data.tensors)
         elif isinstance(data, torch.Tensor):
             data = (data,)
+        elif isinstance(data, list):
+            data = tuple(data)  # [x, y, ...] means what (x, y, ...) does
         self.structure = data
         tensors = list(data.values()) if isinstance(data, dict) else list(data)
-        if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
-            raise SlimkitError("in-memory data must be tensors sharing their first dimension")
+        if not tensors or not all(isinstance(t, torch.Tensor) and t.dim() > 0 for t in tensors):
+            raise SlimkitError("in-memory data must be tensors sharing their first dimension (samples), e.g. "
+                               "(x, y, ...) or {name: tensor}")
         sizes = {int(t.shape[0]) for t in tensors}
         if len(sizes) != 1:
             raise SlimkitError(f"in-memory tensors differ in their first dimension: {sorted(sizes)}; they must match")
@@ -159,7 +164,17 @@ class Loader:
 
 
 def as_train_data(data: Any) -> InMemory | Loader:
-    """In-memory tensors (Split, tensor, tuple or dict of tensors, TensorDataset) or a loader."""
+    """In-memory tensors (Split, tensor, tuple, list or dict of tensors, TensorDataset) or a loader.
+
+    A list of tensors means what the tuple of the same tensors means (in-memory samples); a list
+    holding no tensor at its top level is a list of batches (a loader)."""
+    if isinstance(data, list) and any(isinstance(v, torch.Tensor) for v in data):
+        sizes = {int(v.shape[0]) if isinstance(v, torch.Tensor) and v.dim() else -1 for v in data}
+        if len(sizes) != 1 or -1 in sizes:
+            raise SlimkitError("a list of tensors is in-memory data like a tuple, [x, y, ...] with one first "
+                               "dimension (samples); a list of batches holds tuples or dicts: [(x1, y1), (x2, y2), "
+                               "...], or [(x1,), (x2,), ...] for inputs alone")
+        return InMemory(data)
     if isinstance(data, (Split, torch.Tensor, TensorDataset, tuple)) or (
             isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values())):
         return InMemory(data)

@@ -42,7 +42,7 @@ def count_macs(model: nn.Module, example: torch.Tensor | tuple | dict) -> int:
 def _call(model: nn.Module, example):
     if isinstance(example, dict):
         return model(**example)
-    if isinstance(example, tuple):
+    if isinstance(example, (tuple, list)):  # a list means what a tuple means
         return model(*example)
     return model(example)
 
@@ -203,7 +203,7 @@ def _batch_size(example) -> int:
     first = example
     if isinstance(example, dict):
         first = next(iter(example.values()))
-    elif isinstance(example, tuple):
+    elif isinstance(example, (tuple, list)):
         first = example[0]
     return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
 

@@ -80,7 +80,7 @@ class Graph:
 def _forward(model: nn.Module, example):
     if isinstance(example, dict):
         return model(**example)
-    if isinstance(example, tuple):
+    if isinstance(example, (tuple, list)):  # a list means what a tuple means
         return model(*example)
     return model(example)
 
