@@ -12,6 +12,7 @@ Only then is the real model built, so memory is spent only on what the file real
 
 import inspect
 import os
+import re
 import types
 import typing
 import warnings
@@ -32,6 +33,10 @@ from slimkit.layout import CORRUPT, apply_layout, check_layout
 _REGISTRATION_FLOOR = 20_000
 # A pruned checkpoint's dense build may be this many times the size of the file's tensors.
 _DENSE_GROWTH = 100
+# What torch warns, once per tensor, when a builder that loads pretrained weights (load_state_dict,
+# from_pretrained) copies them into a model being built on the meta device: the copy is skipped,
+# and a meta build needs only the shapes, so the warning says nothing to the user.
+_META_COPY_WARNING = r".*copying from a non-meta parameter in the checkpoint to a meta parameter"
 
 
 def build_checked(builder: Callable[..., nn.Module], kwargs: dict[str, Any], layout: dict[str, Any] | None,
@@ -45,9 +50,11 @@ def build_checked(builder: Callable[..., nn.Module], kwargs: dict[str, Any], lay
     try:
         with torch.device("meta"):
             model, dense_bytes = _build(builder, kwargs, layout, limit, where, meta=True)
-    except NotImplementedError:
-        # a constructor that reads tensor values (e.g. .tolist()) cannot run on meta; such a model
-        # is built for real, still under the registration cap, and compared before loading
+    except _NotOnMeta:
+        # a constructor that reads tensor values (e.g. .tolist()), or a builder that loads pretrained
+        # weights with transformers' from_pretrained (which refuses a meta device), cannot run on
+        # meta; such a model is built for real, still under the registration cap, and compared
+        # before loading
         model, _ = _build(builder, kwargs, layout, limit, where, meta=False)
         compare_shapes(model, file_shapes, where)
         return model
@@ -62,15 +69,20 @@ def build_checked(builder: Callable[..., nn.Module], kwargs: dict[str, Any], lay
 def build_dense(builder: Callable[..., nn.Module], kwargs: dict[str, Any], meta: bool = True) -> nn.Module:
     """`builder(**kwargs)`, on the meta device when `meta` and the constructor allows it; one line on failure.
 
-    Used when saving, to compare a model with the dense build its builder makes.
+    Used when saving, to compare a model with the dense build its builder makes. Weights a builder
+    loads are not copied into a meta build (only its shapes are read), and torch's warning saying
+    so, one per tensor, is silenced there; every other warning of the builder is shown.
     """
     name = builder_name(builder)
     try:
         if meta:
             try:
-                with torch.device("meta"):
+                with warnings.catch_warnings(), torch.device("meta"):
+                    warnings.filterwarnings("ignore", message=_META_COPY_WARNING, category=UserWarning)
                     model = builder(**kwargs)
-            except NotImplementedError:
+            except Exception as exc:  # noqa: BLE001 - sorted by cannot_run_on_meta; the rest is reported below
+                if not cannot_run_on_meta(exc):
+                    raise
                 model = builder(**kwargs)
         else:
             model = builder(**kwargs)
@@ -83,6 +95,19 @@ def build_dense(builder: Callable[..., nn.Module], kwargs: dict[str, Any], meta:
         raise SlimkitError(f"the builder {name} returned a {type(model).__name__}, not an nn.Module; pass a callable "
                            f"that returns the dense model")
     return model
+
+
+def cannot_run_on_meta(exc: BaseException) -> bool:
+    """Whether a builder failed only because it ran on the meta device: a constructor that reads
+    tensor values (NotImplementedError, or RuntimeError on meta tensors), or transformers'
+    from_pretrained, which refuses a meta device context (RuntimeError)."""
+    if isinstance(exc, NotImplementedError):
+        return True
+    return isinstance(exc, RuntimeError) and re.search(r"\bmeta (device|tensor)", str(exc)) is not None
+
+
+class _NotOnMeta(Exception):
+    """Raised by _build when a meta build is impossible (cannot_run_on_meta): build for real instead."""
 
 
 def builder_name(builder: Callable[..., Any]) -> str:
@@ -102,13 +127,13 @@ def _build(builder: Callable[..., nn.Module], kwargs: dict[str, Any], layout: di
         dense_bytes = _nbytes(model)
         if layout is not None:
             apply_layout(model, layout)
-    except NotImplementedError:
-        if meta:
-            raise
-        raise SlimkitError(f"checkpoint {where} describes a {name} that cannot be built") from None
     except SlimkitError as exc:
         raise SlimkitError(f"checkpoint {where} describes a {name} that cannot be built: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any constructor failure on header values is a bad header
+        if meta and cannot_run_on_meta(exc):
+            raise _NotOnMeta from None
+        if isinstance(exc, NotImplementedError):
+            raise SlimkitError(f"checkpoint {where} describes a {name} that cannot be built") from None
         raise SlimkitError(f"checkpoint {where} describes a {name} that cannot be built from its kwargs "
                            f"({type(exc).__name__}: {_first_line(exc)})") from None
     return model, dense_bytes
