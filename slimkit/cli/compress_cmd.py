@@ -26,7 +26,10 @@ def compress(
     task: str | None = typer.Option(None, help="classification, embeddings or ctc (default: the factory's task, "
                                                   "else classification)"),
     target: str = typer.Option("latency=0.5x", help="latency=0.5x (measured here), macs=2x or params=2x"),
-    floor: str = typer.Option("-1pt", help="validation floor: -1pt relative to dense, or an absolute value (0.95)"),
+    floor: str = typer.Option("-1pt", help="validation floor on the task's first metric: -1pt relative to dense, or "
+                                           "an absolute value (0.95); or on a named metric, the way it gets worse: "
+                                           "accuracy-1pt, cer+1pt (points), ppl<=1.25x (a multiple of dense), "
+                                           "cosine>=0.95 (absolute)"),
     out: Path = typer.Option(..., help="run folder for the model and report (new, or an earlier slimkit run with "
                                        "--overwrite)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier slimkit run in --out"),

@@ -48,6 +48,7 @@ from slimkit.compression.rebuild import check_rebuild, plan_rebuild
 from slimkit.compression.search import Candidate, check_reachable, params_of, search
 from slimkit.compression.settings import (
     CompressSettings,
+    floor_metric,
     parse_floor,
     parse_target,
 )
@@ -240,9 +241,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
         check_rebuild(model, plan)
     task = task or classification()
     check_recovery(task, s.recovery)
-    metric = task.metric
-    if metric is None:
-        raise SlimkitError(f"the {task.name} task has no validation metric; a floor needs one (give the task metrics)")
+    metric = floor_metric(flr, task)  # the metric the floor names, else the task's first
     torch.manual_seed(s.seed)
     model = model.eval()
     if example is None:

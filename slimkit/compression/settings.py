@@ -8,11 +8,25 @@ A target says how much cheaper the result must be, as a ratio to the dense model
 - `params=2x` / `params=0.5x`: the same for the parameter count.
 
 A floor says how good the result must stay on the validation split, in the task metric's own
-direction (accuracy up, CER down, cosine up):
+direction (accuracy up, CER down, cosine up). Without a metric name it is on the task's first
+metric:
 
 - `-1pt`: at most 1 point (0.01 of a fraction metric) worse than the dense model;
 - `0.95`: an absolute value of the metric (accuracy 0.95, cosine 0.95, CER 0.05...);
 - a callable `floor(dense_metrics: dict) -> float`, for anything else (Python API only).
+
+Or it names the metric it is on, written the way that metric gets worse:
+
+- `accuracy-1pt`, `cer+1pt`, `wer+2pt`: N points worse than the dense model (`-` for a metric
+  that is better higher, `+` for one that is better lower);
+- `ppl<=1.25x`, `cosine>=0.95x`: a multiple of the dense value (above 1 for a lower-better
+  metric, below 1 for a higher-better one);
+- `cosine>=0.95`, `cer<=0.05`: an absolute value (`>=` higher-better, `<=` lower-better).
+
+Metric names are the task's (accuracy, macro_f1, cer, perplexity, token_accuracy, cosine,
+nn_agreement...), with the aliases acc, f1 and ppl. A floor pointing the better way, or a
+multiple that asks for no loss, is refused when parsed; a metric the task does not measure, by
+`floor_metric` before any work of `compress`.
 
 Strings are parsed before any work starts, so a typo costs one error line.
 """
@@ -22,18 +36,31 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Literal
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from slimkit.errors import SlimkitError
 
+if TYPE_CHECKING:
+    from slimkit.distill.tasks import Metric, Task
+
 TARGET_KINDS = ("latency", "macs", "params")
 _TARGET = re.compile(r"^\s*(latency|macs|params)\s*=\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*x?\s*$", re.IGNORECASE)
 _POINTS = re.compile(r"^\s*-\s*([0-9]*\.?[0-9]+)\s*pt\s*$", re.IGNORECASE)
+_NUM = r"[0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?"
+_NAMED = re.compile(rf"^\s*(?P<metric>[a-z_][a-z0-9_]*)\s*(?:(?P<sign>[-+])\s*(?P<points>{_NUM})\s*pt"
+                    rf"|(?P<bound><=|>=)\s*(?P<value>-?{_NUM})\s*(?P<x>x)?)\s*$", re.IGNORECASE)
+METRIC_ALIASES = {"ppl": "perplexity", "acc": "accuracy", "f1": "macro_f1"}
+# The direction of the metrics slimkit's tasks (and speech's WER) measure: a named floor on one of these is
+# checked when parsed; one on any other metric, against the task's Metric in floor_metric
+HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "token_accuracy": True, "cosine": True,
+                    "nn_agreement": True, "cer": False, "wer": False, "perplexity": False}
 TARGET_HELP = "write the target as latency=0.5x (half the dense latency), macs=2x or params=2x (2x fewer)"
-FLOOR_HELP = "write the floor as -1pt (1 point below the dense model) or an absolute metric value such as 0.95"
+FLOOR_HELP = ("write the floor as -1pt (1 point below the dense model), an absolute metric value such as 0.95, or "
+              "on a named metric: accuracy-1pt / cer+1pt (points), ppl<=1.25x (a multiple of dense), "
+              "cosine>=0.95 (absolute)")
 
 
 @dataclass(frozen=True)
@@ -68,21 +95,59 @@ def parse_target(text: str) -> Target:
     return Target(kind, value if value < 1 else 1 / value)  # type: ignore[arg-type]
 
 
+def _num(v: float) -> str:
+    """A number as the shortest text that reads back to the same float (2.0 -> '2')."""
+    text = repr(float(v))
+    return text[:-2] if text.endswith(".0") else text
+
+
 @dataclass(frozen=True)
 class Floor:
-    """The least validation score a cut may have: `points` below dense, or an `absolute` value, or `rule`."""
+    """The least validation score a cut may have: `points` below dense, an `absolute` value, `multiple`
+    times the dense value, or `rule`.
+
+    `metric` is the metric it is on (None: the task's first metric); `bound` is the side it bounds,
+    as written: '>=' a least value (a higher-better metric), '<=' a most value (a lower-better one).
+    Named floors on metrics of known direction get `bound` from that direction when it is left out.
+    """
 
     points: float | None = None
     absolute: float | None = None
     rule: Callable[[dict], float] | None = None
+    metric: str | None = None
+    multiple: float | None = None
+    bound: Literal["<=", ">="] | None = None
+
+    def __post_init__(self) -> None:
+        if self.bound not in (None, "<=", ">="):
+            raise SlimkitError(f"Floor bound must be '>=' (higher is better) or '<=' (lower is better), "
+                               f"got {self.bound!r}")
+        if self.metric is None:
+            if self.bound is not None or self.multiple is not None:
+                raise SlimkitError("a Floor with a bound or a multiple names its metric, e.g. "
+                                   "Floor(multiple=1.25, metric='perplexity')")
+            return
+        name = METRIC_ALIASES.get(self.metric.lower(), self.metric.lower())
+        object.__setattr__(self, "metric", name)
+        if self.bound is None and self.rule is None:
+            if name not in HIGHER_IS_BETTER:
+                raise SlimkitError(f"slimkit does not know which way {name} improves: give the Floor bound='>=' "
+                                   f"(higher is better) or bound='<=' (lower is better)")
+            object.__setattr__(self, "bound", ">=" if HIGHER_IS_BETTER[name] else "<=")
 
     @property
     def text(self) -> str:
+        """The floor as written, in canonical form (reads back to an equal Floor)."""
+        name = self.metric or ""
+        if self.rule is not None:
+            return f"callable {getattr(self.rule, '__name__', 'floor')}" + (f" on {name}" if name else "")
         if self.points is not None:
-            return f"-{self.points:g}pt"
-        if self.absolute is not None:
-            return f"{self.absolute:g}"
-        return f"callable {getattr(self.rule, '__name__', 'floor')}"
+            return f"{name}{'+' if self.bound == '<=' else '-'}{_num(self.points)}pt"
+        if self.multiple is not None:
+            return f"{name}{self.bound}{_num(self.multiple)}x"
+        if name:
+            return f"{name}{self.bound}{_num(self.absolute)}"
+        return _num(self.absolute)
 
     def value(self, dense: dict[str, float], metric: str, higher_is_better: bool) -> float:
         """The floor on `metric` for a dense model scoring `dense` (every validation metric by name)."""
@@ -94,12 +159,64 @@ class Floor:
             return float(out)
         if self.absolute is not None:
             return self.absolute
+        if self.multiple is not None:
+            return dense[metric] * self.multiple
         step = self.points / 100
         return dense[metric] - step if higher_is_better else dense[metric] + step
 
 
+def _check_direction(floor: Floor, higher_is_better: bool, written: str | None = None,
+                     spelled: str | None = None) -> None:
+    """Refuse a named floor that points the better way, or a multiple that asks for no loss. Messages quote
+    `written` (default: the floor's text) and spell the metric in fixes as `spelled` (as the user did)."""
+    name, text = floor.metric, written if written is not None else floor.text
+    if floor.bound is None or floor.rule is not None:
+        return
+
+    def as_written(fixed: Floor) -> str:
+        return (spelled or name) + fixed.text[len(name):]
+
+    def multiple_example() -> str:
+        return as_written(replace(floor, multiple=0.95 if higher_is_better else 1.25))
+
+    rises = "rises" if higher_is_better else "falls"
+    if floor.multiple is not None and floor.multiple <= 0:
+        raise SlimkitError(f"floor {text!r} multiplies the dense {name} by {_num(floor.multiple)}; a multiple is "
+                           f"a positive number, e.g. {multiple_example()}")
+    if floor.bound != (">=" if higher_is_better else "<="):
+        flipped = "<=" if floor.bound == ">=" else ">="
+        if floor.points is not None:
+            fix = as_written(replace(floor, bound=flipped))
+            raise SlimkitError(f"floor {text!r} asks the cut to beat the dense {name} by {_num(floor.points)} "
+                               f"point{'' if floor.points == 1 else 's'}, but {name} improves as it {rises}, so a "
+                               f"floor lets it {'fall' if higher_is_better else 'rise'}: write {fix}")
+        multiple = floor.multiple
+        if multiple == 1:
+            multiple = 0.95 if higher_is_better else 1.25
+        elif multiple is not None and (multiple > 1) != (not higher_is_better):
+            multiple = float(f"{1 / multiple:.4g}")  # the same loss, as the multiple on the right side of 1
+        fix = as_written(replace(floor, bound=flipped, multiple=multiple))
+        raise SlimkitError(f"floor {text!r} bounds {name} from {'above' if floor.bound == '<=' else 'below'}, but "
+                           f"{name} improves as it {rises}: a floor is its "
+                           f"{'least' if higher_is_better else 'most'} acceptable value: write {fix}")
+    if floor.multiple is not None and (floor.multiple >= 1 if higher_is_better else floor.multiple <= 1):
+        raise SlimkitError(f"floor {text!r} asks for a {name} {'at least' if higher_is_better else 'at most'} "
+                           f"{_num(floor.multiple)}x the dense model's, which is no loss at all or a gain: a cut is "
+                           f"not asked to improve; allow a loss with a multiple "
+                           f"{'below' if higher_is_better else 'above'} 1, e.g. {multiple_example()}")
+
+
+def example_floor(metric: str, higher_is_better: bool) -> str:
+    """A floor to show in a message for `metric`: ppl<=1.25x, cer+1pt, accuracy-1pt..."""
+    if metric == "perplexity":
+        return "ppl<=1.25x"
+    return f"{metric}-1pt" if higher_is_better else f"{metric}+1pt"
+
+
 def parse_floor(floor: str | float | Callable[[dict], float] | Floor) -> Floor:
-    """`-1pt`, `0.95` (or a number), a callable or a Floor -> Floor; SlimkitError otherwise."""
+    """`-1pt`, `0.95` (or a number), `METRIC-Npt` / `METRIC+Npt`, `METRIC<=Kx` / `METRIC>=Kx`,
+    `METRIC>=V` / `METRIC<=V`, a callable or a Floor -> Floor; SlimkitError otherwise (see the module
+    docstring). A named floor on a metric of known direction is checked against it here."""
     if isinstance(floor, Floor):
         return floor
     if callable(floor):
@@ -112,6 +229,9 @@ def parse_floor(floor: str | float | Callable[[dict], float] | Floor) -> Floor:
     m = _POINTS.match(text)
     if m:
         return Floor(points=float(m.group(1)))
+    m = _NAMED.match(text)
+    if m:
+        return _named_floor(text, m)
     try:
         value = float(text)
     except ValueError:
@@ -119,6 +239,39 @@ def parse_floor(floor: str | float | Callable[[dict], float] | Floor) -> Floor:
     if not math.isfinite(value):
         raise SlimkitError(f"floor {text!r} is not a number; {FLOOR_HELP}")
     return Floor(absolute=value)
+
+
+def _named_floor(text: str, m: re.Match) -> Floor:
+    name = METRIC_ALIASES.get(m["metric"].lower(), m["metric"].lower())
+    number = float(m["points"] if m["points"] is not None else m["value"])
+    if not math.isfinite(number):
+        raise SlimkitError(f"floor {text!r} is not a number; {FLOOR_HELP}")
+    if m["points"] is not None:
+        out = Floor(points=number, metric=name, bound="<=" if m["sign"] == "+" else ">=")
+    elif m["x"]:
+        out = Floor(multiple=number, metric=name, bound=m["bound"])  # type: ignore[arg-type]
+    else:
+        out = Floor(absolute=number, metric=name, bound=m["bound"])  # type: ignore[arg-type]
+    if name in HIGHER_IS_BETTER:
+        _check_direction(out, HIGHER_IS_BETTER[name], text.strip(), m["metric"])
+    return out
+
+
+def floor_metric(floor: Floor, task: Task) -> Metric:
+    """The task Metric `floor` is on (the task's first metric when it names none); SlimkitError when the
+    task has no metrics, does not measure the named one, or the floor points that metric's better way."""
+    if not task.metrics:
+        raise SlimkitError(f"the {task.name} task has no validation metric; a floor needs one (give the task metrics)")
+    if floor.metric is None:
+        return task.metrics[0]
+    metric = next((m for m in task.metrics if m.name.lower() == floor.metric), None)
+    if metric is None:
+        first = task.metrics[0]
+        raise SlimkitError(f"floor {floor.text!r} is on {floor.metric}, which the {task.name} task does not measure: "
+                           f"the {task.name} task measures {', '.join(m.name for m in task.metrics)}; write e.g. "
+                           f"{example_floor(first.name, first.higher_is_better)}")
+    _check_direction(floor, metric.higher_is_better)
+    return metric
 
 
 def _checked_target(text: str) -> str:
@@ -142,7 +295,9 @@ class CompressSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     target: TargetText = Field("latency=0.5x", description="latency=0.5x, macs=2x or params=2x")
-    floor: FloorText = Field("-1pt", description="-1pt relative to dense, or an absolute validation metric")
+    floor: FloorText = Field("-1pt", description="-1pt relative to dense, an absolute validation metric (0.95), "
+                                                   "or on a named metric: accuracy-1pt, cer+1pt, ppl<=1.25x, "
+                                                   "cosine>=0.95")
     seed: int = Field(0, description="seed of every recovery and of the calibration batches")
     max_blocks: int | None = Field(None, ge=0, description="most whole blocks a mix removes (None: all removable)")
     ratios: tuple[float, ...] = Field((0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
