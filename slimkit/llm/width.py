@@ -27,26 +27,12 @@ from tqdm import tqdm
 from slimkit.errors import SlimkitError, check_sparsity
 from slimkit.llm.oneshot import decoder_layers
 from slimkit.prune.result import PruneResult
+from slimkit.prune.slicing import shrink_linear
 
 
 def head_columns(heads: list[int], head_dim: int) -> torch.Tensor:
     """The channel indices that the listed heads occupy in a projection, in the order given."""
     return torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in heads])
-
-
-def _shrink_linear(lin: nn.Linear, out_idx: torch.Tensor | None = None, in_idx: torch.Tensor | None = None) -> nn.Linear:
-    w = lin.weight.data
-    b = lin.bias.data if lin.bias is not None else None
-    if out_idx is not None:
-        w = w[out_idx]
-        b = b[out_idx] if b is not None else None
-    if in_idx is not None:
-        w = w[:, in_idx]
-    new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
-    new.weight.data.copy_(w)
-    if b is not None:
-        new.bias.data.copy_(b)
-    return new
 
 
 def _accumulate(sums: list[torch.Tensor], i: int):
@@ -89,9 +75,9 @@ def remove_ffn_neurons(model: nn.Module, keep_per_layer: list[torch.Tensor]) -> 
     for layer, keep in zip(decoder_layers(model), keep_per_layer):
         mlp = layer.mlp
         keep = keep.sort().values
-        mlp.gate_proj = _shrink_linear(mlp.gate_proj, out_idx=keep)
-        mlp.up_proj = _shrink_linear(mlp.up_proj, out_idx=keep)
-        mlp.down_proj = _shrink_linear(mlp.down_proj, in_idx=keep)
+        mlp.gate_proj = shrink_linear(mlp.gate_proj, out_idx=keep)
+        mlp.up_proj = shrink_linear(mlp.up_proj, out_idx=keep)
+        mlp.down_proj = shrink_linear(mlp.down_proj, in_idx=keep)
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = int(keep.numel())
     model.config.intermediate_size = sizes.pop()
@@ -115,10 +101,10 @@ def remove_kv_groups(model: nn.Module, keep_groups_per_layer: list[list[int]]) -
         kv_idx = head_columns(groups, head_dim)
         q_heads = [g * group + j for g in groups for j in range(group)]
         q_idx = head_columns(q_heads, head_dim)
-        attn.q_proj = _shrink_linear(attn.q_proj, out_idx=q_idx)
-        attn.k_proj = _shrink_linear(attn.k_proj, out_idx=kv_idx)
-        attn.v_proj = _shrink_linear(attn.v_proj, out_idx=kv_idx)
-        attn.o_proj = _shrink_linear(attn.o_proj, in_idx=q_idx)
+        attn.q_proj = shrink_linear(attn.q_proj, out_idx=q_idx)
+        attn.k_proj = shrink_linear(attn.k_proj, out_idx=kv_idx)
+        attn.v_proj = shrink_linear(attn.v_proj, out_idx=kv_idx)
+        attn.o_proj = shrink_linear(attn.o_proj, in_idx=q_idx)
         for name, value in (("num_heads", len(q_heads)), ("num_key_value_heads", len(groups))):
             if hasattr(attn, name):
                 setattr(attn, name, value)

@@ -30,6 +30,7 @@ from torch import nn
 
 from slimkit.errors import SlimkitError, check_sparsity
 from slimkit.prune.result import PruneResult
+from slimkit.prune.slicing import shrink_linear
 
 
 def _layers(model: nn.Module, side: str) -> nn.ModuleList:
@@ -93,17 +94,6 @@ def ffn_neuron_scores(fc1: nn.Linear, fc2: nn.Linear) -> torch.Tensor:
     return fc1.weight.detach().float().norm(dim=1) * fc2.weight.detach().float().norm(dim=0)
 
 
-def _slice_linear(layer: nn.Linear, idx: torch.Tensor, dim: int) -> nn.Linear:
-    """A new Linear keeping output rows (dim 0) or input columns (dim 1) `idx`."""
-    weight = layer.weight.detach().index_select(dim, idx).clone()
-    out_f, in_f = weight.shape
-    new = nn.Linear(in_f, out_f, bias=layer.bias is not None, device=weight.device, dtype=weight.dtype)
-    new.weight.data.copy_(weight)
-    if layer.bias is not None:
-        new.bias.data.copy_(layer.bias.detach() if dim == 1 else layer.bias.detach()[idx])
-    return new
-
-
 def prune_encoder_ffn(model: nn.Module, fraction: float) -> PruneResult:
     """Remove round(fraction * encoder_ffn_dim) neurons with the lowest `ffn_neuron_scores` from
     every encoder layer, in place; the result's `kept` holds (kept, original) neurons per layer's fc1."""
@@ -119,8 +109,8 @@ def prune_encoder_ffn(model: nn.Module, fraction: float) -> PruneResult:
     kept = {}
     for layer in layers:
         idx = ffn_neuron_scores(layer.fc1, layer.fc2).topk(n_keep).indices.sort().values
-        layer.fc1 = _slice_linear(layer.fc1, idx, 0)
-        layer.fc2 = _slice_linear(layer.fc2, idx, 1)
+        layer.fc1 = shrink_linear(layer.fc1, out_idx=idx)
+        layer.fc2 = shrink_linear(layer.fc2, in_idx=idx)
         kept[f"{names[id(layer)]}.fc1"] = (n_keep, dim)
     model.config.encoder_ffn_dim = n_keep
     return PruneResult(model, "encoder-ffn", kept)
