@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from slimkit.errors import SlimkitError, check_sparsity
-from slimkit.llm.width import _shrink_linear, head_columns
+from slimkit.llm.width import head_columns
 from slimkit.prune.result import PruneResult
+from slimkit.prune.slicing import shrink_linear
 
 
 @torch.no_grad()
@@ -30,10 +31,10 @@ def remove_encoder_heads(layer: nn.Module, keep: list[int], head_size: int) -> N
     """Keep the listed heads of one BERT layer: shrink Q/K/V rows and the output projection's columns."""
     sa = layer.attention.self
     idx = head_columns(sorted(keep), head_size)
-    sa.query = _shrink_linear(sa.query, out_idx=idx)
-    sa.key = _shrink_linear(sa.key, out_idx=idx)
-    sa.value = _shrink_linear(sa.value, out_idx=idx)
-    layer.attention.output.dense = _shrink_linear(layer.attention.output.dense, in_idx=idx)
+    sa.query = shrink_linear(sa.query, out_idx=idx)
+    sa.key = shrink_linear(sa.key, out_idx=idx)
+    sa.value = shrink_linear(sa.value, out_idx=idx)
+    layer.attention.output.dense = shrink_linear(layer.attention.output.dense, in_idx=idx)
     sa.num_attention_heads = len(keep)
     sa.all_head_size = len(keep) * head_size
 
@@ -83,12 +84,57 @@ class _Stop(Exception):
     pass
 
 
+# Where an encoder layer keeps its FFN: (the projection that writes the neurons, the one that reads
+# them). BERT-style layers and transformers 5's ViT-style layers name them differently.
+FFN_PATHS = (("intermediate.dense", "output.dense"), ("mlp.fc1", "mlp.fc2"))
+
+
+def ffn_paths(layer: nn.Module) -> tuple[str, str] | None:
+    """The (up, down) FFN projection paths of one encoder layer, or None when it has neither layout."""
+    names = dict(layer.named_modules())
+    return next(((up, down) for up, down in FFN_PATHS if isinstance(names.get(up), nn.Linear)
+                 and isinstance(names.get(down), nn.Linear)), None)
+
+
+def encoder_layers(model: nn.Module) -> tuple[nn.ModuleList, str]:
+    """The layer list of a BERT- or ViT-style encoder, alone or as a model's base (a sequence or
+    image classifier: `bert.encoder.layer`, `vit.layers`), and its module path."""
+    for name, module in model.named_modules():
+        if (name.endswith("encoder.layer") or name.endswith("layers")) and isinstance(module, nn.ModuleList) \
+                and len(module) and all(ffn_paths(layer) for layer in module):
+            return module, name
+    raise SlimkitError(f"{type(model).__name__} has no encoder layer list whose layers hold an FFN "
+                       f"({' / '.join(a + ' + ' + b for a, b in FFN_PATHS)}); slimkit's encoder pruning takes "
+                       f"BERT-style and ViT-style Hugging Face encoders")
+
+
+def set_encoder_layers(model: nn.Module, layers: nn.ModuleList) -> None:
+    """Put `layers` where encoder_layers found the old list, and keep the config's count in step."""
+    _, path = encoder_layers(model)
+    parent, _, attr = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, layers)
+    model.config.num_hidden_layers = len(layers)
+
+
+def set_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, attr = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, attr, module)
+
+
+def text_batches(tokenizer, texts: list[str], batch_size: int, max_length: int) -> list[dict[str, torch.Tensor]]:
+    """Calibration inputs from sentences: tokenizer batches, padded per batch."""
+    return [dict(tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
+                           return_tensors="pt")) for i in range(0, len(texts), batch_size)]
+
+
 @torch.no_grad()
-def _layer_inputs(model: nn.Module, tokenizer, texts: list[str], batch_size: int, max_length: int):
+def _layer_inputs(model: nn.Module, inputs: list):
     """Per batch: hidden states entering layer 0, the layer's other args, and the real-token mask.
 
-    A pre-hook on layer 0 records what the encoder passes (the prepared attention mask among the
-    positional args) and stops the forward there, so only the embeddings run.
+    `inputs` are model inputs (dicts of tensors, or a tensor such as an image batch). A pre-hook on
+    layer 0 records what the encoder passes (the prepared attention mask among the positional
+    args) and stops the forward there, so only the embeddings run. The mask is the batch's
+    attention_mask when it has one (padding is then left out of every statistic), else None.
     """
     batches = []
 
@@ -97,16 +143,18 @@ def _layer_inputs(model: nn.Module, tokenizer, texts: list[str], batch_size: int
         batches.append([hidden.detach(), (rest, dict(kwargs))])
         raise _Stop
 
-    handle = model.encoder.layer[0].register_forward_pre_hook(hook, with_kwargs=True)
+    device = next(model.parameters()).device
+    handle = encoder_layers(model)[0][0].register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        for i in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="pt")
-            enc = {k: v.to(next(model.parameters()).device) for k, v in enc.items()}
+        for enc in inputs:
+            enc = {k: v.to(device) for k, v in enc.items() if k != "labels"} if isinstance(enc, dict) else enc.to(device)
             try:
-                model(**enc)
+                model(**enc) if isinstance(enc, dict) else model(enc)
             except _Stop:
-                batches[-1].append(enc["attention_mask"])
+                mask = enc.get("attention_mask") if isinstance(enc, dict) else None
+                if mask is not None and mask.shape != batches[-1][0].shape[:2]:
+                    mask = None  # the layer sees other positions than the tokens (e.g. a class token added)
+                batches[-1].append(mask)
     finally:
         handle.remove()
     return batches
@@ -128,64 +176,78 @@ def _run_layer(layer: nn.Module, batches, gram: _Gram | None = None, target: nn.
 
 
 @torch.no_grad()
-def prune_encoder(model: nn.Module, tokenizer, texts: list[str], ffn_ratio: float = 0.5, head_ratio: float = 0.25,
-                  drop_layers: int = 0, reconstruct: bool = True, batch_size: int = 64,
-                  max_length: int = 64) -> PruneResult:
+def prune_encoder(model: nn.Module, tokenizer=None, texts: list[str] | None = None, ffn_ratio: float = 0.5,
+                  head_ratio: float = 0.25, drop_layers: int = 0, reconstruct: bool = True, batch_size: int = 64,
+                  max_length: int = 64, inputs: list | None = None) -> PruneResult:
     """Remove FFN neurons, heads and (the last) layers by activation-aware importance, in place.
 
-    The result's `kept` holds (kept, original) heads per `encoder.layer.<i>.attention.self` and
-    neurons per `encoder.layer.<i>.intermediate`, `removed_heads` the removed heads and
-    `removed_blocks` the dropped layers. With `reconstruct`, each layer's attention-output and
-    FFN-output projections are refitted by least squares on the calibration sentences, layer by
-    layer on the pruned model's own hidden states (see the module docstring).
+    Calibration comes from `texts` through `tokenizer`, or from `inputs`: model input batches as
+    the model takes them (dicts of tensors, or tensors such as images), which is how a classifier
+    whose base is a BERT- or ViT-style encoder is calibrated on its own data. The result's `kept`
+    holds (kept, original) heads per `<encoder>.layer.<i>.attention` and neurons per
+    `<encoder>.layer.<i>.intermediate`, `removed_heads` the removed heads and `removed_blocks` the
+    dropped layers. With `reconstruct`, each layer's attention-output and FFN-output projections
+    are refitted by least squares on the calibration data, layer by layer on the pruned model's own
+    hidden states (see the module docstring); with no head removed the attention output is left
+    as it is.
     """
     check_sparsity(ffn_ratio, "ffn_ratio")
     check_sparsity(head_ratio, "head_ratio")
-    if not texts:
-        raise SlimkitError("prune_encoder needs calibration sentences, got none")
+    if inputs is None:
+        if not texts or tokenizer is None:
+            raise SlimkitError("prune_encoder needs calibration sentences and their tokenizer, or inputs=, got none")
+        inputs = text_batches(tokenizer, texts, batch_size, max_length)
+    if not inputs:
+        raise SlimkitError("prune_encoder needs calibration inputs, got none")
     cfg = model.config
-    n_layers = len(model.encoder.layer)
+    layers, path = encoder_layers(model)
+    n_layers = len(layers)
+    if head_ratio > 0 and not all(hasattr(getattr(lay, "attention", None), "self") for lay in layers):
+        raise SlimkitError("prune_encoder removes heads of BERT-style layers (attention.self) only; this encoder's "
+                           "attention is laid out otherwise: use head_ratio=0")
     if not 0 <= drop_layers < n_layers:
         raise SlimkitError(f"can drop 0..{n_layers - 1} layers, asked for {drop_layers}")
-    removed_blocks = [f"encoder.layer.{i}" for i in range(n_layers - drop_layers, n_layers)]
+    removed_blocks = [f"{path}.{i}" for i in range(n_layers - drop_layers, n_layers)]
     if drop_layers:
-        model.encoder.layer = model.encoder.layer[: n_layers - drop_layers]
-        cfg.num_hidden_layers = n_layers - drop_layers
+        set_encoder_layers(model, layers[: n_layers - drop_layers])
+        layers = encoder_layers(model)[0]
     model.eval()
     head_size = cfg.hidden_size // cfg.num_attention_heads
     n_ffn = cfg.intermediate_size - int(cfg.intermediate_size * ffn_ratio)
     n_heads = cfg.num_attention_heads - int(cfg.num_attention_heads * head_ratio)
-    batches = _layer_inputs(model, tokenizer, texts, batch_size, max_length)
+    batches = _layer_inputs(model, inputs)
     n_dense_heads, n_dense_ffn = cfg.num_attention_heads, cfg.intermediate_size
     kept_widths: dict[str, tuple[int, int]] = {}
     removed_heads: dict[str, list[int]] = {}
-    for i, layer in enumerate(model.encoder.layer):
-        att_out = layer.attention.output.dense
-        gram = _Gram(att_out.in_features)
-        _run_layer(layer, batches, gram, att_out)
-        per_channel = gram.value.diagonal()[:-1].float().clamp_min(0)
-        w = att_out.weight.pow(2).sum(0).reshape(-1, head_size).sum(1).sqrt()
-        kept = sorted(torch.topk(per_channel.reshape(-1, head_size).sum(1).sqrt() * w, n_heads).indices.tolist())
-        refit = (reconstruct_linear(att_out.weight, att_out.bias, gram.value, head_columns(kept, head_size))
-                 if reconstruct else None)
-        remove_encoder_heads(layer, kept, head_size)
-        if refit is not None:
-            layer.attention.output.dense = _replace(layer.attention.output.dense, *refit)
-        kept_widths[f"encoder.layer.{i}.attention.self"] = (len(kept), n_dense_heads)
-        if len(kept) < n_dense_heads:
-            removed_heads[f"encoder.layer.{i}.attention.self"] = [h for h in range(n_dense_heads) if h not in kept]
-        kept_widths[f"encoder.layer.{i}.intermediate"] = (n_ffn, n_dense_ffn)
+    for i, layer in enumerate(layers):
+        if n_heads < n_dense_heads:
+            att_out = layer.attention.output.dense
+            gram = _Gram(att_out.in_features)
+            _run_layer(layer, batches, gram, att_out)
+            per_channel = gram.value.diagonal()[:-1].float().clamp_min(0)
+            w = att_out.weight.pow(2).sum(0).reshape(-1, head_size).sum(1).sqrt()
+            kept = sorted(torch.topk(per_channel.reshape(-1, head_size).sum(1).sqrt() * w, n_heads).indices.tolist())
+            refit = (reconstruct_linear(att_out.weight, att_out.bias, gram.value, head_columns(kept, head_size))
+                     if reconstruct else None)
+            remove_encoder_heads(layer, kept, head_size)
+            if refit is not None:
+                layer.attention.output.dense = _replace(layer.attention.output.dense, *refit)
+            removed_heads[f"{path}.{i}.attention.self"] = [h for h in range(n_dense_heads) if h not in kept]
+        kept_widths[f"{path}.{i}.attention.self"] = (n_heads, n_dense_heads)
+        kept_widths[f"{path}.{i}.intermediate"] = (n_ffn, n_dense_ffn)
 
-        ffn_out = layer.output.dense
+        up_path, down_path = ffn_paths(layer)
+        ffn_out = layer.get_submodule(down_path)
         gram = _Gram(ffn_out.in_features)
         _run_layer(layer, batches, gram, ffn_out)
         score = gram.value.diagonal()[:-1].float().clamp_min(0).sqrt() * ffn_out.weight.norm(dim=0)
         keep = torch.topk(score, n_ffn).indices.sort().values
-        layer.intermediate.dense = _shrink_linear(layer.intermediate.dense, out_idx=keep)
+        set_module(layer, up_path, shrink_linear(layer.get_submodule(up_path), out_idx=keep))
         if reconstruct:
-            layer.output.dense = _replace(ffn_out, *reconstruct_linear(ffn_out.weight, ffn_out.bias, gram.value, keep))
+            set_module(layer, down_path, _replace(ffn_out, *reconstruct_linear(ffn_out.weight, ffn_out.bias,
+                                                                               gram.value, keep)))
         else:
-            layer.output.dense = _shrink_linear(ffn_out, in_idx=keep)
+            set_module(layer, down_path, shrink_linear(ffn_out, in_idx=keep))
         _run_layer(layer, batches, advance=True)
     cfg.intermediate_size = n_ffn
     return PruneResult(model, "encoder", kept_widths, removed_blocks=removed_blocks, removed_heads=removed_heads)
