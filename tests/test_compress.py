@@ -371,8 +371,9 @@ def test_hugging_face_model_compressed_to_a_folder_that_reloads(tmp_path):
     train, val, test = Split(x[:64], y[:64]), Split(x[64:80], y[64:80]), Split(x[80:], y[80:])
     out = tmp_path / "run"
     result = slimkit.compress(model, train, val, test, target="macs=1.3x", floor=0.0, out=out,
-                              timer=macs_timer(x[:1]), timing_method="MACs as ms (test)", **TINY)
-    assert result.model.config.intermediate_size < 64  # the FFN was cut
+                              timer=macs_timer(x[:1]), timing_method="MACs as ms (test)", max_blocks=0, **TINY)
+    assert result.model.config.intermediate_size < 64  # the FFN was cut (no layer may go: max_blocks=0)
+    assert result.report["cutter"] == "encoder"  # the hf-encoder family's cutter, found by what the model is
     report = json.loads((out / "report.json").read_text())
     assert report["saved"]["path"] == "model" and report["rebuild"]["kind"] == "hf"
     assert "vit.embeddings" in report["kept_intact"]["modules"]

@@ -16,15 +16,20 @@ from slimkit.errors import SlimkitError, check_count
 @app.command()
 @clean_errors
 def compress(
-    model: str = typer.Argument(..., help="a slimkit .safetensors checkpoint, a Hugging Face folder (config.json) "
-                                          "with --task, or package.module:factory (a callable returning the model, "
-                                          "or a dict with 'model' and optionally 'task', 'data', "
-                                          "'builder')"),
+    model: str = typer.Argument(..., help="a slimkit .safetensors checkpoint, a Hugging Face folder written by "
+                                          "save_pretrained (its task is read from the config: *ForImageClassification, "
+                                          "*ForSequenceClassification, or a bare encoder for embeddings), or "
+                                          "package.module:factory (a callable returning the model, or a dict with "
+                                          "'model' and optionally 'task', 'data', 'builder')"),
     data: str | None = typer.Option(None, help="fashion-mnist, digits, an .npz (x, y), an image folder (one "
-                                                  "sub-folder per class), a text file or 'sentences' (embeddings); "
-                                                  "default: the factory's data, else fashion-mnist"),
-    task: str | None = typer.Option(None, help="classification, embeddings or ctc (default: the factory's task, "
-                                                  "else classification)"),
+                                                  "sub-folder per class); for a text classifier a CSV, TSV, JSONL or "
+                                                  "Parquet file or a datasets save_to_disk folder; for embeddings a "
+                                                  "text file or 'sentences'; default: the factory's data, else "
+                                                  "fashion-mnist (images) or 'sentences' (embeddings)"),
+    task: str | None = typer.Option(None, help="classification, embeddings or ctc (default: the Hugging Face "
+                                                  "config's task, the factory's, else classification)"),
+    text_column: str = typer.Option("text", help="text classifiers: the column holding the text"),
+    label_column: str = typer.Option("label", help="text classifiers: the column holding the class"),
     target: str = typer.Option("latency=0.5x", help="latency=0.5x (measured here), macs=2x or params=2x"),
     floor: str = typer.Option("-1pt", help="validation floor on the task's first metric: -1pt relative to dense, or "
                                            "an absolute value (0.95); or on a named metric, the way it gets worse: "
@@ -57,13 +62,7 @@ def compress(
     model with report.json, report.md and candidates.png.
     """
     from slimkit.compression.settings import parse_floor, parse_target
-    from slimkit.compression.sources import (
-        TASKS,
-        resolve_data,
-        resolve_model,
-        sentence_data,
-        task_named,
-    )
+    from slimkit.compression.sources import TASKS, resolve_data, resolve_model, task_named
 
     parse_target(target)
     parse_floor(floor)
@@ -87,13 +86,19 @@ def compress(
     inputs = [p for p in (model, data) if p and Path(p).exists()]
     check_output_folder(out, overwrite, inputs)
     source = resolve_model(model, task)
-    the_task = task_named(task) if task else source.task or task_named("classification")
-    cutter = source.cutter
-    if source.kind == "huggingface":
-        splits, texts = sentence_data(data or "sentences", source.extras["tokenizer"], seed, train_n)
-        from slimkit.compression.cutters import EncoderCutter
+    the_task = source.task if source.family == "hf-encoder" else task_named(task) if task else \
+        source.task or task_named("classification")
+    cutter, data_how = source.cutter, None
+    if source.family == "hf-encoder":
+        from slimkit.families.hf_encoder import prepare
 
-        cutter = cutter or EncoderCutter(source.extras["tokenizer"], texts[:256])
+        prepared = prepare(source, data, seed, train_n, str(data_dir) if data_dir else None, text_column,
+                           label_column)
+        splits, data_how = prepared.splits, prepared.how
+        if source.extras["task"] == "embeddings":  # calibrated on sentences, as slimkit llm encoder cuts
+            from slimkit.families.hf_encoder import EncoderCutter
+
+            cutter = EncoderCutter(source.processor, prepared.calib_texts[:256])
     elif data is not None or source.data is None:
         splits = resolve_data(data or "fashion-mnist", str(data_dir) if data_dir else None, seed, train_n)
     else:
@@ -114,7 +119,8 @@ def compress(
                           search_steps=search_steps, recover_steps=recover_steps, batch_size=batch_size,
                           recovery=recovery, round_to=round_to,
                           keep_slower=keep_slower, inputs=tuple(inputs), command="slimkit compress",
-                          export_onnx=export == "onnx", builder=source.builder, **overrides)
+                          export_onnx=export == "onnx", builder=source.builder, processor=source.processor,
+                          data_how=data_how, **overrides)
     if result.report.get("deployment"):
         from slimkit.report import DeployRow, print_table
 

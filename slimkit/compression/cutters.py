@@ -6,9 +6,9 @@ only combines them. Two exist:
 
 - `StructuredCutter`: slimkit's structured pruner (Torch-Pruning's dependency graph) for conv
   nets, slimkit's models and anything it supports; blocks are modules marked `removable`;
-- `EncoderCutter`: BERT-style Hugging Face encoders (MiniLM) through slimkit.llm.encoder_prune:
-  FFN neurons by activation-aware importance with least-squares reconstruction, and the last
-  layers as blocks. It needs the tokenizer and calibration sentences.
+- `EncoderCutter` (the hf-encoder family, slimkit.families.hf_encoder): BERT- and ViT-style
+  Hugging Face encoders and classifiers: FFN neurons by activation-aware importance with
+  least-squares reconstruction, and the last layers as blocks.
 
 Timing: `deciding_timer` is the fresh-process timer (slimkit.measure.fresh) when a child process
 can rebuild the models (slimkit.compression.rebuild: slimkit's own, Hugging Face folders, or the
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import SlimkitError
+from slimkit.families.hf_encoder import EncoderCutter, is_encoder
 
 if TYPE_CHECKING:
     from slimkit.compression.rebuild import Rebuild
@@ -99,60 +100,8 @@ class StructuredCutter:
         groups held whole because they are coupled to one, each with the reason."""
         from slimkit.prune.structured import build_graph
 
-        graph = build_graph(copy.deepcopy(model), self.example[:1], self.ignored)
+        graph = build_graph(copy.deepcopy(model), _batch_one(self.example), self.ignored)
         return {"modules": dict(graph.kept_intact), "groups": dict(graph.held)}
-
-
-@dataclass
-class EncoderCutter:
-    """A BERT-style encoder (`model.encoder.layer`, `model.config`): FFN neurons and the last layers."""
-
-    tokenizer: Any
-    texts: list[str]
-    name: str = "encoder"
-
-    def blocks(self, model: nn.Module) -> list[str]:
-        return [f"encoder.layer.{i}" for i in range(len(model.encoder.layer))][1:]
-
-    def influences(self, model: nn.Module, calib: list[Any]) -> dict[str, float]:
-        """Later layers first: slimkit.llm drops layers from the top, so the rank follows depth."""
-        names = self.blocks(model)
-        return {n: float(i + 1) / len(names) for i, n in enumerate(reversed(names))}
-
-    def intact(self, model: nn.Module) -> dict[str, dict[str, str]]:
-        why = "the encoder cutter removes FFN neurons and whole layers only"
-        return {"modules": {"embeddings": why, "encoder.layer.*.attention": why}, "groups": {}}
-
-    def remove(self, model: nn.Module, names: list[str]) -> nn.Module:
-        m = copy.deepcopy(model)
-        drop = {int(n.rsplit(".", 1)[1]) for n in names}
-        m.encoder.layer = nn.ModuleList([lay for i, lay in enumerate(m.encoder.layer) if i not in drop])
-        m.config.num_hidden_layers = len(m.encoder.layer)
-        return m
-
-    def cut(self, model: nn.Module, ratio: float, calib: list[Any],
-            exact: bool = True) -> tuple[nn.Module, dict[str, list[int]]]:
-        from slimkit.llm.encoder_prune import prune_encoder
-        from slimkit.llm.width import _shrink_linear
-
-        m = copy.deepcopy(model)
-        before = m.config.intermediate_size
-        if ratio > 0 and exact:
-            prune_encoder(m, self.tokenizer, self.texts, ffn_ratio=ratio, head_ratio=0.0)
-        elif ratio > 0:  # shapes only: the first neurons, no calibration
-            keep = torch.arange(before - int(before * ratio))
-            for layer in m.encoder.layer:
-                layer.intermediate.dense = _shrink_linear(layer.intermediate.dense, out_idx=keep)
-                layer.output.dense = _shrink_linear(layer.output.dense, in_idx=keep)
-            m.config.intermediate_size = len(keep)
-        return m.eval(), {f"encoder.layer.{i}.intermediate": [m.config.intermediate_size, before]
-                          for i in range(len(m.encoder.layer))}
-
-
-def is_encoder(model: nn.Module) -> bool:
-    """A Hugging Face BERT-style encoder, which `EncoderCutter` handles."""
-    enc = getattr(model, "encoder", None)
-    return hasattr(getattr(model, "config", None), "intermediate_size") and hasattr(enc, "layer")
 
 
 # -- timing --------------------------------------------------------------------------------------
@@ -208,3 +157,7 @@ def check_cuttable(cutter: Cutter, model: nn.Module, calib: list[Any]) -> None:
         cutter.cut(model, 0.25, calib, exact=False)
     except SlimkitError as exc:
         raise SlimkitError(f"slimkit cannot cut {type(model).__name__}: {exc}") from None
+
+
+__all__ = ["Cutter", "EncoderCutter", "StructuredCutter", "Timer", "can_time_fresh", "check_cuttable", "deciding_timer",
+           "is_encoder"]

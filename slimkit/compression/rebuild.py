@@ -39,6 +39,7 @@ class Rebuild:
     spec: str | None = None  # "hf", "package.module:callable", or None
     kwargs: dict | None = None
     why_not_fresh: str = ""  # why the child cannot rebuild it ("" when it can)
+    processor: Any = None  # a Hugging Face tokenizer or image processor, saved into the model's folder
 
     @property
     def fresh(self) -> bool:
@@ -58,13 +59,14 @@ def _spec_of(fn: Any) -> str | None:
         return None
 
 
-def plan_rebuild(model: nn.Module, builder: Any = None) -> Rebuild:
-    """The Rebuild for `model` with the user's `builder` (None, a callable, (callable, kwargs), or a spec string)."""
+def plan_rebuild(model: nn.Module, builder: Any = None, processor: Any = None) -> Rebuild:
+    """The Rebuild for `model` with the user's `builder` (None, a callable, (callable, kwargs), or a
+    spec string); a Hugging Face model's `processor` (tokenizer or image processor) is saved with it."""
     from slimkit.io import import_builder, split_builder
 
     if builder is None:
         if is_hf(model):
-            return Rebuild("hf", spec="hf")
+            return Rebuild("hf", spec="hf", processor=processor)
         if callable(getattr(model, "config", None)):
             return Rebuild("slimkit")
         return Rebuild("none", why_not_fresh=f"{type(model).__name__} cannot be rebuilt without a builder")
@@ -107,6 +109,8 @@ def save_compressed(model: nn.Module, folder: Path, plan: Rebuild) -> dict:
         from slimkit.hf_folder import write_hf
 
         needs_layout = write_hf(model, folder / HF_FOLDER)
+        if plan.processor is not None:  # the folder then serves as it is: model, config and its inputs' processor
+            plan.processor.save_pretrained(folder / HF_FOLDER)
         how = ("slimkit.hf_folder.load_hf(path) (per-layer widths are recorded beside the config)" if needs_layout
                else "AutoModel.from_pretrained(path) or slimkit.hf_folder.load_hf(path)")
         return {"path": HF_FOLDER, "format": "Hugging Face folder", "reload": how}

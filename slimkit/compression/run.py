@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from slimkit.compression.cutters import (
     Cutter,
+    EncoderCutter,
     StructuredCutter,
     Timer,
     check_cuttable,
@@ -202,13 +203,15 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
              timer: Timer | None = None, timing_method: str | None = None, overwrite: bool = False,
              progress: bool = True, command: str = "slimkit.compress()", inputs: tuple = (), export_onnx: bool = False,
              builder: Any = None, teacher_outputs: torch.Tensor | TeacherOutputs | None = None,
-             **overrides) -> CompressResult:
+             processor: Any = None, data_how: str | None = None, **overrides) -> CompressResult:
     """Compress `model` to `target` keeping the validation metric of `task` above `floor`; see the module docstring.
 
-    Data are what the engine takes (slimkit.distill.train_data): a Split, tensors, a DataLoader, a
-    list of batches, or a function epoch -> batches; `test` may be None (no test evaluation).
-    `example` is one input batch (default: the first validation batch's inputs). `cutter` is how
-    the model is cut (default: slimkit's structured pruner); `timer` times a list of models alike
+    Data are what the engine takes (slimkit.distill.train_data): a Split, tensors (a tuple, list or
+    dict of them), a DataLoader, a list of batches (tuples or dicts), or a function epoch -> batches;
+    `test` may be None (no test evaluation). `example` is one input batch (default: the first
+    validation batch's inputs). `cutter` is how the model is cut (default: the hf-encoder family's
+    EncoderCutter for BERT- and ViT-style Hugging Face encoders, else slimkit's structured pruner);
+    `timer` times a list of models alike
     (default: the deciding timer, `timing_method` then says how an injected one measures).
     `export_onnx` also writes model.onnx to `out`, and the report gets the deployment rows: the
     dense and compressed exports checked and timed in ONNX Runtime (deploy.py). An export that fails
@@ -219,6 +222,8 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     `out`, such a model without one is refused before any work. `teacher_outputs`: the dense
     model's outputs over in-memory `train`, in its order, when the caller has them already (KD
     recoveries then use them instead of recomputing; the engine checks that they cover `train`).
+    `processor`: a Hugging Face model's tokenizer or image processor, saved into its folder.
+    `data_how`: how the splits were made (read, carved, with which seed), kept in the report.
     Further keyword arguments are CompressSettings fields.
     """
     t0 = time.time()
@@ -236,7 +241,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
         require_deploy()
     if timer is not None and not timing_method:
         raise SlimkitError("an injected timer needs timing_method= saying how it measures (it goes in the report)")
-    plan = plan_rebuild(model, builder if builder is not None else s.builder)
+    plan = plan_rebuild(model, builder if builder is not None else s.builder, processor)
     if out is not None:
         check_rebuild(model, plan)
     task = task or classification()
@@ -250,11 +255,11 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     calib_batches = calibration_batches(train, task, s.calib_batches, s.batch_size)
     calib = [x for x, _ in calib_batches]
     if cutter is None:
-        if is_encoder(model):
-            raise SlimkitError("this is a Hugging Face encoder: pass cutter=EncoderCutter(tokenizer, sentences) "
-                               "(slimkit.compression) so its FFN neurons and layers can be cut")
-        labels = class_labels(calib_batches) if s.importance == "taylor" else None
-        cutter = StructuredCutter(example, s.importance, labels=labels, round_to=s.round_to)
+        if is_encoder(model):  # the hf-encoder family: calibrated on the batches above
+            cutter = EncoderCutter()
+        else:
+            labels = class_labels(calib_batches) if s.importance == "taylor" else None
+            cutter = StructuredCutter(example, s.importance, labels=labels, round_to=s.round_to)
     check_cuttable(cutter, model, calib)
     check_teacher_outputs(teacher_outputs, train)
     if timer is None:
@@ -318,6 +323,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
         "target": tgt.text, "floor": flr.text, "floor_value": floor_value, "timing": timing_method,
         "rebuild": {"kind": plan.kind, "builder": plan.spec, "kwargs": plan.kwargs or {}},
         "cutter": cutter.name, "kept_intact": kept_intact, "settings": s.model_dump(mode="json"),
+        "data": data_how or "as given to compress()",
         "dense": {"macs": dense_macs, "params": dense_params, "ms": dense_ms, "ms_search": found.dense_ms,
                   "val": dense_val, "test": dense_test},
         "block_ranking": found.block_ranking,

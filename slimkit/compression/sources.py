@@ -2,7 +2,8 @@
 
 MODEL is one of:
 - a slimkit checkpoint (.safetensors written by slimkit);
-- a Hugging Face model folder (config.json) with `--task embeddings` (BERT-style encoders);
+- a Hugging Face model folder (config.json): its family and task come from the architecture its
+  config names (slimkit.families); `--task` may only agree with it;
 - `package.module:factory`, a Python callable the user names on the command line (never read from
   a file). The current folder is searched first, as for `python -m`. It returns the model, or a
   dict with "model" and optionally "task" (a Task), "data" (a Dataset or a dict with train, val,
@@ -11,8 +12,9 @@ MODEL is one of:
   builder; one that returns a dict and a model that is neither slimkit's nor a Hugging Face one
   must name "builder", or compress refuses it (it could not be reloaded once saved).
 
-Data is a built-in (fashion-mnist, digits), an .npz with x and y, an image folder (one sub-folder
-per class, read with Pillow), a text file of sentences (embeddings), or what the factory returns.
+Data for checkpoints and factories is a built-in (fashion-mnist, digits), an .npz with x and y, an
+image folder (one sub-folder per class, read with Pillow), or what the factory returns; a Hugging
+Face model's data is read by its family (slimkit.families.hf_encoder.prepare).
 """
 
 from __future__ import annotations
@@ -21,32 +23,15 @@ import importlib
 import os
 import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import torch
 from torch import nn
 
 from slimkit.errors import SlimkitError
+from slimkit.families.base import Source
 
-TASKS = ("classification", "embeddings", "ctc")
+TASKS = ("classification", "embeddings", "ctc")  # --task; a Hugging Face folder's task comes from its config
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-
-
-@dataclass
-class Source:
-    """A resolved MODEL: the model and whatever else it came with."""
-
-    model: nn.Module
-    kind: str  # "checkpoint", "huggingface" or "factory"
-    task: Any = None
-    data: dict | None = None  # {"train", "val", "test"}
-    example: Any = None
-    cutter: Any = None
-    builder: Any = None  # what builds the dense model (slimkit.compression.rebuild)
-    extras: dict = field(default_factory=dict)  # e.g. a tokenizer
 
 
 def task_named(name: str):
@@ -118,76 +103,14 @@ def resolve_model(spec: str, task: str | None) -> Source:
         if not (p / "config.json").is_file():
             raise SlimkitError(f"{spec} is a folder without config.json; pass a Hugging Face folder written by "
                                f"save_pretrained, a slimkit .safetensors checkpoint, or package.module:factory")
-        if task != "embeddings":
-            raise SlimkitError("a Hugging Face folder is compressed here with --task embeddings (BERT-style "
-                               "encoders); other tasks: wrap the model in a factory (package.module:factory)")
-        from transformers import AutoModel, AutoTokenizer
+        from slimkit.families import hf_encoder
 
-        return Source(AutoModel.from_pretrained(p).eval(), "huggingface", extras={"tokenizer": AutoTokenizer.from_pretrained(p)})
+        return hf_encoder.load(p, task)
     if p.suffix == ".safetensors" or p.is_file():
         from slimkit.io import load_model
 
         return Source(load_model(p), "checkpoint")
     raise SlimkitError(f"MODEL {spec!r} is neither a file, a folder nor package.module:factory; check the path")
-
-
-def image_folder(root: Path, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2):
-    """A Dataset from one sub-folder per class (sorted names are labels 0..C-1), images resized to
-    the first image's size, grayscale when every image is."""
-    from PIL import Image
-
-    from slimkit.data.arrays import Dataset, Split
-
-    classes = sorted(d for d in root.iterdir() if d.is_dir())
-    files = [(f, i) for i, d in enumerate(classes) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
-    if len(classes) < 2 or not files:
-        raise SlimkitError(f"{root} needs one sub-folder per class (at least 2) holding images "
-                           f"({', '.join(sorted(IMAGE_SUFFIXES))})")
-    with Image.open(files[0][0]) as first:
-        size = first.size
-    images = []
-    for f, _ in files:
-        with Image.open(f) as im:
-            images.append(im.convert("RGB").resize(size))
-    gray = all(im.convert("L").convert("RGB").tobytes() == im.tobytes() for im in images)
-    arrays = [torch.frombuffer(bytearray((im.convert("L") if gray else im).tobytes()), dtype=torch.uint8)
-              for im in images]
-    c = 1 if gray else 3
-    x = torch.stack([a.reshape(size[1], size[0], c).permute(2, 0, 1) for a in arrays]).float() / 255
-    y = torch.tensor([i for _, i in files])
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    n_test, n_val = int(len(y) * test_fraction), int(len(y) * val_fraction)
-    if len(y) - n_test - n_val < 1 or n_val < 1:
-        raise SlimkitError(f"{root} holds {len(y)} images; give at least 10 so train, val and test each get some")
-    te, va, tr = perm[:n_test], perm[n_test:n_test + n_val], perm[n_test + n_val:]
-    return Dataset(root.name, Split(x[tr], y[tr]), Split(x[va], y[va]), Split(x[te], y[te]), len(classes))
-
-
-def sentence_data(spec: str, tokenizer, seed: int = 0, n: int = 0) -> tuple[dict, list[str]]:
-    """Token batches for the embeddings task from a text file (or 'sentences', slimkit's built-in
-    public-domain text), split 80/10/10; returns the splits and the training sentences."""
-    from slimkit.llm.encoder import encode_sentences, sentences
-
-    if spec == "sentences":
-        from slimkit.llm.encoder import DEFAULT_TRAIN_SENTENCES, default_sentences
-
-        # n above the default: more of the training book, the default's sentences first
-        train, held = default_sentences(n_train=max(n, DEFAULT_TRAIN_SENTENCES), seed=seed)
-        texts = train + held
-    else:
-        p = Path(spec)
-        if not p.is_file():
-            raise SlimkitError(f"--data {spec} is not a file; give a UTF-8 text file of sentences or 'sentences'")
-        texts = sentences(p.read_text(encoding="utf-8"))
-    texts = texts[:n] if n else texts
-    if len(texts) < 10:
-        raise SlimkitError(f"--data {spec} gives {len(texts)} sentences; give at least 10")
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(texts), generator=g).tolist()
-    k1, k2 = int(len(texts) * 0.8), int(len(texts) * 0.9)
-    split = {"train": [texts[i] for i in order[:k1]], "val": [texts[i] for i in order[k1:k2]],
-             "test": [texts[i] for i in order[k2:]]}
-    return {k: encode_sentences(tokenizer, v) for k, v in split.items()}, split["train"]
 
 
 def resolve_data(spec: str, data_dir: str | None, seed: int, n_train: int = 0) -> dict:
@@ -196,6 +119,8 @@ def resolve_data(spec: str, data_dir: str | None, seed: int, n_train: int = 0) -
 
     p = Path(spec)
     if p.is_dir():
+        from slimkit.data.images import image_folder
+
         ds = image_folder(p, seed)
     else:
         ds = load_dataset(spec, data_dir, seed=seed)

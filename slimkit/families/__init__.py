@@ -1,0 +1,78 @@
+"""Model families: each names its cuts, tasks, saving and data (slimkit.families.base).
+
+`compress` (and the other verbs) find the family by what the model is, not by which command was
+typed: a Hugging Face folder by the architecture its config names, anything else by type.
+
+- `modules`: any torch module, cut through the dependency graph (slimkit.prune.structured);
+- `hf-encoder`: BERT- and ViT-style Hugging Face encoders, as text or image classifiers or as
+  sentence encoders (slimkit.families.hf_encoder);
+- `causal-lm` and `whisper`: recognised, and refused by `compress` with the commands that cut them.
+"""
+
+from __future__ import annotations
+
+from slimkit.errors import SlimkitError
+from slimkit.families.base import Family, Prepared, Source
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("modules", "any torch nn.Module: slimkit checkpoints and package.module:factory",
+           "whole removable blocks, and channels of coupled groups", ("classification", "ctc", "embeddings"),
+           "a slimkit checkpoint (with the dense builder for modules slimkit did not write)",
+           "fashion-mnist, digits, an .npz (x, y), an image folder, or the factory's data"),
+    Family("hf-encoder", "Hugging Face BERT- and ViT-style encoders: *ForSequenceClassification, "
+                         "*ForImageClassification, and bare encoders (sentence embeddings)",
+           "FFN neurons (least-squares reconstruction) and the last layers", ("classification", "embeddings"),
+           "a Hugging Face folder that plain from_pretrained reloads, with the tokenizer or image processor",
+           "images: an image folder or fashion-mnist / digits; texts: CSV, TSV, JSONL, Parquet or a "
+           "datasets save_to_disk folder; embeddings: a text file or 'sentences'"),
+    Family("causal-lm", "Hugging Face *ForCausalLM models (Llama, Qwen, SmolLM2...)",
+           "decoder layers, FFN neurons, whole KV groups; one-shot sparsity", ("causal-lm",),
+           "a Hugging Face folder", "a plain text file"),
+    Family("whisper", "Hugging Face WhisperForConditionalGeneration",
+           "decoder layers, encoder FFN width, the encoder's input length", ("speech",),
+           "a Hugging Face folder", "an audio folder with transcripts.tsv"),
+)}
+# The commands that cut the families compress does not take yet (said in its refusal).
+ELSEWHERE = {"causal-lm": "slimkit llm prune | depth | width | distill",
+             "whisper": "slimkit speech prune | distill | eval"}
+
+
+def describe() -> str:
+    """The families in one line, for errors."""
+    return "; ".join(f"{f.name} ({f.takes})" for f in FAMILIES.values())
+
+
+def hf_family(config) -> tuple[str, str, str]:
+    """(family, task, modality) for a Hugging Face config, from the architecture it names.
+
+    modality is "image" or "text" for the encoder family, "" otherwise. An architecture no family
+    takes is one error line that names the families."""
+    archs = list(getattr(config, "architectures", None) or [])
+    arch = archs[0] if archs else ""
+    model_type = getattr(config, "model_type", "")
+    if arch.endswith("ForCausalLM"):
+        return "causal-lm", "causal-lm", ""
+    if arch.startswith("Whisper") or model_type == "whisper":
+        return "whisper", "speech", ""
+    if arch.endswith("ForImageClassification"):
+        return "hf-encoder", "classification", "image"
+    if arch.endswith("ForSequenceClassification"):
+        return "hf-encoder", "classification", "text"
+    if arch.endswith("Model") or not arch:
+        return "hf-encoder", "embeddings", "image" if hasattr(config, "image_size") else "text"
+    raise SlimkitError(f"slimkit has no family for the architecture {arch!r} (model_type {model_type!r}); the "
+                       f"families are: {describe()}")
+
+
+def check_task(family: str, task: str, requested: str | None, arch: str) -> str:
+    """The task to run: the config's, or `requested` when the family has it; a contradiction is one line."""
+    if requested is None or requested == task:
+        return task
+    if requested == "embeddings" and family == "hf-encoder":
+        return requested  # a classifier's encoder still embeds sentences
+    raise SlimkitError(f"--task {requested} contradicts the model: its config names {arch or 'a bare encoder'}, "
+                       f"a {task} model (family {family}, tasks {', '.join(FAMILIES[family].tasks)}); "
+                       f"leave --task out or pass a model of that task")
+
+
+__all__ = ["ELSEWHERE", "FAMILIES", "Family", "Prepared", "Source", "check_task", "describe", "hf_family"]
