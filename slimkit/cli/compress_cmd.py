@@ -18,23 +18,27 @@ from slimkit.errors import SlimkitError, check_count
 def compress(
     model: str = typer.Argument(..., help="a slimkit .safetensors checkpoint, a Hugging Face folder written by "
                                           "save_pretrained (its task is read from the config: *ForImageClassification, "
-                                          "*ForSequenceClassification, or a bare encoder for embeddings), or "
+                                          "*ForSequenceClassification, or a bare encoder for embeddings; "
+                                          "*ForCausalLM: a causal LM), the built-in smollm2, or "
                                           "package.module:factory (a callable returning the model, or a dict with "
                                           "'model' and optionally 'task', 'data', 'builder')"),
     data: str | None = typer.Option(None, help="fashion-mnist, digits, an .npz (x, y), an image folder (one "
                                                   "sub-folder per class); for a text classifier a CSV, TSV, JSONL or "
                                                   "Parquet file or a datasets save_to_disk folder; for embeddings a "
-                                                  "text file or 'sentences'; default: the factory's data, else "
-                                                  "fashion-mnist (images) or 'sentences' (embeddings)"),
-    task: str | None = typer.Option(None, help="classification, embeddings or ctc (default: the Hugging Face "
+                                                  "text file or 'sentences'; for a causal LM a UTF-8 text file or "
+                                                  "emma / prideprejudice; default: the factory's data, else "
+                                                  "fashion-mnist (images), 'sentences' (embeddings) or emma "
+                                                  "(causal LMs)"),
+    task: str | None = typer.Option(None, help="classification, embeddings, ctc or causal-lm (default: the Hugging Face "
                                                   "config's task, the factory's, else classification)"),
     text_column: str = typer.Option("text", help="text classifiers: the column holding the text"),
     label_column: str = typer.Option("label", help="text classifiers: the column holding the class"),
     target: str = typer.Option("latency=0.5x", help="latency=0.5x (measured here), macs=2x or params=2x"),
-    floor: str = typer.Option("-1pt", help="validation floor on the task's first metric: -1pt relative to dense, or "
-                                           "an absolute value (0.95); or on a named metric, the way it gets worse: "
-                                           "accuracy-1pt, cer+1pt (points), ppl<=1.25x (a multiple of dense), "
-                                           "cosine>=0.95 (absolute)"),
+    floor: str | None = typer.Option(None, help="validation floor on the task's first metric: -1pt relative to "
+                                                   "dense, or an absolute value (0.95); or on a named metric, the way "
+                                                   "it gets worse: accuracy-1pt, cer+1pt (points), ppl<=1.25x (a "
+                                                   "multiple of dense), cosine>=0.95 (absolute); default: ppl<=1.25x "
+                                                   "for causal LMs, else -1pt"),
     out: Path = typer.Option(..., help="run folder for the model and report (new, or an earlier slimkit run with "
                                        "--overwrite)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier slimkit run in --out"),
@@ -44,7 +48,9 @@ def compress(
     recovery: str = typer.Option("kd", help="recovery loss: 'kd' from the dense model, or 'ce' on labels alone "
                                             "(the control; not for embeddings)"),
     max_blocks: int | None = typer.Option(None, help="most whole blocks a mix removes (default: all removable)"),
-    batch_size: int = typer.Option(128, help="training batch size"),
+    batch_size: int | None = typer.Option(None, help="training batch size (default: 128; causal LMs 8 windows)"),
+    seq_len: int = typer.Option(256, help="causal LMs: tokens per window (the text is cut into non-overlapping "
+                                          "windows)"),
     round_to: int = typer.Option(8, help="kept channel counts are multiples of this (16 when the model will run "
                                          "int8 in ONNX Runtime on x86)"),
     train_n: int = typer.Option(0, help="use the first N training samples only (0 = all)"),
@@ -62,10 +68,15 @@ def compress(
     model with report.json, report.md and candidates.png.
     """
     from slimkit.compression.settings import parse_floor, parse_target
-    from slimkit.compression.sources import TASKS, resolve_data, resolve_model, task_named
+    from slimkit.compression.sources import TASKS, names_causal_lm, resolve_data, resolve_model, task_named
 
+    if target.strip().lower().startswith(("sparsity", "wanda", "sparsegpt", "n:m", "2:4")):
+        from slimkit.families.causal_lm import SPARSITY_NOTE
+
+        raise SlimkitError(f"--target {target!r}: {SPARSITY_NOTE}; compress targets latency=0.5x, macs=2x or params=2x")
     parse_target(target)
-    parse_floor(floor)
+    if floor is not None:
+        parse_floor(floor)
     if task is not None and task not in TASKS:
         raise SlimkitError(f"unknown --task {task!r}; choose one of {', '.join(TASKS)}")
     if export not in (None, "onnx"):
@@ -76,7 +87,9 @@ def compress(
         raise SlimkitError("--recovery ce trains on labels, and the embeddings task has none; use --recovery kd")
     check_count(search_steps, "--search-steps", 0)
     check_count(recover_steps, "--recover-steps", 0)
-    check_count(batch_size, "--batch-size")
+    if batch_size is not None:
+        check_count(batch_size, "--batch-size")
+    check_count(seq_len, "--seq-len")
     check_count(round_to, "--round-to")
     check_count(train_n, "--train-n", 0)
     if max_blocks is not None:
@@ -85,11 +98,32 @@ def compress(
 
     inputs = [p for p in (model, data) if p and Path(p).exists()]
     check_output_folder(out, overwrite, inputs)
+    if model == "smollm2" or (Path(model).is_dir() and names_causal_lm(Path(model))):
+        from slimkit.families.causal_lm import check_data
+
+        check_data(data)  # a missing text costs one line before the model loads
     source = resolve_model(model, task)
-    the_task = source.task if source.family == "hf-encoder" else task_named(task) if task else \
+    the_task = source.task if source.family in ("hf-encoder", "causal-lm") else task_named(task) if task else \
         source.task or task_named("classification")
-    cutter, data_how = source.cutter, None
-    if source.family == "hf-encoder":
+    from slimkit.compression.settings import floor_metric
+
+    lm = source.family == "causal-lm"
+    if floor is None:
+        from slimkit.families.causal_lm import DEFAULT_FLOOR
+
+        floor = DEFAULT_FLOOR if lm else "-1pt"
+    floor_metric(parse_floor(floor), the_task)  # a metric the task does not measure: one line, before the data
+    cutter, data_how, timer, timing_method, notes = source.cutter, None, None, None, None
+    family_settings: dict = {}
+    if lm:
+        from slimkit.families import causal_lm
+
+        prepared = causal_lm.prepare(source, data, seed, train_n, seq_len)
+        splits, data_how = prepared.splits, prepared.how
+        cutter, timer = causal_lm.DecoderCutter(), causal_lm.DecodeTimer()
+        timing_method, notes = timer.method, [causal_lm.SPARSITY_NOTE]
+        family_settings = dict(causal_lm.LM_SETTINGS)
+    elif source.family == "hf-encoder":
         from slimkit.families.hf_encoder import prepare
 
         prepared = prepare(source, data, seed, train_n, str(data_dir) if data_dir else None, text_column,
@@ -113,11 +147,13 @@ def compress(
     from slimkit.compression.report import target_verdict
     from slimkit.compression.run import compress as run_compress
 
-    overrides = {} if max_blocks is None else {"max_blocks": max_blocks}
+    overrides = {**family_settings, "batch_size": batch_size or family_settings.get("batch_size", 128)}
+    if max_blocks is not None:
+        overrides["max_blocks"] = max_blocks
     result = run_compress(source.model, splits["train"], splits["val"], splits.get("test"), the_task, target, floor,
                           example=source.example, out=out, seed=seed, cutter=cutter, overwrite=overwrite,
-                          search_steps=search_steps, recover_steps=recover_steps, batch_size=batch_size,
-                          recovery=recovery, round_to=round_to,
+                          search_steps=search_steps, recover_steps=recover_steps,
+                          recovery=recovery, round_to=round_to, timer=timer, timing_method=timing_method, notes=notes,
                           keep_slower=keep_slower, inputs=tuple(inputs), command="slimkit compress",
                           export_onnx=export == "onnx", builder=source.builder, processor=source.processor,
                           data_how=data_how, **overrides)

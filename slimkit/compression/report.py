@@ -35,6 +35,16 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _beside(report: dict) -> list[str]:
+    """A line for what the timer measured beside the deciding time (an LM's prefill), when it did."""
+    b = report.get("timing_beside") or {}
+    if not b.get("prefill_ms"):
+        return []
+    dense, comp = b["prefill_ms"][:2]
+    return [f"- prefill of a {b.get('prompt_tokens', '?')}-token prompt (beside, not deciding): dense {dense:.3f} ms, "
+            f"compressed {comp:.3f} ms"]
+
+
 def to_markdown(report: dict) -> str:
     """The report as a Markdown page: summary, the dense and compressed rows, every mix tried."""
     d, r, m = report["dense"], report["result"], report["metric"]
@@ -46,6 +56,7 @@ def to_markdown(report: dict) -> str:
         (f"- target: {report['target']}; cutter: {report['cutter']}; recovery: "
          f"{report['settings'].get('recovery', 'kd')}"),
         f"- timing: {report['timing']}",
+        *_beside(report),
         (f"- result: {'measured faster' if r['faster'] else 'NOT measured faster'} "
          f"({r['ms']:.3f} ms vs dense {d['ms']:.3f} ms, {r['speedup']:.2f}x), {target_verdict(report)}; "
          f"{report['candidates_tried']} of "
@@ -72,6 +83,8 @@ def to_markdown(report: dict) -> str:
         lines += [f"| {n} | {why} |" for n, why in intact.get("modules", {}).items()]
         lines += [f"| {n} (channels) | {why} |" for n, why in intact.get("groups", {}).items()]
     lines += deployment_markdown(report)
+    if report.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     if report.get("saved"):
         s = report["saved"]
         lines += ["", f"Saved: `{s['path']}` ({s['format']}); reload: {s['reload']}."]

@@ -68,6 +68,11 @@ from slimkit.distill.train_data import InMemory, as_train_data, batches_of, head
 from slimkit.errors import SlimkitError
 from slimkit.measure import count_macs
 
+# Causal LMs: the teacher's top-k logits per position are what KD reads (slimkit.llm.recover's recipe,
+# RecoveryConfig.top_k). Full logits would be N x L x vocab floats: 1000 windows of 256 tokens over
+# SmolLM2's 49152 tokens are 50 GB; the top 64 (value + index) are 131 MB.
+LM_TOP_K = 64
+
 
 class NotFasterError(SlimkitError):
     """The compressed model did not measure faster than the dense one; nothing was saved."""
@@ -118,6 +123,8 @@ def terms_for(task: Task, s: CompressSettings) -> list:
         return [ce(1.0)]
     if task.name == "embeddings":
         return [cosine()]
+    if task.name == "causal_lm":  # slimkit.llm.recover's recipe: top-k KD plus next-token CE at weight 1
+        return [kd(1.0, s.temperature), ce(1.0)]
     if task.supervised is None or s.alpha >= 1:
         return [kd(1.0, s.temperature)]
     return [t for t in (kd(s.alpha, s.temperature), ce(1.0 - s.alpha)) if t.weight > 0]
@@ -127,7 +134,9 @@ def recovery_teacher(dense: nn.Module, train: Any, task: Task, s: CompressSettin
                      given: torch.Tensor | TeacherOutputs | None = None) -> nn.Module | TeacherOutputs | None:
     """What every recovery of a run learns from: nothing for CE; for KD on in-memory data the dense
     model's outputs, `given` or computed once here (the engine would otherwise run the dense model
-    over the whole training split again for every mix); for KD on a loader, the dense model, live."""
+    over the whole training split again for every mix); for KD on a loader, the dense model, live.
+    A causal LM's outputs are kept as the top LM_TOP_K logits per position, computed in batches of
+    the run's batch size (the full logits would not fit in memory)."""
     if s.recovery == "ce":
         return None
     if given is not None:
@@ -135,6 +144,9 @@ def recovery_teacher(dense: nn.Module, train: Any, task: Task, s: CompressSettin
     data = as_train_data(train)
     if not isinstance(data, InMemory):
         return dense
+    if task.name == "causal_lm":
+        return compute_teacher_outputs(dense.eval(), data, batch_size=s.batch_size, topk=LM_TOP_K, task=task,
+                                       progress=progress)
     return compute_teacher_outputs(dense.eval(), data, task=task, progress=progress)
 
 
@@ -203,16 +215,19 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
              timer: Timer | None = None, timing_method: str | None = None, overwrite: bool = False,
              progress: bool = True, command: str = "slimkit.compress()", inputs: tuple = (), export_onnx: bool = False,
              builder: Any = None, teacher_outputs: torch.Tensor | TeacherOutputs | None = None,
-             processor: Any = None, data_how: str | None = None, **overrides) -> CompressResult:
+             processor: Any = None, data_how: str | None = None, notes: list[str] | None = None,
+             **overrides) -> CompressResult:
     """Compress `model` to `target` keeping the validation metric of `task` above `floor`; see the module docstring.
 
     Data are what the engine takes (slimkit.distill.train_data): a Split, tensors (a tuple, list or
     dict of them), a DataLoader, a list of batches (tuples or dicts), or a function epoch -> batches;
     `test` may be None (no test evaluation). `example` is one input batch (default: the first
-    validation batch's inputs). `cutter` is how the model is cut (default: the hf-encoder family's
-    EncoderCutter for BERT- and ViT-style Hugging Face encoders, else slimkit's structured pruner);
-    `timer` times a list of models alike
-    (default: the deciding timer, `timing_method` then says how an injected one measures).
+    validation batch's inputs). `cutter` is how the model is cut (default: the causal-lm family's
+    DecoderCutter for a causal_lm task, the hf-encoder family's EncoderCutter for BERT- and ViT-style
+    Hugging Face encoders, else slimkit's structured pruner); `timer` times a list of models alike
+    (default: the causal-lm family's DecodeTimer for a causal_lm task, else the deciding timer;
+    `timing_method` then says how an injected one measures). A causal LM wants the family's
+    settings too (slimkit.families.causal_lm.LM_SETTINGS: batch size, lr, max_blocks...).
     `export_onnx` also writes model.onnx to `out`, and the report gets the deployment rows: the
     dense and compressed exports checked and timed in ONNX Runtime (deploy.py). An export that fails
     raises ExportFailedError after the model and report were written (the failure recorded).
@@ -224,6 +239,9 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     recoveries then use them instead of recomputing; the engine checks that they cover `train`).
     `processor`: a Hugging Face model's tokenizer or image processor, saved into its folder.
     `data_how`: how the splits were made (read, carved, with which seed), kept in the report.
+    `notes`: sentences for the report (a family's, e.g. why a method it has is not a compress cut).
+    An injected timer with a `beside` dict (e.g. prefill times beside decode times) has its last
+    call's, the dense-vs-result timing, kept in the report under "timing_beside".
     Further keyword arguments are CompressSettings fields.
     """
     t0 = time.time()
@@ -254,14 +272,24 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     example = head(example, 1)
     calib_batches = calibration_batches(train, task, s.calib_batches, s.batch_size)
     calib = [x for x, _ in calib_batches]
+    lm = task.name == "causal_lm" and hasattr(getattr(model, "config", None), "num_hidden_layers")
     if cutter is None:
-        if is_encoder(model):  # the hf-encoder family: calibrated on the batches above
+        if lm:  # the causal-lm family: decoder layers and FFN neurons
+            from slimkit.families.causal_lm import DecoderCutter
+
+            cutter = DecoderCutter()
+        elif is_encoder(model):  # the hf-encoder family: calibrated on the batches above
             cutter = EncoderCutter()
         else:
             labels = class_labels(calib_batches) if s.importance == "taylor" else None
             cutter = StructuredCutter(example, s.importance, labels=labels, round_to=s.round_to)
     check_cuttable(cutter, model, calib)
     check_teacher_outputs(teacher_outputs, train)
+    if timer is None and lm:  # what an LM user waits for: decode time per token with the KV cache
+        from slimkit.families.causal_lm import DecodeTimer
+
+        timer = DecodeTimer(threads=s.threads)
+        timing_method = timer.method
     if timer is None:
         timer, timing_method = deciding_timer(model, example, s.threads, s.timing_rounds, s.timing_passes, plan)
     intact_of = getattr(cutter, "intact", None)
@@ -316,6 +344,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     stages.update(1)
     stages.set_postfix_str("6 timing")
     dense_ms, final_ms = timer([model, final])
+    beside = getattr(timer, "beside", None)
     faster = final_ms < dense_ms
     stages.update(1)
     report = {
@@ -337,6 +366,10 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
                    "val_holds_floor": metric.meets(final_val[metric.name], floor_value)},
         "candidates_tried": sum(c.val is not None for c in cands),
     }
+    if isinstance(beside, dict) and beside:
+        report["timing_beside"] = {"models": ["dense", "compressed"], **beside}
+    if notes:
+        report["notes"] = list(notes)
     if not faster and not s.keep_slower:
         stages.close()
         raise NotFasterError(f"the compressed model measured {final_ms:.3f} ms against the dense model's {dense_ms:.3f} "

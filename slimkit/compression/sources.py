@@ -3,7 +3,8 @@
 MODEL is one of:
 - a slimkit checkpoint (.safetensors written by slimkit);
 - a Hugging Face model folder (config.json): its family and task come from the architecture its
-  config names (slimkit.families); `--task` may only agree with it;
+  config names (slimkit.families); `--task` may only agree with it; a `*ForCausalLM` folder, or the
+  built-in name `smollm2`, is the causal-lm family (slimkit.families.causal_lm);
 - `package.module:factory`, a Python callable the user names on the command line (never read from
   a file). The current folder is searched first, as for `python -m`. It returns the model, or a
   dict with "model" and optionally "task" (a Task), "data" (a Dataset or a dict with train, val,
@@ -30,13 +31,14 @@ from torch import nn
 from slimkit.errors import SlimkitError
 from slimkit.families.base import Source
 
-TASKS = ("classification", "embeddings", "ctc")  # --task; a Hugging Face folder's task comes from its config
+TASKS = ("classification", "embeddings", "ctc", "causal-lm")  # --task; a Hugging Face folder's task comes from its config
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 def task_named(name: str):
     """The engine task for a --task name."""
     from slimkit.distill import (
+        causal_lm,
         cer,
         classification,
         ctc_loss,
@@ -50,6 +52,8 @@ def task_named(name: str):
         return embeddings()
     if name == "ctc":
         return sequence_logits(cer(), supervised=ctc_loss())
+    if name == "causal-lm":
+        return causal_lm()
     raise SlimkitError(f"unknown --task {name!r}; choose one of {', '.join(TASKS)}")
 
 
@@ -99,18 +103,37 @@ def resolve_model(spec: str, task: str | None) -> Source:
     if is_factory(spec):
         return load_factory(spec)
     p = Path(spec)
+    if spec == "smollm2" and not p.exists():
+        from slimkit.families import causal_lm
+
+        return causal_lm.load(spec, task)
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise SlimkitError(f"{spec} is a folder without config.json; pass a Hugging Face folder written by "
-                               f"save_pretrained, a slimkit .safetensors checkpoint, or package.module:factory")
-        from slimkit.families import hf_encoder
+                               f"save_pretrained, a slimkit .safetensors checkpoint, package.module:factory, or the "
+                               f"built-in smollm2")
+        from slimkit.families import causal_lm, hf_encoder
 
+        if names_causal_lm(p):
+            return causal_lm.load(p, task)
         return hf_encoder.load(p, task)
     if p.suffix == ".safetensors" or p.is_file():
         from slimkit.io import load_model
 
         return Source(load_model(p), "checkpoint")
-    raise SlimkitError(f"MODEL {spec!r} is neither a file, a folder nor package.module:factory; check the path")
+    raise SlimkitError(f"MODEL {spec!r} is neither a file, a folder, package.module:factory nor the built-in smollm2; "
+                       f"check the path")
+
+
+def names_causal_lm(folder: Path) -> bool:
+    """Whether the folder's config names a *ForCausalLM architecture (read as JSON: no weights, no transformers)."""
+    import json
+
+    try:
+        archs = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return False  # the family's loader says what is wrong with the config
+    return bool(archs) and str(archs[0]).endswith("ForCausalLM")
 
 
 def resolve_data(spec: str, data_dir: str | None, seed: int, n_train: int = 0) -> dict:

@@ -6,7 +6,9 @@ typed: a Hugging Face folder by the architecture its config names, anything else
 - `modules`: any torch module, cut through the dependency graph (slimkit.prune.structured);
 - `hf-encoder`: BERT- and ViT-style Hugging Face encoders, as text or image classifiers or as
   sentence encoders (slimkit.families.hf_encoder);
-- `causal-lm` and `whisper`: recognised, and refused by `compress` with the commands that cut them.
+- `causal-lm`: Llama-style Hugging Face *ForCausalLM models, and the built-in smollm2
+  (slimkit.families.causal_lm);
+- `whisper`: recognised, and refused by `compress` with the commands that cut it.
 """
 
 from __future__ import annotations
@@ -25,16 +27,16 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            "a Hugging Face folder that plain from_pretrained reloads, with the tokenizer or image processor",
            "images: an image folder or fashion-mnist / digits; texts: CSV, TSV, JSONL, Parquet or a "
            "datasets save_to_disk folder; embeddings: a text file or 'sentences'"),
-    Family("causal-lm", "Hugging Face *ForCausalLM models (Llama, Qwen, SmolLM2...)",
-           "decoder layers, FFN neurons, whole KV groups; one-shot sparsity", ("causal-lm",),
-           "a Hugging Face folder", "a plain text file"),
+    Family("causal-lm", "Hugging Face *ForCausalLM models (Llama, Qwen, SmolLM2...) and the built-in smollm2",
+           "decoder layers and FFN neurons (whole KV groups and one-shot sparsity: slimkit llm width | prune)",
+           ("causal-lm",), "a Hugging Face folder that plain from_pretrained reloads, with the tokenizer",
+           "a plain UTF-8 text file or a built-in text (emma, prideprejudice), in windows of --seq-len tokens"),
     Family("whisper", "Hugging Face WhisperForConditionalGeneration",
            "decoder layers, encoder FFN width, the encoder's input length", ("speech",),
            "a Hugging Face folder", "an audio folder with transcripts.tsv"),
 )}
 # The commands that cut the families compress does not take yet (said in its refusal).
-ELSEWHERE = {"causal-lm": "slimkit llm prune | depth | width | distill",
-             "whisper": "slimkit speech prune | distill | eval"}
+ELSEWHERE = {"whisper": "slimkit speech prune | distill | eval"}
 
 
 def describe() -> str:

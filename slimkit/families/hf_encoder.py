@@ -145,9 +145,11 @@ def load(folder: Path, requested: str | None) -> Source:
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     family, task, modality = hf_family(config)
     arch = (getattr(config, "architectures", None) or [""])[0]
-    if family != "hf-encoder":
+    if family in ELSEWHERE:
         raise SlimkitError(f"{folder} holds {arch}, a {FAMILIES[family].takes.split(':')[0]} model (family {family}); "
                            f"compress does not take this family yet: cut it with {ELSEWHERE[family]}")
+    if family != "hf-encoder":
+        raise SlimkitError(f"{folder} holds {arch}, a {family} model: load it with slimkit.families.causal_lm.load")
     task = check_task(family, task, requested, arch)
     import transformers
 
