@@ -9,6 +9,10 @@ Parts (each a row; a part that slimkit refuses prints its one-line reason instea
     model is saved, and timed in fresh processes, through its builder tests.crnn:CRNN;
   * minilm: all-MiniLM-L6-v2 with the embeddings task, floor cosine >= 0.95, cut by the
     encoder cutter (FFN neurons with reconstruction, then the last layers).
+  * vit, austen: Hugging Face classifiers fine-tuned by bench/hf_parts.py with transformers' Trainer
+    and saved with save_pretrained (a ViT on Fashion-MNIST; MiniLM telling the five Austen novels
+    apart, from a CSV), each compressed by one `slimkit compress FOLDER ...` command line; the
+    folder it writes is reloaded with plain from_pretrained and checked against the report.
 Columns: the measured latency share and speed-up (the timing method is printed with each row),
 MACs reduction, validation and test metric of dense and compressed, mixes recovered, wall time.
 
@@ -26,11 +30,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import slimkit
 from slimkit.errors import SlimkitError
 
-PARTS = ("resnet20", "mobilenetv2", "crnn", "minilm")
+PARTS = ("resnet20", "mobilenetv2", "crnn", "minilm", "vit", "austen")
 
 
 def parse() -> argparse.Namespace:
@@ -59,7 +64,9 @@ def budgets(quick: bool) -> dict:
     # need about 9.5 epochs each to hold the floor (2.4 and 5.9 epochs were short)
     return {"train_n": 0, "base_epochs": 5, "search_steps": 1000, "recover_steps": 2000, "timing_rounds": 60,
             "timing_passes": 3, "max_blocks": None, "sentences": 2000,
-            "part_steps": {"mobilenetv2": (4000, 2000), "crnn": (600, 1500), "minilm": (300, 1200)}}
+            "part_steps": {"mobilenetv2": (4000, 2000), "crnn": (600, 1500), "minilm": (300, 1200),
+                           "vit": (300, 1000), "austen": (150, 400)},
+            "part_batch": {"austen": 32}}
 
 
 def fashion_part(name: str, b: dict, a) -> dict:
@@ -109,7 +116,7 @@ def crnn_part(b: dict, a) -> dict:
 
 def minilm_part(b: dict, a) -> dict:
     from slimkit.compression import EncoderCutter
-    from slimkit.compression.sources import sentence_data
+    from slimkit.families.hf_encoder import sentence_data
     from slimkit.distill import embeddings
     from slimkit.llm.load import load_encoder
 
@@ -119,7 +126,50 @@ def minilm_part(b: dict, a) -> dict:
             "task": embeddings(), "floor": "0.95", "cutter": EncoderCutter(tok, texts[:256])}
 
 
+def hf_part(name: str, b: dict, a) -> dict:
+    """One `slimkit compress` command line on a fine-tuned Hugging Face folder; the row from its report."""
+    import hf_parts
+
+    t0 = time.time()
+    if name == "vit":
+        folder, how = hf_parts.vit_folder(a.seed, a.quick)
+        data_args = ["--data", "fashion-mnist"] + (["--train-n", "512"] if a.quick else [])
+    else:
+        folder, csv_path, how = hf_parts.austen_classifier(a.seed, a.quick)
+        data_args = ["--data", str(csv_path), "--text-column", "sentence", "--label-column", "novel"]
+    print(f"{name}: {how}")
+    search_steps, recover_steps = b.get("part_steps", {}).get(name, (b["search_steps"], b["recover_steps"]))
+    search_steps, recover_steps = a.search_steps or search_steps, a.recover_steps or recover_steps
+    t1 = time.time()
+    out = Path(a.out) / name
+    report = hf_parts.compress_cli(folder, data_args, out, a.target, a.floor, a.seed, search_steps, recover_steps,
+                                   b.get("part_batch", {}).get(name, 128))
+    row = {"part": name, "steps": f"{search_steps}/{recover_steps}", "wall_s": time.time() - t0}
+    if "refused" in report:
+        return {**row, "note": f"refused: {report['refused']}"}
+    r, m = report["result"], report["metric"]
+    row.update(share=r["latency_share"], met=r["meets_target"], speedup=r["speedup"], macs_x=r["macs_reduction"],
+               metric=m, dense_val=report["dense"]["val"][m], val=r["val"][m], dense_test=report["dense"]["test"].get(m),
+               test=r["test"].get(m), tried=f"{report['candidates_tried']}/{len(report['candidates'])}",
+               compress_s=time.time() - t1, timing=report["timing"], kept_intact=report["kept_intact"]["modules"],
+               note=f"reloads: {reload_check(out / 'model', name)}")
+    return row
+
+
+def reload_check(folder: Path, name: str) -> str:
+    """Plain from_pretrained on the written folder, and the class it gives."""
+    import transformers
+
+    cls = transformers.AutoModelForImageClassification if name == "vit" else \
+        transformers.AutoModelForSequenceClassification
+    model = cls.from_pretrained(folder, local_files_only=True)
+    return f"{type(model).__name__}.from_pretrained, {model.config.num_hidden_layers} layers, FFN " \
+           f"{model.config.intermediate_size}"
+
+
 def run_part(name: str, b: dict, a) -> dict:
+    if name in ("vit", "austen"):
+        return hf_part(name, b, a)
     t0 = time.time()
     row = {"part": name}
     try:
