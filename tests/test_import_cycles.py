@@ -129,3 +129,47 @@ def test_the_check_finds_a_cycle_through_a_lazy_import(tmp_path):
     assert graph["slimkit.c"] == set() and graph["slimkit.d"] == {"slimkit.c"}  # a type-only import never runs
     assert cycles(graph) == [["slimkit.a.x", "slimkit.b"]]
     assert cycles(package_graph(graph)) == [["slimkit.a", "slimkit.b"]]
+
+
+def _subpackage(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+
+def private_imports_across_packages(root: Path = ROOT) -> list[str]:
+    """`from slimkit.x import _name` or `x_module._name` where the importer lies in another subpackage."""
+    found = []
+    for f in (root / "slimkit").rglob("*.py"):
+        parts = list(f.relative_to(root).with_suffix("").parts)
+        here = _subpackage(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        aliases = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("slimkit"):
+                for a in node.names:
+                    private = a.name.startswith("_") and not a.name.startswith("__")
+                    if private and _subpackage(node.module) != here:
+                        found.append(f"{f.relative_to(root)}:{node.lineno} imports {node.module}.{a.name}")
+                    aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+            elif isinstance(node, ast.Import):
+                aliases.update({a.asname or a.name.split(".")[0]: a.name for a in node.names
+                                if a.name.startswith("slimkit")})
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__") \
+                    and isinstance(node.value, ast.Name) and node.value.id in aliases \
+                    and _subpackage(aliases[node.value.id]) != here:
+                found.append(f"{f.relative_to(root)}:{node.lineno} reads {aliases[node.value.id]}.{node.attr}")
+    return found
+
+
+def test_no_private_name_is_imported_across_packages():
+    assert private_imports_across_packages() == []
+
+
+def test_the_private_name_check_can_fail(tmp_path):
+    pkg = tmp_path / "slimkit"
+    (pkg / "a").mkdir(parents=True)
+    (pkg / "b").mkdir()
+    (pkg / "a" / "__init__.py").write_text("def _helper():\n    pass\n")
+    (pkg / "b" / "__init__.py").write_text("from slimkit.a import _helper\nimport slimkit.a as a\nx = a._helper\n")
+    (pkg / "a" / "inner.py").write_text("from slimkit.a import _helper\n")  # the same package: allowed
+    assert len(private_imports_across_packages(tmp_path)) == 2
