@@ -148,3 +148,21 @@ def test_bad_inputs_for_an_lm_are_one_line_and_write_nothing(lm_folder, text_fil
     res = run_cli("compress", lm_folder, *data, "--out", tmp_path / "run", "--search-steps", "2", *args)
     assert res.exit_code != 0 and says in res.output, res.output
     assert "Traceback" not in res.output and not (tmp_path / "run").exists()
+
+
+def test_text_windows_do_not_overlap_and_val_test_are_capped(text_file, monkeypatch):
+    from slimkit.distill import causal_lm
+    from slimkit.families import causal_lm as family
+    from slimkit.families.base import Source
+
+    model, tok = tiny_lm(1)
+    src = Source(model, "huggingface", task=causal_lm(), processor=tok)
+    monkeypatch.setattr(family, "EVAL_TOKENS", 64)  # 8 windows of 8 tokens
+    prepared = family.prepare(src, str(text_file), seed=3, n_train=20, seq_len=8)
+    s = prepared.splits
+    assert s["train"]["input_ids"].shape == (20, 8) and s["val"]["input_ids"].shape == (8, 8)
+    rows = [tuple(r) for k in ("train", "val", "test") for r in s[k]["input_ids"].tolist()]
+    assert len(set(rows)) == len(rows)  # no window in two splits
+    assert "seed 3" in prepared.how and "first 20 training windows" in prepared.how and "first 8 windows" in prepared.how
+    again = family.prepare(src, str(text_file), seed=3, n_train=20, seq_len=8).splits
+    assert torch.equal(again["val"]["input_ids"], s["val"]["input_ids"])  # the seed decides

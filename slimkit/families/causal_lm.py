@@ -4,8 +4,8 @@
   (slimkit.llm.load resolves both), with its tokenizer; `--task` may only agree.
 - Data: a plain UTF-8 text file or a built-in text (emma, prideprejudice), tokenized without
   special tokens and cut into non-overlapping windows of `seq_len` tokens; val and test windows are
-  carved with the seed (slimkit.data.tables.carve). Non-overlapping, so no validation token is
-  also a training token.
+  carved with the seed (slimkit.data.tables.carve), each at most EVAL_TOKENS tokens (as
+  slimkit.llm.text.eval_windows). Non-overlapping, so no validation token is also a training token.
 - Cuts (`DecoderCutter`): whole decoder layers (block influence, slimkit.llm.depth) and FFN
   neurons (activation-aware, slimkit.llm.width), the same count per layer. Both are widths the
   config states (`num_hidden_layers`, `intermediate_size`), so the result reloads with plain
@@ -36,6 +36,7 @@ from slimkit.families.base import Prepared, Source
 DEFAULT_TEXT = "emma"
 SEQ_LEN = 256
 DEFAULT_FLOOR = "ppl<=1.25x"
+EVAL_TOKENS = 16384  # most val (and test) tokens: perplexity over a book would cost minutes per mix tried
 WIDTH_WINDOWS = 16  # calibration windows per exact FFN cut: each cut is one forward pass over them
 SPARSITY_NOTE = ("one-shot sparsity (Wanda, SparseGPT, N:M) is a `slimkit llm prune` method, not a compress cut: "
                  "its zeros stay in dense matrices that dense kernels multiply anyway, so it saves no time and a "
@@ -245,8 +246,11 @@ def prepare(source: Source, spec: str | None, seed: int, n_train: int = 0, seq_l
     pieces, how = carve(n, seed, set())
     train = windows[pieces["train"]]
     train = train[:n_train] if n_train else train
-    splits = {"train": {"input_ids": train}, "val": {"input_ids": windows[pieces["val"]]},
-              "test": {"input_ids": windows[pieces["test"]]}}
+    most = max(1, EVAL_TOKENS // seq_len)  # the first of the carved windows: still the seed's draw
+    splits = {"train": {"input_ids": train}, "val": {"input_ids": windows[pieces["val"][:most]]},
+              "test": {"input_ids": windows[pieces["test"][:most]]}}
     used = f"; the first {len(train)} training windows used" if n_train and n_train < len(pieces["train"]) else ""
+    if len(pieces["val"]) > most or len(pieces["test"]) > most:
+        used += f"; val and test kept to their first {most} windows ({most * seq_len} tokens each)"
     return Prepared(splits, f"{Path(name).name if spec else name}: {ids.numel()} tokens in {n} non-overlapping windows "
                             f"of {seq_len}; {how.replace('rows', 'windows')}{used}")
