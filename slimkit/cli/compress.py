@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from slimkit.cli import clean_errors
-from slimkit.cli.app import app, check_model_fits
+from slimkit.cli.app import app, check_model_fits, checkpoint_dataset
 from slimkit.errors import SlimkitError, check_count, check_positive, check_sparsity
 
 
@@ -52,7 +52,7 @@ def train(
     torch.manual_seed(seed)
     net = build_model(model, in_channels=data.in_channels, input_size=data.input_size, num_classes=data.num_classes)
     train_classifier(net, data, TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed), desc=model)
-    save_model(net, out)
+    save_model(net, out, extra={"dataset": dataset})  # export, profile and prune default to it
     acc = evaluate_classifier(net, data.test, data.num_classes).accuracy
     typer.echo(f"wrote {out}: test accuracy {100 * acc:.2f}% on {data.name} ({len(data.test)} samples)")
 
@@ -69,7 +69,8 @@ def prune(
     round_to: int = typer.Option(8, help="structured: kept channel counts are multiples of this"),
     blocks: int = typer.Option(0, help="structured: residual blocks to remove by block influence"),
     heads: float = typer.Option(0.0, help="structured: fraction of attention heads to remove"),
-    dataset: str = typer.Option("fashion-mnist", help="data for calibration and the before/after profile"),
+    dataset: Optional[str] = typer.Option(None, help="data for calibration and the before/after profile "
+                                                     "(default: what the checkpoint was trained on)"),
     data_dir: Optional[Path] = typer.Option(None, help="folder with Fashion-MNIST IDX files"),
     seed: int = typer.Option(0, help="seed of the data split and calibration batches"),
     keep_slower: bool = typer.Option(False, help="structured: write the pruned model even when it measures no "
@@ -93,12 +94,13 @@ def prune(
 
     check_output_file(out, overwrite, inputs=[checkpoint], what="--out")
     dense = load_model(checkpoint)
+    dataset = checkpoint_dataset(checkpoint, dataset)
     data = _data(dataset, data_dir, seed)
     check_model_fits(dense, data)
     if method == "magnitude":
         pruned = copy.deepcopy(dense)
         report = magnitude_prune(pruned, sparsity=ratio)
-        save_model(pruned, out, extra={"kept_total": report.kept_total})
+        save_model(pruned, out, extra={"kept_total": report.kept_total, "dataset": dataset})
     elif method == "structured":
         from slimkit.prune.structured import prune_structured
 
@@ -114,7 +116,7 @@ def prune(
             if kept is dense:
                 raise SlimkitError(f"{info['note']}; nothing written to {out}. Prune more, remove blocks (--blocks), "
                                    "or pass --keep-slower")
-        save_model(pruned, out)
+        save_model(pruned, out, extra={"dataset": dataset})
     else:
         raise SlimkitError(f"unknown method {method!r}; use 'structured' or 'magnitude'")
     rows = profile_classifiers({"dense": (dense, checkpoint), f"{method} {ratio:g}": (pruned, out)},

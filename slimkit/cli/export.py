@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from slimkit.cli import clean_errors
-from slimkit.cli.app import app, check_model_fits
+from slimkit.cli.app import app, check_model_fits, checkpoint_dataset
 from slimkit.errors import SlimkitError
 
 BATCHES = (1, 32)
@@ -45,7 +45,8 @@ def export(
                                                   "the convolutions measured slower in int8 here left in fp32 when "
                                                   "that measures faster; conv models) or 'dynamic' (Linear-heavy "
                                                   "models: MiniLM, ViT)"),
-    dataset: str = typer.Option("fashion-mnist", help="classifiers: 'fashion-mnist', 'digits' or a .npz path"),
+    dataset: Optional[str] = typer.Option(None, help="classifiers: 'fashion-mnist', 'digits' or a .npz path "
+                                                     "(default: what the checkpoint was trained on)"),
     data_dir: Optional[Path] = typer.Option(None, help="folder with Fashion-MNIST IDX files"),
     seed: int = typer.Option(0, help="seed of the data split"),
     calib_samples: int = typer.Option(1024, help="static int8: validation samples (sentences) to calibrate on"),
@@ -101,7 +102,7 @@ def _classifier(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, 
     from slimkit.report import DeployRow
 
     model = load_model(checkpoint).eval()
-    data = load_dataset(dataset, str(data_dir) if data_dir else None, seed=seed)
+    data = load_dataset(checkpoint_dataset(checkpoint, dataset), str(data_dir) if data_dir else None, seed=seed)
     check_model_fits(model, data)  # input shape and class count, as profile and prune check them
     test, nc = data.test, data.num_classes
     res = export_onnx(model, test.x[:2], check_inputs=[test.x[:1], test.x[2:34]],

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from slimkit.cli import clean_errors
-from slimkit.cli.app import app, check_model_fits
+from slimkit.cli.app import app, check_model_fits, checkpoint_dataset
 
 @app.command()
 @clean_errors
@@ -81,7 +81,8 @@ def run(
 @clean_errors
 def profile(
     checkpoint: Path = typer.Argument(..., help="a slimkit .safetensors checkpoint"),
-    dataset: str = typer.Option("fashion-mnist", help="'fashion-mnist', 'digits' or a .npz path"),
+    dataset: Optional[str] = typer.Option(None, help="'fashion-mnist', 'digits' or a .npz path (default: what the "
+                                                     "checkpoint was trained on)"),
     data_dir: Optional[Path] = typer.Option(None, help="folder with Fashion-MNIST IDX files"),
     seed: int = typer.Option(0, help="seed of the data split"),
 ) -> None:
@@ -91,7 +92,7 @@ def profile(
     from slimkit.report import print_table, profile_classifier
 
     model = load_model(checkpoint)
-    data = load_dataset(dataset, str(data_dir) if data_dir else None, seed=seed)
+    data = load_dataset(checkpoint_dataset(checkpoint, dataset), str(data_dir) if data_dir else None, seed=seed)
     check_model_fits(model, data)
     row = profile_classifier(checkpoint.name, model, data.test, data.num_classes, checkpoint)
     print_table([row], [], title=f"{checkpoint} on {data.name} test ({len(data.test)} samples)")
