@@ -67,6 +67,10 @@ def compress(
     floor, recovers it fully, tests it once, times it against the dense model, and writes the
     model with report.json, report.md and candidates.png.
     """
+    options = dict(locals())  # every option as given, before any other name exists here
+    from slimkit.cli.recipe import recipe_of
+
+    recipe = recipe_of("compress", options)  # recipe.yaml replays this run
     from slimkit.compression.settings import parse_floor, parse_target
     from slimkit.compression.sources import TASKS, names_causal_lm, resolve_data, resolve_model, task_named
 
@@ -156,7 +160,7 @@ def compress(
                           recovery=recovery, round_to=round_to, timer=timer, timing_method=timing_method, notes=notes,
                           keep_slower=keep_slower, inputs=tuple(inputs), command="slimkit compress",
                           export_onnx=export == "onnx", builder=source.builder, processor=source.processor,
-                          data_how=data_how, **overrides)
+                          data_how=data_how, recipe=recipe, **overrides)
     if result.report.get("deployment"):
         from slimkit.report import DeployRow, print_table
 

@@ -64,12 +64,17 @@ def demo(
 @app.command()
 @clean_errors
 def run(
-    recipe: Path = typer.Argument(..., help="YAML recipe; keys are the demo's settings"),
+    recipe: Path = typer.Argument(..., help="YAML recipe: a run folder's recipe.yaml (replays that compress run) "
+                                            "or the demo's settings (recipes/demo.yaml)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier slimkit run in the recipe's out "
-                                                              "(same as `overwrite: true` in the recipe)"),
+                                                              "(same as `overwrite: true` in a demo recipe)"),
 ) -> None:
-    """Run the pipeline from a YAML recipe (see recipes/demo.yaml)."""
+    """Replay a run from its recipe.yaml, or run the demo from a YAML recipe (see recipes/demo.yaml)."""
+    from slimkit.cli.recipe import replay
     from slimkit.pipeline import load_recipe, run_demo
+
+    if replay(recipe, overwrite):
+        return
 
     cfg = load_recipe(recipe)
     if overwrite:

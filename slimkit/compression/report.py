@@ -147,9 +147,11 @@ def plot(report: dict, path: Path) -> None:
 
 
 def write_result(out: str | Path, result: CompressResult, example: Any, plan: Rebuild, overwrite: bool = False,
-                 inputs: tuple = (), command: str = "slimkit compress", onnx: bytes | None = None) -> Path:
-    """Model (saved as `plan` says) + report.json + report.md + candidates.png (+ `onnx`, the checked export's
-    bytes, as model.onnx) into `out`, atomically."""
+                 inputs: tuple = (), command: str = "slimkit compress", onnx: bytes | None = None,
+                 recipe: dict | None = None) -> Path:
+    """Model (saved as `plan` says) + report.json + report.md + candidates.png + recipe.yaml (+ `onnx`, the
+    checked export's bytes, as model.onnx) into `out`, atomically. `recipe` is the command line's
+    (slimkit.cli.recipe); without one the settings are written and the model named as a Python object."""
     from slimkit.compression.rebuild import save_compressed
     from slimkit.outputs import output_folder
 
@@ -159,5 +161,21 @@ def write_result(out: str | Path, result: CompressResult, example: Any, plan: Re
             (stage / "model.onnx").write_bytes(onnx)
         (stage / "report.json").write_text(json.dumps(result.report, indent=1, default=str))
         (stage / "report.md").write_text(to_markdown(result.report))
+        (stage / "recipe.yaml").write_text(recipe_text(result, out, recipe))
         plot(result.report, stage / "candidates.png")
     return Path(out)
+
+
+def recipe_text(result: CompressResult, out: str | Path, recipe: dict | None) -> str:
+    """recipe.yaml: the command line's recipe, or the run's settings when compress() was called from Python."""
+    import yaml
+
+    head = "# replay with: slimkit run recipe.yaml --overwrite (or copy and edit)\n"
+    if recipe is not None:
+        return head + yaml.safe_dump(recipe, sort_keys=False)
+    s = result.settings
+    settings = {"command": "compress", "model": None, "data": None, "target": s.target, "floor": result.report["floor"],
+                "out": str(out), "seed": s.seed, "search_steps": s.search_steps, "recover_steps": s.recover_steps,
+                "recovery": s.recovery, "batch_size": s.batch_size, "max_blocks": s.max_blocks, "round_to": s.round_to}
+    return (head + "# this run was given its model and data as Python objects (slimkit.compress()): set model: and "
+            "data: to replay it from the command line\n" + yaml.safe_dump(settings, sort_keys=False))

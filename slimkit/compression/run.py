@@ -216,7 +216,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
              progress: bool = True, command: str = "slimkit.compress()", inputs: tuple = (), export_onnx: bool = False,
              builder: Any = None, teacher_outputs: torch.Tensor | TeacherOutputs | None = None,
              processor: Any = None, data_how: str | None = None, notes: list[str] | None = None,
-             **overrides) -> CompressResult:
+             recipe: dict | None = None, **overrides) -> CompressResult:
     """Compress `model` to `target` keeping the validation metric of `task` above `floor`; see the module docstring.
 
     Data are what the engine takes (slimkit.distill.train_data): a Split, tensors (a tuple, list or
@@ -239,6 +239,8 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     recoveries then use them instead of recomputing; the engine checks that they cover `train`).
     `processor`: a Hugging Face model's tokenizer or image processor, saved into its folder.
     `data_how`: how the splits were made (read, carved, with which seed), kept in the report.
+    `recipe`: the command and options that reproduce this run (the CLI's), written as recipe.yaml;
+    without one the folder's recipe.yaml holds the settings and says the model was a Python object.
     `notes`: sentences for the report (a family's, e.g. why a method it has is not a compress cut).
     An injected timer with a `beside` dict (e.g. prefill times beside decode times) has its last
     call's, the dense-vs-result timing, kept in the report under "timing_beside".
@@ -382,7 +384,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
         from slimkit.compression.report import write_result
 
         result.out = write_result(out, result, example, plan, overwrite=overwrite, inputs=inputs, command=command,
-                                  onnx=onnx_bytes)
+                                  onnx=onnx_bytes, recipe=recipe)
         report["wall_seconds"] = time.time() - t0
     if onnx_error:
         from slimkit.compression.deploy import ExportFailedError

@@ -1,0 +1,100 @@
+"""A run's recipe: the command and every option it ran with, as `recipe.yaml` in the run folder.
+
+`slimkit run RECIPE` replays it: the same command with the same options, so one file reproduces
+a run (the demo's recipes, which hold the demo's settings without a `command` key, still work).
+Recipes are read with `yaml.safe_load` and checked key by key against the command's own options
+before anything runs: an unknown key or a missing model is one error line.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from slimkit.errors import SlimkitError
+
+RECIPE_FILE = "recipe.yaml"
+NOT_REPLAYED = ("overwrite",)  # replay asks for --overwrite itself: a recipe never replaces a folder on its own
+
+
+def plain(value: Any) -> Any:
+    """A YAML-safe value: paths as text, tuples as lists."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def recipe_of(command: str, options: dict[str, Any]) -> dict[str, Any]:
+    """{"command": command, option: value...} for a recipe file; what replay does not take is left out."""
+    return {"command": command, **{k: plain(v) for k, v in options.items() if k not in NOT_REPLAYED}}
+
+
+def dump(recipe: dict[str, Any], note: str = "") -> str:
+    """The recipe as YAML text, with a first line saying how to replay it."""
+    head = f"# replay with: slimkit run {RECIPE_FILE} --overwrite (or copy and edit)\n"
+    return head + (f"# {note}\n" if note else "") + yaml.safe_dump(recipe, sort_keys=False)
+
+
+def read(path: str | Path) -> dict[str, Any]:
+    """The recipe's mapping (safe_load), or one error line."""
+    p = Path(path)
+    if p.is_dir():
+        raise SlimkitError(f"recipe {p} is a folder; pass a YAML file such as {p / RECIPE_FILE}")
+    if not p.is_file():
+        raise SlimkitError(f"recipe {p} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise SlimkitError(f"recipe {p} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except yaml.YAMLError as exc:
+        raise SlimkitError(f"recipe {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict) or any(not isinstance(k, str) for k in raw):
+        raise SlimkitError(f"recipe {p} must be a mapping of option names to values")
+    return raw
+
+
+def arguments(fn: Any, raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """Keyword arguments for a command function: the recipe's values over the command's defaults.
+
+    Checked before the command runs: every key must be one of its options (named as in Python,
+    `search_steps` for --search-steps), and every option without a default must be given."""
+    params = inspect.signature(inspect.unwrap(fn)).parameters
+    unknown = sorted(set(raw) - set(params) - {"command"})
+    if unknown:
+        raise SlimkitError(f"{where}: unknown key {unknown[0]!r}; the keys are {', '.join(sorted(params))}")
+    out = {}
+    for name, param in params.items():
+        default = getattr(param.default, "default", param.default)  # typer's ArgumentInfo / OptionInfo
+        value = raw.get(name, default)
+        if value is ... or value is inspect.Parameter.empty:
+            raise SlimkitError(f"{where}: {name!r} is missing; give it (e.g. {name}: ...)")
+        ann = param.annotation
+        if value is not None and (ann is Path or Path in getattr(ann, "__args__", ())):
+            value = Path(value)
+        out[name] = value
+    return out
+
+
+def replay(path: str | Path, overwrite: bool) -> bool:
+    """Run the command a recipe names; False when it names none (a demo recipe: the caller runs it)."""
+    raw = read(path)
+    command = raw.get("command")
+    if command is None:
+        return False
+    if command != "compress":
+        raise SlimkitError(f"recipe {path} names command {command!r}; slimkit run replays 'compress' recipes and the "
+                           f"demo's (no command key)")
+    from slimkit.cli.compress_cmd import compress
+
+    kwargs = arguments(compress, raw, f"recipe {path}")
+    if kwargs.get("model") is None:
+        raise SlimkitError(f"recipe {path} names no model (that run was given a Python object); set model: to a "
+                           f"checkpoint, a Hugging Face folder, a built-in name or package.module:factory")
+    kwargs["overwrite"] = overwrite
+    compress(**kwargs)
+    return True
