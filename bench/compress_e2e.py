@@ -65,7 +65,7 @@ def budgets(quick: bool) -> dict:
     return {"train_n": 0, "base_epochs": 5, "search_steps": 1000, "recover_steps": 2000, "timing_rounds": 60,
             "timing_passes": 3, "max_blocks": None, "sentences": 2000,
             "part_steps": {"mobilenetv2": (4000, 2000), "crnn": (600, 1500), "minilm": (300, 1200),
-                           "vit": (300, 1000), "austen": (150, 400)},
+                           "vit": (100, 300), "austen": (100, 200)},
             "part_batch": {"austen": 32}}
 
 
@@ -133,7 +133,7 @@ def hf_part(name: str, b: dict, a) -> dict:
     t0 = time.time()
     if name == "vit":
         folder, how = hf_parts.vit_folder(a.seed, a.quick)
-        data_args = ["--data", "fashion-mnist"] + (["--train-n", "512"] if a.quick else [])
+        data_args = ["--data", "fashion-mnist", "--train-n", "512" if a.quick else "20000"]
     else:
         folder, csv_path, how = hf_parts.austen_classifier(a.seed, a.quick)
         data_args = ["--data", str(csv_path), "--text-column", "sentence", "--label-column", "novel"]
