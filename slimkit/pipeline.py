@@ -96,14 +96,11 @@ class DemoConfig(BaseModel):
         return self
 
 
-def load_recipe(path: str | Path) -> DemoConfig:
-    """Read a YAML recipe (safe_load) into a validated DemoConfig whose data paths exist.
-
-    Relative data paths are read from the current folder, as on the command line.
-    """
+def read_recipe_file(path: str | Path) -> dict:
+    """A YAML recipe's mapping (safe_load) with text keys, or one error line."""
     p = Path(path)
     if p.is_dir():
-        raise SlimkitError(f"recipe {p} is a folder; pass a YAML file such as recipes/demo.yaml")
+        raise SlimkitError(f"recipe {p} is a folder; pass a YAML file such as recipes/demo.yaml or a run's recipe.yaml")
     if not p.is_file():
         raise SlimkitError(f"recipe {p} does not exist")
     try:
@@ -118,6 +115,16 @@ def load_recipe(path: str | Path) -> DemoConfig:
     if odd:
         raise SlimkitError(f"recipe {p} has setting names that are not text: {odd[:3]}; write each key as a name "
                            f"such as 'dataset'")
+    return raw
+
+
+def load_recipe(path: str | Path) -> DemoConfig:
+    """Read a YAML recipe (safe_load) into a validated DemoConfig whose data paths exist.
+
+    Relative data paths are read from the current folder, as on the command line.
+    """
+    p = Path(path)
+    raw = read_recipe_file(p)
     cfg = make_config(**raw)
     check_data_paths(cfg, f"recipe {p}")
     return cfg

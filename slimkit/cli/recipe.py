@@ -12,11 +12,8 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from slimkit.errors import SlimkitError
 
-RECIPE_FILE = "recipe.yaml"
 NOT_REPLAYED = ("overwrite",)  # replay asks for --overwrite itself: a recipe never replaces a folder on its own
 
 
@@ -34,28 +31,11 @@ def recipe_of(command: str, options: dict[str, Any]) -> dict[str, Any]:
     return {"command": command, **{k: plain(v) for k, v in options.items() if k not in NOT_REPLAYED}}
 
 
-def dump(recipe: dict[str, Any], note: str = "") -> str:
-    """The recipe as YAML text, with a first line saying how to replay it."""
-    head = f"# replay with: slimkit run {RECIPE_FILE} --overwrite (or copy and edit)\n"
-    return head + (f"# {note}\n" if note else "") + yaml.safe_dump(recipe, sort_keys=False)
-
-
 def read(path: str | Path) -> dict[str, Any]:
-    """The recipe's mapping (safe_load), or one error line."""
-    p = Path(path)
-    if p.is_dir():
-        raise SlimkitError(f"recipe {p} is a folder; pass a YAML file such as {p / RECIPE_FILE}")
-    if not p.is_file():
-        raise SlimkitError(f"recipe {p} does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as exc:
-        raise SlimkitError(f"recipe {p} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    except yaml.YAMLError as exc:
-        raise SlimkitError(f"recipe {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(raw, dict) or any(not isinstance(k, str) for k in raw):
-        raise SlimkitError(f"recipe {p} must be a mapping of option names to values")
-    return raw
+    """The recipe's mapping (safe_load), or one error line (the demo's reader: one reading rule)."""
+    from slimkit.pipeline import read_recipe_file
+
+    return read_recipe_file(path)
 
 
 def arguments(fn: Any, raw: dict[str, Any], where: str) -> dict[str, Any]:
