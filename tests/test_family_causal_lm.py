@@ -119,7 +119,7 @@ def test_decoder_cutter_removes_layers_and_decodes_with_a_kv_cache():
     assert short.config.intermediate_size == 64  # cut from a copy
     shapes, _ = cutter.cut(model, 0.25, [], exact=False)
     assert shapes.config.intermediate_size == 48
-    timer = DecodeTimer(prompt_len=8, tokens=4, rounds=2)
+    timer = DecodeTimer(prompt_len=8, tokens=4, rounds=2, min_runs=4)
     ms = timer([model, cut])
     assert len(ms) == 2 and all(t > 0 for t in ms) and len(timer.beside["prefill_ms"]) == 2
 

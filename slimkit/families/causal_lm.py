@@ -150,12 +150,15 @@ class DecodeTimer:
 
     Per round each model (in a rotated order, so none always runs first) prefills the same
     `prompt_len` random tokens and decodes `tokens` fixed tokens one at a time on its cache; the
-    fastest round per model counts (noise on a shared machine only ever adds time). `beside` holds
-    the last call's prefill ms (fastest round) per model, which compress puts in the report."""
+    fastest round per model counts (noise on a shared machine only ever adds time). A call on few
+    models gets more rounds (`min_runs` model-rounds in all): the final dense-vs-result timing is
+    the one that decides, and two models are cheap to time 20 times. `beside` holds the last call's
+    prefill ms (fastest round) per model, which compress puts in the report."""
 
     prompt_len: int = 32
     tokens: int = 16
     rounds: int = 5
+    min_runs: int = 40
     threads: int = 2
     seed: int = 0
     beside: dict = field(default_factory=dict)
@@ -163,8 +166,8 @@ class DecodeTimer:
     @property
     def method(self) -> str:
         return (f"in this process: decode ms per token at batch 1 with the KV cache ({self.tokens} tokens after a "
-                f"{self.prompt_len}-token prompt), the models alternated in each of {self.rounds} rounds, fastest "
-                f"round per model, {self.threads} threads; prefill ms of the prompt reported beside (slimkit's "
+                f"{self.prompt_len}-token prompt), the models alternated in each of {self.rounds} rounds or more "
+                f"({self.min_runs // 2} when two models are compared), fastest round per model, {self.threads} threads; prefill ms of the prompt reported beside (slimkit's "
                 f"fresh-process timer times one forward pass, not a decode loop on a cache)")
 
     @torch.inference_mode()
@@ -192,7 +195,7 @@ class DecodeTimer:
                 m.eval()
                 self._once(m, ids, 2)  # warm-up
             prefill, decode = [float("inf")] * len(models), [float("inf")] * len(models)
-            for r in range(self.rounds):
+            for r in range(max(self.rounds, -(-self.min_runs // len(models)))):
                 for i in [(j + r) % len(models) for j in range(len(models))]:
                     p, d = self._once(models[i], ids, self.tokens)
                     prefill[i], decode[i] = min(prefill[i], p), min(decode[i], d)
