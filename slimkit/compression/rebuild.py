@@ -111,9 +111,8 @@ def save_compressed(model: nn.Module, folder: Path, plan: Rebuild) -> dict:
         needs_layout = write_hf(model, folder / HF_FOLDER)
         if plan.processor is not None:  # the folder then serves as it is: model, config and its inputs' processor
             plan.processor.save_pretrained(folder / HF_FOLDER)
-        auto = "AutoModelForCausalLM" if type(model).__name__.endswith("ForCausalLM") else "AutoModel"
         how = ("slimkit.hf_folder.load_hf(path) (per-layer widths are recorded beside the config)" if needs_layout
-               else f"{auto}.from_pretrained(path) or slimkit.hf_folder.load_hf(path)")
+               else f"{type(model).__name__}.from_pretrained(path) or slimkit.hf_folder.load_hf(path)")
         return {"path": HF_FOLDER, "format": "Hugging Face folder", "reload": how}
     from slimkit.io import save_model
 
