@@ -235,8 +235,8 @@ CASES: list[Case] = [
     Case("layout disagrees with file", "in its layout", ("layout.safetensors",), (P, "layout.safetensors")),
     Case("pruned checkpoint in format 1", "prune and save it again", ("old-pruned.safetensors",),
          (P, "old-pruned.safetensors")),
-    Case("class count differs from data", "use a checkpoint trained on the classes of digits", ("seven.safetensors",),
-         (P, "seven.safetensors", *DIGITS)),
+    Case("class count differs from data", "pass --dataset with the data the checkpoint was trained on",
+         ("seven.safetensors",), (P, "seven.safetensors", *DIGITS)),
     Case("checkpoint missing", "check the path", (), (P, "absent.safetensors")),
     # data
     *[Case(f"data: {what}", advice, ("good.safetensors", f), (P, "good.safetensors", "--dataset", f))
