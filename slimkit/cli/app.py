@@ -4,6 +4,9 @@ It lives apart from slimkit.cli.main so that command modules import it without i
 which imports them to register their commands.
 """
 
+from pathlib import Path
+from typing import Any
+
 import typer
 
 from slimkit.errors import SlimkitError
@@ -59,3 +62,20 @@ def checkpoint_dataset(checkpoint, given: str | None) -> str:
     if kwargs.get("in_channels") == 1 and kwargs.get("input_size") in BUILTIN_BY_SIZE:
         return BUILTIN_BY_SIZE[kwargs["input_size"]]
     return "fashion-mnist"
+
+
+NOT_REPLAYED = ("overwrite",)  # replay asks for --overwrite itself: a recipe never replaces a folder on its own
+
+
+def plain(value: Any) -> Any:
+    """A YAML-safe value: paths as text, tuples as lists."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def recipe_of(command: str, options: dict[str, Any]) -> dict[str, Any]:
+    """{"command": command, option: value...} for a recipe file; what replay does not take is left out."""
+    return {"command": command, **{k: plain(v) for k, v in options.items() if k not in NOT_REPLAYED}}

@@ -68,7 +68,7 @@ def compress(
     model with report.json, report.md and candidates.png.
     """
     options = dict(locals())  # every option as given, before any other name exists here
-    from slimkit.cli.recipe import recipe_of
+    from slimkit.cli.app import recipe_of
 
     recipe = recipe_of("compress", options)  # recipe.yaml replays this run
     from slimkit.compression.settings import parse_floor, parse_target

@@ -1,4 +1,4 @@
-"""A run's recipe: the command and every option it ran with, as `recipe.yaml` in the run folder.
+"""A run's recipe (`recipe.yaml` in the run folder; slimkit.cli.app.recipe_of writes what it holds), replayed.
 
 `slimkit run RECIPE` replays it: the same command with the same options, so one file reproduces
 a run (the demo's recipes, which hold the demo's settings without a `command` key, still work).
@@ -14,21 +14,6 @@ from typing import Any
 
 from slimkit.errors import SlimkitError
 
-NOT_REPLAYED = ("overwrite",)  # replay asks for --overwrite itself: a recipe never replaces a folder on its own
-
-
-def plain(value: Any) -> Any:
-    """A YAML-safe value: paths as text, tuples as lists."""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
-
-
-def recipe_of(command: str, options: dict[str, Any]) -> dict[str, Any]:
-    """{"command": command, option: value...} for a recipe file; what replay does not take is left out."""
-    return {"command": command, **{k: plain(v) for k, v in options.items() if k not in NOT_REPLAYED}}
 
 
 def read(path: str | Path) -> dict[str, Any]:
