@@ -72,7 +72,7 @@ def compress(
 
     recipe = recipe_of("compress", options)  # recipe.yaml replays this run
     from slimkit.compression.settings import parse_floor, parse_target
-    from slimkit.compression.sources import TASKS, names_causal_lm, resolve_data, resolve_model, task_named
+    from slimkit.compression.sources import TASKS, resolve_data, resolve_model, task_named
 
     if target.strip().lower().startswith(("sparsity", "wanda", "sparsegpt", "n:m", "2:4")):
         from slimkit.families.causal_lm import SPARSITY_NOTE
@@ -102,7 +102,9 @@ def compress(
 
     inputs = [p for p in (model, data) if p and Path(p).exists()]
     check_output_folder(out, overwrite, inputs)
-    if model == "smollm2" or (Path(model).is_dir() and names_causal_lm(Path(model))):
+    from slimkit.families import folder_family
+
+    if model == "smollm2" or (Path(model).is_dir() and folder_family(Path(model)) == "causal-lm"):
         from slimkit.families.causal_lm import check_data
 
         check_data(data)  # a missing text costs one line before the model loads

@@ -112,9 +112,9 @@ def resolve_model(spec: str, task: str | None) -> Source:
             raise SlimkitError(f"{spec} is a folder without config.json; pass a Hugging Face folder written by "
                                f"save_pretrained, a slimkit .safetensors checkpoint, package.module:factory, or the "
                                f"built-in smollm2")
-        from slimkit.families import causal_lm, hf_encoder
+        from slimkit.families import causal_lm, folder_family, hf_encoder
 
-        if names_causal_lm(p):
+        if folder_family(p) == "causal-lm":
             return causal_lm.load(p, task)
         return hf_encoder.load(p, task)
     if p.suffix == ".safetensors" or p.is_file():
@@ -123,17 +123,6 @@ def resolve_model(spec: str, task: str | None) -> Source:
         return Source(load_model(p), "checkpoint")
     raise SlimkitError(f"MODEL {spec!r} is neither a file, a folder, package.module:factory nor the built-in smollm2; "
                        f"check the path")
-
-
-def names_causal_lm(folder: Path) -> bool:
-    """Whether the folder's config names a *ForCausalLM architecture (read as JSON: no weights, no transformers)."""
-    import json
-
-    try:
-        archs = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures") or []
-    except (OSError, ValueError, AttributeError):
-        return False  # the family's loader says what is wrong with the config
-    return bool(archs) and str(archs[0]).endswith("ForCausalLM")
 
 
 def resolve_data(spec: str, data_dir: str | None, seed: int, n_train: int = 0) -> dict:

@@ -13,6 +13,8 @@ typed: a Hugging Face folder by the architecture its config names, anything else
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from slimkit.errors import SlimkitError
 from slimkit.families.base import Family, Prepared, Source
 
@@ -66,6 +68,20 @@ def hf_family(config) -> tuple[str, str, str]:
                        f"families are: {describe()}")
 
 
+def folder_family(folder: Path) -> str | None:
+    """The family a Hugging Face folder's config.json names, read as JSON (no weights, no transformers),
+    so a command can check what the family needs before the model loads; None when the config cannot
+    be read (the family's loader then says what is wrong with it)."""
+    import json
+    from types import SimpleNamespace
+
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return hf_family(SimpleNamespace(**config))[0] if isinstance(config, dict) else None
+
+
 def check_task(family: str, task: str, requested: str | None, arch: str) -> str:
     """The task to run: the config's, or `requested` when the family has it; a contradiction is one line."""
     if requested is None or requested == task:
@@ -77,4 +93,5 @@ def check_task(family: str, task: str, requested: str | None, arch: str) -> str:
                        f"leave --task out or pass a model of that task")
 
 
-__all__ = ["ELSEWHERE", "FAMILIES", "Family", "Prepared", "Source", "check_task", "describe", "hf_family"]
+__all__ = ["ELSEWHERE", "FAMILIES", "Family", "Prepared", "Source", "check_task", "describe", "folder_family",
+           "hf_family"]
