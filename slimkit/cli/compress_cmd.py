@@ -119,15 +119,14 @@ def compress(
 
         floor = DEFAULT_FLOOR if lm else "-1pt"
     floor_metric(parse_floor(floor), the_task)  # a metric the task does not measure: one line, before the data
-    cutter, data_how, timer, timing_method, notes = source.cutter, None, None, None, None
+    cutter, data_how, notes = source.cutter, None, None
     family_settings: dict = {}
     if lm:
         from slimkit.families import causal_lm
 
         prepared = causal_lm.prepare(source, data, seed, train_n, seq_len)
         splits, data_how = prepared.splits, prepared.how
-        cutter, timer = causal_lm.DecoderCutter(), causal_lm.DecodeTimer()
-        timing_method, notes = timer.method, [causal_lm.SPARSITY_NOTE]
+        notes = [causal_lm.SPARSITY_NOTE]  # its cutter and decode timer are compress()'s own for a causal_lm task
         family_settings = dict(causal_lm.LM_SETTINGS)
     elif source.family == "hf-encoder":
         from slimkit.families.hf_encoder import prepare
@@ -159,7 +158,7 @@ def compress(
     result = run_compress(source.model, splits["train"], splits["val"], splits.get("test"), the_task, target, floor,
                           example=source.example, out=out, seed=seed, cutter=cutter, overwrite=overwrite,
                           search_steps=search_steps, recover_steps=recover_steps,
-                          recovery=recovery, round_to=round_to, timer=timer, timing_method=timing_method, notes=notes,
+                          recovery=recovery, round_to=round_to, notes=notes,
                           keep_slower=keep_slower, inputs=tuple(inputs), command="slimkit compress",
                           export_onnx=export == "onnx", builder=source.builder, processor=source.processor,
                           data_how=data_how, recipe=recipe, **overrides)
