@@ -15,14 +15,6 @@ from typing import Any
 from slimkit.errors import SlimkitError
 
 
-
-def read(path: str | Path) -> dict[str, Any]:
-    """The recipe's mapping (safe_load), or one error line (the demo's reader: one reading rule)."""
-    from slimkit.pipeline import read_recipe_file
-
-    return read_recipe_file(path)
-
-
 def arguments(fn: Any, raw: dict[str, Any], where: str) -> dict[str, Any]:
     """Keyword arguments for a command function: the recipe's values over the command's defaults.
 
@@ -47,7 +39,9 @@ def arguments(fn: Any, raw: dict[str, Any], where: str) -> dict[str, Any]:
 
 def replay(path: str | Path, overwrite: bool) -> bool:
     """Run the command a recipe names; False when it names none (a demo recipe: the caller runs it)."""
-    raw = read(path)
+    from slimkit.pipeline import read_recipe_file
+
+    raw = read_recipe_file(path)
     command = raw.get("command")
     if command is None:
         return False
