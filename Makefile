@@ -7,7 +7,7 @@ install:
 	./scripts/install.sh
 
 demo: install
-	$(BIN)/slimkit demo --overwrite  # replaces only an earlier demo run (slimkit.outputs)
+	$(BIN)/slimkit demo --overwrite  # replaces only an earlier demo run (slimkit.io.outputs)
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -353,7 +353,7 @@ CASES: list[Case] = [
     Case("load_npz(.npy named .npz)", "save it with np.savez", ("npy.npz",),
          call=_api("slimkit.data:load_npz", "npy.npz")),
     Case("load_recipe(non-text keys)", "write each key as a name", ("keys.yaml",),
-         call=_api("slimkit.pipeline:load_recipe", "keys.yaml")),
+         call=_api("slimkit.demo.pipeline:load_recipe", "keys.yaml")),
     Case("magnitude_prune(theta=nan)", "weights with |w| <= theta are removed", call=_api_prune(math.nan)),
     Case("magnitude_prune(theta above every |w|)", "choose a theta below", call=_api_prune(1e9)),
     Case("RecoveryConfig(batch_size=0)", "pass batch_size 1 or more",

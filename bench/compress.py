@@ -40,10 +40,10 @@ import torch
 from torch import nn
 
 from slimkit.errors import SlimkitError
-from slimkit.hf_folder import load_hf, save_hf
+from slimkit.io.hf_folder import load_hf, save_hf
 from slimkit.measure import count_macs
 from slimkit.measure.fresh import HF, time_in_fresh_processes
-from slimkit.outputs import atomic_write_bytes
+from slimkit.io.outputs import atomic_write_bytes
 from slimkit.prune import latency_table, prune_latency_aware, prune_structured
 
 CONV = ("resnet50", "mobilenet_v2", "convnext_tiny")
@@ -105,7 +105,7 @@ class MainOutput(nn.Module):
 @torch.no_grad()
 def reload_check(model: nn.Module, x: torch.Tensor) -> float:
     """Largest absolute output difference between the pruned model and the same model written as a
-    Hugging Face folder (slimkit.hf_folder.save_hf: widths in the config, per-layer ones recorded)
+    Hugging Face folder (slimkit.io.hf_folder.save_hf: widths in the config, per-layer ones recorded)
     and read back with load_hf, the path `compress` saves these models by."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_hf(model, Path(tmp) / "pruned")
@@ -198,7 +198,7 @@ def main() -> None:
               f"threads={args.threads}, OMP_WAIT_POLICY=ACTIVE, BN folded, NCHW; "
               f"{platform.processor() or platform.machine()}, torch {torch.__version__}. "
               f"MACs/ = dense/pruned MACs; speed = dense ms/pruned ms; eff = speed/MACs; kept = modules kept "
-              f"intact; reload = max |diff| after slimkit.hf_folder.save_hf + load_hf. Wall {time.time() - t0:.0f} s.")
+              f"intact; reload = max |diff| after slimkit.io.hf_folder.save_hf + load_hf. Wall {time.time() - t0:.0f} s.")
     print(header)
     print(table(rows, args.batches))
     out = Path(args.out) / ("compress_foreign_quick.json" if args.quick else "compress_foreign.json")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from slimkit.pipeline import make_config, run_demo  # noqa: E402
+from slimkit.demo.pipeline import make_config, run_demo  # noqa: E402
 
 
 def mean_sd(values: list[float]) -> str:
@@ -120,7 +120,7 @@ def kd_sweep(seed: int) -> None:
     from slimkit.distill import TrainConfig, teacher_logits, train_classifier
     from slimkit.measure import evaluate_classifier
     from slimkit.models import build_model
-    from slimkit.pipeline import get_teacher
+    from slimkit.demo.pipeline import get_teacher
 
     cfg = make_config(seed=seed)
     data = load_dataset(cfg.dataset, seed=seed)

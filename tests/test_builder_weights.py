@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from slimkit.header import build_dense
+from slimkit.io.header import build_dense
 from slimkit.io import load_model, save_model
 
 META_COPY = "to a meta parameter"

@@ -361,7 +361,7 @@ def test_hugging_face_model_compressed_to_a_folder_that_reloads(tmp_path):
     from transformers import ViTConfig, ViTForImageClassification
 
     from slimkit.data.arrays import Split
-    from slimkit.hf_folder import load_hf
+    from slimkit.io.hf_folder import load_hf
 
     torch.manual_seed(0)
     config = ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,

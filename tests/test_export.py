@@ -250,7 +250,7 @@ def test_time_onnx_alternates_models_under_one_setting(digits):
 
 
 def test_deploy_notes_say_when_int8_costs_too_much_or_is_not_faster():
-    from slimkit.report import DeployRow, deploy_notes, render_markdown, report_files
+    from slimkit.measure.rows import DeployRow, deploy_notes, render_markdown, report_files
 
     rows = [DeployRow("onnx fp32", "onnxruntime", "fp32", "accuracy", 0.92, {"batch 1": 1.0, "batch 32": 10.0}),
             DeployRow("onnx int8", "onnxruntime", "int8 static", "accuracy", 0.91, {"batch 1": 1.2, "batch 32": 5.0},

@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 from transformers import AutoModel, BertConfig, BertModel, ViTConfig, ViTModel
 
 from slimkit.errors import SlimkitError
-from slimkit.hf_folder import LAYOUT_KEY, load_hf, save_hf, write_hf
+from slimkit.io.hf_folder import LAYOUT_KEY, load_hf, save_hf, write_hf
 
 IDS = torch.randint(0, 50, (2, 12))
 

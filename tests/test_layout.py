@@ -1,5 +1,5 @@
 """Any model saves and reloads without pickle: the checkpoint records tensor shapes, removed blocks
-and changed module attributes against the dense model its builder makes (slimkit.layout)."""
+and changed module attributes against the dense model its builder makes (slimkit.io.layout)."""
 
 import copy
 
@@ -9,7 +9,7 @@ from torch import nn
 
 from slimkit.errors import SlimkitError
 from slimkit.io import load_model, read_architecture, save_model
-from slimkit.layout import apply_layout, record_layout
+from slimkit.io.layout import apply_layout, record_layout
 from tests.foreign import Net, build, cut_by_hand
 
 X = torch.randn(4, 3, 12, 12)

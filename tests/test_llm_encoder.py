@@ -133,7 +133,7 @@ def test_pruned_encoder_saved_with_save_hf_reloads_through_load_encoder(tmp_path
     model (same embeddings) and the tokenizer beside it."""
     import torch
 
-    from slimkit.hf_folder import LAYOUT_KEY, save_hf
+    from slimkit.io.hf_folder import LAYOUT_KEY, save_hf
     from slimkit.llm.encoder import embed
     from slimkit.llm.encoder_prune import remove_encoder_heads
     from slimkit.llm.load import load_encoder

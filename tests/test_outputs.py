@@ -16,7 +16,7 @@ from slimkit import outputs
 from slimkit.errors import SlimkitError
 from slimkit.io import load_model, save_model
 from slimkit.models import TargetModel
-from slimkit.outputs import MANIFEST, check_output_file, check_output_folder, output_folder
+from slimkit.io.outputs import MANIFEST, check_output_file, check_output_folder, output_folder
 
 
 def cli(*args, cwd=None, env_extra=None, timeout=300):
@@ -145,7 +145,7 @@ def test_failed_or_interrupted_block_keeps_the_old_result(tmp_path):
 
 KILLER = textwrap.dedent("""
     import os, shutil, signal, sys
-    from slimkit.outputs import output_folder
+    from slimkit.io.outputs import output_folder
     out, kill_at = sys.argv[1], int(sys.argv[2])
     real_rename, real_rmtree, calls = os.rename, shutil.rmtree, [0]
     def rename(a, b):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from slimkit.errors import SlimkitError
-from slimkit.pipeline import load_recipe, make_config, run_demo
+from slimkit.demo.pipeline import load_recipe, make_config, run_demo
 
 
 def _cfg(tmp_path, **kw):

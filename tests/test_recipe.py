@@ -40,7 +40,7 @@ def test_a_compress_run_replays_from_its_recipe(tmp_path, monkeypatch):
 
 
 def test_recipe_keys_are_checked_before_anything_runs(tmp_path):
-    from slimkit.cli.compress_cmd import compress
+    from slimkit.cli.compress import compress
 
     with pytest.raises(SlimkitError, match="unknown key 'serach_steps'"):
         arguments(compress, {"model": "m", "out": "o", "serach_steps": 3}, "recipe r")

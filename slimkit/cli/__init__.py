@@ -9,7 +9,7 @@ from slimkit.errors import SlimkitError
 
 def interrupted_summary() -> str:
     """What this process committed before an interrupt; all else stayed as it was."""
-    from slimkit.outputs import written
+    from slimkit.io.outputs import written
 
     if not written:
         return "nothing was written or replaced"

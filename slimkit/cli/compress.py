@@ -1,142 +1,178 @@
-"""`slimkit train` and `slimkit prune`: make a checkpoint, then prune it (structured or magnitude).
+"""`slimkit compress MODEL --data ... --target latency=0.5x --floor -1pt --out DIR`.
 
-Both print a measured before/after profile; nothing is claimed faster unless its latency was
-measured faster here.
+Every option that can be judged without the model (target, floor, task, output folder, export
+format) is judged first, so bad input costs one `error:` line and writes nothing.
 """
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from slimkit.cli import clean_errors
-from slimkit.cli.app import app, check_model_fits, checkpoint_dataset
-from slimkit.errors import SlimkitError, check_count, check_positive, check_sparsity
-
-
-def _data(dataset: str, data_dir: Optional[Path], seed: int):
-    from slimkit.data import load_dataset
-
-    return load_dataset(dataset, str(data_dir) if data_dir else None, seed=seed)
+from slimkit.cli.app import app
+from slimkit.errors import SlimkitError, check_count
 
 
 @app.command()
 @clean_errors
-def train(
-    model: str = typer.Argument(..., help="model name: source, target, resnet, mobilenetv2, vit"),
-    out: Path = typer.Option(..., help="checkpoint to write (.safetensors)"),
-    dataset: str = typer.Option("fashion-mnist", help="'fashion-mnist', 'digits' or a .npz path"),
-    data_dir: Optional[Path] = typer.Option(None, help="folder with Fashion-MNIST IDX files"),
-    epochs: int = typer.Option(3, help="training epochs"),
-    batch_size: int = typer.Option(256, help="batch size"),
-    lr: float = typer.Option(2e-3, help="peak learning rate (AdamW, warm-up then cosine)"),
-    seed: int = typer.Option(0, help="seed for split, init and shuffling"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it exists"),
+def compress(
+    model: str = typer.Argument(..., help="a slimkit .safetensors checkpoint, a Hugging Face folder written by "
+                                          "save_pretrained (its task is read from the config: *ForImageClassification, "
+                                          "*ForSequenceClassification, or a bare encoder for embeddings; "
+                                          "*ForCausalLM: a causal LM), the built-in smollm2, or "
+                                          "package.module:factory (a callable returning the model, or a dict with "
+                                          "'model' and optionally 'task', 'data', 'builder')"),
+    data: str | None = typer.Option(None, help="fashion-mnist, digits, an .npz (x, y), an image folder (one "
+                                                  "sub-folder per class); for a text classifier a CSV, TSV, JSONL or "
+                                                  "Parquet file or a datasets save_to_disk folder; for embeddings a "
+                                                  "text file or 'sentences'; for a causal LM a UTF-8 text file or "
+                                                  "emma / prideprejudice; default: the factory's data, else "
+                                                  "fashion-mnist (images), 'sentences' (embeddings) or emma "
+                                                  "(causal LMs)"),
+    task: str | None = typer.Option(None, help="classification, embeddings, ctc or causal-lm (default: the Hugging Face "
+                                                  "config's task, the factory's, else classification)"),
+    text_column: str = typer.Option("text", help="text classifiers: the column holding the text"),
+    label_column: str = typer.Option("label", help="text classifiers: the column holding the class"),
+    target: str = typer.Option("latency=0.5x", help="latency=0.5x (measured here), macs=2x or params=2x"),
+    floor: str | None = typer.Option(None, help="validation floor on the task's first metric: -1pt relative to "
+                                                   "dense, or an absolute value (0.95); or on a named metric, the way "
+                                                   "it gets worse: accuracy-1pt, cer+1pt (points), ppl<=1.25x (a "
+                                                   "multiple of dense), cosine>=0.95 (absolute); default: ppl<=1.25x "
+                                                   "for causal LMs, else -1pt"),
+    out: Path = typer.Option(..., help="run folder for the model and report (new, or an earlier slimkit run with "
+                                       "--overwrite)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier slimkit run in --out"),
+    seed: int = typer.Option(0, help="seed of the data split, calibration and every recovery"),
+    search_steps: int = typer.Option(200, help="recovery steps of each candidate mix"),
+    recover_steps: int = typer.Option(1000, help="recovery steps of the chosen mix's full recovery"),
+    recovery: str = typer.Option("kd", help="recovery loss: 'kd' from the dense model, or 'ce' on labels alone "
+                                            "(the control; not for embeddings)"),
+    max_blocks: int | None = typer.Option(None, help="most whole blocks a mix removes (default: all removable)"),
+    batch_size: int | None = typer.Option(None, help="training batch size (default: 128; causal LMs 8 windows)"),
+    seq_len: int = typer.Option(256, help="causal LMs: tokens per window (the text is cut into non-overlapping "
+                                          "windows)"),
+    round_to: int = typer.Option(8, help="kept channel counts are multiples of this (16 when the model will run "
+                                         "int8 in ONNX Runtime on x86)"),
+    train_n: int = typer.Option(0, help="use the first N training samples only (0 = all)"),
+    data_dir: Path | None = typer.Option(None, help="folder with Fashion-MNIST IDX files"),
+    export: str | None = typer.Option(None, help="'onnx': also write model.onnx; the dense and compressed models "
+                                                    "are exported, checked and timed in ONNX Runtime, and the report "
+                                                    "gets their deployment rows"),
+    keep_slower: bool = typer.Option(False, help="keep a result measured no faster (flagged in the report) instead "
+                                                 "of refusing it"),
 ) -> None:
-    """Train a reference model from scratch and save it as a checkpoint."""
-    check_count(epochs, "--epochs")
-    check_count(batch_size, "--batch-size")
-    check_positive(lr, "--lr")
-    import torch
+    """Compress a model to a target within a validation floor: measured-faster or refused.
 
-    from slimkit.outputs import check_output_file
-
-    check_output_file(out, overwrite, what="--out")
-
-    from slimkit.distill import TrainConfig, train_classifier
-    from slimkit.io import save_model
-    from slimkit.measure import evaluate_classifier
-    from slimkit.models import build_model
-
-    data = _data(dataset, data_dir, seed)
-    torch.manual_seed(seed)
-    net = build_model(model, in_channels=data.in_channels, input_size=data.input_size, num_classes=data.num_classes)
-    train_classifier(net, data, TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed), desc=model)
-    save_model(net, out, extra={"dataset": dataset})  # export, profile and prune default to it
-    acc = evaluate_classifier(net, data.test, data.num_classes).accuracy
-    typer.echo(f"wrote {out}: test accuracy {100 * acc:.2f}% on {data.name} ({len(data.test)} samples)")
-
-
-@app.command()
-@clean_errors
-def prune(
-    checkpoint: Path = typer.Argument(..., help="a slimkit .safetensors checkpoint"),
-    out: Path = typer.Option(..., help="pruned checkpoint to write (.safetensors)"),
-    method: str = typer.Option("structured", help="'structured' (removes channels, heads, blocks) or 'magnitude'"),
-    ratio: float = typer.Option(0.5, help="fraction of channels (structured) or weights (magnitude) to remove"),
-    importance: str = typer.Option("l2", help="structured score: l1, l2, bn, taylor, entropy"),
-    allocation: str = typer.Option("uniform", help="structured: 'uniform' per group or 'global' ranking"),
-    round_to: int = typer.Option(8, help="structured: kept channel counts are multiples of this"),
-    blocks: int = typer.Option(0, help="structured: residual blocks to remove by block influence"),
-    heads: float = typer.Option(0.0, help="structured: fraction of attention heads to remove"),
-    dataset: Optional[str] = typer.Option(None, help="data for calibration and the before/after profile "
-                                                     "(default: what the checkpoint was trained on)"),
-    data_dir: Optional[Path] = typer.Option(None, help="folder with Fashion-MNIST IDX files"),
-    seed: int = typer.Option(0, help="seed of the data split and calibration batches"),
-    keep_slower: bool = typer.Option(False, help="structured: write the pruned model even when it measures no "
-                                                 "faster than the dense one at batch 1"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it exists (never the input)"),
-) -> None:
-    """Prune a checkpoint and print its measured profile before and after (no fine-tuning).
-
-    A structured cut that measures no faster than the dense model at batch 1 on this machine is
-    not written (unless --keep-slower): removing structure only to lose time helps nobody.
+    Searches depth+width mixes fastest first, recovers each by KD, keeps the first that holds the
+    floor, recovers it fully, tests it once, times it against the dense model, and writes the
+    model with report.json, report.md and candidates.png.
     """
-    _check_prune_options(method, ratio, importance, allocation, round_to, blocks, heads)
-    import copy
+    options = dict(locals())  # every option as given, before any other name exists here
+    from slimkit.cli.app import recipe_of
 
-    from slimkit.data import batches
-    from slimkit.io import load_model, save_model
-    from slimkit.prune import magnitude_prune
-    from slimkit.report import print_table, profile_classifiers, speed_notes
+    recipe = recipe_of("compress", options)  # recipe.yaml replays this run
+    from slimkit.compression.settings import parse_floor, parse_target
+    from slimkit.compression.sources import TASKS, resolve_data, resolve_model, task_named
 
-    from slimkit.outputs import check_output_file
+    if target.strip().lower().startswith(("sparsity", "wanda", "sparsegpt", "n:m", "2:4")):
+        from slimkit.families.causal_lm import SPARSITY_NOTE
 
-    check_output_file(out, overwrite, inputs=[checkpoint], what="--out")
-    dense = load_model(checkpoint)
-    dataset = checkpoint_dataset(checkpoint, dataset)
-    data = _data(dataset, data_dir, seed)
-    check_model_fits(dense, data)
-    if method == "magnitude":
-        pruned = copy.deepcopy(dense)
-        report = magnitude_prune(pruned, sparsity=ratio)
-        save_model(pruned, out, extra={"kept_total": report.kept_total, "dataset": dataset})
-    elif method == "structured":
-        from slimkit.prune.structured import prune_structured
+        raise SlimkitError(f"--target {target!r}: {SPARSITY_NOTE}; compress targets latency=0.5x, macs=2x or params=2x")
+    parse_target(target)
+    if floor is not None:
+        parse_floor(floor)
+    if task is not None and task not in TASKS:
+        raise SlimkitError(f"unknown --task {task!r}; choose one of {', '.join(TASKS)}")
+    if export not in (None, "onnx"):
+        raise SlimkitError(f"--export {export!r} is not a format slimkit writes; use --export onnx")
+    if recovery not in ("kd", "ce"):
+        raise SlimkitError(f"unknown --recovery {recovery!r}; use 'kd' or 'ce'")
+    if recovery == "ce" and task == "embeddings":
+        raise SlimkitError("--recovery ce trains on labels, and the embeddings task has none; use --recovery kd")
+    check_count(search_steps, "--search-steps", 0)
+    check_count(recover_steps, "--recover-steps", 0)
+    if batch_size is not None:
+        check_count(batch_size, "--batch-size")
+    check_count(seq_len, "--seq-len")
+    check_count(round_to, "--round-to")
+    check_count(train_n, "--train-n", 0)
+    if max_blocks is not None:
+        check_count(max_blocks, "--max-blocks", 0)
+    from slimkit.io.outputs import check_output_folder
 
-        calib = [(x, y) for x, y, _ in batches(data.train.subset(1024), 128, shuffle=True, seed=seed)]
-        result = prune_structured(copy.deepcopy(dense), data.test.x[:1], ratio=ratio, importance=importance,
-                                  allocation=allocation, round_to=round_to, calib=calib, blocks=blocks,
-                                  head_ratio=heads)
-        pruned = result.model
-        if not keep_slower:
-            from slimkit.prune.latency_cost import not_slower
+    inputs = [p for p in (model, data) if p and Path(p).exists()]
+    check_output_folder(out, overwrite, inputs)
+    from slimkit.families import folder_family
 
-            kept, info = not_slower(dense, pruned, data.test.x[:1])
-            if kept is dense:
-                raise SlimkitError(f"{info['note']}; nothing written to {out}. Prune more, remove blocks (--blocks), "
-                                   "or pass --keep-slower")
-        save_model(pruned, out, extra={"dataset": dataset})
+    if model == "smollm2" or (Path(model).is_dir() and folder_family(Path(model)) == "causal-lm"):
+        from slimkit.families.causal_lm import check_data
+
+        check_data(data)  # a missing text costs one line before the model loads
+    source = resolve_model(model, task)
+    the_task = source.task if source.family in ("hf-encoder", "causal-lm") else task_named(task) if task else \
+        source.task or task_named("classification")
+    from slimkit.compression.settings import floor_metric
+
+    lm = source.family == "causal-lm"
+    if floor is None:
+        from slimkit.families.causal_lm import DEFAULT_FLOOR
+
+        floor = DEFAULT_FLOOR if lm else "-1pt"
+    floor_metric(parse_floor(floor), the_task)  # a metric the task does not measure: one line, before the data
+    cutter, data_how, notes = source.cutter, None, None
+    family_settings: dict = {}
+    if lm:
+        from slimkit.families import causal_lm
+
+        prepared = causal_lm.prepare(source, data, seed, train_n, seq_len)
+        splits, data_how = prepared.splits, prepared.how
+        notes = [causal_lm.SPARSITY_NOTE]  # its cutter and decode timer are compress()'s own for a causal_lm task
+        family_settings = dict(causal_lm.LM_SETTINGS)
+    elif source.family == "hf-encoder":
+        from slimkit.families.hf_encoder import prepare
+
+        prepared = prepare(source, data, seed, train_n, str(data_dir) if data_dir else None, text_column,
+                           label_column)
+        splits, data_how = prepared.splits, prepared.how
+        if source.extras["task"] == "embeddings":  # calibrated on sentences, as slimkit llm encoder cuts
+            from slimkit.families.hf_encoder import EncoderCutter
+
+            cutter = EncoderCutter(source.processor, prepared.calib_texts[:256])
+    elif data is not None or source.data is None:
+        splits = resolve_data(data or "fashion-mnist", str(data_dir) if data_dir else None, seed, train_n)
     else:
-        raise SlimkitError(f"unknown method {method!r}; use 'structured' or 'magnitude'")
-    rows = profile_classifiers({"dense": (dense, checkpoint), f"{method} {ratio:g}": (pruned, out)},
-                               data.test, data.num_classes)
-    print_table(rows, speed_notes(rows, "dense"), title=f"{checkpoint.name} -> {out} on {data.name} (before fine-tuning)")
+        splits = source.data
+    if source.kind == "checkpoint" and the_task.name == "classification":
+        from slimkit.cli.app import check_model_fits
+        from slimkit.data.arrays import Dataset
 
+        n_classes = int(splits["train"].y.max()) + 1
+        check_model_fits(source.model, Dataset(data or "fashion-mnist", splits["train"], splits["val"],
+                                               splits["test"], n_classes))
+    from slimkit.compression.report import target_verdict
+    from slimkit.compression.run import compress as run_compress
 
-def _check_prune_options(method: str, ratio: float, importance: str, allocation: str, round_to: int, blocks: int,
-                         heads: float) -> None:
-    """Every `prune` option that can be judged without the model, judged before it is loaded."""
-    if method not in ("structured", "magnitude"):
-        raise SlimkitError(f"unknown method {method!r}; use 'structured' or 'magnitude'")
-    check_sparsity(ratio, "--ratio")
-    if method == "structured":
-        check_count(round_to, "--round-to", 1)
-        check_count(blocks, "--blocks", 0)
-        check_sparsity(heads, "--heads")
-        if allocation not in ("uniform", "global"):
-            raise SlimkitError(f"unknown --allocation {allocation!r}; use 'uniform' or 'global'")
-        from slimkit.prune.importance import IMPORTANCE_KINDS
+    overrides = {**family_settings, "batch_size": batch_size or family_settings.get("batch_size", 128)}
+    if max_blocks is not None:
+        overrides["max_blocks"] = max_blocks
+    result = run_compress(source.model, splits["train"], splits["val"], splits.get("test"), the_task, target, floor,
+                          example=source.example, out=out, seed=seed, cutter=cutter, overwrite=overwrite,
+                          search_steps=search_steps, recover_steps=recover_steps,
+                          recovery=recovery, round_to=round_to, notes=notes,
+                          keep_slower=keep_slower, inputs=tuple(inputs), command="slimkit compress",
+                          export_onnx=export == "onnx", builder=source.builder, processor=source.processor,
+                          data_how=data_how, recipe=recipe, **overrides)
+    if result.report.get("deployment"):
+        from slimkit.measure.rows import DeployRow, print_table
 
-        if importance not in IMPORTANCE_KINDS:
-            raise SlimkitError(f"unknown --importance {importance!r}; choose one of {', '.join(IMPORTANCE_KINDS)}")
+        onnx = result.report["onnx"]
+        print_table([], onnx["notes"], title=f"deployment (ONNX Runtime, {onnx['optimisation_level']}, "
+                                               f"{onnx['threads']} threads; metric on the {onnx['split']} split)",
+                    deploy=[DeployRow(**row) for row in result.report["deployment"]])
+    r, m = result.report["result"], result.report["metric"]
+    test = f", test {m} {r['test'][m]:.4f}" if r["test"] else ""
+    typer.echo(f"wrote {out}: {r['speedup']:.2f}x faster ({r['ms']:.3f} vs {result.report['dense']['ms']:.3f} ms, "
+               f"{r['latency_share']:.2f}x; {target_verdict(result.report)}), "
+               f"{r['macs_reduction']:.2f}x fewer MACs, val {m} {r['val'][m]:.4f}{test}; "
+               f"{result.report['candidates_tried']} mixes recovered in {result.report['wall_seconds']:.0f} s; "
+               f"see {out / 'report.md'}")

@@ -57,7 +57,7 @@ def export(
 ) -> None:
     """Export to ONNX, check it against PyTorch, optionally quantize to int8, and time it in ONNX Runtime."""
     from slimkit.export import check_output, require_deploy, write_output
-    from slimkit.report import deploy_notes, print_table, report_files
+    from slimkit.measure.rows import deploy_notes, print_table, report_files
 
     require_deploy()
     if int8 not in (None, "static", "mixed", "dynamic"):
@@ -99,7 +99,7 @@ def _classifier(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, 
     from slimkit.io import load_model
     from slimkit.measure import count_macs, file_size_bytes, measure_latency_interleaved
     from slimkit.measure.fold import fold_batchnorm
-    from slimkit.report import DeployRow
+    from slimkit.measure.rows import DeployRow
 
     model = load_model(checkpoint).eval()
     data = load_dataset(checkpoint_dataset(checkpoint, dataset), str(data_dir) if data_dir else None, seed=seed)
@@ -148,7 +148,7 @@ def _encoder(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, thr
     from slimkit.llm.encoder import default_sentences
     from slimkit.llm.load import load_encoder, resolve
     from slimkit.measure import file_size_bytes, measure_latency_interleaved
-    from slimkit.report import DeployRow
+    from slimkit.measure.rows import DeployRow
 
     path = resolve(checkpoint)
     model, tok = load_encoder(path)

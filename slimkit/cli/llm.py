@@ -62,8 +62,8 @@ OVERWRITE_HELP = "replace an earlier slimkit result in --out (never a folder sli
 
 
 def _check_out(out: Path, overwrite: bool, *models: str) -> None:
-    """Refuse --out before any model loads (slimkit.outputs' rules); model folders count as inputs."""
-    from slimkit.outputs import check_output_folder
+    """Refuse --out before any model loads (slimkit.io.outputs' rules); model folders count as inputs."""
+    from slimkit.io.outputs import check_output_folder
 
     check_output_folder(out, overwrite, [m for m in models if m and Path(m).expanduser().exists()])
 
@@ -146,7 +146,7 @@ def _prune_streamed(model: str, method: str, sparsity: float, nm: Optional[str],
     model are loaded one after the other (never both at once), the pruned one from --out: what is
     measured is what was saved.
     """
-    from slimkit.hf_folder import offline
+    from slimkit.io.hf_folder import offline
     from slimkit.llm.load import load_causal_lm, resolve
     from slimkit.llm.perplexity import perplexity
     from slimkit.llm.streaming import prune_oneshot_folder
@@ -285,7 +285,7 @@ def encoder(
     import copy
 
     from slimkit.distill.ddp import is_main_process
-    from slimkit.hf_folder import save_hf
+    from slimkit.io.hf_folder import save_hf
     from slimkit.llm.encoder import default_sentences, distill_encoder, fidelity
     from slimkit.llm.encoder_prune import prune_encoder
     from slimkit.llm.load import load_encoder

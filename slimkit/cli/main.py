@@ -47,7 +47,7 @@ def demo(
 ) -> None:
     """Teacher -> magnitude prune -> KD student vs scratch student, profiled in one table; then the
     headline: compress the teacher to a measured-faster cut, KD recovery against CE on the same cut."""
-    from slimkit.pipeline import make_config, run_demo
+    from slimkit.demo.pipeline import make_config, run_demo
 
     cfg = make_config(
         teacher_epochs=epochs, student_epochs=student_epochs, finetune_epochs=finetune_epochs,
@@ -71,7 +71,7 @@ def run(
 ) -> None:
     """Replay a run from its recipe.yaml, or run the demo from a YAML recipe (see recipes/demo.yaml)."""
     from slimkit.cli.recipe import replay
-    from slimkit.pipeline import load_recipe, run_demo
+    from slimkit.demo.pipeline import load_recipe, run_demo
 
     if replay(recipe, overwrite):
         return
@@ -94,7 +94,7 @@ def profile(
     """Profile a saved checkpoint: accuracy, F1, params, MACs, latency, size."""
     from slimkit.data import load_dataset
     from slimkit.io import load_model
-    from slimkit.report import print_table, profile_classifier
+    from slimkit.measure.rows import print_table, profile_classifier
 
     model = load_model(checkpoint)
     data = load_dataset(checkpoint_dataset(checkpoint, dataset), str(data_dir) if data_dir else None, seed=seed)
@@ -108,7 +108,7 @@ def main() -> None:
 
 
 # Commands defined in sibling modules register themselves on `app` (slimkit.cli.app) when imported.
-from slimkit.cli import compress, compress_cmd, export  # noqa: E402,F401
+from slimkit.cli import compress, export, train_prune  # noqa: E402,F401
 from slimkit.cli.llm import app as _llm_app  # noqa: E402
 
 app.add_typer(_llm_app, name="llm")

@@ -39,7 +39,7 @@ def arguments(fn: Any, raw: dict[str, Any], where: str) -> dict[str, Any]:
 
 def replay(path: str | Path, overwrite: bool) -> bool:
     """Run the command a recipe names; False when it names none (a demo recipe: the caller runs it)."""
-    from slimkit.pipeline import read_recipe_file
+    from slimkit.io.recipe import read_recipe_file
 
     raw = read_recipe_file(path)
     command = raw.get("command")
@@ -48,7 +48,7 @@ def replay(path: str | Path, overwrite: bool) -> bool:
     if command != "compress":
         raise SlimkitError(f"recipe {path} names command {command!r}; slimkit run replays 'compress' recipes and the "
                            f"demo's (no command key)")
-    from slimkit.cli.compress_cmd import compress
+    from slimkit.cli.compress import compress
 
     kwargs = arguments(compress, raw, f"recipe {path}")
     if kwargs.get("model") is None:

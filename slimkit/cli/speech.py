@@ -116,10 +116,10 @@ def _config_of(folder) -> dict:
 
 
 def _save(model, processor, out, overwrite: bool, inputs: list, command: str, report: dict):
-    """save_pretrained of model and processor plus a JSON report, staged and swapped in by slimkit.outputs."""
+    """save_pretrained of model and processor plus a JSON report, staged and swapped in by slimkit.io.outputs."""
     import json
 
-    from slimkit.outputs import output_folder
+    from slimkit.io.outputs import output_folder
 
     with output_folder(out, overwrite, inputs, command) as stage:
         model.save_pretrained(stage)
@@ -143,7 +143,7 @@ def prune(
 ) -> None:
     """Remove decoder layers and/or encoder FFN neurons; the result needs recovery (slimkit speech distill)."""
     from slimkit.errors import check_sparsity
-    from slimkit.outputs import check_output_folder
+    from slimkit.io.outputs import check_output_folder
     from slimkit.speech.convert import load_whisper, resolve_model
     from slimkit.speech.evaluate import parameters
     from slimkit.speech.prune import check_keep, prune_encoder_ffn, remove_decoder_layers, spaced_layers
@@ -204,7 +204,7 @@ def distill(
     """Recover a pruned Whisper on the teacher's pseudo-labels of synthesised speech (KD or CE only)."""
     from pydantic import ValidationError
 
-    from slimkit.outputs import check_output_folder
+    from slimkit.io.outputs import check_output_folder
     from slimkit.speech.convert import load_whisper, resolve_model
     from slimkit.speech.evaluate import evaluate
     from slimkit.speech.recover import SpeechDistillConfig, check_pair, recover

@@ -86,7 +86,7 @@ def export_and_time(dense: nn.Module, final: nn.Module, example: Any, data: Any,
     model and what failed (operator, output tensor or metric)."""
     from slimkit.export import describe_session, export_onnx, time_onnx
     from slimkit.export.runtime import LEVELS
-    from slimkit.report import DeployRow, deploy_notes
+    from slimkit.measure.rows import DeployRow, deploy_notes
 
     batches = timing_batches(example, data, task)
     held = [x for k, x in batches.items() if k != "batch 1"]

@@ -3,7 +3,7 @@
 Three kinds of model can be rebuilt without pickle:
 
 - Hugging Face models (transformers PreTrainedModel): written as a folder by
-  slimkit.hf_folder.write_hf (the config carries the new widths where it can, the rest is recorded
+  slimkit.io.hf_folder.write_hf (the config carries the new widths where it can, the rest is recorded
   and restored by load_hf); the fresh-process timer rebuilds them with its "hf" builder;
 - slimkit's own models (they have config()): a slimkit checkpoint, no builder needed;
 - any other module, given the user's `builder` for its dense form (slimkit.io.save_model): a
@@ -24,7 +24,7 @@ from typing import Any
 from torch import nn
 
 from slimkit.errors import SlimkitError
-from slimkit.hf_folder import is_hf
+from slimkit.io.hf_folder import is_hf
 
 MODEL_FILE = "model.safetensors"
 HF_FOLDER = "model"
@@ -90,7 +90,7 @@ def check_rebuild(model: nn.Module, plan: Rebuild) -> None:
                            f"CLI, a factory that returns the bare model, or a dict with 'builder')")
     if plan.kind != "builder":
         return
-    from slimkit.header import build_dense
+    from slimkit.io.header import build_dense
 
     fn, kwargs = plan.builder
     dense = build_dense(fn, kwargs)
@@ -106,13 +106,13 @@ def check_rebuild(model: nn.Module, plan: Rebuild) -> None:
 def save_compressed(model: nn.Module, folder: Path, plan: Rebuild) -> dict:
     """Save the model into `folder` as `plan` says; returns {"path", "format", "reload"} for the report."""
     if plan.kind == "hf":
-        from slimkit.hf_folder import write_hf
+        from slimkit.io.hf_folder import write_hf
 
         needs_layout = write_hf(model, folder / HF_FOLDER)
         if plan.processor is not None:  # the folder then serves as it is: model, config and its inputs' processor
             plan.processor.save_pretrained(folder / HF_FOLDER)
-        how = ("slimkit.hf_folder.load_hf(path) (per-layer widths are recorded beside the config)" if needs_layout
-               else f"{type(model).__name__}.from_pretrained(path) or slimkit.hf_folder.load_hf(path)")
+        how = ("slimkit.io.hf_folder.load_hf(path) (per-layer widths are recorded beside the config)" if needs_layout
+               else f"{type(model).__name__}.from_pretrained(path) or slimkit.io.hf_folder.load_hf(path)")
         return {"path": HF_FOLDER, "format": "Hugging Face folder", "reload": how}
     from slimkit.io import save_model
 

@@ -3,7 +3,7 @@
 The PNG has two panels: measured latency (share of dense) against the validation metric of every
 mix recovered, the dense model and the floor drawn in and the chosen mix marked; and the kept
 width of every channel group in the chosen mix. Everything goes through
-slimkit.outputs.output_folder: staged, fsynced, renamed in, with a manifest, and an existing
+slimkit.io.outputs.output_folder: staged, fsynced, renamed in, with a manifest, and an existing
 folder is replaced only when slimkit wrote it and --overwrite is given.
 """
 
@@ -92,14 +92,14 @@ def to_markdown(report: dict) -> str:
 
 
 def deployment_markdown(report: dict) -> list[str]:
-    """The deployment section: the ONNX rows (slimkit.report's table), the efficiencies and notes, or the
+    """The deployment section: the ONNX rows (slimkit.measure.rows's table), the efficiencies and notes, or the
     export's failure."""
     onnx = report.get("onnx")
     if not onnx:
         return []
     if "error" in onnx:
         return ["", "## Deployment (ONNX Runtime)", "", f"Export failed, model.onnx not written: {onnx['error']}"]
-    from slimkit.report import DeployRow, deploy_table
+    from slimkit.measure.rows import DeployRow, deploy_table
 
     rows = report["deployment"]
     cols, cells = deploy_table([DeployRow(**r) for r in rows])
@@ -153,7 +153,7 @@ def write_result(out: str | Path, result: CompressResult, example: Any, plan: Re
     checked export's bytes, as model.onnx) into `out`, atomically. `recipe` is the command line's
     (slimkit.cli.recipe); without one the settings are written and the model named as a Python object."""
     from slimkit.compression.rebuild import save_compressed
-    from slimkit.outputs import output_folder
+    from slimkit.io.outputs import output_folder
 
     with output_folder(out, overwrite=overwrite, inputs=inputs, command=command) as stage:
         result.report["saved"] = save_compressed(result.model, stage, plan)

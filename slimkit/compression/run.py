@@ -250,7 +250,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     s = make_settings(target, floor, seed, settings, overrides)
     tgt, flr = parse_target(s.target), parse_floor(floor) if callable(floor) else parse_floor(s.floor)
     if out is not None:
-        from slimkit.outputs import check_output_folder
+        from slimkit.io.outputs import check_output_folder
 
         check_output_folder(out, overwrite, inputs)
     if export_onnx:

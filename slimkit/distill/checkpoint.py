@@ -19,7 +19,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from slimkit.errors import SlimkitError
-from slimkit.outputs import atomic_write_bytes
+from slimkit.io.outputs import atomic_write_bytes
 
 CHECKPOINT_FORMAT = 1
 _META_KEY = "slimkit_train_state"

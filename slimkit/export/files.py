@@ -1,4 +1,4 @@
-"""The deployment path's files go through slimkit.outputs: refuse what exists, then write atomically.
+"""The deployment path's files go through slimkit.io.outputs: refuse what exists, then write atomically.
 
 An exported model may stand where a file slimkit did not create already is, so an existing output
 is refused unless `overwrite` (and an output that is one of the command's inputs always is). The
@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from slimkit.outputs import atomic_write_bytes, check_output_file
+from slimkit.io.outputs import atomic_write_bytes, check_output_file
 
 
 def check_output(path: str | os.PathLike, overwrite: bool = False, inputs: Iterable = ()) -> Path:

@@ -100,7 +100,7 @@ class EncoderCutter:
 
 def is_encoder(model: nn.Module) -> bool:
     """A Hugging Face model whose encoder `EncoderCutter` can cut."""
-    from slimkit.hf_folder import is_hf
+    from slimkit.io.hf_folder import is_hf
 
     if not is_hf(model) or not hasattr(model.config, "intermediate_size"):
         return False
@@ -138,7 +138,7 @@ def load(folder: Path, requested: str | None) -> Source:
     from transformers import AutoConfig
     from transformers.utils import logging as transformers_logging
 
-    from slimkit.hf_folder import offline
+    from slimkit.io.hf_folder import offline
 
     offline()
     transformers_logging.disable_progress_bar()  # a bar per load would bury the one-line errors

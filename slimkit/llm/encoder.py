@@ -4,7 +4,7 @@ Pruning itself lives in `slimkit.llm.encoder_prune`: FFN neurons (uniform count 
 `intermediate_size` in the config stays valid), attention heads and whole layers. BertConfig
 derives the head size as hidden_size / num_attention_heads, so a BERT with 9 of 12 heads per layer
 has no config that describes it; a pruned encoder is saved like any pruned Hugging Face model, with
-`slimkit.hf_folder.save_hf` (which records the head counts in the config's layout), and
+`slimkit.io.hf_folder.save_hf` (which records the head counts in the config's layout), and
 `slimkit.llm.load.load_encoder` reads it back.
 
 Distillation runs on the shared engine (`Distiller` with the embeddings task): the student's

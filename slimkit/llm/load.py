@@ -19,9 +19,9 @@ import os
 from pathlib import Path
 
 from slimkit.errors import SlimkitError
-from slimkit.hf_folder import load_pretrained, offline
+from slimkit.io.hf_folder import load_pretrained, offline
 from slimkit.io import cache_root
-from slimkit.outputs import output_folder
+from slimkit.io.outputs import output_folder
 
 BUILTINS = ("smollm2", "minilm")
 HEADS_FILE = "slimkit_heads.json"  # head-pruned encoders as earlier slimkit versions saved them
@@ -176,7 +176,7 @@ def save_pretrained_atomic(model, tokenizer, out: str | os.PathLike, overwrite: 
                            extra_files: dict[str, bytes] | None = None, command: str = "") -> Path:
     """save_pretrained (plus `extra_files`) into a staging folder that replaces `out` when complete.
 
-    `out` follows slimkit.outputs' rules: a new folder, an empty one, or (with overwrite) an earlier
+    `out` follows slimkit.io.outputs' rules: a new folder, an empty one, or (with overwrite) an earlier
     slimkit result; never a folder slimkit did not write, nor one holding an input.
     """
     dest = Path(out).expanduser()

@@ -38,7 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from slimkit.errors import SlimkitError
-from slimkit.outputs import output_folder
+from slimkit.io.outputs import output_folder
 from slimkit.llm.oneshot import (advance, capture_block_inputs, check_oneshot_args, compute_device, decoder_layers,
                                  oneshot_result, sparsify_block)
 from slimkit.prune.result import PruneResult
@@ -240,14 +240,14 @@ def prune_oneshot_folder(src: str | Path, out: str | Path, windows: torch.Tensor
     back in the checkpoint's dtype. The result holds no model (it is on disk in `out`) and no masks
     (they would be the size of the model); the kept fractions are counted block by block.
     `out` appears only when everything is written; a failure leaves neither it nor a partial folder.
-    It follows slimkit.outputs' rules (an existing folder is replaced only with `overwrite`).
+    It follows slimkit.io.outputs' rules (an existing folder is replaced only with `overwrite`).
     """
     sparsity, nm = check_oneshot_args(method, sparsity, nm, mask_scope)
     if method != "magnitude" and windows is None:
         raise SlimkitError(f"{method} needs calibration windows")
     ckpt = Checkpoint(src)
     dest = Path(out).expanduser()
-    from slimkit.hf_folder import offline
+    from slimkit.io.hf_folder import offline
 
     offline()  # a local folder only: never ask the Hub
     from transformers import AutoConfig

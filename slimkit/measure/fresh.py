@@ -24,7 +24,7 @@ so per model the fastest over `passes` processes is the quiet machine's.
 Any model can be timed, given how to build its dense form (`builder`, see slimkit.io): the
 models are saved as checkpoints against that builder and the child rebuilds them from the same
 builder. The builder reaches the child on its command line, as "package.module:callable" and JSON
-kwargs (or "hf" for Hugging Face models, saved as folders as slimkit.hf_folder.save_hf writes them); the
+kwargs (or "hf" for Hugging Face models, saved as folders as slimkit.io.hf_folder.save_hf writes them); the
 child never takes a code reference from a file.
 
     python -m slimkit.measure.fresh DIR [--builder package.module:callable --kwargs JSON | --builder hf]
@@ -95,7 +95,7 @@ def time_in_fresh_processes(models: list[nn.Module], example: torch.Tensor, layo
         raise SlimkitError(f"builder kwargs must be plain JSON values: {exc}") from None
     args: list[str] = []
     if builder == HF:
-        from slimkit.hf_folder import write_hf
+        from slimkit.io.hf_folder import write_hf
 
         args = ["--builder", HF]
     elif builder is not None:
@@ -143,7 +143,7 @@ def _load(d: Path, i: int, builder: str | None, kwargs: dict[str, Any]) -> nn.Mo
     from slimkit.io import import_builder, load_model
 
     if builder == HF:
-        from slimkit.hf_folder import load_hf
+        from slimkit.io.hf_folder import load_hf
 
         return load_hf(d / f"m{i:03d}")
     fn = None if builder is None else (import_builder(builder), kwargs)

@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from slimkit.errors import SlimkitError
-from slimkit.outputs import atomic_write_bytes
+from slimkit.io.outputs import atomic_write_bytes
 from slimkit.measure.cost import measure_latency_interleaved
 from slimkit.prune.allocation import importance_lost, latency_aware_keep, next_keep, round_keep, uniform_keep
 from slimkit.prune.result import PruneResult
@@ -335,7 +335,7 @@ def not_slower(dense: nn.Module, pruned: nn.Module, example: torch.Tensor, threa
     alternating runs in this process, fastest of each (interference only adds time). The dict
     records both times, the method, and a note when the cut did not pay.
     """
-    from slimkit.hf_folder import is_hf
+    from slimkit.io.hf_folder import is_hf
     from slimkit.measure.fresh import HF, describe, rebuildable, time_in_fresh_processes
 
     if builder is None and is_hf(dense) and is_hf(pruned):

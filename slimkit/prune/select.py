@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from slimkit.distill.tasks import Task, classification, evaluate
 from slimkit.errors import SlimkitError
-from slimkit.outputs import atomic_write_bytes
+from slimkit.io.outputs import atomic_write_bytes
 from slimkit.measure import count_macs, measure_latency_interleaved
 
 

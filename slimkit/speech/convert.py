@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from slimkit.errors import SlimkitError
-from slimkit.hf_folder import load_pretrained, offline
+from slimkit.io.hf_folder import load_pretrained, offline
 from slimkit.io import cache_root
-from slimkit.outputs import output_folder
+from slimkit.io.outputs import output_folder
 from slimkit.speech.ct2 import Ct2Model, read_ct2
 
 WHISPER_TINY_EN = "whisper-tiny.en"

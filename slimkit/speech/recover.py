@@ -145,7 +145,7 @@ def pseudo_labels(teacher, processor, data: SpeechSet, threads: int = THREADS, p
     batch, so an interrupted run keeps what it labelled."""
     from tqdm import tqdm
 
-    from slimkit.outputs import atomic_write_bytes
+    from slimkit.io.outputs import atomic_write_bytes
 
     if batch_size < 1:
         raise SlimkitError(f"pseudo-label batch size must be >= 1, got {batch_size}")

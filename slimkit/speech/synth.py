@@ -17,7 +17,7 @@ How a set is made, deterministically from its `SynthSettings`:
   is set to 0 because onnxruntime draws it without a seed, which would make sets unrepeatable;
 - 22.05 kHz audio is resampled to 16 kHz (scipy.signal.resample_poly) and stored as 16-bit FLAC
   with a transcripts.tsv (file, text, length_scale, snr_db) under slimkit's cache, written once via
-  slimkit.outputs and read back with the user-folder loader, so a fresh set and a cached one are
+  slimkit.io.outputs and read back with the user-folder loader, so a fresh set and a cached one are
   the same samples.
 """
 
@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from slimkit.errors import SlimkitError
 from slimkit.io import cache_root
-from slimkit.outputs import output_folder
+from slimkit.io.outputs import output_folder
 from slimkit.speech.audio import MAX_SECONDS, SAMPLE_RATE, TRANSCRIPTS, SpeechSet, load_folder, resample
 
 TEXTS = ("emma", "prideprejudice")

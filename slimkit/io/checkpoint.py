@@ -3,7 +3,7 @@
 One file holds both, so a checkpoint cannot be half-written apart from its description.
 safetensors' string metadata carries {"format", "class", "builder", "kwargs", "layout", "extra"}:
 the model is its builder's dense model (`builder(**kwargs)`) turned into the recorded layout
-(slimkit.layout: tensor shapes, removed blocks, changed module attributes). Any model can be saved
+(slimkit.io.layout: tensor shapes, removed blocks, changed module attributes). Any model can be saved
 this way given the callable that builds its dense form; slimkit's own models name their class and
 config() instead. Loading never imports a path read from a file and never unpickles: the builder
 is the caller's (or slimkit's own class, looked up by name in a fixed table).
@@ -24,9 +24,9 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from slimkit.errors import SlimkitError
-from slimkit.header import build_checked, build_dense, builder_name, compare_shapes
-from slimkit.layout import CORRUPT, apply_layout, record_layout
-from slimkit.outputs import write_file_atomic
+from slimkit.io.header import build_checked, build_dense, builder_name, compare_shapes
+from slimkit.io.layout import CORRUPT, apply_layout, record_layout
+from slimkit.io.outputs import write_file_atomic
 
 # 2: the layout records changed module attributes; format-1 pruned layouts lack them.
 FORMAT_VERSION = 2
@@ -98,11 +98,11 @@ def save_model(model: nn.Module, path: str | os.PathLike, builder: Builder | Non
                extra: dict[str, Any] | None = None) -> Path:
     """Save weights, builder kwargs and layout to one .safetensors file, atomically; returns the path.
 
-    `builder` makes the dense model (see slimkit.layout for what is recorded against it); slimkit's
+    `builder` makes the dense model (see slimkit.io.layout for what is recorded against it); slimkit's
     own models need none. The layout is replayed on a meta-device dense build before writing, so a
     model that could not be rebuilt is refused here rather than when someone loads it. This
     replaces `path` if it exists: callers that take a user's path check it first with
-    slimkit.outputs.check_output_file.
+    slimkit.io.outputs.check_output_file.
     """
     out = Path(path)
     fn, kwargs = dense_builder(model, builder)
@@ -224,7 +224,7 @@ def load_model(path: str | os.PathLike, builder: Builder | None = None) -> nn.Mo
     `builder` makes the dense model: a callable, called with the kwargs the header records, or
     (callable, kwargs). Without one, the header's class is looked up among slimkit's own models.
     The header is checked against the builder's signature and the file's tensor shapes on the meta
-    device before anything is allocated (slimkit.header), so a corrupt or hostile header costs an
+    device before anything is allocated (slimkit.io.header), so a corrupt or hostile header costs an
     error line, not memory.
     """
     from slimkit.models import MODEL_CLASSES

@@ -6,7 +6,7 @@ A pruned transformer's config still describes the dense model. `save_hf` writes 
   cut) are set in it, so plain `AutoModel.from_pretrained(folder)` rebuilds the model;
 - what it cannot express (per-layer FFN widths, head counts in models whose head size is derived
   from `hidden_size / num_attention_heads`, such as BERT and ViT) is recorded under the config key
-  `slimkit_layout` (slimkit.layout: shapes, removed blocks, changed module attributes), and
+  `slimkit_layout` (slimkit.io.layout: shapes, removed blocks, changed module attributes), and
   `load_hf` restores it. Plain `from_pretrained` then refuses the size mismatch (transformers 5
   raises rather than loading re-initialised weights), and the config's `slimkit_note` says to use
   `load_hf`.
@@ -16,7 +16,7 @@ value a changed tensor dimension or module attribute had is tried at the new val
 device, and kept when it leaves less to record. transformers 5 no longer supports `config.pruned_heads` (BERT and ViT lost
 `prune_heads`), so head counts go through the recorded layout.
 
-The folder is written through slimkit.outputs.output_folder: staged, fsynced, renamed, with a
+The folder is written through slimkit.io.outputs.output_folder: staged, fsynced, renamed, with a
 manifest; nothing slimkit did not write is replaced. `load_pretrained` is the one way slimkit
 reads a model with its tokenizer or processor from a local folder (the LLM, encoder and Whisper
 loaders all go through it), so a folder save_hf wrote reloads wherever a folder is accepted.
@@ -32,14 +32,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from slimkit.errors import SlimkitError
-from slimkit.header import build_checked, build_dense
-from slimkit.io import load_state, read_header, tensors_for_file
-from slimkit.layout import record_layout
-from slimkit.outputs import output_folder
+from slimkit.io.header import build_checked, build_dense
+from slimkit.io.checkpoint import load_state, read_header, tensors_for_file
+from slimkit.io.layout import record_layout
+from slimkit.io.outputs import output_folder
 
 LAYOUT_KEY = "slimkit_layout"
 NOTE_KEY = "slimkit_note"
-NOTE = "per-layer widths differ from this config; load with slimkit.hf_folder.load_hf(folder)"
+NOTE = "per-layer widths differ from this config; load with slimkit.io.hf_folder.load_hf(folder)"
 
 
 def is_hf(model: Any) -> bool:

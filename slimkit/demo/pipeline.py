@@ -1,10 +1,9 @@
 """The whole pipeline on one data set: train (or reuse) a teacher, prune it, distill a student,
 train the same student from scratch as the control, then profile all of them on the test split.
-Then the headline (slimkit.headline): `compress` the teacher to a measured-faster cut within the
+Then the headline (slimkit.demo.headline): `compress` the teacher to a measured-faster cut within the
 floor with KD recovery, against CE recovery of the same cut.
 
-`DemoConfig` is both the CLI's option set and the YAML recipe's schema (pydantic validates it), so
-the command line, a recipe and the Python API drive exactly the same code.
+Its settings are `DemoConfig` (slimkit.demo.config).
 """
 
 import copy
@@ -12,142 +11,24 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from slimkit.compression.settings import FloorText, TargetText
 from slimkit.data import Dataset, load_dataset
+from slimkit.demo.config import DemoConfig, check_data_paths, load_recipe, make_config
+from slimkit.demo.headline import check_headline, headline_markdown, print_headline, run_headline
 from slimkit.distill import TrainConfig, teacher_logits, train_classifier
-from slimkit.errors import SlimkitError, check_sparsity
-from slimkit.headline import check_headline, headline_markdown, print_headline, run_headline
+from slimkit.errors import SlimkitError
 from slimkit.io import cache_root, load_model, save_model
-from slimkit.models import MODEL_CLASSES, MODEL_NAMES, build_model
-from slimkit.outputs import check_output_folder, output_folder
+from slimkit.io.outputs import check_output_folder, output_folder
+from slimkit.measure.rows import print_table, profile_classifiers, speed_notes, write_reports
+from slimkit.models import build_model
 from slimkit.prune import bake, magnitude_prune
 from slimkit.prune.recovery import fine_tune
-from slimkit.report import print_table, profile_classifiers, speed_notes, write_reports
 
-
-class DemoConfig(BaseModel):
-    """Settings of the prune-and-distill pipeline (CLI options and YAML recipe alike)."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    teacher: str = "source"
-    student: str = "target"
-    teacher_epochs: int = Field(3, ge=1)
-    student_epochs: int = Field(2, ge=1)
-    finetune_epochs: float = Field(0.25, ge=0, description="passes over the training split; may be fractional")
-    batch_size: int = Field(256, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    student_lr: float = Field(3e-3, gt=0)
-    finetune_lr: float = Field(3e-4, gt=0)
-    sparsity: float | None = 0.5
-    theta: float | None = Field(None, ge=0, description="remove |w| <= theta; overrides sparsity")
-    prune_scope: Literal["global", "layer"] = "global"
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.7, ge=0, le=1)
-    seed: int = 0
-    val_fraction: float = Field(0.1, ge=0, lt=1)
-    out: str = "runs/demo"
-    overwrite: bool = Field(False, description="replace an earlier slimkit result in `out`")
-    reuse_teacher: bool = True
-    latency_runs: int = Field(50, ge=5)
-    train_subset: int = Field(0, ge=0, description="use only the first N training samples (0 = all)")
-    headline: bool = Field(True, description="compress the teacher, KD recovery against CE on the same cut")
-    headline_target: TargetText = Field("latency=0.5x", description="compress target: latency=0.5x, macs=2x or params=2x")
-    headline_floor: FloorText = Field("-1pt", description="validation floor: -1pt relative to the teacher, or "
-                                                            "an absolute accuracy such as 0.9")
-    headline_search_steps: int = Field(200, ge=0, description="recovery steps of each mix compress tries")
-    headline_recover_steps: int = Field(400, ge=0, description="further recovery steps of the chosen mix (KD and "
-                                                                "CE alike)")
-    headline_batch_size: int = Field(64, ge=1, description="batch size of the headline's recoveries")
-
-    @field_validator("sparsity")
-    @classmethod
-    def _sparsity_range(cls, v: float | None) -> float | None:
-        return None if v is None else check_sparsity(v)
-
-    @field_validator("teacher", "student")
-    @classmethod
-    def _known_model(cls, v: str) -> str:
-        if v not in MODEL_NAMES and v not in MODEL_CLASSES:
-            raise ValueError(f"unknown model {v!r}; choose one of: {', '.join(sorted(MODEL_NAMES))}")
-        return v
-
-    @model_validator(mode="after")
-    def _headline_needs_validation(self) -> "DemoConfig":
-        if self.headline and self.val_fraction == 0:
-            raise ValueError("the headline checks its floor on the validation split: set val_fraction > 0, or "
-                             "headline: false")
-        return self
-
-    @model_validator(mode="after")
-    def _one_pruning_knob(self) -> "DemoConfig":
-        if self.theta is not None:
-            self.sparsity = None
-        elif self.sparsity is None:
-            raise ValueError("give sparsity or theta")
-        return self
-
-
-def read_recipe_file(path: str | Path) -> dict:
-    """A YAML recipe's mapping (safe_load) with text keys, or one error line."""
-    p = Path(path)
-    if p.is_dir():
-        raise SlimkitError(f"recipe {p} is a folder; pass a YAML file such as recipes/demo.yaml or a run's recipe.yaml")
-    if not p.is_file():
-        raise SlimkitError(f"recipe {p} does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as exc:
-        raise SlimkitError(f"recipe {p} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    except yaml.YAMLError as exc:
-        raise SlimkitError(f"recipe {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise SlimkitError(f"recipe {p} must be a mapping of settings, got {type(raw).__name__}")
-    odd = [k for k in raw if not isinstance(k, str)]
-    if odd:
-        raise SlimkitError(f"recipe {p} has setting names that are not text: {odd[:3]}; write each key as a name "
-                           f"such as 'dataset'")
-    return raw
-
-
-def load_recipe(path: str | Path) -> DemoConfig:
-    """Read a YAML recipe (safe_load) into a validated DemoConfig whose data paths exist.
-
-    Relative data paths are read from the current folder, as on the command line.
-    """
-    p = Path(path)
-    raw = read_recipe_file(p)
-    cfg = make_config(**raw)
-    check_data_paths(cfg, f"recipe {p}")
-    return cfg
-
-
-def check_data_paths(cfg: DemoConfig, source: str = "settings") -> None:
-    """Refuse a data file or folder that does not exist, before anything is loaded or trained."""
-    if cfg.dataset.endswith(".npz") and not Path(cfg.dataset).is_file():
-        raise SlimkitError(f"{source} names data file {cfg.dataset}, which is not a file (relative paths are read "
-                           f"from {Path.cwd()}); fix 'dataset'")
-    if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
-        raise SlimkitError(f"{source} names data folder {cfg.data_dir}, which does not exist (relative paths are read "
-                           f"from {Path.cwd()}); fix 'data_dir'")
-
-
-def make_config(**settings) -> DemoConfig:
-    """DemoConfig from keyword settings, with pydantic's complaint condensed to one line."""
-    try:
-        return DemoConfig(**settings)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "settings"
-        raise SlimkitError(f"invalid setting {where}: {first['msg'].removeprefix('Value error, ')}") from None
+# Re-exported: the demo's API is `make_config`, `load_recipe` and `run_demo` from this module.
+__all__ = ["DemoConfig", "check_data_paths", "load_recipe", "make_config", "run_demo"]
 
 
 def _teacher_key(cfg: DemoConfig, data: Dataset) -> str:
@@ -182,7 +63,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True, inputs: tuple = (), timer: 
              timing_method: str | None = None) -> dict:
     """Run the pipeline and write checkpoints plus report.json/report.md into `cfg.out`.
 
-    The output folder is checked first (slimkit.outputs: never a folder slimkit did not write, an
+    The output folder is checked first (slimkit.io.outputs: never a folder slimkit did not write, an
     earlier result only with `overwrite`, never one holding an input such as the recipe or the
     data file), then the data and whether the headline can cut the teacher; work happens in a
     staging folder that replaces `cfg.out` only when everything succeeded. `timer` and

@@ -14,7 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from slimkit.data.arrays import Split
-from slimkit.outputs import atomic_write_bytes
+from slimkit.io.outputs import atomic_write_bytes
 from slimkit.measure import count_macs, count_params, evaluate_classifier, file_size_bytes, measure_latency_interleaved
 
 

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from slimkit.errors import SlimkitError
-from slimkit.report import column_cells, markdown_table, rich_table, table_console
+from slimkit.measure.rows import column_cells, markdown_table, rich_table, table_console
 
 if TYPE_CHECKING:
     from slimkit.data import Dataset
-    from slimkit.pipeline import DemoConfig
+    from slimkit.demo.config import DemoConfig
 
 KD_ROW, CE_ROW = "compress + KD", "same cut + CE"
 

@@ -25,7 +25,7 @@ import torch.nn.modules.module as module_hooks
 from torch import nn
 
 from slimkit.errors import SlimkitError
-from slimkit.layout import CORRUPT, apply_layout, check_layout
+from slimkit.io.layout import CORRUPT, apply_layout, check_layout
 
 # A constructor may register this many modules, parameters and buffers beyond 16 per file tensor.
 # Pruned checkpoints (whose dense build is larger than the file) stay far below it; a header whose
