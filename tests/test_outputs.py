@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from slimkit import outputs
+from slimkit.io import outputs
 from slimkit.errors import SlimkitError
 from slimkit.io import load_model, save_model
 from slimkit.models import TargetModel
