@@ -254,7 +254,7 @@ CASES: list[Case] = [
           ("labels not 1-D", "y2d.npz", "save y.reshape(-1)"),
       ]],
     Case("train on NHWC data", "save x.transpose(0, 3, 1, 2)", ("nhwc.npz",),
-         ("train", "target", "--out", "m.safetensors", "--dataset", "nhwc.npz", "--epochs", "1")),
+         ("train", "target", "--out", "m.safetensors", "--data", "nhwc.npz", "--epochs", "1")),
     # recipes
     Case("recipe not UTF-8", "save it as UTF-8", ("latin1.yaml",), ("run", "latin1.yaml")),
     Case("recipe non-text keys", "write each key as a name", ("keys.yaml",), ("run", "keys.yaml")),

@@ -53,3 +53,13 @@ def bake(model: nn.Module, masks: Masks, holder: MaskHolder | None = None) -> nn
         holder.remove()
     apply_masks(model, masks)
     return model
+
+
+def zero_masks(model: nn.Module, min_fraction: float = 0.1) -> Masks:
+    """Keep-masks of the Linear and Conv weights a prune zeroed, for training that keeps them zero.
+
+    A weight counts as pruned when at least `min_fraction` of it is zero: the stray exact zeros of a
+    trained or dequantized dense weight are not worth holding."""
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d)
+    return {f"{n}.weight": m.weight != 0 for n, m in model.named_modules()
+            if isinstance(m, kinds) and float((m.weight == 0).float().mean()) >= min_fraction}

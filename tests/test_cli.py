@@ -20,23 +20,23 @@ def test_help_lists_commands_and_demo_knobs():
     top = slimkit("--help")
     assert top.returncode == 0 and "demo" in top.stdout and "run" in top.stdout
     demo = slimkit("demo", "--help", env_extra={"COLUMNS": "160"})  # at 80, rich shortens the longest names
-    for knob in ("--epochs", "--sparsity", "--theta", "--temperature", "--alpha", "--seed", "--out",
+    for knob in ("--epochs", "--ratio", "--theta", "--temperature", "--alpha", "--seed", "--out",
                  "--no-headline", "--headline-target", "--headline-floor", "--headline-search-steps",
                  "--headline-recover-steps", "--headline-batch-size"):
         assert knob in demo.stdout
-    assert "train" in top.stdout and "prune" in top.stdout and "llm" in top.stdout  # sibling modules' commands
+    assert "train" in top.stdout and "prune" in top.stdout  # sibling modules' commands
     assert slimkit("train", "--help").returncode == 0
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["demo", "--sparsity", "1.5"], "sparsity must be in [0, 1)"),
+        (["demo", "--ratio", "1.5"], "sparsity must be in [0, 1)"),
         (["demo", "--teacher", "vgg"], "unknown model 'vgg'"),
         (["demo", "--headline-target", "speed=2x"], "invalid setting headline_target: cannot read target"),
         (["demo", "--headline-floor", "+1pt"], "invalid setting headline_floor: cannot read floor"),
         (["demo", "--data-dir", "/nonexistent/fmnist"], "apt-get install dataset-fashion-mnist"),
-        (["demo", "--dataset", "digits", "--out", "/proc/forbidden/run"], "not writable"),
+        (["demo", "--data", "digits", "--out", "/proc/forbidden/run"], "not writable"),
         (["run", "/nonexistent/recipe.yaml"], "does not exist"),
     ],
 )
@@ -50,19 +50,19 @@ def test_bad_input_is_one_line_and_nonzero(args, message):
 def test_unreadable_checkpoint(tmp_path):
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"\x00" * 5)
-    result = slimkit("profile", str(bad))
+    result = slimkit("eval", str(bad))
     assert result.returncode == 2 and "cannot read" in result.stderr
 
 
 def test_model_data_shape_mismatch_is_named(tmp_path):
     ckpt = save_model(TargetModel(in_channels=3, input_size=32), tmp_path / "cifar.safetensors")
-    result = slimkit("profile", str(ckpt), "--dataset", "digits")
+    result = slimkit("eval", str(ckpt), "--data", "digits")
     assert result.returncode == 2 and "expects input of shape (N, 3, 32, 32)" in result.stderr
 
 
 def test_profile_a_checkpoint_on_digits(tmp_path):
     ckpt = save_model(TargetModel(in_channels=1, input_size=8), tmp_path / "d.safetensors")
-    result = slimkit("profile", str(ckpt), "--dataset", "digits")
+    result = slimkit("eval", str(ckpt), "--data", "digits")
     assert result.returncode == 0, result.stderr
     assert "MMACs" in result.stdout and "d.safetensors" in result.stdout
 

@@ -1,4 +1,4 @@
-"""Commands that read a checkpoint default to the data it was trained on, and a mismatch names --dataset."""
+"""Commands that read a checkpoint default to the data it was trained on, and a mismatch names --data."""
 
 import torch
 from typer.testing import CliRunner
@@ -15,7 +15,7 @@ def run(*args):
 
 def test_train_records_its_data(tmp_path):
     ckpt = tmp_path / "d.safetensors"
-    res = run("train", "resnet", "--dataset", "digits", "--epochs", "1", "--out", ckpt)
+    res = run("train", "resnet", "--data", "digits", "--epochs", "1", "--out", ckpt)
     assert res.exit_code == 0, res.output
     assert checkpoint_dataset(ckpt, None) == "digits"
 
@@ -28,12 +28,12 @@ def test_profile_follows_the_recorded_data_and_a_mismatch_names_the_option(tmp_p
     save_model(ResNetCifar(depth=8, width=16, num_classes=10, in_channels=1, input_size=28), ckpt,
                extra={"dataset": "digits"})  # 28 would say fashion-mnist: the record wins
     assert checkpoint_dataset(ckpt, None) == "digits"
-    res = run("profile", ckpt)
+    res = run("eval", ckpt)
     assert res.exit_code == 0, res.output
     assert "on digits test" in res.output
     np.savez(tmp_path / "three.npz", x=np.random.rand(60, 1, 8, 8).astype("float32"), y=np.arange(60) % 3)
-    res = run("profile", ckpt, "--dataset", tmp_path / "three.npz")  # 10 classes against 3
-    assert res.exit_code != 0 and "pass --dataset" in res.output
+    res = run("eval", ckpt, "--data", tmp_path / "three.npz")  # 10 classes against 3
+    assert res.exit_code != 0 and "pass --data" in res.output
 
 
 def test_a_checkpoint_without_a_record_follows_its_input_shape(tmp_path):

@@ -30,7 +30,7 @@ def _one_error(result, needle: str) -> None:
 
 def test_export_writes_onnx_int8_and_a_report_with_deployment_rows(ckpt, tmp_path):
     out, rep = tmp_path / "m.onnx", tmp_path / "rep"
-    result = runner.invoke(app, ["export", str(ckpt), "--onnx", str(out), "--int8", "static", "--dataset", "digits",
+    result = runner.invoke(app, ["export", str(ckpt), "--onnx", str(out), "--int8", "static", "--data", "digits",
                                  "--runs", "3", "--report", str(rep)])
     assert result.exit_code == 0, result.output
     assert out.is_file() and (tmp_path / "m.int8.onnx").is_file()
@@ -55,32 +55,32 @@ def test_missing_checkpoint(tmp_path):
 def test_existing_output_is_refused_without_overwrite(ckpt, tmp_path):
     out = tmp_path / "m.onnx"
     out.write_bytes(b"keep me")
-    result = runner.invoke(app, ["export", str(ckpt), "--onnx", str(out), "--dataset", "digits"])
+    result = runner.invoke(app, ["export", str(ckpt), "--onnx", str(out), "--data", "digits"])
     _one_error(result, "exists; pass --overwrite")
     assert out.read_bytes() == b"keep me"
     # the int8 copy's name is checked up front too
     (tmp_path / "n.int8.onnx").write_bytes(b"keep me too")
     result = runner.invoke(app, ["export", str(ckpt), "--onnx", str(tmp_path / "n.onnx"), "--int8", "dynamic",
-                                 "--dataset", "digits"])
+                                 "--data", "digits"])
     _one_error(result, "n.int8.onnx exists")
     assert not (tmp_path / "n.onnx").exists()
 
 
 def test_output_that_is_the_checkpoint_is_refused_even_with_overwrite(ckpt):
-    result = runner.invoke(app, ["export", str(ckpt), "--onnx", str(ckpt), "--overwrite", "--dataset", "digits"])
+    result = runner.invoke(app, ["export", str(ckpt), "--onnx", str(ckpt), "--overwrite", "--data", "digits"])
     _one_error(result, "is also an input")
 
 
 def test_model_whose_forward_does_not_take_the_data(tmp_path):
     rgb = save_model(ResNetCifar(depth=8, width=8, in_channels=3, input_size=8), tmp_path / "rgb.safetensors")
-    result = runner.invoke(app, ["export", str(rgb), "--onnx", str(tmp_path / "m.onnx"), "--dataset", "digits"])
+    result = runner.invoke(app, ["export", str(rgb), "--onnx", str(tmp_path / "m.onnx"), "--data", "digits"])
     _one_error(result, "model does not accept digits inputs of shape (1, 1, 8, 8)")
     assert not (tmp_path / "m.onnx").exists()
 
 
 def test_onnxruntime_not_installed_names_the_extra(ckpt, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` raise ImportError
-    result = runner.invoke(app, ["export", str(ckpt), "--onnx", str(tmp_path / "m.onnx"), "--dataset", "digits"])
+    result = runner.invoke(app, ["export", str(ckpt), "--onnx", str(tmp_path / "m.onnx"), "--data", "digits"])
     _one_error(result, "pip install 'slimkit[deploy]'")
     assert not (tmp_path / "m.onnx").exists()
 
@@ -92,7 +92,7 @@ def test_unknown_int8_mode(ckpt, tmp_path):
 
 def test_mixed_int8_is_measured_here_and_says_what_it_chose(ckpt, tmp_path):
     out, rep = tmp_path / "m.onnx", tmp_path / "rep"
-    result = runner.invoke(app, ["export", str(ckpt), "--onnx", str(out), "--int8", "mixed", "--dataset", "digits",
+    result = runner.invoke(app, ["export", str(ckpt), "--onnx", str(out), "--int8", "mixed", "--data", "digits",
                                  "--runs", "2", "--report", str(rep)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "m.int8.onnx").is_file() and "'precision_choice': " in result.output

@@ -144,12 +144,12 @@ def test_bad_input(lm_folder, cal, tmp_path):
 
 @pytest.mark.slow
 def test_cli_stream_prunes_and_evaluates_from_disk(lm_folder, tmp_path):
-    from slimkit.cli.llm import app
+    from slimkit.cli.main import app
 
     out = tmp_path / "cli"
-    result = CliRunner().invoke(app, ["prune", "--stream", "--model", str(lm_folder), "--method", "wanda",
-                                      "--calib-samples", "2", "--seq-len", "64", "--eval-tokens", "256",
+    result = CliRunner().invoke(app, ["prune", str(lm_folder), "--stream", "--method", "wanda",
+                                      "--samples", "2", "--seq-len", "64", "--eval-tokens", "256",
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "streamed block by block" in result.output and "perplexity" in result.output
-    assert (out / "model.safetensors.index.json").is_file()
+    assert (out / "model.safetensors.index.json").is_file() and (out / "recipe.yaml").is_file()

@@ -48,7 +48,7 @@ def make_run(folder: Path, text: str) -> None:
 def test_out_dot_refused_and_user_files_survive(tmp_path):
     (tmp_path / "notes.txt").write_text("my only copy")
     before = snapshot(tmp_path)
-    for args in (["demo", "--dataset", "digits", "--out", "."], ["llm", "depth", "--out", "."]):
+    for args in (["demo", "--data", "digits", "--out", "."], ["prune", "smollm2", "--blocks", "8", "--out", "."]):
         line = one_error_line(cli(*args, cwd=tmp_path))
         assert "current folder" in line
     assert snapshot(tmp_path) == before
@@ -60,9 +60,10 @@ def test_folder_slimkit_did_not_write_is_refused_before_any_work(tmp_path):
     (user / "train.py").write_text("print('mine')")
     before = snapshot(tmp_path)
     t0 = time.perf_counter()
-    for args in (["demo", "--dataset", "digits", "--out", str(user), "--overwrite"],
-                 ["llm", "width", "--out", str(user), "--overwrite"],
-                 ["llm", "encoder", "--out", str(user)]):
+    for args in (["demo", "--data", "digits", "--out", str(user), "--overwrite"],
+                 ["prune", "smollm2", "--ffn", "0.25", "--out", str(user), "--overwrite"],
+                 ["prune", "minilm", "--ffn", "0.5", "--heads", "0.25", "--out", str(user)],
+                 ["distill", "smollm2", "--out", str(user), "--overwrite"]):
         line = one_error_line(cli(*args, cwd=tmp_path))
         assert "was not made by slimkit" in line and str(user) in line
     assert time.perf_counter() - t0 < 60  # no model was loaded or trained
@@ -72,7 +73,7 @@ def test_folder_slimkit_did_not_write_is_refused_before_any_work(tmp_path):
 def test_out_that_is_a_file_or_empty_or_link(tmp_path):
     target = tmp_path / "report.txt"
     target.write_text("x")
-    line = one_error_line(cli("demo", "--dataset", "digits", "--out", str(target), cwd=tmp_path))
+    line = one_error_line(cli("demo", "--data", "digits", "--out", str(target), cwd=tmp_path))
     assert "is a file, not a folder" in line and target.read_text() == "x"
     with pytest.raises(SlimkitError, match="out is empty"):
         check_output_folder("", what="out")
@@ -192,9 +193,9 @@ def test_kill_9_during_replace_leaves_old_or_new(tmp_path, kill_at):
 def test_existing_output_file_needs_overwrite_and_never_the_input(tmp_path):
     ckpt = save_model(TargetModel(in_channels=1, input_size=8), tmp_path / "t.safetensors")
     before = ckpt.read_bytes()
-    line = one_error_line(cli("train", "target", "--dataset", "digits", "--out", str(ckpt), cwd=tmp_path))
+    line = one_error_line(cli("train", "target", "--data", "digits", "--out", str(ckpt), cwd=tmp_path))
     assert "exists; pass --overwrite" in line
-    line = one_error_line(cli("prune", str(ckpt), "--out", str(ckpt), "--overwrite", "--dataset", "digits",
+    line = one_error_line(cli("prune", str(ckpt), "--out", str(ckpt), "--overwrite", "--data", "digits",
                               cwd=tmp_path))
     assert "is also an input" in line
     assert ckpt.read_bytes() == before
@@ -205,7 +206,7 @@ def test_existing_output_file_needs_overwrite_and_never_the_input(tmp_path):
 def test_train_overwrite_replaces_a_file(tmp_path):
     out = tmp_path / "m.safetensors"
     out.write_bytes(b"old")
-    result = cli("train", "target", "--dataset", "digits", "--epochs", "1", "--out", str(out), "--overwrite")
+    result = cli("train", "target", "--data", "digits", "--epochs", "1", "--out", str(out), "--overwrite")
     assert result.returncode == 0, result.stderr
     assert isinstance(load_model(out), TargetModel)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
@@ -219,8 +220,8 @@ def test_read_only_location_is_refused_before_work(tmp_path):
         pytest.skip("/sys is writable here")
     except OSError:
         pass
-    assert "not writable" in one_error_line(cli("demo", "--dataset", "digits", "--out", "/sys/slimkit-run"))
-    assert "not writable" in one_error_line(cli("train", "target", "--dataset", "digits", "--out",
+    assert "not writable" in one_error_line(cli("demo", "--data", "digits", "--out", "/sys/slimkit-run"))
+    assert "not writable" in one_error_line(cli("train", "target", "--data", "digits", "--out",
                                                 "/sys/m.safetensors"))
 
 
@@ -253,7 +254,7 @@ def test_full_disk_is_one_line_and_keeps_the_old_file(tmp_path):
 
 def test_ctrl_c_message_says_what_was_written(tmp_path):
     out = tmp_path / "m.safetensors"
-    proc = subprocess.Popen([sys.executable, "-m", "slimkit.cli.main", "train", "target", "--dataset", "digits",
+    proc = subprocess.Popen([sys.executable, "-m", "slimkit.cli.main", "train", "target", "--data", "digits",
                              "--epochs", "500", "--out", str(out)], stderr=subprocess.PIPE, text=True,
                             # a shell that starts jobs in the background ignores SIGINT, and children inherit that
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

@@ -221,12 +221,12 @@ def _fake_whisper_folder(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     ([], "nothing to prune"),
-    (["--decoder-layers", "5"], "can keep between 1 and 4 decoder layers"),
-    (["--decoder-layers", "0"], "can keep between 1 and 4 decoder layers"),
+    (["--blocks", "-1"], "--blocks must be an integer >= 0"),
+    (["--blocks", "4"], "would remove every one of the 4 decoder layers"),
     (["--keep", "0,9"], "distinct indices in \\[0, 4\\)"),
     (["--keep", "a,b"], "--keep must be comma-separated"),
-    (["--keep", "0", "--decoder-layers", "2"], "not both"),
-    (["--encoder-ffn", "1.5"], "--encoder-ffn must be in \\[0, 1\\)"),
+    (["--keep", "0", "--blocks", "2"], "not both"),
+    (["--ffn", "1.5"], "--ffn must be in \\[0, 1\\)"),
 ])
 def test_cli_prune_bad_input_is_one_line(tmp_path, args, message) -> None:
     from typer.testing import CliRunner
@@ -234,7 +234,7 @@ def test_cli_prune_bad_input_is_one_line(tmp_path, args, message) -> None:
     from slimkit.cli.main import app
 
     model = _fake_whisper_folder(tmp_path)
-    result = CliRunner().invoke(app, ["speech", "prune", "--model", str(model), "--out", str(tmp_path / "out"), *args])
+    result = CliRunner().invoke(app, ["prune", str(model), "--out", str(tmp_path / "out"), *args])
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
@@ -251,8 +251,8 @@ def test_cli_refuses_a_folder_slimkit_did_not_write(tmp_path) -> None:
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    for cmd in (["speech", "prune", "--model", str(model), "--decoder-layers", "2"],
-                ["speech", "distill", "--student", str(model), "--teacher", str(model)]):
+    for cmd in (["prune", str(model), "--blocks", "2"],
+                ["distill", str(model), "--teacher", str(model)]):
         result = CliRunner().invoke(app, [*cmd, "--out", str(out), "--overwrite"])
         assert result.exit_code == 2 and result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
         assert (out / "notes.txt").read_text() == "keep me"
@@ -264,9 +264,9 @@ def test_cli_refuses_a_folder_slimkit_did_not_write(tmp_path) -> None:
     (["--batch-size", "0"], "--batch-size"),
     (["--freeze-encoder", "maybe"], "--freeze-encoder"),
     (["--loss", "kd", "--kd-weight", "0"], "use loss 'ce'"),
-    (["--train-utterances", "0"], "--train-utterances must be >= 1"),
+    (["--samples", "0"], "--samples (training utterances) must be >= 1"),
     (["--threads", "0"], "--threads must be at least 1"),
-    (["--student", "/nonexistent/student"], "neither the built-in whisper-tiny.en nor an existing folder"),
+    (["--teacher", "whisper-tiny.en", "--heads", "0.5"], "--heads does not apply"),
 ])
 def test_cli_distill_bad_input_is_one_line(tmp_path, args, message) -> None:
     from typer.testing import CliRunner
@@ -274,7 +274,7 @@ def test_cli_distill_bad_input_is_one_line(tmp_path, args, message) -> None:
     from slimkit.cli.main import app
 
     model = _fake_whisper_folder(tmp_path)
-    result = CliRunner().invoke(app, ["speech", "distill", "--student", str(model), "--teacher", str(model),
+    result = CliRunner().invoke(app, ["distill", str(model), "--teacher", str(model),
                                       "--out", str(tmp_path / "out"), *args])
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
@@ -292,7 +292,7 @@ def test_cli_prune_of_the_built_in_reloads_and_transcribes(tmp_path) -> None:
 
     require_built_in_whisper(recordings=False)
     out = tmp_path / "pruned"
-    result = CliRunner().invoke(app, ["speech", "prune", "--decoder-layers", "2", "--encoder-ffn", "0.25",
+    result = CliRunner().invoke(app, ["prune", "whisper-tiny.en", "--blocks", "2", "--ffn", "0.25",
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
     model, processor = load_whisper(out)
@@ -300,7 +300,7 @@ def test_cli_prune_of_the_built_in_reloads_and_transcribes(tmp_path) -> None:
     assert json.loads((out / "slimkit-speech.json").read_text())["decoder_layers_kept"] == [0, 3]
     text = transcribe(model, processor, torch.zeros(16_000).numpy()).text
     assert isinstance(text, str)
-    again = CliRunner().invoke(app, ["speech", "prune", "--decoder-layers", "2", "--out", str(out)])
+    again = CliRunner().invoke(app, ["prune", "whisper-tiny.en", "--blocks", "2", "--out", str(out)])
     assert again.exit_code == 2 and "--overwrite" in again.output
 
 

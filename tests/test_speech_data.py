@@ -147,14 +147,14 @@ def test_cli_reports_bad_data_in_one_line_before_loading_a_model(tmp_path) -> No
     (model / "processor_config.json").write_text("{}")  # never read: the data check fails first
     audio = tmp_path / "audio"
     audio.mkdir()
-    result = CliRunner().invoke(app, ["speech", "eval", "--model", str(model), "--data", str(audio)])
+    result = CliRunner().invoke(app, ["eval", str(model), "--data", str(audio)])
     assert result.exit_code == 2
     assert result.output.strip().startswith("error: no transcript file") and len(result.output.strip().splitlines()) == 1
-    result = CliRunner().invoke(app, ["speech", "eval", "--model", str(tmp_path / "nope"), "--data", str(audio)])
-    assert result.exit_code == 2 and "neither the built-in whisper-tiny.en nor an existing folder" in result.output
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "nope"), "--data", str(audio)])
+    assert result.exit_code == 2 and "is neither a file, a folder" in result.output
     (model / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    result = CliRunner().invoke(app, ["speech", "eval", "--model", str(model), "--data", "real"])
-    assert result.exit_code == 2 and "not a Whisper model" in result.output
+    result = CliRunner().invoke(app, ["eval", str(model), "--data", "real"])
+    assert result.exit_code == 2 and "--data does not apply to a hf-encoder model" in result.output
 
 
 def test_built_in_converts_once_and_transcribes_a_real_recording() -> None:

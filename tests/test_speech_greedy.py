@@ -108,7 +108,7 @@ def test_cli_eval_says_which_loop_decoded_and_both_give_the_same_wer() -> None:
     require_built_in_whisper()
     method, wer = {}, {}
     for flags in ([], ["--generate"]):
-        result = CliRunner().invoke(app, ["speech", "eval", "--data", "real", "--utterances", "3", *flags])
+        result = CliRunner().invoke(app, ["eval", "whisper-tiny.en", "--data", "real", "--samples", "3", *flags])
         assert result.exit_code == 0, result.output
         method[bool(flags)] = " ".join(result.output.split())
         row = next(line for line in result.output.splitlines() if line.strip().startswith("│ real"))

@@ -32,12 +32,12 @@ def check_model_fits(model, data) -> None:
     except RuntimeError as exc:
         raise SlimkitError(
             f"model does not accept {data.name} inputs of shape {tuple(example.shape)}: {str(exc).splitlines()[0]}; "
-            f"pass --dataset with the data the checkpoint was trained on"
+            f"pass --data with the data the checkpoint was trained on"
         ) from None
     width = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
     if width != data.num_classes:
         raise SlimkitError(f"the checkpoint predicts {width} classes but {data.name} has {data.num_classes} "
-                           f"(labels 0..{data.num_classes - 1}); pass --dataset with the data the checkpoint was "
+                           f"(labels 0..{data.num_classes - 1}); pass --data with the data the checkpoint was "
                            f"trained on, or a checkpoint trained on the classes of {data.name}")
 
 
@@ -46,10 +46,10 @@ BUILTIN_BY_SIZE = {28: "fashion-mnist", 8: "digits"}
 
 
 def checkpoint_dataset(checkpoint, given: str | None) -> str:
-    """The data a command checks a checkpoint on: --dataset when given; else what the checkpoint
+    """The data a command checks a checkpoint on: --data when given; else what the checkpoint
     records it was trained on (`slimkit train` and `slimkit prune` write it); else the built-in
     whose images fit the model's recorded input (1 x 28 x 28: fashion-mnist, 1 x 8 x 8: digits);
-    else fashion-mnist, and a mismatch then names --dataset."""
+    else fashion-mnist, and a mismatch then names --data."""
     if given:
         return given
     from slimkit.io import read_architecture

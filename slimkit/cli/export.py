@@ -38,18 +38,18 @@ def _kind(checkpoint: str) -> str:
 @app.command("export")
 @clean_errors
 def export(
-    checkpoint: str = typer.Argument(..., help="slimkit .safetensors checkpoint, an encoder folder, or 'minilm'"),
+    model: str = typer.Argument(..., help="a slimkit .safetensors checkpoint, a sentence-encoder folder, or 'minilm'"),
     onnx: Path = typer.Option(..., "--onnx", help="ONNX file to write"),
     int8: Optional[str] = typer.Option(None, help="also write an int8 copy (NAME.int8.onnx): 'static' (calibrated "
                                                   "on the validation split; for conv models), 'mixed' (static, with "
                                                   "the convolutions measured slower in int8 here left in fp32 when "
                                                   "that measures faster; conv models) or 'dynamic' (Linear-heavy "
                                                   "models: MiniLM, ViT)"),
-    dataset: Optional[str] = typer.Option(None, help="classifiers: 'fashion-mnist', 'digits' or a .npz path "
+    data: Optional[str] = typer.Option(None, help="classifiers: 'fashion-mnist', 'digits' or a .npz path "
                                                      "(default: what the checkpoint was trained on)"),
     data_dir: Optional[Path] = typer.Option(None, help="folder with Fashion-MNIST IDX files"),
     seed: int = typer.Option(0, help="seed of the data split"),
-    calib_samples: int = typer.Option(1024, help="static int8: validation samples (sentences) to calibrate on"),
+    samples: int = typer.Option(1024, help="static int8: validation samples (sentences) to calibrate on"),
     threads: int = typer.Option(2, help="threads for timing, ONNX Runtime and PyTorch alike"),
     runs: int = typer.Option(50, help="alternating timing rounds per batch size"),
     report: Optional[Path] = typer.Option(None, help="folder to write report.json and report.md into"),
@@ -62,10 +62,11 @@ def export(
     require_deploy()
     if int8 not in (None, "static", "mixed", "dynamic"):
         raise SlimkitError(f"--int8 must be 'static', 'mixed' or 'dynamic', got {int8!r}")
-    if runs < 1 or threads < 1 or calib_samples < 1:
-        raise SlimkitError("--runs, --threads and --calib-samples must be >= 1")
+    if runs < 1 or threads < 1 or samples < 1:
+        raise SlimkitError("--runs, --threads and --samples must be >= 1")
     outputs = [onnx] + ([int8_path(onnx)] if int8 else []) + ([report / "report.json", report / "report.md"]
                                                                if report else [])
+    checkpoint = model
     kind = _kind(checkpoint)
     if int8 == "mixed" and kind != "classifier":
         raise SlimkitError("--int8 mixed chooses a precision per convolution, and an encoder has none; use --int8 "
@@ -73,7 +74,7 @@ def export(
     for out in outputs:
         check_output(out, overwrite, inputs=[checkpoint])
     run = _classifier if kind == "classifier" else _encoder
-    rows, header, details = run(checkpoint, onnx, int8, dataset, data_dir, seed, calib_samples, threads, runs, overwrite)
+    rows, header, details = run(checkpoint, onnx, int8, data, data_dir, seed, samples, threads, runs, overwrite)
     notes = deploy_notes(rows)
     print_table([], notes, title=header, deploy=rows)
     if report:

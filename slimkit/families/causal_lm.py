@@ -140,8 +140,8 @@ class DecoderCutter:
             f"{path}.0": "one layer must stay, and the first typically has the highest block influence",
             f"{base}.embed_tokens": "the vocabulary is the tokenizer's: every token id must keep its row",
             "lm_head": "one logit per vocabulary token" + (" (tied to the embeddings)" if tied else ""),
-            f"{path}.*.self_attn": "compress cuts layers and FFN neurons only; whole KV groups are `slimkit llm "
-                                   "width --kv-groups` (a lone query head cannot go: GQA groups must stay equal)",
+            f"{path}.*.self_attn": "compress cuts layers and FFN neurons only; whole KV groups are `slimkit "
+                                   "prune MODEL --heads` (a lone query head cannot go: GQA groups must stay equal)",
         }, "groups": {}}
 
 

@@ -115,19 +115,22 @@ def _pins(config: Any, key: str) -> list[dict[str, int]]:
 
 
 def save_hf(model: nn.Module, folder: str | os.PathLike, overwrite: bool = False, *, tokenizer: Any = None,
-            inputs=(), command: str = "save_hf") -> Path:
+            inputs=(), command: str = "save_hf", extra_files: dict[str, bytes] | None = None) -> Path:
     """Write `model` (a transformers PreTrainedModel, pruned or not) as a from_pretrained folder.
 
     Returns the folder. Whether plain `from_pretrained` suffices or `load_hf` is needed is recorded
     in the config (see the module docstring). `tokenizer` (or processor), when given, is saved into
     the same folder, so `load_pretrained` reads both back. `overwrite` replaces an earlier slimkit
-    folder only, never one holding any of `inputs`; `command` is what the folder's manifest names.
+    folder only, never one holding any of `inputs`; `command` is what the folder's manifest names;
+    `extra_files` (name -> bytes, e.g. the recipe) are written beside the model.
     """
     _check_hf(model)
     with output_folder(folder, overwrite, inputs, command) as stage:
         write_hf(model, stage)
         if tokenizer is not None:
             tokenizer.save_pretrained(stage)
+        for name, data in (extra_files or {}).items():
+            (stage / name).write_bytes(data)
     return Path(folder).expanduser()
 
 

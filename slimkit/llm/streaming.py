@@ -230,7 +230,8 @@ def prune_oneshot_folder(src: str | Path, out: str | Path, windows: torch.Tensor
                          sparsity: float = 0.5, nm: tuple[int, int] | str | None = None, batch_size: int = 2,
                          percdamp: float = 0.01, blocksize: int = 128, mask_scope: str = "row",
                          device: str | torch.device | None = None, progress: bool = True,
-                         overwrite: bool = False) -> PruneResult:
+                         overwrite: bool = False, extra_files: dict[str, bytes] | None = None,
+                         command: str = "slimkit prune --stream") -> PruneResult:
     """Prune the HF causal LM in folder `src` block by block into the new folder `out`.
 
     Same settings and the same result as `prune_oneshot` on the loaded model (every Linear of every
@@ -240,7 +241,8 @@ def prune_oneshot_folder(src: str | Path, out: str | Path, windows: torch.Tensor
     back in the checkpoint's dtype. The result holds no model (it is on disk in `out`) and no masks
     (they would be the size of the model); the kept fractions are counted block by block.
     `out` appears only when everything is written; a failure leaves neither it nor a partial folder.
-    It follows slimkit.io.outputs' rules (an existing folder is replaced only with `overwrite`).
+    It follows slimkit.io.outputs' rules (an existing folder is replaced only with `overwrite`);
+    `extra_files` (name -> bytes, e.g. the recipe) are written beside the weights.
     """
     sparsity, nm = check_oneshot_args(method, sparsity, nm, mask_scope)
     if method != "magnitude" and windows is None:
@@ -264,7 +266,7 @@ def prune_oneshot_folder(src: str | Path, out: str | Path, windows: torch.Tensor
     shard = "model-{:05d}-of-" + f"{n_blocks + 1:05d}.safetensors"
     weight_map: dict[str, str] = {}
     counts: dict[str, tuple[int, int]] = {}
-    with output_folder(dest, overwrite, inputs=[ckpt.folder], command="llm prune --stream") as stage:
+    with output_folder(dest, overwrite, inputs=[ckpt.folder], command=command) as stage:
         non_block = ckpt.read([n for n in ckpt.names if not n.startswith(prefix + ".")])
         size = _save_shard(non_block, stage, shard.format(1), weight_map)  # as stored, before float32 copies
         hidden = kwargs = None
@@ -292,5 +294,7 @@ def prune_oneshot_folder(src: str | Path, out: str | Path, windows: torch.Tensor
         index = {"metadata": {"total_size": size}, "weight_map": dict(sorted(weight_map.items()))}
         (stage / INDEX).write_text(json.dumps(index, indent=2) + "\n")
         _copy_side_files(ckpt.folder, stage)
+        for name, data in (extra_files or {}).items():
+            (stage / name).write_bytes(data)
     calibration = "none" if method == "magnitude" else f"{windows.shape[0]} x {windows.shape[1]} tokens"
     return oneshot_result(None, method, sparsity, nm, counts, list(range(n_blocks)), start, calibration)

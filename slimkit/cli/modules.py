@@ -1,7 +1,13 @@
-"""`slimkit train` and `slimkit prune`: make a checkpoint, then prune it (structured or magnitude).
+"""The modules family on the verbs (slimkit checkpoints of any nn.Module), and `slimkit train`.
 
-Both print a measured before/after profile; nothing is claimed faster unless its latency was
-measured faster here.
+- train: a reference model from scratch, saved as a checkpoint that records its data;
+- prune: structured (channels, heads, blocks through the dependency graph) or magnitude zeros;
+- distill: KD of a (pruned) checkpoint from a teacher checkpoint on the data it was trained on;
+- eval: the measured profile (accuracy, F1, params, MACs, latency, size).
+
+Each prints a measured profile; nothing is claimed faster unless its latency was measured faster
+here. The verbs (slimkit.cli.prune, .distill, .evaluate) check the options and pass only what this
+family reads.
 """
 
 from pathlib import Path
@@ -25,7 +31,7 @@ def _data(dataset: str, data_dir: Optional[Path], seed: int):
 def train(
     model: str = typer.Argument(..., help="model name: source, target, resnet, mobilenetv2, vit"),
     out: Path = typer.Option(..., help="checkpoint to write (.safetensors)"),
-    dataset: str = typer.Option("fashion-mnist", help="'fashion-mnist', 'digits' or a .npz path"),
+    data: str = typer.Option("fashion-mnist", help="'fashion-mnist', 'digits' or a .npz path"),
     data_dir: Optional[Path] = typer.Option(None, help="folder with Fashion-MNIST IDX files"),
     epochs: int = typer.Option(3, help="training epochs"),
     batch_size: int = typer.Option(256, help="batch size"),
@@ -48,35 +54,18 @@ def train(
     from slimkit.measure import evaluate_classifier
     from slimkit.models import build_model
 
-    data = _data(dataset, data_dir, seed)
+    dataset, data = data, _data(data, data_dir, seed)
     torch.manual_seed(seed)
     net = build_model(model, in_channels=data.in_channels, input_size=data.input_size, num_classes=data.num_classes)
     train_classifier(net, data, TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed), desc=model)
-    save_model(net, out, extra={"dataset": dataset})  # export, profile and prune default to it
+    save_model(net, out, extra={"dataset": dataset})  # export, eval and prune default to it
     acc = evaluate_classifier(net, data.test, data.num_classes).accuracy
     typer.echo(f"wrote {out}: test accuracy {100 * acc:.2f}% on {data.name} ({len(data.test)} samples)")
 
 
-@app.command()
-@clean_errors
-def prune(
-    checkpoint: Path = typer.Argument(..., help="a slimkit .safetensors checkpoint"),
-    out: Path = typer.Option(..., help="pruned checkpoint to write (.safetensors)"),
-    method: str = typer.Option("structured", help="'structured' (removes channels, heads, blocks) or 'magnitude'"),
-    ratio: float = typer.Option(0.5, help="fraction of channels (structured) or weights (magnitude) to remove"),
-    importance: str = typer.Option("l2", help="structured score: l1, l2, bn, taylor, entropy"),
-    allocation: str = typer.Option("uniform", help="structured: 'uniform' per group or 'global' ranking"),
-    round_to: int = typer.Option(8, help="structured: kept channel counts are multiples of this"),
-    blocks: int = typer.Option(0, help="structured: residual blocks to remove by block influence"),
-    heads: float = typer.Option(0.0, help="structured: fraction of attention heads to remove"),
-    dataset: Optional[str] = typer.Option(None, help="data for calibration and the before/after profile "
-                                                     "(default: what the checkpoint was trained on)"),
-    data_dir: Optional[Path] = typer.Option(None, help="folder with Fashion-MNIST IDX files"),
-    seed: int = typer.Option(0, help="seed of the data split and calibration batches"),
-    keep_slower: bool = typer.Option(False, help="structured: write the pruned model even when it measures no "
-                                                 "faster than the dense one at batch 1"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it exists (never the input)"),
-) -> None:
+def prune(checkpoint: Path, out: Path, method: str, ratio: float, importance: str, allocation: str, round_to: int,
+          blocks: int, heads: float, dataset: Optional[str], data_dir: Optional[Path], seed: int, keep_slower: bool,
+          overwrite: bool, recipe: dict) -> None:
     """Prune a checkpoint and print its measured profile before and after (no fine-tuning).
 
     A structured cut that measures no faster than the dense model at batch 1 on this machine is
@@ -100,7 +89,7 @@ def prune(
     if method == "magnitude":
         pruned = copy.deepcopy(dense)
         report = magnitude_prune(pruned, sparsity=ratio)
-        save_model(pruned, out, extra={"kept_total": report.kept_total, "dataset": dataset})
+        save_model(pruned, out, extra={"kept_total": report.kept_total, "dataset": dataset, "recipe": recipe})
     elif method == "structured":
         from slimkit.prune.structured import prune_structured
 
@@ -116,7 +105,7 @@ def prune(
             if kept is dense:
                 raise SlimkitError(f"{info['note']}; nothing written to {out}. Prune more, remove blocks (--blocks), "
                                    "or pass --keep-slower")
-        save_model(pruned, out, extra={"dataset": dataset})
+        save_model(pruned, out, extra={"dataset": dataset, "recipe": recipe})
     else:
         raise SlimkitError(f"unknown method {method!r}; use 'structured' or 'magnitude'")
     rows = profile_classifiers({"dense": (dense, checkpoint), f"{method} {ratio:g}": (pruned, out)},
@@ -140,3 +129,57 @@ def _check_prune_options(method: str, ratio: float, importance: str, allocation:
 
         if importance not in IMPORTANCE_KINDS:
             raise SlimkitError(f"unknown --importance {importance!r}; choose one of {', '.join(IMPORTANCE_KINDS)}")
+
+
+def distill(student: Path, teacher: Path, out: Path, dataset: Optional[str], data_dir: Optional[Path], epochs: int,
+            batch_size: int, lr: float, temperature: float, alpha: float, loss: str, hold_zeros: bool, seed: int,
+            overwrite: bool, recipe: dict) -> None:
+    """KD of a student checkpoint (typically pruned) from a teacher checkpoint, then both profiled.
+
+    `loss` "kd" is Hinton KD (alpha * T^2 KL + (1 - alpha) CE); "ce" trains on labels alone (the
+    control). With `hold_zeros`, weights a magnitude prune zeroed stay zero."""
+    if loss not in ("kd", "ce"):
+        raise SlimkitError(f"unknown --loss {loss!r}; use 'kd' or 'ce'")
+    check_count(epochs, "--epochs")
+    check_count(batch_size, "--batch-size")
+    check_positive(lr, "--lr")
+    check_positive(temperature, "--temperature")
+    if not 0 <= alpha <= 1:
+        raise SlimkitError(f"--alpha must be in [0, 1], got {alpha}")
+    from slimkit.io.outputs import check_output_file
+
+    check_output_file(out, overwrite, inputs=[student, teacher], what="--out")
+    import copy
+
+    from slimkit.distill import TrainConfig, train_classifier
+    from slimkit.io import load_model, save_model
+    from slimkit.masks import zero_masks
+    from slimkit.measure.rows import print_table, profile_classifiers, speed_notes
+
+    dense, before = load_model(teacher), load_model(student)
+    dataset = checkpoint_dataset(student, dataset)
+    data = _data(dataset, data_dir, seed)
+    check_model_fits(dense, data)
+    check_model_fits(before, data)
+    net = copy.deepcopy(before)
+    masks = (zero_masks(net) or None) if hold_zeros else None
+    train_classifier(net, data, TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
+                     teacher=dense if loss == "kd" else None, temperature=temperature, alpha=alpha, masks=masks,
+                     desc=f"distill ({loss})")
+    save_model(net, out, extra={"dataset": dataset, "distilled_from": str(teacher), "recipe": recipe})
+    rows = profile_classifiers({"teacher": (dense, teacher), "student before": (before, student),
+                                f"student {loss}": (net, out)}, data.test, data.num_classes)
+    print_table(rows, speed_notes(rows, "teacher"), title=f"{student.name} -> {out} on {data.name}")
+
+
+def evaluate(checkpoint: Path, dataset: Optional[str], data_dir: Optional[Path], seed: int) -> None:
+    """The measured profile of a checkpoint: accuracy, F1, params, MACs, latency, size."""
+    from slimkit.data import load_dataset
+    from slimkit.io import load_model
+    from slimkit.measure.rows import print_table, profile_classifier
+
+    model = load_model(checkpoint)
+    data = load_dataset(checkpoint_dataset(checkpoint, dataset), str(data_dir) if data_dir else None, seed=seed)
+    check_model_fits(model, data)
+    row = profile_classifier(checkpoint.name, model, data.test, data.num_classes, checkpoint)
+    print_table([row], [], title=f"{checkpoint} on {data.name} test ({len(data.test)} samples)")

@@ -1,0 +1,263 @@
+"""The causal-lm family on the verbs: `slimkit prune | distill | eval` of Hugging Face causal LMs.
+
+- prune: one-shot zeros (magnitude, wanda, sparsegpt; --ratio or --nm), or structured cuts that
+  leave a smaller dense model (--blocks decoder layers by block influence, then --ffn neurons and
+  --heads whole KV groups);
+- distill: KD recovery of a cut model from its dense teacher (top-k teacher logits cached once,
+  plus next-token CE);
+- eval: perplexity with its protocol, and measured speed with --speed.
+
+Every perplexity printed carries its protocol; models are saved atomically with the recipe.yaml
+that replays the command. The verbs (slimkit.cli.prune, .distill, .evaluate) check the options
+and pass only what this family reads.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from slimkit.cli.options import check_out, recipe_yaml
+from slimkit.errors import SlimkitError, check_count, check_sparsity
+
+SPARSE_NOTE = "unstructured/N:M zeros stay in dense matrices and give no CPU speed-up"
+
+
+def perplexity_table(rows: list[tuple[str, object]], dense=None) -> None:
+    """Print label, perplexity, ratio to dense and the protocol for each row."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="perplexity")
+    for col in ("model", "ppl", "x dense", "protocol"):
+        table.add_column(col)
+    for label, ppl in rows:
+        ratio = f"{ppl.value / dense.value:.3g}" if dense is not None else "-"
+        table.add_row(label, f"{ppl.value:.4g}", ratio, ppl.protocol)
+    Console(width=max(120, Console().width)).print(table)
+
+
+def check_windows(seq_len: int, eval_tokens: int, samples: int = 1, texts: tuple[str, ...] = ()) -> None:
+    """Token-window options and the texts they are cut from, checked before any model is loaded."""
+    check_count(samples, "--samples")
+    check_count(seq_len, "--seq-len", 2)
+    check_count(eval_tokens, "--eval-tokens", 0)
+    if 0 < eval_tokens < seq_len:
+        raise SlimkitError(f"--eval-tokens {eval_tokens} is less than one window of --seq-len {seq_len}; pass at least "
+                           f"{seq_len}, or 0 to skip evaluation")
+    from slimkit.llm.text import check_text
+
+    for text in texts:
+        check_text(text)
+
+
+def _eval_windows(tok, eval_data: str, eval_tokens: int, seq_len: int):
+    from slimkit.llm.text import eval_windows
+
+    return eval_windows(tok, eval_data, eval_tokens, seq_len) if eval_tokens else None
+
+
+def prune_oneshot(model: str, out: Path, overwrite: bool, method: str, ratio: float, nm: str | None, data: str,
+                  samples: int, seq_len: int, eval_data: str, eval_tokens: int, seed: int, stream: bool,
+                  recipe: dict) -> None:
+    """One-shot unstructured or N:M zeros in every Linear of the decoder blocks."""
+    check_windows(seq_len, eval_tokens, samples, texts=(data, eval_data))
+    from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
+    from slimkit.llm.oneshot import METHODS, parse_nm, prune_oneshot as prune
+    from slimkit.llm.perplexity import perplexity
+    from slimkit.llm.text import calibration_windows
+
+    if method not in METHODS:
+        raise SlimkitError(f"unknown --method {method!r} for a causal LM; choose one of {', '.join(METHODS)}, or "
+                           f"structured cuts with --blocks, --ffn, --heads")
+    pattern = parse_nm(nm)
+    if pattern is None:
+        check_sparsity(ratio, "--ratio")
+    check_out(out, overwrite, model)
+    if stream:
+        _prune_streamed(model, method, ratio, nm, pattern, out, data, samples, seq_len, eval_data, eval_tokens, seed,
+                        overwrite, recipe)
+        return
+    lm, tok = load_causal_lm(model)
+    cal = calibration_windows(tok, data, samples, seq_len, seed) if method != "magnitude" else None
+    ev = _eval_windows(tok, eval_data, eval_tokens, seq_len)
+    dense = perplexity(lm, ev, eval_data, progress=True) if ev is not None else None
+    result = prune(lm, cal, method, ratio, pattern)
+    typer.echo(f"{method} {'N:M ' + nm if nm else f'{ratio:.0%}'}: realised sparsity {1 - result.kept_total:.4f} "
+               f"of decoder Linear weights in {result.details['seconds']:.1f} s "
+               f"(calibration: {result.details['calibration']})")
+    if ev is not None:
+        perplexity_table([("dense", dense), (f"{method} {nm or ratio}", perplexity(lm, ev, eval_data, progress=True))],
+                         dense)
+    typer.echo(f"note: {SPARSE_NOTE}")
+    saved = save_pretrained_atomic(lm, tok, out, overwrite, [model], {"recipe.yaml": recipe_yaml(recipe)},
+                                   command="slimkit prune")
+    typer.echo(f"saved {saved}")
+
+
+def _prune_streamed(model: str, method: str, ratio: float, nm: str | None, pattern, out: Path, data: str,
+                    samples: int, seq_len: int, eval_data: str, eval_tokens: int, seed: int, overwrite: bool,
+                    recipe: dict) -> None:
+    """`prune --stream`: prune from the checkpoint folder block by block, then evaluate from disk.
+
+    Pruning holds one block at a time. Evaluation needs whole models, so the dense and the pruned
+    model are loaded one after the other (never both at once), the pruned one from --out: what is
+    measured is what was saved.
+    """
+    from slimkit.io.hf_folder import offline
+    from slimkit.llm.load import load_causal_lm, resolve
+    from slimkit.llm.perplexity import perplexity
+    from slimkit.llm.streaming import prune_oneshot_folder
+    from slimkit.llm.text import calibration_windows
+
+    src = resolve(model)
+    offline()
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(src))
+    except (OSError, ValueError, KeyError) as exc:
+        raise SlimkitError(f"cannot load the tokenizer of {src}: {str(exc).splitlines()[0]}") from None
+    cal = calibration_windows(tok, data, samples, seq_len, seed) if method != "magnitude" else None
+    ev = _eval_windows(tok, eval_data, eval_tokens, seq_len)
+    del tok  # from here on only token ids are needed: keep memory for the blocks
+    result = prune_oneshot_folder(src, out, cal, method, ratio, pattern, overwrite=overwrite,
+                                  extra_files={"recipe.yaml": recipe_yaml(recipe)})
+    typer.echo(f"{method} {'N:M ' + nm if nm else f'{ratio:.0%}'}: realised sparsity {1 - result.kept_total:.4f} "
+               f"of decoder Linear weights in {result.details['seconds']:.1f} s, streamed block by block "
+               f"(calibration: {result.details['calibration']})")
+    if ev is not None:
+        lm, _ = load_causal_lm(src)
+        dense = perplexity(lm, ev, eval_data, progress=True)
+        del lm
+        lm, _ = load_causal_lm(out)
+        perplexity_table([("dense", dense), (f"{method} {nm or ratio}", perplexity(lm, ev, eval_data, progress=True))],
+                         dense)
+    typer.echo(f"note: {SPARSE_NOTE}")
+    typer.echo(f"saved {out}")
+
+
+def kv_groups_of(heads: float, n_kv: int) -> int:
+    """--heads (a fraction) as whole KV groups of `n_kv`: a group takes its query heads with it, so a
+    causal LM loses heads in whole groups; a fraction that rounds to no group is refused."""
+    check_sparsity(heads, "--heads")
+    groups = round(heads * n_kv)
+    if heads > 0 and groups == 0:
+        raise SlimkitError(f"--heads {heads:g} of {n_kv} KV groups removes none (heads leave in whole KV groups); "
+                           f"pass at least {1 / n_kv:.3g}")
+    return groups
+
+
+def prune_structured(model: str, out: Path, overwrite: bool, blocks: int, ffn: float, heads: float, data: str,
+                     samples: int, seq_len: int, eval_data: str, eval_tokens: int, seed: int, recipe: dict) -> None:
+    """Remove `blocks` decoder layers (lowest block influence), then `ffn` of the FFN neurons and
+    `heads` of the KV groups of every layer; the result is a smaller dense model that reloads with
+    from_pretrained."""
+    check_count(blocks, "--blocks", 0)
+    check_sparsity(ffn, "--ffn")
+    check_windows(seq_len, eval_tokens, samples, texts=(data, eval_data))
+    from slimkit.llm.depth import check_depth_cut, prune_depth
+    from slimkit.llm.load import load_causal_lm, load_config, save_pretrained_atomic
+    from slimkit.llm.perplexity import perplexity
+    from slimkit.llm.text import calibration_windows
+    from slimkit.llm.width import check_width_cut, prune_width
+
+    check_out(out, overwrite, model)
+    config = load_config(model)
+    check_depth_cut(config.num_hidden_layers, blocks)
+    groups = kv_groups_of(heads, config.num_key_value_heads)
+    check_width_cut(config.num_key_value_heads, ffn, groups)
+    lm, tok = load_causal_lm(model)
+    cal = calibration_windows(tok, data, samples, seq_len, seed)
+    ev = _eval_windows(tok, eval_data, eval_tokens, seq_len)
+    dense = perplexity(lm, ev, eval_data, progress=True) if ev is not None else None
+    params = sum(p.numel() for p in lm.parameters())
+    if blocks:
+        res = prune_depth(lm, cal, blocks)
+        typer.echo(f"removed layers {', '.join(res.removed_blocks)} "
+                   f"(block influence {[round(res.scores[b], 4) for b in res.removed_blocks]})")
+    if ffn or groups:
+        cfg = prune_width(lm, cal, ffn, groups).model.config
+        typer.echo(f"intermediate size {cfg.intermediate_size}, KV groups {cfg.num_key_value_heads}, query heads "
+                   f"{cfg.num_attention_heads}")
+    typer.echo(f"params {params / 1e6:.1f} M -> {sum(p.numel() for p in lm.parameters()) / 1e6:.1f} M")
+    label = f"-{blocks} layers, -{ffn:g} FFN, -{groups} KV groups"
+    if ev is not None:
+        perplexity_table([("dense", dense), (label, perplexity(lm, ev, eval_data, progress=True))], dense)
+    saved = save_pretrained_atomic(lm, tok, out, overwrite, [model], {"recipe.yaml": recipe_yaml(recipe)},
+                                   command="slimkit prune")
+    typer.echo(f"saved {saved} (recover it with slimkit distill {saved} --teacher {model})")
+
+
+def evaluate(model: str, reference: str | None, data: str, eval_tokens: int, seq_len: int, speed: bool) -> None:
+    """Perplexity of a model (and of a reference), with the protocol; with `speed`, measured speed."""
+    check_count(seq_len, "--seq-len", 2)
+    check_count(eval_tokens, "--eval-tokens", seq_len)
+    from slimkit.llm.load import load_causal_lm
+    from slimkit.llm.perplexity import perplexity
+    from slimkit.llm.text import check_text
+
+    check_text(data)
+    lm, tok = load_causal_lm(model)
+    ev = _eval_windows(tok, data, eval_tokens, seq_len)
+    rows, dense = [], None
+    if reference:
+        ref, _ = load_causal_lm(reference)
+        dense = perplexity(ref, ev, data, progress=True)
+        rows.append((reference, dense))
+        del ref
+    rows.append((model, perplexity(lm, ev, data, progress=True)))
+    perplexity_table(rows, dense)
+    if speed:
+        from slimkit.llm.speed import measure_speed
+
+        rep = measure_speed(lm)
+        typer.echo(f"params {rep.params:,} (non-zero {rep.nonzero_params:,}), MACs/token {rep.macs_per_token:,}, "
+                   f"prefill {rep.prefill_tokens_per_s:.0f} tok/s, decode {rep.decode_tokens_per_s:.1f} tok/s "
+                   f"({rep.threads} threads, {rep.device})")
+        if rep.note:
+            typer.echo(f"note: {rep.note}")
+
+
+def distill(student: str, teacher: str, out: Path, overwrite: bool, data: str, samples: int, seq_len: int,
+            epochs: int, lr: float, batch_size: int, top_k: int, ce_weight: float, hidden_weight: float,
+            minutes: float | None, hold_zeros: bool, eval_data: str, eval_tokens: int, seed: int, checkpoint,
+            amp: str, recipe: dict) -> None:
+    """KD recovery of a cut model against its dense teacher (teacher top-k logits cached once)."""
+    check_windows(seq_len, eval_tokens, samples, texts=(data, eval_data))
+    from slimkit.distill.ddp import is_main_process
+    from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
+    from slimkit.llm.perplexity import perplexity
+    from slimkit.llm.recover import RecoveryConfig, recover
+    from slimkit.llm.text import calibration_windows
+
+    check_out(out, overwrite, student, teacher)
+    cfg = RecoveryConfig(epochs=epochs, batch_size=batch_size, lr=lr, top_k=top_k, ce_weight=ce_weight,
+                         hidden_weight=hidden_weight, max_minutes=minutes, seed=seed, amp=amp)
+    cfg.terms(), cfg.train_config()  # bad settings fail here, before any model loads
+    st, tok = load_causal_lm(student)
+    te, _ = load_causal_lm(teacher)
+    train = calibration_windows(tok, data, samples, seq_len, seed)
+    ev = _eval_windows(tok, eval_data, eval_tokens, seq_len)
+    rows, dense = [], None
+    if ev is not None:
+        dense = perplexity(te, ev, eval_data, progress=True)
+        rows += [("teacher", dense), ("student before", perplexity(st, ev, eval_data, progress=True))]
+    t0 = time.perf_counter()
+    from slimkit.masks import zero_masks
+
+    rep = recover(st, te, train, cfg, masks=(zero_masks(st) or None) if hold_zeros else None, checkpoint=checkpoint)
+    if not is_main_process():
+        return  # under torchrun, rank 0 reports and saves
+    resumed = f", resumed from step {rep.resumed_from_step}" if rep.resumed_from_step else ""
+    typer.echo(f"{rep.steps} steps in {time.perf_counter() - t0:.0f} s (teacher cache "
+               f"{'reused' if rep.cache_reused else f'built in {rep.teacher_seconds:.0f} s'}{resumed})")
+    if ev is not None:
+        rows.append(("student after KD", perplexity(st, ev, eval_data, progress=True)))
+        perplexity_table(rows, dense)
+    saved = save_pretrained_atomic(st, tok, out, overwrite, [student, teacher], {"recipe.yaml": recipe_yaml(recipe)},
+                                   command="slimkit distill")
+    typer.echo(f"saved {saved}")
+
