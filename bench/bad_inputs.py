@@ -213,8 +213,8 @@ def _api(fn_path: str, *args):
     return call
 
 
-P = "profile"
-DIGITS = ("--dataset", "digits")
+P = "eval"
+DIGITS = ("--data", "digits")
 CASES: list[Case] = [
     # checkpoints
     Case("checkpoint is a folder", "pass the .safetensors file", ("folder.safetensors",), (P, "folder.safetensors")),
@@ -235,11 +235,11 @@ CASES: list[Case] = [
     Case("layout disagrees with file", "in its layout", ("layout.safetensors",), (P, "layout.safetensors")),
     Case("pruned checkpoint in format 1", "prune and save it again", ("old-pruned.safetensors",),
          (P, "old-pruned.safetensors")),
-    Case("class count differs from data", "pass --dataset with the data the checkpoint was trained on",
+    Case("class count differs from data", "pass --data with the data the checkpoint was trained on",
          ("seven.safetensors",), (P, "seven.safetensors", *DIGITS)),
     Case("checkpoint missing", "check the path", (), (P, "absent.safetensors")),
     # data
-    *[Case(f"data: {what}", advice, ("good.safetensors", f), (P, "good.safetensors", "--dataset", f))
+    *[Case(f"data: {what}", advice, ("good.safetensors", f), (P, "good.safetensors", "--data", f))
       for what, f, advice in [
           ("empty .npz", "empty.npz", "save it with np.savez"),
           ("truncated .npz", "cut.npz", "save it with np.savez"),
@@ -287,34 +287,39 @@ CASES: list[Case] = [
           (("--lr", "0"), "--lr must be a finite number > 0"),
           (("--lr", "nan"), "--lr must be a finite number > 0"),
       ]],
-    *[Case(f"llm {' '.join(argv)}", advice, (), ("llm", *argv))
+    *[Case(" ".join(argv), advice, (), argv)
       for argv, advice in [
-          (("distill", "--student", "s", "--out", "o", "--batch-size", "0"), "pass batch_size 1 or more"),
-          (("distill", "--student", "s", "--out", "o", "--lr", "-1"), "lr must be a finite number > 0"),
-          (("distill", "--student", "s", "--out", "o", "--samples", "0"), "pass --samples 1 or more"),
-          (("distill", "--student", "s", "--out", "o", "--seq-len", "0"), "pass --seq-len 2 or more"),
-          (("distill", "--student", "s", "--out", "o", "--top-k", "0"), "pass top_k 1 or more"),
-          (("distill", "--student", "s", "--out", "o", "--max-minutes", "-1"), "--max-minutes must be"),
-          (("prune", "--out", "o", "--calib-samples", "0"), "pass --calib-samples 1 or more"),
-          (("prune", "--out", "o", "--seq-len", "1"), "pass --seq-len 2 or more"),
-          (("prune", "--out", "o", "--eval-tokens", "-1"), "pass --eval-tokens 0 or more"),
-          (("prune", "--out", "o", "--eval-tokens", "100"), "or 0 to skip evaluation"),
-          (("depth", "--out", "o", "--remove", "-1"), "pass --remove 0 or more"),
-          (("width", "--out", "o", "--ffn-ratio", "2"), "--ffn-ratio must be in [0, 1)"),
-          (("width", "--out", "o", "--kv-groups", "-1"), "pass --kv-groups 0 or more"),
-          (("eval", "--eval-tokens", "-1"), "pass --eval-tokens 512 or more"),
-          (("eval", "--seq-len", "0"), "pass --seq-len 2 or more"),
-          (("encoder", "--out", "o", "--minutes", "nan"), "--minutes must be a finite number >= 0"),
-          (("encoder", "--out", "o", "--lr", "0"), "--lr must be a finite number > 0"),
+          (("distill", "smollm2", "--out", "o", "--batch-size", "0"), "pass batch_size 1 or more"),
+          (("distill", "smollm2", "--out", "o", "--lr", "-1"), "lr must be a finite number > 0"),
+          (("distill", "smollm2", "--out", "o", "--samples", "0"), "pass --samples 1 or more"),
+          (("distill", "smollm2", "--out", "o", "--seq-len", "0"), "pass --seq-len 2 or more"),
+          (("distill", "smollm2", "--out", "o", "--top-k", "0"), "pass top_k 1 or more"),
+          (("distill", "smollm2", "--out", "o", "--minutes", "-1"), "minutes"),
+          (("distill", "smollm2", "--out", "o", "--alpha", "0.5"), "--alpha does not apply to a causal-lm model"),
+          (("prune", "smollm2", "--method", "sparsegpt", "--out", "o", "--samples", "0"), "pass --samples 1 or more"),
+          (("prune", "smollm2", "--method", "sparsegpt", "--out", "o", "--seq-len", "1"), "pass --seq-len 2 or more"),
+          (("prune", "smollm2", "--method", "sparsegpt", "--out", "o", "--eval-tokens", "-1"),
+           "pass --eval-tokens 0 or more"),
+          (("prune", "smollm2", "--method", "sparsegpt", "--out", "o", "--eval-tokens", "100"),
+           "or 0 to skip evaluation"),
+          (("prune", "smollm2", "--out", "o", "--blocks", "-1"), "pass --blocks 0 or more"),
+          (("prune", "smollm2", "--out", "o", "--ffn", "2"), "--ffn must be in [0, 1)"),
+          (("prune", "smollm2", "--out", "o"), "nothing to cut"),
+          (("eval", "smollm2", "--eval-tokens", "-1"), "pass --eval-tokens 512 or more"),
+          (("eval", "smollm2", "--seq-len", "0"), "pass --seq-len 2 or more"),
+          (("distill", "minilm", "--out", "o", "--minutes", "nan"), "--minutes must be a finite number >= 0"),
+          (("distill", "minilm", "--out", "o", "--lr", "0"), "--lr must be a finite number > 0"),
+          (("prune", "whisper-tiny.en", "--out", "o"), "nothing to prune"),
+          (("prune", "minilm", "--ratio", "0.5", "--out", "o"), "--ratio does not apply to a hf-encoder model"),
       ]],
-    Case("llm model folder without config.json", "pass a folder written by save_pretrained", ("hf-noconfig",),
-         ("llm", "prune", "--model", "hf-noconfig", "--method", "magnitude", "--out", "o")),
-    Case("llm prune --calib-text missing.txt", "or the path of a UTF-8 text file", (),
-         ("llm", "prune", "--out", "o", "--calib-text", "missing.txt")),
-    Case("llm depth --remove beyond the layers", "can remove between 0 and 1 of 2 layers", ("tiny-lm",),
-         ("llm", "depth", "--model", "tiny-lm", "--remove", "5", "--out", "o"), needs_transformers=True),
-    Case("llm width --kv-groups all", "can remove 0..1 KV groups", ("tiny-lm",),
-         ("llm", "width", "--model", "tiny-lm", "--kv-groups", "2", "--out", "o"), needs_transformers=True),
+    Case("model folder without config.json", "pass a Hugging Face folder written by save_pretrained", ("hf-noconfig",),
+         ("prune", "hf-noconfig", "--method", "magnitude", "--out", "o")),
+    Case("prune --data missing.txt", "or the path of a UTF-8 text file", (),
+         ("prune", "smollm2", "--method", "sparsegpt", "--out", "o", "--data", "missing.txt")),
+    Case("prune --blocks beyond the layers", "can remove between 0 and 1 of 2 layers", ("tiny-lm",),
+         ("prune", "tiny-lm", "--blocks", "5", "--out", "o"), needs_transformers=True),
+    Case("prune --heads: every KV group", "can remove 0..1 KV groups", ("tiny-lm",),
+         ("prune", "tiny-lm", "--heads", "0.99", "--out", "o"), needs_transformers=True),
     # export (needs the deploy extra)
     Case("export checkpoint missing", "give a slimkit .safetensors checkpoint", (),
          ("export", "absent.safetensors", "--onnx", "m.onnx")),

@@ -18,7 +18,7 @@ Per CNN (ResNet-20-style, MobileNetV2-style) on Fashion-MNIST (54k/6k/10k train/
   * latency at batch 1 and 32: ONNX Runtime (bench/ort_timing.py: ORT_ENABLE_ALL, 2 intra-op threads, all
     of a model's ONNX files alternating) and eager PyTorch (slimkit.measure.fresh: BN folded, each model in
     its faster of NCHW and channels_last, OMP_WAIT_POLICY=ACTIVE), each the fastest of 3 fresh processes.
-MiniLM (bench/deploy_encoder.py): dense and pruned as `slimkit llm encoder --ffn-ratio 0.5 --head-ratio
+MiniLM (bench/deploy_encoder.py): dense and pruned as `slimkit prune minilm --ffn 0.5 --heads
 0.25` does (least-squares refit), without distillation, exported and int8 (dynamic), timed at batch 1.
 
     # full run: ~25 min once bench/structured.py's base models are cached (+ ~15 min to train them), 2 cores

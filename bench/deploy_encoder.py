@@ -1,6 +1,6 @@
 """MiniLM rows of bench/deploy.py: dense and pruned all-MiniLM-L6-v2, fp32 and dynamic int8, in ONNX Runtime.
 
-The pruned model is what `slimkit llm encoder --ffn-ratio 0.5 --head-ratio 0.25` builds before its
+The pruned model is what `slimkit prune minilm --ffn 0.5 --heads 0.25` builds before its
 distillation: FFN neurons and heads removed by activation-aware importance, each layer's output
 projections refitted by least squares on calibration sentences (Emma). It is not distilled here, to
 keep the benchmark short; its cosine to the dense model is reported for context. Every exported

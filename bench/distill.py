@@ -8,7 +8,7 @@ Parts (run all, or pick with --parts 1,2,...):
   4  kill -9 in the middle of epoch 2, resume: final accuracy vs the unbroken run, steps lost
   5  torchrun with 2 processes vs 1 process: accuracy and samples/s
   6  causal LM (SmolLM2 cut to --lm-layers blocks, top-k cached teacher logits, the recipe of
-     `slimkit llm distill`): throughput of the engine vs a hand-written loop (target >= 0.95x)
+     `slimkit distill` of a causal LM): throughput of the engine vs a hand-written loop (target >= 0.95x)
 
 Timing (parts 1 and 6): both loops run in the same process with the same thread count, in lockstep:
 one step of slimkit's engine, then one step of the hand-written loop (run from the engine's
@@ -252,7 +252,7 @@ def part5(data: Dataset, teacher, args) -> None:
 
 
 def hand_lm_stepper(student: torch.nn.Module, windows: torch.Tensor, cache, batch: int, seed: int):
-    """The loop `slimkit llm distill` ran before the engine, one step per call: top-k KD from cached
+    """The loop `slimkit distill` of a causal LM ran before the engine, one step per call: top-k KD from cached
     teacher logits, AdamW, clipping at 1 (with the engine's loss function, so only the loop differs)."""
     from slimkit.distill import soft_target_kl_topk
 
@@ -293,7 +293,7 @@ def part6(args) -> None:
     teacher, tok = load_causal_lm("smollm2")
     remove_layers(teacher, list(range(args.lm_layers, len(teacher.model.layers))))
     student = copy.deepcopy(teacher)
-    remove_layers(student, [args.lm_layers // 2])  # a depth-pruned student, as in `slimkit llm depth`
+    remove_layers(student, [args.lm_layers // 2])  # a depth-pruned student, as in `slimkit prune smollm2 --blocks`
     for module in student.modules():  # the recovery recipe freezes the (tied) embeddings
         if isinstance(module, torch.nn.Embedding):
             module.weight.requires_grad_(False)

@@ -21,6 +21,7 @@ import typer
 from slimkit.cli import clean_errors
 from slimkit.cli.app import app
 from slimkit.cli.options import MODEL_HELP, family_of, pick, refuse_unused
+from slimkit.compression.sources import is_factory
 from slimkit.errors import SlimkitError
 
 
@@ -60,7 +61,7 @@ def evaluate(
     if family == "modules":
         refuse_unused("eval", family, {**lm_only, **whisper_only, "--reference": reference, "--speed": speed,
                                        "--samples": samples, "--threads": threads})
-        if not Path(model).expanduser().is_file():
+        if is_factory(model) and not Path(model).exists():
             raise SlimkitError(f"slimkit eval takes a saved checkpoint; {model} is a factory: save its model with "
                                f"slimkit.io.save_model first")
         from slimkit.cli import modules

@@ -33,6 +33,8 @@ def family_of(model: str) -> str:
     from slimkit.families import folder_family
 
     p = Path(model).expanduser()
+    if p.suffix == ".safetensors":
+        return "modules"  # the checkpoint loader says what is wrong with it, if anything
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise SlimkitError(f"{model} is a folder without config.json; pass a Hugging Face folder written by "

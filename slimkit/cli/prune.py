@@ -22,6 +22,7 @@ import typer
 from slimkit.cli import clean_errors
 from slimkit.cli.app import app, recipe_of
 from slimkit.cli.options import MODEL_HELP, OUT_HELP, OVERWRITE_HELP, family_of, pick, refuse_unused
+from slimkit.compression.sources import is_factory
 from slimkit.errors import SlimkitError
 
 
@@ -80,7 +81,7 @@ def prune(
         refuse_unused("prune", family, {"--keep": keep})
     if family == "modules":
         refuse_unused("prune", family, {**lm_only, "--ffn": ffn, "--samples": samples})
-        if not Path(model).expanduser().is_file():
+        if is_factory(model) and not Path(model).exists():
             raise SlimkitError(f"slimkit prune takes a saved checkpoint; {model} is a factory: save its model with "
                                f"slimkit.io.save_model, or let slimkit compress cut it")
         from slimkit.cli import modules
