@@ -49,7 +49,7 @@ from slimkit.io import load_model
 from slimkit.measure import count_macs, evaluate_classifier, predict_logits
 from slimkit.measure.fresh import time_in_fresh_processes
 from slimkit.prune.batchnorm import recalibrate_bn
-from slimkit.prune.recovery import fine_tune
+from slimkit.distill.finetune import fine_tune
 from slimkit.prune.shape_search import choose_depth_width, ratio_for_macs
 from slimkit.prune.structured import prune_structured
 

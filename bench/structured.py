@@ -44,8 +44,8 @@ from slimkit.measure.fresh import time_in_fresh_processes
 from slimkit.models import build_model
 from slimkit.prune.batchnorm import recalibrate_bn
 from slimkit.prune import latency_table, prune_latency_aware, prune_structured
-from slimkit.prune.recovery import fine_tune
-from slimkit.prune.select import choose_ratio, write_selection
+from slimkit.distill.finetune import fine_tune
+from slimkit.compression.select import choose_ratio, write_selection
 from slimkit.prune.shape_search import ratio_for_macs
 
 from run_clock import (channels_last, cpu_name, eval_seconds_per_sample, fmt_cell, stage,

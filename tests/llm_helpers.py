@@ -55,6 +55,6 @@ def small_lm(n_layers: int = 2):
 
 
 def windows(tok, n: int = 2, seq_len: int = 64, text: str = "emma", seed: int = 0) -> torch.Tensor:
-    from slimkit.llm.text import calibration_windows
+    from slimkit.data.text import calibration_windows
 
     return calibration_windows(tok, text, n, seq_len, seed)

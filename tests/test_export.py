@@ -215,7 +215,7 @@ def test_fallback_is_recorded_and_a_mismatch_names_the_output():
 
 
 def _trained_cnn(digits) -> nn.Module:
-    from slimkit.prune.recovery import fine_tune
+    from slimkit.distill.finetune import fine_tune
 
     torch.manual_seed(0)
     model = TargetModel(input_size=8)

@@ -173,3 +173,45 @@ def test_the_private_name_check_can_fail(tmp_path):
     (pkg / "b" / "__init__.py").write_text("from slimkit.a import _helper\nimport slimkit.a as a\nx = a._helper\n")
     (pkg / "a" / "inner.py").write_text("from slimkit.a import _helper\n")  # the same package: allowed
     assert len(private_imports_across_packages(tmp_path)) == 2
+
+
+# The layers, bottom up: a package may import its own layer or lower ones, never a higher one.
+LAYERS = [
+    {"slimkit.errors", "slimkit.version", "slimkit.masks", "slimkit.data", "slimkit.io", "slimkit.models",
+     "slimkit.measure", "slimkit.prune", "slimkit.distill", "slimkit.export"},  # the core
+    {"slimkit.llm", "slimkit.speech", "slimkit.families"},  # the model families and their internals
+    {"slimkit.compression"},
+    {"slimkit.demo"},
+    {"slimkit.cli", "slimkit.__main__"},
+]
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    """`importer -> imported` for every package edge that goes up the layers, and every edge between
+    the family packages, which must not know one another."""
+    rank = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
+    found = []
+    for pkg, targets in graph.items():
+        for t in targets:
+            if pkg in rank and t in rank and rank[t] > rank[pkg]:
+                found.append(f"{pkg} -> {t}")
+    families = {"slimkit.llm", "slimkit.speech"}
+    found += [f"{p} -> {t}" for p in families for t in graph.get(p, ()) if t in families]
+    return sorted(found)
+
+
+def test_packages_import_only_their_layer_or_lower():
+    graph = package_graph(module_graph(ROOT))
+    assert set(graph) - {"slimkit"} <= set().union(*LAYERS), "a new package: place it in LAYERS"
+    assert layering_violations(graph) == []
+
+
+def test_family_modules_import_nothing_from_one_another():
+    graph = module_graph(ROOT)
+    members = {m for m in graph if m.startswith("slimkit.families.") and m != "slimkit.families.base"}
+    assert [f"{m} -> {t}" for m in sorted(members) for t in sorted(graph[m]) if t in members] == []
+
+
+def test_the_layer_check_can_fail():
+    graph = {"slimkit.prune": {"slimkit.distill", "slimkit.compression"}, "slimkit.llm": {"slimkit.speech"}}
+    assert layering_violations(graph) == ["slimkit.llm -> slimkit.speech", "slimkit.prune -> slimkit.compression"]

@@ -87,7 +87,7 @@ def test_ffn_removal_equals_zeroing_and_prune_width_reloads(tmp_path):
 @pytest.mark.slow
 def test_perplexity_finite_and_tagged():
     model, tok = small_lm(1)
-    from slimkit.llm.text import eval_windows
+    from slimkit.data.text import eval_windows
 
     ev = eval_windows(tok, "prideprejudice", n_tokens=128, seq_len=64)
     ppl = perplexity(model, ev)

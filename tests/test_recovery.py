@@ -6,7 +6,7 @@ from torch import nn
 
 from slimkit.data.arrays import Split
 from slimkit.errors import SlimkitError
-from slimkit.prune.recovery import fine_tune
+from slimkit.distill.finetune import fine_tune
 
 
 def _task(n: int = 512) -> tuple[Split, torch.Tensor]:

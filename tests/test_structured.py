@@ -13,7 +13,7 @@ from slimkit.io import load_model, save_model
 from slimkit.models import MobileNetV2Small, ResNetCifar, SeedCNN, SmallViT
 from slimkit.prune import allocation as alloc
 from slimkit.prune import importance as imp
-from slimkit.prune.select import choose_ratio, write_selection
+from slimkit.compression.select import choose_ratio, write_selection
 from slimkit.prune.structured import (
     build_graph,
     apply_plan,

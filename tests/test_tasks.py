@@ -53,7 +53,7 @@ def test_lower_is_better_metric_drives_early_stopping(digits):
 
 
 def test_choose_ratio_reads_the_metric_direction(digits):
-    from slimkit.prune.select import choose_ratio
+    from slimkit.compression.select import choose_ratio
 
     model = SeedCNN(1, 8, (8, 16, 32)).eval()
     kw = dict(grid=(0.25, 0.5), bisect_steps=0, progress=False, timing_rounds=2, task=classification([_error_rate()]))

@@ -47,14 +47,14 @@ def check_windows(seq_len: int, eval_tokens: int, samples: int = 1, texts: tuple
     if 0 < eval_tokens < seq_len:
         raise SlimkitError(f"--eval-tokens {eval_tokens} is less than one window of --seq-len {seq_len}; pass at least "
                            f"{seq_len}, or 0 to skip evaluation")
-    from slimkit.llm.text import check_text
+    from slimkit.data.text import check_text
 
     for text in texts:
         check_text(text)
 
 
 def _eval_windows(tok, eval_data: str, eval_tokens: int, seq_len: int):
-    from slimkit.llm.text import eval_windows
+    from slimkit.data.text import eval_windows
 
     return eval_windows(tok, eval_data, eval_tokens, seq_len) if eval_tokens else None
 
@@ -67,7 +67,7 @@ def prune_oneshot(model: str, out: Path, overwrite: bool, method: str, ratio: fl
     from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
     from slimkit.llm.oneshot import METHODS, parse_nm, prune_oneshot as prune
     from slimkit.llm.perplexity import perplexity
-    from slimkit.llm.text import calibration_windows
+    from slimkit.data.text import calibration_windows
 
     if method not in METHODS:
         raise SlimkitError(f"unknown --method {method!r} for a causal LM; choose one of {', '.join(METHODS)}, or "
@@ -110,7 +110,7 @@ def _prune_streamed(model: str, method: str, ratio: float, nm: str | None, patte
     from slimkit.llm.load import load_causal_lm, resolve
     from slimkit.llm.perplexity import perplexity
     from slimkit.llm.streaming import prune_oneshot_folder
-    from slimkit.llm.text import calibration_windows
+    from slimkit.data.text import calibration_windows
 
     src = resolve(model)
     offline()
@@ -161,7 +161,7 @@ def prune_structured(model: str, out: Path, overwrite: bool, blocks: int, ffn: f
     from slimkit.llm.depth import check_depth_cut, prune_depth
     from slimkit.llm.load import load_causal_lm, load_config, save_pretrained_atomic
     from slimkit.llm.perplexity import perplexity
-    from slimkit.llm.text import calibration_windows
+    from slimkit.data.text import calibration_windows
     from slimkit.llm.width import check_width_cut, prune_width
 
     check_out(out, overwrite, model)
@@ -197,7 +197,7 @@ def evaluate(model: str, reference: str | None, data: str, eval_tokens: int, seq
     check_count(eval_tokens, "--eval-tokens", seq_len)
     from slimkit.llm.load import load_causal_lm
     from slimkit.llm.perplexity import perplexity
-    from slimkit.llm.text import check_text
+    from slimkit.data.text import check_text
 
     check_text(data)
     lm, tok = load_causal_lm(model)
@@ -231,7 +231,7 @@ def distill(student: str, teacher: str, out: Path, overwrite: bool, data: str, s
     from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
     from slimkit.llm.perplexity import perplexity
     from slimkit.llm.recover import RecoveryConfig, recover
-    from slimkit.llm.text import calibration_windows
+    from slimkit.data.text import calibration_windows
 
     check_out(out, overwrite, student, teacher)
     cfg = RecoveryConfig(epochs=epochs, batch_size=batch_size, lr=lr, top_k=top_k, ce_weight=ce_weight,

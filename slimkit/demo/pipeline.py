@@ -25,7 +25,7 @@ from slimkit.io.outputs import check_output_folder, output_folder
 from slimkit.measure.rows import print_table, profile_classifiers, speed_notes, write_reports
 from slimkit.models import build_model
 from slimkit.prune import bake, magnitude_prune
-from slimkit.prune.recovery import fine_tune
+from slimkit.distill.finetune import fine_tune
 
 # Re-exported: the demo's API is `make_config`, `load_recipe` and `run_demo` from this module.
 __all__ = ["DemoConfig", "check_data_paths", "load_recipe", "make_config", "run_demo"]

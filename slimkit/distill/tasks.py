@@ -350,8 +350,30 @@ def evaluate(model: nn.Module, data: Any, task: Task | None = None, teacher: nn.
     return {m.name: float(m.reduce(stats[m.name])) for m in task.metrics}
 
 
+
+@torch.no_grad()
+def embed(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 64, max_length: int = 64) -> torch.Tensor:
+    """Mean-pooled sentence embeddings (N, D), as sentence-transformers computes them."""
+    task = embeddings()
+    was = model.training
+    model.eval()
+    first = next(model.parameters(), None)  # None: an ONNX Runtime session wrapped as a module, on the CPU
+    device = first.device if first is not None else torch.device("cpu")
+    out = []
+    try:
+        for i in range(0, len(texts), batch_size):
+            batch = dict(tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
+                                   return_tensors="pt"))
+            inputs, _ = task.split(batch)
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            out.append(task.view(task.call(model, inputs), inputs))
+    finally:
+        model.train(was)
+    return torch.cat(out)
+
+
 __all__ = ["Metric", "Task", "accuracy", "attention_mask", "call_model", "causal_lm", "cer", "class_cross_entropy",
-           "classification", "evaluate", "cosine_to_teacher", "ctc_loss", "ctc_targets", "embeddings", "label_ce",
+           "classification", "evaluate", "cosine_to_teacher", "ctc_loss", "embed", "ctc_targets", "embeddings", "label_ce",
            "label_positions", "lm_split", "macro_f1", "mean_pool", "neighbour_agreement_metric", "next_token_ce",
            "output_logits", "perplexity", "ratio", "seq2seq", "sequence_logits", "split_batch", "token_accuracy",
            "trim_padding"]

@@ -61,7 +61,7 @@ def classifier_check(model: nn.Module, split: Split, num_classes: int, tolerance
 def embedding_cosines(model: nn.Module, reference: nn.Module, tokenizer, texts: list[str],
                       batch_size: int = 32) -> torch.Tensor:
     """Per sentence, the cosine between `model`'s and `reference`'s mean-pooled embeddings."""
-    from slimkit.llm.encoder import embed
+    from slimkit.distill.tasks import embed
 
     return F.cosine_similarity(embed(model, tokenizer, texts, batch_size), embed(reference, tokenizer, texts, batch_size),
                                dim=-1)

@@ -5,7 +5,7 @@
 - Data: a plain UTF-8 text file or a built-in text (emma, prideprejudice), tokenized without
   special tokens and cut into non-overlapping windows of `seq_len` tokens; val and test windows are
   carved with the seed (slimkit.data.tables.carve), each at most EVAL_TOKENS tokens (as
-  slimkit.llm.text.eval_windows). Non-overlapping, so no validation token is also a training token.
+  slimkit.data.text.eval_windows). Non-overlapping, so no validation token is also a training token.
 - Cuts (`DecoderCutter`): whole decoder layers (block influence, slimkit.llm.depth) and FFN
   neurons (activation-aware, slimkit.llm.width), the same count per layer. Both are widths the
   config states (`num_hidden_layers`, `intermediate_size`), so the result reloads with plain
@@ -228,7 +228,7 @@ def load(name_or_folder: str | Path, requested: str | None) -> Source:
 # -- data ----------------------------------------------------------------------------------------
 def check_data(spec: str | None) -> None:
     """Refuse, before the model is loaded, --data that is neither a built-in text nor a file."""
-    from slimkit.llm.text import check_text
+    from slimkit.data.text import check_text
 
     check_text(spec or DEFAULT_TEXT)
 
@@ -236,7 +236,7 @@ def check_data(spec: str | None) -> None:
 def prepare(source: Source, spec: str | None, seed: int, n_train: int = 0, seq_len: int = SEQ_LEN) -> Prepared:
     """Non-overlapping windows of `seq_len` tokens of the text; val and test carved with the seed."""
     from slimkit.data.tables import carve
-    from slimkit.llm.text import read_text, tokenize
+    from slimkit.data.text import read_text, tokenize
 
     name = spec or DEFAULT_TEXT
     limit = getattr(source.model.config, "max_position_embeddings", None)

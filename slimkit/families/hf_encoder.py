@@ -282,7 +282,7 @@ def _tokens(tokenizer: Any, texts: list[str]) -> dict[str, torch.Tensor]:
 def sentence_data(spec: str, tokenizer, seed: int = 0, n: int = 0) -> tuple[dict, list[str]]:
     """Token batches for the embeddings task from a text file (or 'sentences', slimkit's built-in
     public-domain text), split 80/10/10; returns the splits and the training sentences."""
-    from slimkit.llm.encoder import encode_sentences, sentences
+    from slimkit.data.text import encode_sentences, sentences
 
     if spec == "sentences":
         from slimkit.llm.encoder import DEFAULT_TRAIN_SENTENCES, default_sentences

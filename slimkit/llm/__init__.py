@@ -34,7 +34,7 @@ from slimkit.llm.perplexity import Perplexity, perplexity
 from slimkit.llm.recover import RecoveryConfig, RecoveryReport, recover
 from slimkit.llm.speed import SpeedReport, measure_speed
 from slimkit.llm.streaming import prune_oneshot_folder
-from slimkit.llm.text import calibration_windows, eval_windows, read_text
+from slimkit.data.text import calibration_windows, eval_windows, read_text
 from slimkit.llm.width import prune_width
 from slimkit.prune.result import PruneResult
 

@@ -27,40 +27,9 @@ from slimkit.distill.engine import Distiller
 from slimkit.distill.losses import Term, cosine
 from slimkit.distill.tasks import embeddings
 from slimkit.errors import SlimkitError
-from slimkit.llm.text import read_text
+from slimkit.data.text import encode_sentences, read_text, sentences
+from slimkit.distill.tasks import embed
 from slimkit.measure.embedding import cosine_sum, neighbour_agreement
-
-
-def sentences(text: str, min_words: int = 6, max_words: int = 40) -> list[str]:
-    """Sentences of a plain text (split after . ! ?), whitespace-normalised, of a usable length."""
-    flat = re.sub(r"\s+", " ", text)
-    out = [s.strip() for s in re.split(r"(?<!\bMr\.)(?<!\bMrs\.)(?<!\bDr\.)(?<!\bSt\.)(?<=[.!?])\s+(?=[A-Z\"'])", flat)]
-    return [s for s in out if min_words <= len(s.split()) <= max_words]
-
-
-def encode_sentences(tokenizer, texts: list[str], max_length: int = 64) -> dict[str, torch.Tensor]:
-    """Token tensors for all `texts`, padded to the longest; the embeddings task trims each batch
-    to its own longest sentence, so batches see what per-batch tokenization would give."""
-    return dict(tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
-
-
-@torch.no_grad()
-def embed(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 64, max_length: int = 64) -> torch.Tensor:
-    """Mean-pooled sentence embeddings (N, D), as sentence-transformers computes them."""
-    task = embeddings()
-    was = model.training
-    model.eval()
-    first = next(model.parameters(), None)  # None: an ONNX Runtime session wrapped as a module, on the CPU
-    device = first.device if first is not None else torch.device("cpu")
-    out = []
-    try:
-        for i in range(0, len(texts), batch_size):
-            inputs, _ = task.split(encode_sentences(tokenizer, texts[i:i + batch_size], max_length))
-            inputs = {k: v.to(device) for k, v in inputs.items()}
-            out.append(task.view(task.call(model, inputs), inputs))
-    finally:
-        model.train(was)
-    return torch.cat(out)
 
 
 def encoder_terms(student: nn.Module, teacher: nn.Module, loss: str = "cosine", layer_weight: float = 0.0) -> list[Term]:

@@ -1,5 +1,5 @@
 """Pruning: unstructured magnitude masks (magnitude.py), structured removal (structured.py and its
-helpers: handlers, cuttable, importance, allocation, layers, select, recovery) and latency-aware
+helpers: handlers, cuttable, importance, allocation, layers) and latency-aware
 shaping (latency_cost.py).
 
 Every `prune_*` verb (and `magnitude_prune`, `iterative_prune`) changes the model it is given in

@@ -106,7 +106,7 @@ def is_heldout(sentence: str, fraction: float) -> bool:
 
 def sentence_pool(settings: SynthSettings, exclude: list[str] = ()) -> list[str]:
     """The split's distinct sentences, minus any that overlaps a transcript in `exclude`."""
-    from slimkit.llm.text import read_text
+    from slimkit.data.text import read_text
 
     banned = [_normalise(t) for t in exclude]
     seen, pool = set(), []

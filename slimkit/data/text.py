@@ -7,6 +7,7 @@ Pride and Prejudice, so that the calibration text never overlaps the evaluation 
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -86,3 +87,16 @@ def eval_windows(tokenizer, text: str = "prideprejudice", n_tokens: int = 16384,
     if n == 0:
         raise SlimkitError(f"text has {ids.numel()} tokens, fewer than one window of {seq_len}")
     return ids[: n * seq_len].view(n, seq_len)
+
+
+def sentences(text: str, min_words: int = 6, max_words: int = 40) -> list[str]:
+    """Sentences of a plain text (split after . ! ?), whitespace-normalised, of a usable length."""
+    flat = re.sub(r"\s+", " ", text)
+    out = [s.strip() for s in re.split(r"(?<!\bMr\.)(?<!\bMrs\.)(?<!\bDr\.)(?<!\bSt\.)(?<=[.!?])\s+(?=[A-Z\"'])", flat)]
+    return [s for s in out if min_words <= len(s.split()) <= max_words]
+
+
+def encode_sentences(tokenizer, texts: list[str], max_length: int = 64) -> dict[str, torch.Tensor]:
+    """Token tensors for all `texts`, padded to the longest; the embeddings task trims each batch
+    to its own longest sentence, so batches see what per-batch tokenization would give."""
+    return dict(tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
