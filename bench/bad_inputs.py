@@ -456,11 +456,25 @@ def judge(case: Case) -> Outcome:
     return outcome
 
 
+def markdown_table() -> str:
+    """Every case as a Markdown row: the input, how it was given, and what the error line advises."""
+    rows = ["| bad input | given as | the error line says |", "|---|---|---|"]
+    for c in CASES:
+        given = "`slimkit " + " ".join(c.argv) + "`" if c.call is None else "Python API"
+        rows.append(f"| {c.name} | {given.replace('|', '&#124;')} | {c.advice.replace('|', '&#124;')} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="run only cases whose name contains this text")
     parser.add_argument("--jobs", type=int, default=2, help="CLI cases run this many subprocesses at a time")
+    parser.add_argument("--markdown", action="store_true", help="print the cases as docs/bad-inputs.md's table and "
+                        "stop (nothing runs; tests/test_bad_inputs.py checks the page against it)")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown_table())
+        return
     try:
         import transformers  # noqa: F401
 

@@ -53,3 +53,9 @@ def test_api_bad_input(case, tmp_path, monkeypatch):
         case.call(tmp_path)
     assert "\n" not in str(info.value) and case.advice in str(info.value)
     assert bad_inputs.snapshot(tmp_path) == before
+
+
+def test_the_docs_page_lists_exactly_these_cases():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md").read_text(encoding="utf-8")
+    table = page[page.index("| bad input |"):].strip()
+    assert table == bad_inputs.markdown_table(), "regenerate: python bench/bad_inputs.py --markdown"

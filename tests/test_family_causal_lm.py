@@ -166,3 +166,28 @@ def test_text_windows_do_not_overlap_and_val_test_are_capped(text_file, monkeypa
     assert "seed 3" in prepared.how and "first 20 training windows" in prepared.how and "first 8 windows" in prepared.how
     again = family.prepare(src, str(text_file), seed=3, n_train=20, seq_len=8).splits
     assert torch.equal(again["val"]["input_ids"], s["val"]["input_ids"])  # the seed decides
+
+
+def test_a_held_out_text_gives_val_and_test_and_all_of_data_trains(text_file, tmp_path):
+    from slimkit.distill import causal_lm
+    from slimkit.families import causal_lm as family
+    from slimkit.families.base import Source
+
+    model, tok = tiny_lm(1)
+    src = Source(model, "huggingface", task=causal_lm(), processor=tok)
+    held = tmp_path / "held.txt"
+    rng = __import__("random").Random(0)  # no two windows alike, so a window's text names it
+    held.write_text("".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(3000)))
+    prepared = family.prepare(src, str(text_file), seed=1, seq_len=8, eval_spec=str(held))
+    s = prepared.splits
+    whole, _ = family._windows_of(tok, str(text_file), 8)
+    assert torch.equal(s["train"]["input_ids"], whole)  # every window of --data trains
+    book, _ = family._windows_of(tok, str(held), 8)
+    rows = {tuple(r) for r in book.tolist()}
+    val, test = ([tuple(r) for r in s[k]["input_ids"].tolist()] for k in ("val", "test"))
+    assert set(val) <= rows and set(test) <= rows and not set(val) & set(test)
+    assert "held.txt" in prepared.how and "half and half with seed 1" in prepared.how
+    res = run_cli("compress", str(tmp_path / "nope"), "--eval-data", "emma", "--out", str(tmp_path / "run"))
+    assert res.exit_code != 0
+    res = run_cli("compress", "smollm2", "--eval-data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "run"))
+    assert res.exit_code == 2 and "missing.txt" in res.output and not (tmp_path / "run").exists()

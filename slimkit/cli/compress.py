@@ -49,6 +49,8 @@ def compress(
                                             "(the control; not for embeddings)"),
     max_blocks: int | None = typer.Option(None, help="most whole blocks a mix removes (default: all removable)"),
     batch_size: int | None = typer.Option(None, help="training batch size (default: 128; causal LMs 8 windows)"),
+    eval_data: str | None = typer.Option(None, help="causal LMs: a held-out text (e.g. prideprejudice) for val and "
+                                         "test, carved half and half; --data then trains on all its windows"),
     seq_len: int = typer.Option(256, help="causal LMs: tokens per window (the text is cut into non-overlapping "
                                           "windows)"),
     round_to: int = typer.Option(8, help="kept channel counts are multiples of this (16 when the model will run "
@@ -108,6 +110,11 @@ def compress(
         from slimkit.families.causal_lm import check_data
 
         check_data(data)  # a missing text costs one line before the model loads
+        if eval_data is not None:
+            check_data(eval_data)
+    elif eval_data is not None:
+        raise SlimkitError("--eval-data is a causal LM's held-out text; other models' val and test come from --data "
+                           "(carved with the seed, or the splits it ships with)")
     source = resolve_model(model, task)
     the_task = source.task if source.family in ("hf-encoder", "causal-lm") else task_named(task) if task else \
         source.task or task_named("classification")
@@ -124,7 +131,7 @@ def compress(
     if lm:
         from slimkit.families import causal_lm
 
-        prepared = causal_lm.prepare(source, data, seed, train_n, seq_len)
+        prepared = causal_lm.prepare(source, data, seed, train_n, seq_len, eval_data)
         splits, data_how = prepared.splits, prepared.how
         notes = [causal_lm.SPARSITY_NOTE]  # its cutter and decode timer are compress()'s own for a causal_lm task
         family_settings = dict(causal_lm.LM_SETTINGS)

@@ -233,29 +233,56 @@ def check_data(spec: str | None) -> None:
     check_text(spec or DEFAULT_TEXT)
 
 
-def prepare(source: Source, spec: str | None, seed: int, n_train: int = 0, seq_len: int = SEQ_LEN) -> Prepared:
-    """Non-overlapping windows of `seq_len` tokens of the text; val and test carved with the seed."""
-    from slimkit.data.tables import carve
+def _windows_of(tokenizer, name: str, seq_len: int) -> tuple[torch.Tensor, int]:
     from slimkit.data.text import read_text, tokenize
+
+    ids = tokenize(tokenizer, read_text(name))
+    n = ids.numel() // seq_len
+    return ids[:n * seq_len].view(n, seq_len), ids.numel()
+
+
+def prepare(source: Source, spec: str | None, seed: int, n_train: int = 0, seq_len: int = SEQ_LEN,
+            eval_spec: str | None = None) -> Prepared:
+    """Non-overlapping windows of `seq_len` tokens of the text; val and test carved with the seed.
+
+    With `eval_spec` (another text: a held-out book), every window of `spec` trains, and val and
+    test are carved from the held-out text instead, half each, so the floor is judged on text the
+    recovery never saw."""
+    from slimkit.data.tables import carve
 
     name = spec or DEFAULT_TEXT
     limit = getattr(source.model.config, "max_position_embeddings", None)
     if seq_len < 2 or (limit and seq_len > limit):
         raise SlimkitError(f"--seq-len {seq_len} must be between 2 and the model's {limit} positions")
-    ids = tokenize(source.processor, read_text(name))
-    n = ids.numel() // seq_len
+    windows, n_tokens = _windows_of(source.processor, name, seq_len)
+    n = len(windows)
+    most = max(1, EVAL_TOKENS // seq_len)  # the first of the carved windows: still the seed's draw
+    label = Path(name).name if spec else name
+    if eval_spec is not None:
+        held, held_tokens = _windows_of(source.processor, eval_spec, seq_len)
+        if n < 1 or len(held) < 2:
+            raise SlimkitError(f"--data {name} gives {n} windows and --eval-data {eval_spec} {len(held)} of {seq_len} "
+                               f"tokens; compress needs 1 to train on and 2 held out: give longer texts or a "
+                               f"smaller --seq-len")
+        perm = torch.randperm(len(held), generator=torch.Generator().manual_seed(seed))
+        half = len(held) // 2
+        train = windows[:n_train] if n_train else windows
+        splits = {"train": {"input_ids": train}, "val": {"input_ids": held[perm[:half].sort().values[:most]]},
+                  "test": {"input_ids": held[perm[half:].sort().values[:most]]}}
+        return Prepared(splits, f"train: {label}, {n_tokens} tokens in {n} non-overlapping windows of {seq_len}"
+                                f"{f', the first {len(train)} used' if len(train) < n else ''}; val and test: "
+                                f"{Path(eval_spec).name}, {held_tokens} tokens in {len(held)} windows, carved half "
+                                f"and half with seed {seed}, each kept to its first {most} windows")
     if n < 5:
-        raise SlimkitError(f"--data {name} gives {ids.numel()} tokens, {n} windows of {seq_len}; compress needs at "
+        raise SlimkitError(f"--data {name} gives {n_tokens} tokens, {n} windows of {seq_len}; compress needs at "
                            f"least 5 (train, val and test): give a longer text or a smaller --seq-len")
-    windows = ids[:n * seq_len].view(n, seq_len)
     pieces, how = carve(n, seed, set())
     train = windows[pieces["train"]]
     train = train[:n_train] if n_train else train
-    most = max(1, EVAL_TOKENS // seq_len)  # the first of the carved windows: still the seed's draw
     splits = {"train": {"input_ids": train}, "val": {"input_ids": windows[pieces["val"][:most]]},
               "test": {"input_ids": windows[pieces["test"][:most]]}}
     used = f"; the first {len(train)} training windows used" if n_train and n_train < len(pieces["train"]) else ""
     if len(pieces["val"]) > most or len(pieces["test"]) > most:
         used += f"; val and test kept to their first {most} windows ({most * seq_len} tokens each)"
-    return Prepared(splits, f"{Path(name).name if spec else name}: {ids.numel()} tokens in {n} non-overlapping windows "
+    return Prepared(splits, f"{label}: {n_tokens} tokens in {n} non-overlapping windows "
                             f"of {seq_len}; {how.replace('rows', 'windows')}{used}")
