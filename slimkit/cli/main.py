@@ -108,7 +108,7 @@ def main() -> None:
 
 
 # Commands defined in sibling modules register themselves on `app` (slimkit.cli.app) when imported.
-from slimkit.cli import compress, export, train_prune  # noqa: E402,F401
+from slimkit.cli import compress, export, report, train_prune  # noqa: E402,F401
 from slimkit.cli.llm import app as _llm_app  # noqa: E402
 
 app.add_typer(_llm_app, name="llm")
