@@ -24,8 +24,8 @@ from typing import Any
 
 CSS = """
 body{font-family:system-ui,-apple-system,'DejaVu Sans',sans-serif;margin:0;color:#212529;background:#f8f9fa}
-main{display:flex;gap:16px;padding:16px;align-items:flex-start}
-section.run{flex:1 1 0;min-width:0;background:#fff;border:1px solid #dee2e6;border-radius:6px;padding:16px 20px}
+main{display:grid;gap:16px;padding:16px;align-items:start}
+section.run{min-width:0;background:#fff;border:1px solid #dee2e6;border-radius:6px;padding:16px 20px}
 h1.headline{font-size:1.25rem;padding:10px 14px;border-radius:4px;background:#e7f5ff}
 h1.refused{background:#fff5f5;color:#c92a2a}
 h1.gained{background:#ebfbee;color:#2b8a3e}
@@ -93,7 +93,9 @@ def render_page(runs: list[tuple[dict, str | None]], labels: list[str] | None = 
                        f"{_provenance_html(report, recipe)}</section>")
     title = title or ("slimkit run" if len(runs) == 1 else f"slimkit: {len(runs)} runs side by side")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}'
+            # the columns are fixed before any figure is drawn: each plot sizes itself to its column as it is parsed
+            f'main{{grid-template-columns:repeat({len(runs)},minmax(0,1fr))}}</style>'
             f'<script type="text/javascript">{get_plotlyjs()}</script></head>'
             f'<body><main>{"".join(columns)}</main></body></html>\n')
 

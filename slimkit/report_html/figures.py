@@ -100,13 +100,13 @@ def trade_figure(report: dict):
     fig.add_hline(y=report["floor_value"], line_dash="dash", line_color="#495057", row=1, col=1,
                   annotation_text=f"floor {op} {_num(report['floor_value'])} ({report['floor']})")
     kind, share = target_share(report["target"])
-    title = f"every mix tried, fastest first ({report['target']}; {report['cutter']})"
+    title = f"every mix tried ({report['target']}; {report['cutter']} cutter)"
     if kind == "latency" and share is not None:
         fig.add_vline(x=share, line_dash="dot", line_color="#e8590c", row=1, col=1,
                       annotation_text=f"target {report['target']}")
         fig.add_vline(x=share, line_dash="dot", line_color="#e8590c", row=2, col=1)
     elif kind:
-        title += f": the target is on {kind}, every mix reaches it by construction"
+        title += f"<br><sub>the target is on {kind}: every mix reaches it by construction</sub>"
     fig.update_xaxes(title_text="measured latency / dense (search timing)", row=2, col=1)
     fig.update_yaxes(title_text=f"validation {m}", row=1, col=1)
     fig.update_yaxes(visible=False, row=2, col=1)
@@ -121,7 +121,7 @@ def widths_figure(chosen: dict):
     fig = go.Figure([go.Bar(x=names, y=[n for _, n in chosen["kept"].values()], name="dense width",
                             marker_color="#dee2e6"),
                      go.Bar(x=names, y=[k for k, _ in chosen["kept"].values()], name="kept", marker_color="#e8590c")])
-    fig.update_layout(barmode="overlay", title=f"kept width per channel group ({chosen['blocks']} blocks removed)",
+    fig.update_layout(barmode="overlay", title=f"kept width per channel group (blocks removed: {chosen['blocks']})",
                       yaxis_title="channels", height=380, margin=dict(t=50))
     return fig
 

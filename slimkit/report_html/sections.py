@@ -139,11 +139,12 @@ def deployment(r: dict, fig: Fig, key: str) -> str:
     return "".join(out) + bullets(onnx.get("notes") or [])
 
 
-def training(records: list[tuple[str, dict]], fig: Fig, key: str) -> str:
+def training(records: list[tuple[str, dict]], fig: Fig, key: str, refused: bool = False) -> str:
     records = [(label, rec) for label, rec in records if rec and (rec.get("loss") or rec.get("val"))]
     if not records:
-        return h(2, "Training") + "<p>This report records no recovery curve (written before slimkit recorded one, " \
-                                  "or no recovery ran).</p>"
+        why = ("no mix held the floor, so none was recovered fully" if refused else
+               "this report.json was written before slimkit recorded the curve, or no recovery ran")
+        return h(2, "Training") + f"<p>No recovery curve: {why}.</p>"
     return h(2, "Training") + fig(figures.training_figure(records), f"{key}-training")
 
 
@@ -153,7 +154,8 @@ def compress_sections(r: dict, fig: Fig, key: str, extra_training: list | None =
     return "".join([h(1, head, f"headline {cls}"), compress_summary(r), h(2, "The trade"),
                     fig(figures.trade_figure(r), f"{key}-trade"), compress_cut(r, fig, key),
                     compress_numbers(r, fig, key),
-                    training([(label, r.get("training") or {}), *(extra_training or [])], fig, key)])
+                    training([(label, r.get("training") or {}), *(extra_training or [])], fig, key,
+                             bool(r.get("refused")))])
 
 
 # -- the demo ---------------------------------------------------------------------------------------
