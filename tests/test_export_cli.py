@@ -43,6 +43,8 @@ def test_export_writes_onnx_int8_and_a_report_with_deployment_rows(ckpt, tmp_pat
         assert set(r["latency_ms"]) == {"batch 1", "batch 32"} and all(v > 0 for v in r["latency_ms"].values())
     assert report["export"]["exporter"] == "dynamo" and "ORT_ENABLE_ALL" in report["header"]
     assert "| onnx int8 | onnxruntime | int8 static |" in (rep / "report.md").read_text()
+    page = (rep / "report.html").read_text()
+    assert "<td>onnx int8</td>" in page and report["provenance"]["timing_threads"] == 2
     assert "onnx int8 vs onnx fp32" in result.output
 
 

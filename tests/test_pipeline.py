@@ -138,6 +138,10 @@ def test_demo_headline_rows_and_a_ce_control_on_the_same_cut(tmp_path, monkeypat
     assert result["timings_s"]["headline"] > 0
     md = (out / "report.md").read_text()
     assert "## Headline" in md and "| same cut + CE | ce |" in md and "| teacher |" in md
+    # the page's KD-against-CE training plot: both recoveries' loss at every step, val after each phase
+    for rec in (head["compress"]["training"], head["ce_training"]):
+        assert [s for s, _ in rec["loss"]] == list(range(1, 8)) and [s for s, _ in rec["val"]] == [3, 7]
+    assert "KD against CE on the same cut: test accuracy" in (out / "report.html").read_text()
 
     kd_model = load_model(out / "checkpoints" / "compressed_kd.safetensors")
     ce_model = load_model(out / "checkpoints" / "compressed_ce.safetensors")

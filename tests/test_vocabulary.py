@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from slimkit.cli.main import app
 
-VERBS = ["compress", "prune", "distill", "eval", "export", "train", "demo", "run"]
+VERBS = ["compress", "prune", "distill", "eval", "export", "report", "train", "demo", "run"]
 # Names the verbs replaced: one concept, one option name (--ratio, --blocks, --data, --samples...).
 RETIRED = ["--dataset", "--sparsity", "--ffn-ratio", "--head-ratio", "--encoder-ffn", "--remove", "--drop-layers",
            "--decoder-layers", "--kv-groups", "--calib-text", "--calib-samples", "--train-text", "--eval-text",

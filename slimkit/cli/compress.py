@@ -67,7 +67,7 @@ def compress(
 
     Searches depth+width mixes fastest first, recovers each by KD, keeps the first that holds the
     floor, recovers it fully, tests it once, times it against the dense model, and writes the
-    model with report.json, report.md and candidates.png.
+    model with report.json, report.md, report.html and candidates.png.
     """
     options = dict(locals())  # every option as given, before any other name exists here
     from slimkit.cli.app import recipe_of
@@ -182,4 +182,4 @@ def compress(
                f"{r['latency_share']:.2f}x; {target_verdict(result.report)}), "
                f"{r['macs_reduction']:.2f}x fewer MACs, val {m} {r['val'][m]:.4f}{test}; "
                f"{result.report['candidates_tried']} mixes recovered in {result.report['wall_seconds']:.0f} s; "
-               f"see {out / 'report.md'}")
+               f"see {out / 'report.html'}")

@@ -6,6 +6,7 @@ variant's file size, metric and latency measured here, and the notes say when on
 or when int8 costs too much.
 """
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +18,7 @@ from slimkit.errors import SlimkitError
 
 BATCHES = (1, 32)
 SEQ_LENS = (32, 128)
+REPORT_FILES = ("report.json", "report.md", "report.html")
 
 
 def int8_path(onnx: Path) -> Path:
@@ -52,7 +54,7 @@ def export(
     samples: int = typer.Option(1024, help="static int8: validation samples (sentences) to calibrate on"),
     threads: int = typer.Option(2, help="threads for timing, ONNX Runtime and PyTorch alike"),
     runs: int = typer.Option(50, help="alternating timing rounds per batch size"),
-    report: Optional[Path] = typer.Option(None, help="folder to write report.json and report.md into"),
+    report: Optional[Path] = typer.Option(None, help="folder to write report.json, report.md and report.html into"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace outputs that already exist"),
 ) -> None:
     """Export to ONNX, check it against PyTorch, optionally quantize to int8, and time it in ONNX Runtime."""
@@ -64,8 +66,7 @@ def export(
         raise SlimkitError(f"--int8 must be 'static', 'mixed' or 'dynamic', got {int8!r}")
     if runs < 1 or threads < 1 or samples < 1:
         raise SlimkitError("--runs, --threads and --samples must be >= 1")
-    outputs = [onnx] + ([int8_path(onnx)] if int8 else []) + ([report / "report.json", report / "report.md"]
-                                                               if report else [])
+    outputs = [onnx] + ([int8_path(onnx)] if int8 else []) + ([report / n for n in REPORT_FILES] if report else [])
     checkpoint = model
     kind = _kind(checkpoint)
     if int8 == "mixed" and kind != "classifier":
@@ -78,9 +79,13 @@ def export(
     notes = deploy_notes(rows)
     print_table([], notes, title=header, deploy=rows)
     if report:
-        for name, data in report_files([], notes, header, details, rows).items():
-            write_output(report / name, data, overwrite)
-        typer.echo(f"wrote {report / 'report.json'} and {report / 'report.md'}")
+        from slimkit.report_html import page_bytes, provenance
+
+        files = report_files([], notes, header, {**details, "provenance": provenance(threads)}, rows)
+        files["report.html"] = page_bytes(json.loads(files["report.json"]))  # the page shows what the JSON says
+        for name in REPORT_FILES:
+            write_output(report / name, files[name], overwrite)
+        typer.echo(f"wrote {report / 'report.json'}, {report / 'report.md'} and {report / 'report.html'}")
 
 
 def _timing(threads: int, runs: int, folded: bool) -> str:

@@ -16,7 +16,7 @@ from slimkit.cli.app import app
 
 # The verbs register themselves on `app` (slimkit.cli.app) when imported, in the order `slimkit
 # --help` lists them: the product first, then the single steps, then the demo and recipes below.
-from slimkit.cli import compress, prune, distill, evaluate, export, modules  # noqa: E402,F401,I001
+from slimkit.cli import compress, prune, distill, evaluate, export, report, modules  # noqa: E402,F401,I001
 
 @app.command()
 @clean_errors

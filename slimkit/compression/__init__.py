@@ -20,6 +20,7 @@ from slimkit.compression.report import to_markdown, write_result
 from slimkit.compression.run import (
     CompressResult,
     NotFasterError,
+    RefusedError,
     compress,
     recover_chosen,
 )
@@ -33,5 +34,5 @@ from slimkit.compression.settings import (
 )
 
 __all__ = ["Candidate", "CompressResult", "CompressSettings", "Cutter", "EncoderCutter", "ExportFailedError", "Floor",
-           "NotFasterError", "Rebuild", "StructuredCutter", "Target", "compress", "deciding_timer", "parse_floor", "parse_target", "plan_rebuild",
+           "NotFasterError", "Rebuild", "RefusedError", "StructuredCutter", "Target", "compress", "deciding_timer", "parse_floor", "parse_target", "plan_rebuild",
            "recover_chosen", "save_compressed", "to_markdown", "write_result"]

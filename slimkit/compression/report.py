@@ -149,21 +149,32 @@ def plot(report: dict, path: Path) -> None:
 def write_result(out: str | Path, result: CompressResult, example: Any, plan: Rebuild, overwrite: bool = False,
                  inputs: tuple = (), command: str = "slimkit compress", onnx: bytes | None = None,
                  recipe: dict | None = None) -> Path:
-    """Model (saved as `plan` says) + report.json + report.md + candidates.png + recipe.yaml (+ `onnx`, the
+    """Model (saved as `plan` says) + report.json + report.md + candidates.png + recipe.yaml + report.html
+    (slimkit.report_html: the same report as one self-contained page) (+ `onnx`, the
     checked export's bytes, as model.onnx) into `out`, atomically. `recipe` is the command line's
     (slimkit.cli.recipe); without one the settings are written and the model named as a Python object."""
     from slimkit.compression.rebuild import save_compressed
     from slimkit.io.outputs import output_folder
 
+    from slimkit.report_html import page_bytes
+
     with output_folder(out, overwrite=overwrite, inputs=inputs, command=command) as stage:
         result.report["saved"] = save_compressed(result.model, stage, plan)
+        result.report["saved"]["bytes"] = _size(stage / result.report["saved"]["path"])
         if onnx is not None:
             (stage / "model.onnx").write_bytes(onnx)
         (stage / "report.json").write_text(json.dumps(result.report, indent=1, default=str))
         (stage / "report.md").write_text(to_markdown(result.report))
-        (stage / "recipe.yaml").write_text(recipe_text(result, out, recipe))
+        recipe_yaml = recipe_text(result, out, recipe)
+        (stage / "recipe.yaml").write_text(recipe_yaml)
         plot(result.report, stage / "candidates.png")
+        (stage / "report.html").write_bytes(page_bytes(result.report, recipe_yaml))
     return Path(out)
+
+
+def _size(path: Path) -> int:
+    """Bytes of the saved model: its file, or every file of its folder."""
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def recipe_text(result: CompressResult, out: str | Path, recipe: dict | None) -> str:

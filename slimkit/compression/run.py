@@ -67,6 +67,7 @@ from slimkit.distill.cache import TeacherOutputs, compute_teacher_outputs
 from slimkit.distill.train_data import InMemory, as_train_data, batches_of, head
 from slimkit.errors import SlimkitError
 from slimkit.measure import count_macs
+from slimkit.report_html import provenance
 
 # Causal LMs: the teacher's top-k logits per position are what KD reads (slimkit.llm.recover's recipe,
 # RecoveryConfig.top_k). Full logits would be N x L x vocab floats: 1000 windows of 256 tokens over
@@ -76,6 +77,16 @@ LM_TOP_K = 64
 
 class NotFasterError(SlimkitError):
     """The compressed model did not measure faster than the dense one; nothing was saved."""
+
+
+class RefusedError(SlimkitError):
+    """No mix held the floor. Nothing is written (a refusal leaves no run folder), but `report`
+    holds what was measured, JSON-ready, so a caller can still show the search:
+    slimkit.report_html.write_page(err.report, path)."""
+
+    def __init__(self, message: str, report: dict) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass
@@ -164,10 +175,11 @@ def check_teacher_outputs(given: torch.Tensor | TeacherOutputs | None, train: An
 
 
 def recover(student: nn.Module, teacher: nn.Module | TeacherOutputs | None, train: Any, task: Task,
-            s: CompressSettings, steps: int, desc: str, progress: bool) -> nn.Module:
+            s: CompressSettings, steps: int, desc: str, progress: bool, curve: list | None = None) -> nn.Module:
     """`steps` optimizer steps of a copy of `student` on the engine with the losses of `s.recovery`;
     no validation. The engine gets the teacher only when a loss term reads it, so a CE recovery
-    cannot learn from the dense model."""
+    cannot learn from the dense model. With `curve`, every step's training loss is appended to it
+    as [step, loss], the steps counted on from its last entry (so two phases make one curve)."""
     model = copy.deepcopy(student)
     if steps == 0:
         return model.eval()
@@ -178,8 +190,20 @@ def recover(student: nn.Module, teacher: nn.Module | TeacherOutputs | None, trai
     cfg = TrainConfig(epochs=epochs, batch_size=s.batch_size, lr=s.lr, seed=s.seed, max_steps=steps,
                       warmup_steps=max(1, min(100, steps // 10)))
     teacher = teacher if any(t.needs_teacher for t in terms) else None
-    Distiller(teacher, model, terms, cfg, task=task).fit(train, None, progress=progress, desc=desc)
+    distiller = Distiller(teacher, model, terms, cfg, task=task)
+    on_step = None
+    if curve is not None:
+        start = curve[-1][0] if curve else 0
+        on_step = lambda step: curve.append([start + step, distiller.last_loss])  # noqa: E731
+    distiller.fit(train, None, progress=progress, desc=desc, on_step=on_step)
     return model.eval()
+
+
+def training_record(s: CompressSettings, metric: str, curve: list, vals: list) -> dict:
+    """report["training"]: the recovery's loss at every step and the validation metric where it was
+    measured (after the short recovery and after the full one), for the report's training plot."""
+    return {"recovery": s.recovery, "metric": metric, "loss": curve,
+            "val": [[step, v] for step, v in vals if v is not None]}
 
 
 def calibration_batches(train: Any, task: Task, n: int, batch_size: int) -> list[tuple[Any, Any]]:
@@ -312,11 +336,14 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     stages.update(1)
     stages.set_postfix_str("3 recover mixes")
     recovered: dict[int, nn.Module] = {}
+    curves: dict[int, list] = {}
     teacher = recovery_teacher(model, train, task, s, progress, teacher_outputs)
 
     def try_mix(i: int) -> bool:
         c = cands[i]
-        rec = recover(c.model, teacher, train, task, s, s.search_steps, f"mix {c.blocks} blocks r{c.ratio:g}", progress)
+        curves[i] = []
+        rec = recover(c.model, teacher, train, task, s, s.search_steps, f"mix {c.blocks} blocks r{c.ratio:g}", progress,
+                      curves[i])
         recovered[i] = rec
         c.val = _score(rec, val, task, model, s.batch_size)[metric.name]
         c.held = metric.meets(c.val, floor_value)
@@ -329,15 +356,25 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     chosen_i = next((i for i in range(len(cands)) if try_mix(i)), None)  # fastest first
     if chosen_i is None:
         best = max(cands, key=lambda c: c.val if metric.higher_is_better else -c.val)
-        raise SlimkitError(f"no cut that reaches {tgt.text} holds the floor {metric.name} "
-                           f"{'>=' if metric.higher_is_better else '<='} {floor_value:.4g}: the best of "
-                           f"{len(cands)} mixes ({best.blocks} blocks, channel ratio {best.ratio:g}) scores "
-                           f"{best.val:.4g} after {s.search_steps} {s.recovery.upper()} steps; loosen the floor "
-                           f"(e.g. -3pt) or the target, or raise search_steps")
+        why = (f"no cut that reaches {tgt.text} holds the floor {metric.name} "
+               f"{'>=' if metric.higher_is_better else '<='} {floor_value:.4g}: the best of "
+               f"{len(cands)} mixes ({best.blocks} blocks, channel ratio {best.ratio:g}) scores "
+               f"{best.val:.4g} after {s.search_steps} {s.recovery.upper()} steps; loosen the floor "
+               f"(e.g. -3pt) or the target, or raise search_steps")
+        stages.close()
+        raise RefusedError(why, {  # what was measured before the refusal; nothing is written (see RefusedError)
+            "refused": why, "task": task.name, "metric": metric.name, "higher_is_better": metric.higher_is_better,
+            "target": tgt.text, "floor": flr.text, "floor_value": floor_value, "timing": timing_method,
+            "cutter": cutter.name, "kept_intact": kept_intact, "settings": s.model_dump(mode="json"),
+            "data": data_how or "as given to compress()", "block_ranking": found.block_ranking,
+            "dense": {"macs": dense_macs, "params": dense_params, "ms_search": found.dense_ms, "val": dense_val},
+            "candidates": [c.as_dict() for c in cands], "chosen": None, "candidates_tried": len(cands),
+            "provenance": provenance(s.threads), "wall_seconds": time.time() - t0})
     chosen = cands[chosen_i]
     stages.update(1)
     stages.set_postfix_str("4 full recovery")
-    final = recover(recovered[chosen_i], teacher, train, task, s, s.recover_steps, "full recovery", progress)
+    final = recover(recovered[chosen_i], teacher, train, task, s, s.recover_steps, "full recovery", progress,
+                    curves[chosen_i])
     final_val = _score(final, val, task, model, s.batch_size)
     stages.update(1)
     stages.set_postfix_str("5 test")
@@ -367,6 +404,9 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
                                            chosen.share(tgt, dense_macs, dense_params)),
                    "val_holds_floor": metric.meets(final_val[metric.name], floor_value)},
         "candidates_tried": sum(c.val is not None for c in cands),
+        "training": training_record(s, metric.name, curves[chosen_i], [
+            (s.search_steps, chosen.val), (s.search_steps + s.recover_steps, final_val[metric.name])]),
+        "provenance": provenance(s.threads),
     }
     if isinstance(beside, dict) and beside:
         report["timing_beside"] = {"models": ["dense", "compressed"], **beside}
@@ -420,13 +460,15 @@ def _deploy(export_onnx: bool, dense: nn.Module, final: nn.Module, example: Any,
 
 
 def recover_chosen(result: CompressResult, dense: nn.Module, train: Any, task: Task | None = None,
-                   progress: bool = True, **overrides) -> nn.Module:
+                   progress: bool = True, val: Any = None, training: dict | None = None, **overrides) -> nn.Module:
     """The chosen cut of `result` recovered again as `compress` recovered it, with settings changed.
 
     It starts from the same structure and weights (the cut before any recovery) and runs the same
     two phases: `search_steps`, then `recover_steps` more from there. With `recovery="ce"` this is
     the control for KD: everything but the loss is the same. `overrides` are CompressSettings
-    fields; `dense` and `train` must be what `result` was compressed from.
+    fields; `dense` and `train` must be what `result` was compressed from. `training`, a dict, is
+    filled as compress fills report["training"] (the loss at every step; with `val`, the
+    validation metric after each phase), so the control's curve can be drawn beside KD's.
     """
     if result.settings is None or result.chosen.model is None:
         raise SlimkitError("this result does not carry its chosen cut and settings; pass what compress() returned")
@@ -435,7 +477,12 @@ def recover_chosen(result: CompressResult, dense: nn.Module, train: Any, task: T
     task = task or classification()
     check_recovery(task, s.recovery)
     teacher = recovery_teacher(dense, train, task, s, progress)
-    c = result.chosen
+    c, curve, metric = result.chosen, [], result.report["metric"]
     short = recover(c.model, teacher, train, task, s, s.search_steps, f"mix {c.blocks} blocks r{c.ratio:g} "
-                    f"({s.recovery})", progress)
-    return recover(short, teacher, train, task, s, s.recover_steps, f"full recovery ({s.recovery})", progress)
+                    f"({s.recovery})", progress, curve)
+    full = recover(short, teacher, train, task, s, s.recover_steps, f"full recovery ({s.recovery})", progress, curve)
+    if training is not None:
+        vals = [(n, _score(m, val, task, dense, s.batch_size)[metric] if val is not None else None)
+                for n, m in ((s.search_steps, short), (s.search_steps + s.recover_steps, full))]
+        training.update(training_record(s, metric, curve, vals))
+    return full

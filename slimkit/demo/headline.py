@@ -99,7 +99,9 @@ def run_headline(cfg: DemoConfig, data: Dataset, teacher: nn.Module, logits: Any
                 "notes": [f"compress refused the teacher at {cfg.headline_target}, floor {cfg.headline_floor}: {exc}"]}
     kd_wall = time.perf_counter() - t
     t = time.perf_counter()
-    ce_model = recover_chosen(result, teacher, data.train, task, progress=progress, recovery="ce")
+    ce_training: dict = {}  # the CE control's curve, drawn beside KD's (report["training"]) on the page
+    ce_model = recover_chosen(result, teacher, data.train, task, progress=progress, recovery="ce", val=data.val,
+                              training=ce_training)
     ce_test = evaluate(ce_model, data.test, task)["accuracy"]
     ce_wall = time.perf_counter() - t
     save_model(result.model, stage / "checkpoints" / "compressed_kd.safetensors")
@@ -119,7 +121,7 @@ def run_headline(cfg: DemoConfig, data: Dataset, teacher: nn.Module, logits: Any
                     count_params(ce_model)[0], ce_wall, "the same recovery steps with CE, and its test"),
     ]
     return {"settings": base, "timing": timing_method, "rows": [asdict(r) for r in rows],
-            "notes": headline_notes(rows, rep, cfg), "compress": rep}
+            "notes": headline_notes(rows, rep, cfg), "compress": rep, "ce_training": ce_training}
 
 
 def headline_notes(rows: list[HeadlineRow], report: dict, cfg: DemoConfig) -> list[str]:

@@ -21,11 +21,12 @@ from slimkit.demo.headline import check_headline, headline_markdown, print_headl
 from slimkit.distill import TrainConfig, teacher_logits, train_classifier
 from slimkit.errors import SlimkitError
 from slimkit.io import cache_root, load_model, save_model
-from slimkit.io.outputs import check_output_folder, output_folder
+from slimkit.io.outputs import atomic_write_bytes, check_output_folder, output_folder
 from slimkit.measure.rows import print_table, profile_classifiers, speed_notes, write_reports
 from slimkit.models import build_model
 from slimkit.prune import bake, magnitude_prune
 from slimkit.distill.finetune import fine_tune
+from slimkit.report_html import page_bytes, provenance
 
 # Re-exported: the demo's API is `make_config`, `load_recipe` and `run_demo` from this module.
 __all__ = ["DemoConfig", "check_data_paths", "load_recipe", "make_config", "run_demo"]
@@ -61,7 +62,7 @@ def get_teacher(cfg: DemoConfig, data: Dataset, train: TrainConfig, progress: bo
 
 def run_demo(cfg: DemoConfig, progress: bool = True, inputs: tuple = (), timer: Any = None,
              timing_method: str | None = None) -> dict:
-    """Run the pipeline and write checkpoints plus report.json/report.md into `cfg.out`.
+    """Run the pipeline and write checkpoints plus report.json/.md/.html into `cfg.out`.
 
     The output folder is checked first (slimkit.io.outputs: never a folder slimkit did not write, an
     earlier result only with `overwrite`, never one holding an input such as the recipe or the
@@ -88,9 +89,13 @@ def run_demo(cfg: DemoConfig, progress: bool = True, inputs: tuple = (), timer: 
                 print_headline(result["headline"])
         result["seconds"] = time.perf_counter() - t_start
         appendix = headline_markdown(result["headline"]) if cfg.headline else ""
+        result["provenance"] = provenance()
         write_reports(stage, result.pop("rows"), result["notes"], result["header"], result, appendix=appendix)
+        # the page is drawn from report.json as written, so it shows exactly what the file says
+        atomic_write_bytes(stage / "report.html", page_bytes(json.loads((stage / "report.json").read_text())))
     if progress:
         print(f"wrote {cfg.out}/report.json, {cfg.out}/report.md and checkpoints in {result['seconds']:.0f} s")
+        print(f"report: {Path(cfg.out) / 'report.html'}")
     return result
 
 

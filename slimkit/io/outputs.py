@@ -343,3 +343,25 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
 
     return write_file_atomic(Path(path), write)
+
+
+def add_to_run(path: str | os.PathLike, data: bytes, overwrite: bool = False, inputs: Iterable = ()) -> Path:
+    """Write one file into an existing place after the fact (`slimkit report` re-rendering a page),
+    under the single-file rules, and keep a slimkit run folder's manifest true.
+
+    In a folder with a manifest the file must be new or one the manifest lists (slimkit wrote it),
+    and it is added to the manifest once written, so the folder still holds only slimkit's files
+    and --overwrite may replace it later.
+    """
+    p = check_output_file(path, overwrite, inputs, what="--out")
+    folder = p.parent
+    manifest = read_manifest(folder) if folder.is_dir() else None
+    name = p.name
+    if manifest is not None and p.exists() and name not in manifest["files"]:
+        raise SlimkitError(f"--out {p} lies in a slimkit run folder but was not written by slimkit; move it out "
+                           f"first, or choose another path")
+    atomic_write_bytes(p, data)
+    if manifest is not None and name not in manifest["files"]:
+        manifest["files"] = sorted([*manifest["files"], name])
+        atomic_write_bytes(folder / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"))
+    return p
