@@ -1,6 +1,8 @@
 """The verbs on every family: bad input is one line and exit 2 with nothing written; tiny runs save
 results that reload, and their recipe.yaml (or checkpoint header) replays them."""
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -118,6 +120,11 @@ def test_causal_lm_structured_prune_removes_ffn_and_kv_groups_and_reloads(tmp_pa
     assert back.config.intermediate_size == 768 and back.config.num_key_value_heads == 2
     assert back.model.layers[0].self_attn.q_proj.out_features == 6 * 64  # 9 heads -> 6: 3 per KV group
     assert (out / "recipe.yaml").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert [row[0] for row in report["table"]["rows"]] == ["dense", "-0 layers, -0.5 FFN, -1 KV groups"]
+    assert report["table"]["rows"][1][1] > 0 and "provenance" in report
+    page = (out / "report.html").read_text()
+    assert "-0.5 FFN" in page and "<script" in page and "https://" not in page.split("</script>")[-1]
     bad = runner.invoke(app, args[:5] + ["0.99"] + args[6:-1] + [str(tmp_path / "bad")])
     assert "KV groups" in one_error(bad) and not (tmp_path / "bad").exists()
     few = runner.invoke(app, args[:5] + ["0.1"] + args[6:-1] + [str(tmp_path / "bad")])
@@ -146,6 +153,8 @@ def test_encoder_prune_then_distill_then_eval(tmp_path):
     assert len(model.encoder.layer) == 5 and model.encoder.layer[0].attention.self.query.out_features == 9 * 32
     vec = embed(model, tok, ["A short sentence to embed."])
     assert vec.shape == (1, 384) and torch.isfinite(vec).all()
+    rows = json.loads((out / "report.json").read_text())["table"]["rows"]
+    assert [r[0] for r in rows][0] == "before" and rows[1][1] >= rows[0][1] - 0.05  # cosine after distillation
     result = runner.invoke(app, ["eval", str(out), "--reference", "minilm", "--samples", "16"])
     assert result.exit_code == 0 and "against minilm: mean cosine" in result.output, result.output
     bad = runner.invoke(app, ["prune", "minilm", "--heads", "1.0", "--out", str(tmp_path / "bad")])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from slimkit.cli.options import check_out, recipe_yaml
+from slimkit.cli.options import check_out, result_files
 from slimkit.errors import SlimkitError, check_count, check_nonnegative, check_positive, check_sparsity
 
 
@@ -61,21 +61,32 @@ def prune(model: str, out: Path, overwrite: bool, ffn: float, heads: float, bloc
     teacher, tok = load_encoder(model)
     student = copy.deepcopy(teacher)
     pruned = prune_encoder(student, tok, texts[:calib], ffn, heads, blocks)
-    _describe(teacher, student, pruned)
-    typer.echo(f"pruned + refit: {fidelity(student, teacher, tok, held)}")
-    saved = save_hf(student, out, overwrite, tokenizer=tok, inputs=[model], command="slimkit prune",
-                    extra_files={"recipe.yaml": recipe_yaml(recipe)})
+    shape = _describe(teacher, student, pruned)
+    fid = fidelity(student, teacher, tok, held)
+    typer.echo(f"pruned + refit: {fid}")
+    files = result_files(recipe, f"{model}: {shape}", FIDELITY_COLUMNS, [_row("pruned + refit", fid)])
+    saved = save_hf(student, out, overwrite, tokenizer=tok, inputs=[model], command="slimkit prune", extra_files=files)
     typer.echo(f"saved {saved} (reload with slimkit.llm.load_encoder; recover it with slimkit distill {saved} "
                f"--teacher {model})")
 
 
-def _describe(teacher, student, pruned=None) -> None:
+FIDELITY_COLUMNS = ["model", "mean cosine to the teacher", "nearest-neighbour agreement", "held-out sentences"]
+
+
+def _row(label: str, fid) -> list:
+    return [label, fid.mean_cosine, fid.nn_agreement, fid.sentences]
+
+
+def _describe(teacher, student, pruned=None) -> str:
+    """Print (and return) the student's shape against the teacher's."""
     params = (sum(p.numel() for p in teacher.parameters()), sum(p.numel() for p in student.parameters()))
     heads = ""
     if pruned is not None:
         heads = f", heads per layer {sorted({k for n, (k, _) in pruned.kept.items() if n.endswith('.attention.self')})}"
-    typer.echo(f"layers {len(student.encoder.layer)}, FFN {student.config.intermediate_size}{heads}; params "
-               f"{params[0] / 1e6:.1f} M -> {params[1] / 1e6:.1f} M")
+    line = (f"layers {len(student.encoder.layer)}, FFN {student.config.intermediate_size}{heads}; params "
+            f"{params[0] / 1e6:.1f} M -> {params[1] / 1e6:.1f} M")
+    typer.echo(line)
+    return line
 
 
 def distill(student: str, teacher: str, out: Path, overwrite: bool, samples: int, held_out: int, minutes: float,
@@ -100,11 +111,14 @@ def distill(student: str, teacher: str, out: Path, overwrite: bool, samples: int
     if not is_main_process():
         return  # under torchrun, rank 0 reports and saves
     resumed = f", resumed from step {info['resumed_from_step']}" if info["resumed_from_step"] else ""
-    _describe(te, st)
+    shape = _describe(te, st)
+    after = fidelity(st, te, tok, held)
     typer.echo(f"before: {before}")
-    typer.echo(f"distilled {info['steps']} steps, {info['seconds']:.0f} s{resumed}: {fidelity(st, te, tok, held)}")
+    typer.echo(f"distilled {info['steps']} steps, {info['seconds']:.0f} s{resumed}: {after}")
+    files = result_files(recipe, f"{student} distilled from {teacher}: {shape}", FIDELITY_COLUMNS,
+                         [_row("before", before), _row(f"distilled {info['steps']} steps", after)], recovery=info)
     saved = save_hf(st, out, overwrite, tokenizer=tok, inputs=[student, teacher], command="slimkit distill",
-                    extra_files={"recipe.yaml": recipe_yaml(recipe)})
+                    extra_files=files)
     typer.echo(f"saved {saved}")
 
 

@@ -19,24 +19,30 @@ from pathlib import Path
 
 import typer
 
-from slimkit.cli.options import check_out, recipe_yaml
+from slimkit.cli.options import check_out, result_files
 from slimkit.errors import SlimkitError, check_count, check_sparsity
 
 SPARSE_NOTE = "unstructured/N:M zeros stay in dense matrices and give no CPU speed-up"
 
 
-def perplexity_table(rows: list[tuple[str, object]], dense=None) -> None:
-    """Print label, perplexity, ratio to dense and the protocol for each row."""
+PPL_COLUMNS = ["model", "perplexity", "x dense", "protocol"]
+
+
+def perplexity_table(rows: list[tuple[str, object]], dense=None) -> list[list]:
+    """Print label, perplexity, ratio to dense and the protocol for each row; return the rows (for the report)."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="perplexity")
-    for col in ("model", "ppl", "x dense", "protocol"):
+    for col in PPL_COLUMNS:
         table.add_column(col)
+    out = []
     for label, ppl in rows:
-        ratio = f"{ppl.value / dense.value:.3g}" if dense is not None else "-"
-        table.add_row(label, f"{ppl.value:.4g}", ratio, ppl.protocol)
+        ratio = ppl.value / dense.value if dense is not None else None
+        table.add_row(label, f"{ppl.value:.4g}", f"{ratio:.3g}" if ratio is not None else "-", ppl.protocol)
+        out.append([label, ppl.value, ratio if ratio is not None else "-", ppl.protocol])
     Console(width=max(120, Console().width)).print(table)
+    return out
 
 
 def check_windows(seq_len: int, eval_tokens: int, samples: int = 1, texts: tuple[str, ...] = ()) -> None:
@@ -88,12 +94,15 @@ def prune_oneshot(model: str, out: Path, overwrite: bool, method: str, ratio: fl
     typer.echo(f"{method} {'N:M ' + nm if nm else f'{ratio:.0%}'}: realised sparsity {1 - result.kept_total:.4f} "
                f"of decoder Linear weights in {result.details['seconds']:.1f} s "
                f"(calibration: {result.details['calibration']})")
+    rows = []
     if ev is not None:
-        perplexity_table([("dense", dense), (f"{method} {nm or ratio}", perplexity(lm, ev, eval_data, progress=True))],
-                         dense)
+        rows = perplexity_table([("dense", dense), (f"{method} {nm or ratio}",
+                                                    perplexity(lm, ev, eval_data, progress=True))], dense)
     typer.echo(f"note: {SPARSE_NOTE}")
-    saved = save_pretrained_atomic(lm, tok, out, overwrite, [model], {"recipe.yaml": recipe_yaml(recipe)},
-                                   command="slimkit prune")
+    header = (f"{model}: {method} {'N:M ' + nm if nm else f'{ratio:.0%}'}, realised sparsity "
+              f"{1 - result.kept_total:.4f} of decoder Linear weights")
+    files = result_files(recipe, header, PPL_COLUMNS, rows, [SPARSE_NOTE])
+    saved = save_pretrained_atomic(lm, tok, out, overwrite, [model], files, command="slimkit prune")
     typer.echo(f"saved {saved}")
 
 
@@ -123,8 +132,11 @@ def _prune_streamed(model: str, method: str, ratio: float, nm: str | None, patte
     cal = calibration_windows(tok, data, samples, seq_len, seed) if method != "magnitude" else None
     ev = _eval_windows(tok, eval_data, eval_tokens, seq_len)
     del tok  # from here on only token ids are needed: keep memory for the blocks
+    header = f"{model}: {method} {'N:M ' + nm if nm else f'{ratio:.0%}'}, streamed block by block"
     result = prune_oneshot_folder(src, out, cal, method, ratio, pattern, overwrite=overwrite,
-                                  extra_files={"recipe.yaml": recipe_yaml(recipe)})
+                                  extra_files=result_files(recipe, header, ["model"], [], [
+                                      SPARSE_NOTE, "perplexity: printed by the command after the folder was "
+                                      "written (evaluation reloads the saved model)"]))
     typer.echo(f"{method} {'N:M ' + nm if nm else f'{ratio:.0%}'}: realised sparsity {1 - result.kept_total:.4f} "
                f"of decoder Linear weights in {result.details['seconds']:.1f} s, streamed block by block "
                f"(calibration: {result.details['calibration']})")
@@ -184,10 +196,12 @@ def prune_structured(model: str, out: Path, overwrite: bool, blocks: int, ffn: f
                    f"{cfg.num_attention_heads}")
     typer.echo(f"params {params / 1e6:.1f} M -> {sum(p.numel() for p in lm.parameters()) / 1e6:.1f} M")
     label = f"-{blocks} layers, -{ffn:g} FFN, -{groups} KV groups"
+    rows = []
     if ev is not None:
-        perplexity_table([("dense", dense), (label, perplexity(lm, ev, eval_data, progress=True))], dense)
-    saved = save_pretrained_atomic(lm, tok, out, overwrite, [model], {"recipe.yaml": recipe_yaml(recipe)},
-                                   command="slimkit prune")
+        rows = perplexity_table([("dense", dense), (label, perplexity(lm, ev, eval_data, progress=True))], dense)
+    files = result_files(recipe, f"{model}: {label} (not recovered: slimkit distill recovers it)", PPL_COLUMNS, rows,
+                         params={"dense": params, "pruned": sum(p.numel() for p in lm.parameters())})
+    saved = save_pretrained_atomic(lm, tok, out, overwrite, [model], files, command="slimkit prune")
     typer.echo(f"saved {saved} (recover it with slimkit distill {saved} --teacher {model})")
 
 
@@ -254,10 +268,12 @@ def distill(student: str, teacher: str, out: Path, overwrite: bool, data: str, s
     resumed = f", resumed from step {rep.resumed_from_step}" if rep.resumed_from_step else ""
     typer.echo(f"{rep.steps} steps in {time.perf_counter() - t0:.0f} s (teacher cache "
                f"{'reused' if rep.cache_reused else f'built in {rep.teacher_seconds:.0f} s'}{resumed})")
+    printed = []
     if ev is not None:
         rows.append(("student after KD", perplexity(st, ev, eval_data, progress=True)))
-        perplexity_table(rows, dense)
-    saved = save_pretrained_atomic(st, tok, out, overwrite, [student, teacher], {"recipe.yaml": recipe_yaml(recipe)},
-                                   command="slimkit distill")
+        printed = perplexity_table(rows, dense)
+    files = result_files(recipe, f"{student} recovered from {teacher}: {rep.steps} KD steps", PPL_COLUMNS, printed,
+                         recovery=rep.as_dict())
+    saved = save_pretrained_atomic(st, tok, out, overwrite, [student, teacher], files, command="slimkit distill")
     typer.echo(f"saved {saved}")
 

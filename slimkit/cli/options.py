@@ -75,6 +75,22 @@ def recipe_yaml(recipe: dict[str, Any]) -> bytes:
     return yaml.safe_dump(recipe, sort_keys=False).encode("utf-8")
 
 
+def result_files(recipe: dict[str, Any], header: str, columns: list[str], rows: list[list[Any]],
+                 notes: list[str] = (), **extra: Any) -> dict[str, bytes]:
+    """What a prune or distill result folder holds beside the model: recipe.yaml (replayed by `slimkit
+    run`), report.json (the rows the command printed, measured in this run, and where) and
+    report.html (the same, as a page)."""
+    import json
+
+    from slimkit.report_html import page_bytes, provenance
+
+    report = {"command": recipe.get("command"), "header": header, "table": {"columns": columns, "rows": rows},
+              "notes": list(notes), **extra, "provenance": provenance()}
+    text = recipe_yaml(recipe)
+    return {"recipe.yaml": text, "report.json": json.dumps(report, indent=1, default=str).encode("utf-8"),
+            "report.html": page_bytes(report, text.decode("utf-8"))}
+
+
 def check_train_state(checkpoint_dir: Path | None, every: int, amp: str):
     """The engine's checkpoint settings, with --amp and --checkpoint-every checked before any model loads."""
     from slimkit.distill.config import CheckpointConfig

@@ -17,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from slimkit.cli.options import recipe_yaml
+from slimkit.cli.options import result_files
 from slimkit.errors import SlimkitError
 
 DATA_HELP = ("'real' (pocketsphinx-testdata's 12 transcribed recordings), 'synth' (Piper-synthesised held-out Austen "
@@ -100,9 +100,9 @@ def _config_of(folder) -> dict:
     return json.loads((folder / "config.json").read_text(encoding="utf-8"))
 
 
-def _save(model, processor, out, overwrite: bool, inputs: list, command: str, report: dict, recipe: dict):
-    """save_pretrained of model and processor plus a JSON report and the recipe, staged and swapped in
-    by slimkit.io.outputs."""
+def _save(model, processor, out, overwrite: bool, inputs: list, command: str, report: dict, files: dict):
+    """save_pretrained of model and processor plus the details as JSON and the result's files (recipe,
+    report.json, report.html), staged and swapped in by slimkit.io.outputs."""
     import json
 
     from slimkit.io.outputs import output_folder
@@ -111,7 +111,8 @@ def _save(model, processor, out, overwrite: bool, inputs: list, command: str, re
         model.save_pretrained(stage)
         processor.save_pretrained(stage)
         (stage / "slimkit-speech.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
-        (stage / "recipe.yaml").write_bytes(recipe_yaml(recipe))
+        for name, data in files.items():
+            (stage / name).write_bytes(data)
     return out
 
 
@@ -148,7 +149,13 @@ def prune(model: str, out: Path, overwrite: bool, blocks: Optional[int], keep: O
         prune_encoder_ffn(whisper, ffn)
         report["encoder_ffn_dim"] = whisper.config.encoder_ffn_dim
     report["parameters"] = {"before": before, "after": parameters(whisper)}
-    _save(whisper, processor, out, overwrite, [src], "slimkit prune", report, recipe)
+    files = result_files(recipe, f"{model}: decoder layers kept {layers if layers is not None else 'all'}, encoder "
+                                 f"FFN {whisper.config.encoder_ffn_dim} (not recovered: slimkit distill recovers it)",
+                         ["model", "parameters", "decoder layers", "encoder FFN"],
+                         [["dense", before, n, int(_config_of(src).get("encoder_ffn_dim", 0))],
+                          ["pruned", report["parameters"]["after"], whisper.config.decoder_layers,
+                           whisper.config.encoder_ffn_dim]])
+    _save(whisper, processor, out, overwrite, [src], "slimkit prune", report, files)
     typer.echo(f"decoder layers kept {layers if layers is not None else 'all'}, encoder FFN "
                f"{whisper.config.encoder_ffn_dim} neurons per layer; parameters {before / 1e6:.2f} M -> "
                f"{report['parameters']['after'] / 1e6:.2f} M; saved {out} (not yet recovered: run slimkit distill "
@@ -193,10 +200,15 @@ def distill(student: str, teacher: str, out: Path, overwrite: bool, loss: str, m
     if val is not None:
         for name, m in (("teacher", t_model), ("student", s_model)):
             results[name] = evaluate_set(m, processor, val, threads=threads, macs_utterances=1)
+    files = result_files(recipe, f"{student} recovered from {teacher} ({loss}): {report.steps} steps on "
+                                 f"{report.labels_kept} pseudo-labels",
+                         ["model", "WER %", "held-out synthesised utterances", "decode ms / utterance"],
+                         [[name, 100 * r.wer, r.utterances, r.decode_ms] for name, r in results.items()],
+                         recovery=report.as_dict())
     _save(s_model, processor, out, overwrite, [student_dir, teacher_dir], f"slimkit distill --loss {loss}",
           {"student": str(student_dir), "teacher": str(teacher_dir), "config": cfg.model_dump(),
            "train_utterances": samples, "report": report.as_dict(),
-           "wer": {k: r.wer for k, r in results.items()}}, recipe)
+           "wer": {k: r.wer for k, r in results.items()}}, files)
     typer.echo(f"{loss}: {report.labels_kept} of {len(train)} pseudo-labels kept; {report.steps} steps in "
                f"{report.train_seconds / 60:.1f} min (ended by "
                f"{report.ended_by or 'epochs'}), encoder {'frozen' if report.frozen_encoder else 'trained'}")

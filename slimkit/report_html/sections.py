@@ -208,6 +208,15 @@ def export_sections(r: dict, fig: Fig, key: str) -> str:
                     bullets(r.get("notes") or [])])
 
 
+def measured_sections(r: dict) -> str:
+    """A prune or distill run: its header, the measured rows as the command printed them, its notes."""
+    t = r["table"]
+    return "".join([h(1, r.get("header", "slimkit run"), "headline"),
+                    table(t["columns"], [[num(v) if isinstance(v, (int, float)) else esc(v) for v in row]
+                                         for row in t["rows"]]),
+                    bullets(r.get("notes") or [])])
+
+
 def other_sections(r: dict) -> str:
     """A report of a kind no figure is drawn for: its header, notes and its JSON as written."""
     return "".join([h(1, r.get("header", "slimkit report"), "headline"), bullets(r.get("notes") or []),
@@ -221,6 +230,8 @@ def kind_of(r: dict) -> str:
         return "demo"
     if "export" in r or "deployment" in r:
         return "export"
+    if isinstance(r.get("table"), dict) and {"columns", "rows"} <= set(r["table"]):
+        return "measured"
     return "other"
 
 
@@ -232,4 +243,6 @@ def run_sections(r: dict, fig: Fig, key: str) -> str:
         return demo_sections(r, fig, key)
     if kind == "export":
         return export_sections(r, fig, key)
+    if kind == "measured":
+        return measured_sections(r)
     return other_sections(r)
