@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import copy
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from torch import nn
 
 from slimkit.errors import SlimkitError
 from slimkit.families import FAMILIES, check_task, hf_family
-from slimkit.families.base import Prepared, Source
+from slimkit.families.base import Prepared, Source, shared_copy
 
 DEFAULT_TEXT = "emma"
 SEQ_LEN = 256
@@ -59,15 +58,6 @@ SPARSITY_NOTE = ("one-shot sparsity (Wanda, SparseGPT, N:M) is a `slimkit llm pr
 #   pass over WIDTH_WINDOWS windows and each mix a decode timing, which the short grid keeps few.
 LM_SETTINGS = {"batch_size": 8, "calib_batches": 4, "lr": 1e-4, "temperature": 1.0, "max_blocks": 8,
                "ratios": (0.25, 0.5, 0.75)}
-
-
-def shared_copy(model: nn.Module) -> nn.Module:
-    """A deepcopy whose parameters and buffers are the original's tensors: module objects (and their
-    `layer_idx`, the config) are new, so layers can be dropped or replaced without touching the
-    original, at no memory cost. Never train such a copy in place: compress's recover() deepcopies
-    before training, which makes the tensors its own."""
-    memo: dict[int, Any] = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    return copy.deepcopy(model, memo)
 
 
 def _windows(calib: list[Any]) -> torch.Tensor:
@@ -205,6 +195,14 @@ class DecodeTimer:
             torch.set_num_threads(old)
         self.beside = {"prefill_ms": prefill, "prompt_tokens": self.prompt_len, "decode_tokens": self.tokens}
         return decode
+
+
+def engine_parts(model: nn.Module, example: Any, settings: Any) -> tuple[DecoderCutter | None, DecodeTimer | None]:
+    """The cutter and timer compress() uses for a causal_lm task (slimkit.families.engine_parts): decoder
+    layers and FFN neurons, timed by decode ms per token, when the model has a decoder layer count."""
+    if not hasattr(getattr(model, "config", None), "num_hidden_layers"):
+        return None, None
+    return DecoderCutter(), DecodeTimer(threads=settings.threads)
 
 
 # -- loading -------------------------------------------------------------------------------------
