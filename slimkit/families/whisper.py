@@ -25,7 +25,7 @@ axis the engine's depth x width search does not have. It stays `slimkit speech e
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
