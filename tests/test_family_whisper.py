@@ -133,6 +133,10 @@ def test_python_api_compress_saves_a_model_whose_reload_gives_the_same_logits(wh
     assert set(prepared.splits["train"]) == {"input_features", "decoder_input_ids", "labels"}
     assert len(prepared.splits["train"]["labels"]) == 8 and len(prepared.splits["val"]["labels"]) == 1
     settings = {**whisper.WHISPER_SETTINGS, "batch_size": 4, "max_blocks": 1, "ratios": (0.5,), "threads": 1}
+    with pytest.raises(SlimkitError, match="example=prepared.example"):  # MACs need the prompt as well
+        compress(source.model, prepared.splits["train"], prepared.splits["val"], task=source.task, target="macs=1.05x",
+                 floor="wer<=1000", out=tmp_path / "no-example", progress=False, **settings)
+    assert not (tmp_path / "no-example").exists()
     res = compress(source.model, prepared.splits["train"], prepared.splits["val"], prepared.splits["test"],
                    source.task, "macs=1.05x", "wer<=1000", example=prepared.example, out=tmp_path / "run",
                    processor=source.processor, data_how=prepared.how,
@@ -148,6 +152,25 @@ def test_python_api_compress_saves_a_model_whose_reload_gives_the_same_logits(wh
     assert torch.allclose(mine, theirs, atol=1e-5)
     with torch.no_grad():
         assert plain.generate(batch["input_features"][:1], max_new_tokens=4).shape[1] >= 2
+
+
+def test_audio_folder_splits_given_are_kept_and_the_rest_carved_with_the_seed(audio_dir, tmp_path):
+    import shutil
+
+    from slimkit.families.whisper_data import speech_sets
+
+    root = tmp_path / "split"
+    for split, names in (("train", range(8)), ("test", range(8, 10))):
+        (root / split).mkdir(parents=True)
+        for i in names:
+            shutil.copy(audio_dir / f"clip{i}.wav", root / split)
+        (root / split / "transcripts.tsv").write_text("".join(f"clip{i}.wav\t{TEXTS[i]}\n" for i in names))
+    sets, how = speech_sets(str(root), seed=3)
+    assert [u.text for u in sets["test"].utterances] == TEXTS[8:]  # given: kept as it is
+    assert len(sets["val"]) == 1 and len(sets["train"]) == 7 and "seed 3" in how
+    assert not {u.id for u in sets["val"].utterances} & {u.id for u in sets["train"].utterances}
+    again, _ = speech_sets(str(root), seed=3)
+    assert [u.id for u in again["val"].utterances] == [u.id for u in sets["val"].utterances]
 
 
 def test_cutter_keeps_spaced_layers_and_shares_untouched_weights():

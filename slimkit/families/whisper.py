@@ -207,10 +207,11 @@ def engine_parts(model: nn.Module, example: Any, settings: Any) -> tuple[Whisper
     """The cutter and timer compress() uses for a speech task (slimkit.families.engine_parts)."""
     if not is_whisper(model):
         return None, None
-    features = example.get("input_features") if isinstance(example, dict) else example
-    if not isinstance(features, torch.Tensor) or features.dim() != 3:
-        raise SlimkitError("a Whisper run needs an example holding input_features (1, mels, frames); pass "
-                           "example=prepared.example from slimkit.families.whisper.prepare")
+    features = example.get("input_features") if isinstance(example, dict) else None
+    if not isinstance(features, torch.Tensor) or features.dim() != 3 or "decoder_input_ids" not in example:
+        raise SlimkitError("a Whisper run needs example={'input_features': (1, mels, frames), 'decoder_input_ids': "
+                           "the prompt} (MACs are counted on one forward pass); pass example=prepared.example from "
+                           "slimkit.families.whisper.prepare")
     return WhisperCutter(), TranscribeTimer.for_dense(model, features, threads=settings.threads)
 
 
@@ -286,9 +287,10 @@ def load(name_or_folder: str | Path, requested: str | None) -> Source:
         raise SlimkitError(f"{name_or_folder} holds {arch}; the whisper family takes {FAMILIES['whisper'].takes} "
                            f"(a transcribing model)")
     transformers_logging.disable_progress_bar()  # a bar per load would bury the one-line errors
-    model, processor = load_whisper(resolve_model(name_or_folder))
+    folder = resolve_model(name_or_folder)
+    model, processor = load_whisper(folder)
     return Source(model, "huggingface", task=speech_task(processor.tokenizer), family="whisper", processor=processor,
-                  extras={"folder": resolve_model(name_or_folder), "task": "speech", "config": model.config})
+                  extras={"folder": folder, "task": "speech", "config": model.config})
 
 
 def prepare(source: Source, spec: str | None, seed: int, n_train: int = 0, max_label_wer: float | None = 0.1,
