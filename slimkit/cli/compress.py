@@ -19,8 +19,8 @@ def compress(
     model: str = typer.Argument(..., help="a slimkit .safetensors checkpoint, a Hugging Face folder written by "
                                           "save_pretrained (its task is read from the config: *ForImageClassification, "
                                           "*ForSequenceClassification, or a bare encoder for embeddings; "
-                                          "*ForCausalLM: a causal LM; WhisperForConditionalGeneration: speech), the built-ins "
-                                          "smollm2 and whisper-tiny.en, or "
+                                          "*ForCausalLM: a causal LM; WhisperForConditionalGeneration: speech), "
+                                          "the built-ins smollm2 and whisper-tiny.en, or "
                                           "package.module:factory (a callable returning the model, or a dict with "
                                           "'model' and optionally 'task', 'data', 'builder')"),
     data: str | None = typer.Option(None, help="fashion-mnist, digits, an .npz (x, y), an image folder (one "
@@ -29,10 +29,11 @@ def compress(
                                                   "text file or 'sentences'; for a causal LM a UTF-8 text file or "
                                                   "emma / prideprejudice; default: the factory's data, else "
                                                   "fashion-mnist (images), 'sentences' (embeddings) or emma "
-                                                  "(causal LMs); for Whisper an audio folder with transcripts.tsv, or synth "
-                                                  "(default) or real (synth, tested on the pocketsphinx recordings)"),
-    task: str | None = typer.Option(None, help="classification, embeddings, ctc, causal-lm or speech (default: the Hugging Face "
-                                                  "config's task, the factory's, else classification)"),
+                                                  "(causal LMs); for Whisper an audio folder with transcripts.tsv, "
+                                                  "or synth (default) or real (synth, tested on the pocketsphinx "
+                                                  "recordings)"),
+    task: str | None = typer.Option(None, help="classification, embeddings, ctc, causal-lm or speech (default: the "
+                                                  "Hugging Face config's task, the factory's, else classification)"),
     text_column: str = typer.Option("text", help="text classifiers: the column holding the text"),
     label_column: str = typer.Option("label", help="text classifiers: the column holding the class"),
     target: str = typer.Option("latency=0.5x", help="latency=0.5x (measured here), macs=2x or params=2x"),
@@ -123,8 +124,8 @@ def compress(
     elif whisper.is_whisper_source(model):
         whisper.check_data(data)  # a folder without transcripts costs one line before the model loads
     source = resolve_model(model, task)
-    the_task = source.task if source.family in ("hf-encoder", "causal-lm", "whisper") else task_named(task) if task else \
-        source.task or task_named("classification")
+    own_task = source.family in ("hf-encoder", "causal-lm", "whisper")  # the family read it from the model
+    the_task = source.task if own_task else task_named(task) if task else source.task or task_named("classification")
     from slimkit.compression.settings import floor_metric
 
     lm = source.family == "causal-lm"
@@ -145,7 +146,7 @@ def compress(
     elif source.family == "whisper":  # its cutter and transcription timer are compress()'s own for a speech task
         prepared = whisper.prepare(source, data, seed, train_n, max_label_wer)
         splits, data_how, example = prepared.splits, prepared.how, prepared.example
-        notes = [whisper.MACS_NOTE, whisper.TRIM_NOTE]
+        notes = [whisper.MACS_NOTE, whisper.ORDER_NOTE, whisper.TRIM_NOTE]
         family_settings = dict(whisper.WHISPER_SETTINGS)
     elif source.family == "hf-encoder":
         from slimkit.families.hf_encoder import prepare

@@ -50,6 +50,8 @@ WHISPER_SETTINGS = {"batch_size": 8, "calib_batches": 1, "lr": 1e-4, "temperatur
                     "ratios": (0.25, 0.5, 0.75)}
 MACS_NOTE = ("MACs are one forward pass: the encoder over the features and the decoder over the 2-token prompt "
              "(a transcription's decode adds one decoder pass per token)")
+ORDER_NOTE = ("decoder layers go in the order that keeps the kept ones maximally spaced (distil-whisper's "
+              "choice); the block ranking's influence is that order's rank (1, 2, 4...), not a measurement")
 TRIM_NOTE = ("the trimmed encoder input is not a compress cut: a reloaded model run by generate() takes the full "
              "30 s window (slimkit speech eval --trim-encoder measures it)")
 
@@ -308,6 +310,6 @@ def check_data(spec: str | None) -> None:
     check_speech_data(spec)
 
 
-__all__ = ["DEFAULT_FLOOR", "MACS_NOTE", "TRIM_NOTE", "TranscribeTimer", "Transcriber", "WHISPER_SETTINGS",
-           "WhisperCutter", "check_data", "engine_parts", "is_whisper", "is_whisper_source", "load", "prepare",
-           "removal_order", "speech_task", "word_edits"]
+__all__ = ["DEFAULT_FLOOR", "MACS_NOTE", "ORDER_NOTE", "TRIM_NOTE", "TranscribeTimer", "Transcriber",
+           "WHISPER_SETTINGS", "WhisperCutter", "check_data", "engine_parts", "is_whisper", "is_whisper_source", "load",
+           "prepare", "removal_order", "speech_task", "word_edits"]

@@ -49,7 +49,8 @@ def check_speech_data(spec: str | None) -> None:
                                    f"(pip install -e '.[speech]') or give an audio folder with {TRANSCRIPTS}")
         if name == "real" and not POCKETSPHINX.is_dir():
             raise SlimkitError(f"--data real tests on the recordings of the Debian package pocketsphinx-testdata "
-                               f"({POCKETSPHINX} is missing): apt-get install pocketsphinx-testdata, or use --data synth")
+                               f"({POCKETSPHINX} is missing): apt-get install pocketsphinx-testdata, or use "
+                               f"--data synth")
         return
     p = Path(name).expanduser()
     if not p.exists():
@@ -86,7 +87,8 @@ def speech_sets(spec: str | None, seed: int, n_train: int = 0) -> tuple[dict, st
         if name == "real":
             test = real_recordings()
             how = (f"synthesised speech (Piper, Austen sentences): {len(train)} training utterances, val {len(val)} "
-                   f"held-out sentences; test: the {len(test)} real recordings of pocketsphinx-testdata (never trained on)")
+                   f"held-out sentences; test: the {len(test)} real recordings of pocketsphinx-testdata (never "
+                   f"trained on)")
         return {"train": train, "val": val, "test": test}, how
     p = Path(name).expanduser()
     given = {s: load_folder(p / s) for s in SPLITS if p.is_dir() and (p / s / TRANSCRIPTS).is_file()}
