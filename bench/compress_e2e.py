@@ -185,7 +185,8 @@ def whisper_part(b: dict, a) -> dict:
     search_steps, recover_steps = b.get("part_steps", {}).get("whisper", (b["search_steps"], b["recover_steps"]))
     search_steps, recover_steps = a.search_steps or search_steps, a.recover_steps or recover_steps
     out = Path(a.out) / "whisper"
-    extra = ["--train-n", str(b["speech_train"])] + (["--max-blocks", str(b["max_blocks"])] if b["max_blocks"] else [])
+    # every removable decoder layer may go (tiny.en has 3), even in a quick run: --max-blocks caps it
+    extra = ["--train-n", str(b["speech_train"])] + (["--max-blocks", str(a.max_blocks)] if a.max_blocks else [])
     report = hf_parts.compress_cli("whisper-tiny.en", ["--data", "synth"], out, WHISPER_TARGET, WHISPER_FLOOR, a.seed,
                                    search_steps, recover_steps, 8, extra)
     row = {"part": "whisper", "steps": f"{search_steps}/{recover_steps}", "wall_s": time.time() - t0}

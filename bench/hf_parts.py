@@ -144,7 +144,7 @@ def compress_cli(folder: Path, data_args: list[str], out: Path, target: str, flo
     done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     print(done.stdout[-4000:], flush=True)
     if done.returncode != 0:
-        errors = [ln for ln in done.stdout.splitlines() if ln.startswith("error:")]
+        errors = [ln[ln.index("error:"):] for ln in done.stdout.splitlines() if "error:" in ln]  # after any bar
         return {"refused": errors[-1] if errors else done.stdout.strip().splitlines()[-1], "command": cmd}
     report = json.loads((out / "report.json").read_text())
     report["command"] = cmd
