@@ -52,7 +52,7 @@ def compress(
                                             "(the control; not for embeddings)"),
     max_blocks: int | None = typer.Option(None, help="most whole blocks a mix removes (default: all removable)"),
     batch_size: int | None = typer.Option(None, help="training batch size (default: 128; causal LMs 8 windows, "
-                                                                 "Whisper 8 utterances)"),
+                                                     "Whisper 8 utterances)"),
     seq_len: int = typer.Option(256, help="causal LMs: tokens per window (the text is cut into non-overlapping "
                                           "windows)"),
     round_to: int = typer.Option(8, help="kept channel counts are multiples of this (16 when the model will run "
@@ -113,9 +113,7 @@ def compress(
 
     inputs = [p for p in (model, data) if p and Path(p).exists()]
     check_output_folder(out, overwrite, inputs)
-    from slimkit.families import folder_family
-
-    from slimkit.families import whisper
+    from slimkit.families import folder_family, whisper
 
     if model == "smollm2" or (Path(model).is_dir() and folder_family(Path(model)) == "causal-lm"):
         from slimkit.families.causal_lm import check_data
