@@ -14,7 +14,7 @@ Parts (each a row; a part that slimkit refuses prints its one-line reason instea
     apart, from a CSV), each compressed by one `slimkit compress FOLDER ...` command line; the
     folder it writes is reloaded with plain from_pretrained and checked against the report.
   * whisper: the built-in Whisper tiny.en by one `slimkit compress whisper-tiny.en --data synth`
-    command line at its own target and floor (WHISPER_TARGET, WHISPER_FLOOR: latency=0.7x, wer+2pt),
+    command line at its own target and floor (--whisper-target, --whisper-floor: latency=0.7x, wer+2pt),
     validated and tested on held-out synthesised sentences; the saved folder is reloaded with plain
     from_pretrained and its processor, and transcribes the 12 real pocketsphinx recordings (never
     trained on, never used to choose) beside the dense model: their WER is in the row's note.
@@ -55,6 +55,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=None, help="recovery learning rate (default: compress's)")
     p.add_argument("--max-blocks", type=int, default=None, help="cap on the blocks a mix may remove")
     p.add_argument("--sentences", type=int, default=None, help="MiniLM: sentences of the built-in text (default 2000)")
+    p.add_argument("--whisper-target", default=WHISPER_TARGET, help="the whisper part's target")
+    p.add_argument("--whisper-floor", default=WHISPER_FLOOR, help="the whisper part's floor (a loose one, e.g. "
+                                                                  "wer<=10, lets a quick smoke reach save and reload)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/out/compress_e2e")
     return p.parse_args()
@@ -187,8 +190,8 @@ def whisper_part(b: dict, a) -> dict:
     out = Path(a.out) / "whisper"
     # every removable decoder layer may go (tiny.en has 3), even in a quick run: --max-blocks caps it
     extra = ["--train-n", str(b["speech_train"])] + (["--max-blocks", str(a.max_blocks)] if a.max_blocks else [])
-    report = hf_parts.compress_cli("whisper-tiny.en", ["--data", "synth"], out, WHISPER_TARGET, WHISPER_FLOOR, a.seed,
-                                   search_steps, recover_steps, 8, extra)
+    report = hf_parts.compress_cli("whisper-tiny.en", ["--data", "synth"], out, a.whisper_target, a.whisper_floor,
+                                   a.seed, search_steps, recover_steps, 8, extra)
     row = {"part": "whisper", "steps": f"{search_steps}/{recover_steps}", "wall_s": time.time() - t0}
     if "refused" in report:
         return {**row, "note": f"refused: {report['refused']}"}
@@ -202,7 +205,7 @@ def whisper_part(b: dict, a) -> dict:
     plain = WhisperForConditionalGeneration.from_pretrained(out / "model", local_files_only=True).eval()
     saved = WhisperProcessor.from_pretrained(out / "model", local_files_only=True)
     d, c = (evaluate(mm, pp, real, macs_utterances=1, progress=False) for mm, pp in ((dense, processor), (plain, saved)))
-    row["note"] = (f"{WHISPER_TARGET}, {WHISPER_FLOOR}; decoder {plain.config.decoder_layers}/4 layers, encoder FFN "
+    row["note"] = (f"{a.whisper_target}, {a.whisper_floor}; decoder {plain.config.decoder_layers}/4 layers, encoder FFN "
                    f"{plain.config.encoder_ffn_dim}/1536; real recordings ({len(real)}, test only) WER {d.wer:.4f} -> "
                    f"{c.wer:.4f}, end-to-end {d.features_ms + d.encoder_ms + d.decode_ms:.0f} -> "
                    f"{c.features_ms + c.encoder_ms + c.decode_ms:.0f} ms/utt ({c.decode_loop}); reloads: "
@@ -254,7 +257,7 @@ def main() -> None:
     b = budgets(a.quick)
     rows = [run_part(name, b, a) for name in a.parts.split(",")]
     print(f"\ncompress end to end: target {a.target}, floor {a.floor} (MiniLM: cosine >= 0.95; whisper: "
-          f"{WHISPER_TARGET}, {WHISPER_FLOOR}), seed {a.seed}"
+          f"{a.whisper_target}, {a.whisper_floor}), seed {a.seed}"
           f"{', QUICK smoke (numbers meaningless)' if a.quick else ''}; torch {torch.__version__}, 2 threads")
     cols = ("part", "share", "met", "speedup", "macs_x", "metric", "dense_val", "val", "dense_test", "test", "tried", "steps",
             "compress_s", "wall_s", "note")
