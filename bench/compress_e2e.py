@@ -17,6 +17,11 @@ Parts (each a row; a part that slimkit refuses prints its one-line reason instea
     and saved with save_pretrained (a ViT on Fashion-MNIST; MiniLM telling the five Austen novels
     apart, from a CSV), each compressed by one `slimkit compress FOLDER ...` command line; the
     folder it writes is reloaded with plain from_pretrained and checked against the report.
+  * whisper: the built-in Whisper tiny.en by one `slimkit compress whisper-tiny.en --data synth`
+    command line at its own target and floor (--whisper-target, --whisper-floor: latency=0.7x, wer+2pt),
+    validated and tested on held-out synthesised sentences; the saved folder is reloaded with plain
+    from_pretrained and its processor, and transcribes the 12 real pocketsphinx recordings (never
+    trained on, never used to choose) beside the dense model: their WER is in the row's note.
 Columns: the measured latency share and speed-up (the timing method is printed with each row),
 MACs reduction, validation and test metric of dense and compressed, mixes recovered, wall time.
 
@@ -39,9 +44,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 import slimkit
 from slimkit.errors import SlimkitError
 
-PARTS = ("resnet20", "mobilenetv2", "crnn", "minilm", "vit", "austen", "smollm2")
+PARTS = ("resnet20", "mobilenetv2", "crnn", "minilm", "vit", "austen", "smollm2", "whisper")
 # Parts with their own target and floor (the issue's rows); --target and --floor set the others.
 PART_GOALS = {"smollm2": ("latency=0.7x", "ppl<=1.25x")}
+WHISPER_TARGET, WHISPER_FLOOR = "latency=0.7x", "wer+2pt"
 
 
 def parse() -> argparse.Namespace:
@@ -55,6 +61,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=None, help="recovery learning rate (default: compress's)")
     p.add_argument("--max-blocks", type=int, default=None, help="cap on the blocks a mix may remove")
     p.add_argument("--sentences", type=int, default=None, help="MiniLM: sentences of the built-in text (default 2000)")
+    p.add_argument("--whisper-target", default=WHISPER_TARGET, help="the whisper part's target")
+    p.add_argument("--whisper-floor", default=WHISPER_FLOOR, help="the whisper part's floor (a loose one, e.g. "
+                                                                  "wer<=10, lets a quick smoke reach save and reload)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/out/compress_e2e")
     return p.parse_args()
@@ -63,15 +72,15 @@ def parse() -> argparse.Namespace:
 def budgets(quick: bool) -> dict:
     if quick:
         return {"train_n": 512, "base_epochs": 1, "search_steps": 5, "recover_steps": 10, "timing_rounds": 10,
-                "timing_passes": 1, "max_blocks": 1, "sentences": 64}
+                "timing_passes": 1, "max_blocks": 1, "sentences": 64, "speech_train": 16}
     # sized for 2 cores: a tried Fashion-MNIST mix gets about 2.4 epochs at batch 128 (one epoch leaves the
     # ResNet-20 mixes 1.4 pt short of the floor), the chosen one 4.7 more; the CRNN (6000 words) and MiniLM
     # parts take fewer steps, each of theirs covering more of their smaller training sets; MobileNetV2's mixes
     # need about 9.5 epochs each to hold the floor (2.4 and 5.9 epochs were short)
     return {"train_n": 0, "base_epochs": 5, "search_steps": 1000, "recover_steps": 2000, "timing_rounds": 60,
-            "timing_passes": 3, "max_blocks": None, "sentences": 2000,
+            "timing_passes": 3, "max_blocks": None, "sentences": 2000, "speech_train": 400,
             "part_steps": {"mobilenetv2": (4000, 2000), "crnn": (600, 1500), "minilm": (300, 1200),
-                           "vit": (100, 300), "austen": (100, 200), "smollm2": (30, 400)},
+                           "vit": (100, 300), "austen": (100, 200), "smollm2": (30, 400), "whisper": (100, 300)},
             "part_batch": {"austen": 32, "smollm2": 8}}
 
 
@@ -187,9 +196,49 @@ def reload_check(folder: Path, name: str) -> str:
            f"{model.config.intermediate_size}"
 
 
+def whisper_part(b: dict, a) -> dict:
+    """`slimkit compress whisper-tiny.en --data synth` as a user types it; the row from its report, and the
+    real recordings' WER of the dense and the reloaded result (slimkit.speech.evaluate's protocol)."""
+    import hf_parts
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from slimkit.speech import evaluate, load_whisper, real_recordings
+
+    t0 = time.time()
+    search_steps, recover_steps = b.get("part_steps", {}).get("whisper", (b["search_steps"], b["recover_steps"]))
+    search_steps, recover_steps = a.search_steps or search_steps, a.recover_steps or recover_steps
+    out = Path(a.out) / "whisper"
+    # every removable decoder layer may go (tiny.en has 3), even in a quick run: --max-blocks caps it
+    extra = ["--train-n", str(b["speech_train"])] + (["--max-blocks", str(a.max_blocks)] if a.max_blocks else [])
+    report = hf_parts.compress_cli("whisper-tiny.en", ["--data", "synth"], out, a.whisper_target, a.whisper_floor,
+                                   a.seed, search_steps, recover_steps, 8, extra)
+    row = {"part": "whisper", "steps": f"{search_steps}/{recover_steps}", "wall_s": time.time() - t0}
+    if "refused" in report:
+        return {**row, "note": f"refused: {report['refused']}"}
+    r, m = report["result"], report["metric"]
+    row.update(share=r["latency_share"], met=r["meets_target"], speedup=r["speedup"], macs_x=r["macs_reduction"],
+               metric=m, dense_val=report["dense"]["val"][m], val=r["val"][m], dense_test=report["dense"]["test"].get(m),
+               test=r["test"].get(m), tried=f"{report['candidates_tried']}/{len(report['candidates'])}",
+               timing=report["timing"], kept_intact=report["kept_intact"]["modules"])
+    real = real_recordings()
+    dense, processor = load_whisper("whisper-tiny.en")
+    plain = WhisperForConditionalGeneration.from_pretrained(out / "model", local_files_only=True).eval()
+    saved = WhisperProcessor.from_pretrained(out / "model", local_files_only=True)
+    d, c = (evaluate(mm, pp, real, macs_utterances=1, progress=False) for mm, pp in ((dense, processor), (plain, saved)))
+    row["note"] = (f"{a.whisper_target}, {a.whisper_floor}; decoder {plain.config.decoder_layers}/4 layers, encoder FFN "
+                   f"{plain.config.encoder_ffn_dim}/1536; real recordings ({len(real)}, test only) WER {d.wer:.4f} -> "
+                   f"{c.wer:.4f}, end-to-end {d.features_ms + d.encoder_ms + d.decode_ms:.0f} -> "
+                   f"{c.features_ms + c.encoder_ms + c.decode_ms:.0f} ms/utt ({c.decode_loop}); reloads: "
+                   f"WhisperForConditionalGeneration.from_pretrained + WhisperProcessor")
+    row["wall_s"] = time.time() - t0
+    return row
+
+
 def run_part(name: str, b: dict, a) -> dict:
     if name in ("vit", "austen", "smollm2"):
         return hf_part(name, b, a)
+    if name == "whisper":
+        return whisper_part(b, a)
     t0 = time.time()
     row = {"part": name}
     try:
@@ -228,7 +277,8 @@ def main() -> None:
     torch.set_num_threads(2)
     b = budgets(a.quick)
     rows = [run_part(name, b, a) for name in a.parts.split(",")]
-    print(f"\ncompress end to end: target {a.target}, floor {a.floor} (MiniLM: cosine >= 0.95), seed {a.seed}"
+    print(f"\ncompress end to end: target {a.target}, floor {a.floor} (MiniLM: cosine >= 0.95; whisper: "
+          f"{a.whisper_target}, {a.whisper_floor}), seed {a.seed}"
           f"{', QUICK smoke (numbers meaningless)' if a.quick else ''}; torch {torch.__version__}, 2 threads")
     cols = ("part", "goal", "share", "met", "speedup", "macs_x", "metric", "dense_val", "val", "dense_test", "test", "tried", "steps",
             "compress_s", "wall_s", "note")

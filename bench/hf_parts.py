@@ -147,7 +147,7 @@ def compress_cli(folder: Path, data_args: list[str], out: Path, target: str, flo
             print(line, end="", flush=True)
             lines.append(line.rstrip("\n"))
     if proc.returncode != 0:
-        errors = [ln for ln in lines if ln.startswith("error:")]
+        errors = [ln[ln.index("error:"):] for ln in lines if "error:" in ln]  # after any progress bar
         return {"refused": errors[-1] if errors else (lines or ["no output"])[-1], "command": cmd}
     report = json.loads((out / "report.json").read_text())
     report["command"] = cmd

@@ -34,7 +34,7 @@ def _kind(checkpoint: str) -> str:
     if path.is_dir() or checkpoint == "minilm":
         return "encoder"
     raise SlimkitError(f"checkpoint {checkpoint} does not exist; give a slimkit .safetensors checkpoint, a folder "
-                       "written by `slimkit llm encoder` (or any Hugging Face BERT-style folder), or 'minilm'")
+                       "written by `slimkit prune minilm` (or any Hugging Face BERT-style folder), or 'minilm'")
 
 
 @app.command("export")

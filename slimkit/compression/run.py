@@ -66,13 +66,15 @@ from slimkit.distill import (
 from slimkit.distill.cache import TeacherOutputs, compute_teacher_outputs
 from slimkit.distill.train_data import InMemory, as_train_data, batches_of, head
 from slimkit.errors import SlimkitError
+from slimkit.families import engine_parts
 from slimkit.measure import count_macs
 from slimkit.report_html import provenance
 
-# Causal LMs: the teacher's top-k logits per position are what KD reads (slimkit.llm.recover's recipe,
-# RecoveryConfig.top_k). Full logits would be N x L x vocab floats: 1000 windows of 256 tokens over
-# SmolLM2's 49152 tokens are 50 GB; the top 64 (value + index) are 131 MB.
+# Causal LMs and speech: the teacher's top-k logits per position are what KD reads (slimkit.llm.recover's
+# and slimkit.speech.recover's recipe). Full logits would be N x L x vocab floats: 1000 windows of 256
+# tokens over SmolLM2's 49152 tokens are 50 GB; the top 64 (value + index) are 131 MB.
 LM_TOP_K = 64
+TOP_K_TASKS = ("causal_lm", "speech")  # tasks whose outputs are distributions over a vocabulary
 
 
 class NotFasterError(SlimkitError):
@@ -146,7 +148,7 @@ def recovery_teacher(dense: nn.Module, train: Any, task: Task, s: CompressSettin
     """What every recovery of a run learns from: nothing for CE; for KD on in-memory data the dense
     model's outputs, `given` or computed once here (the engine would otherwise run the dense model
     over the whole training split again for every mix); for KD on a loader, the dense model, live.
-    A causal LM's outputs are kept as the top LM_TOP_K logits per position, computed in batches of
+    A causal LM's (or speech model's) outputs are kept as the top LM_TOP_K logits per position, computed in batches of
     the run's batch size (the full logits would not fit in memory)."""
     if s.recovery == "ce":
         return None
@@ -155,7 +157,7 @@ def recovery_teacher(dense: nn.Module, train: Any, task: Task, s: CompressSettin
     data = as_train_data(train)
     if not isinstance(data, InMemory):
         return dense
-    if task.name == "causal_lm":
+    if task.name in TOP_K_TASKS:
         return compute_teacher_outputs(dense.eval(), data, batch_size=s.batch_size, topk=LM_TOP_K, task=task,
                                        progress=progress)
     return compute_teacher_outputs(dense.eval(), data, task=task, progress=progress)
@@ -246,12 +248,13 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     Data are what the engine takes (slimkit.distill.train_data): a Split, tensors (a tuple, list or
     dict of them), a DataLoader, a list of batches (tuples or dicts), or a function epoch -> batches;
     `test` may be None (no test evaluation). `example` is one input batch (default: the first
-    validation batch's inputs). `cutter` is how the model is cut (default: the causal-lm family's
-    DecoderCutter for a causal_lm task, the hf-encoder family's EncoderCutter for BERT- and ViT-style
-    Hugging Face encoders, else slimkit's structured pruner); `timer` times a list of models alike
-    (default: the causal-lm family's DecodeTimer for a causal_lm task, else the deciding timer;
-    `timing_method` then says how an injected one measures). A causal LM wants the family's
-    settings too (slimkit.families.causal_lm.LM_SETTINGS: batch size, lr, max_blocks...).
+    validation batch's inputs). `cutter` is how the model is cut (default: the family's own for a
+    task a family owns, slimkit.families.engine_parts: the causal-lm DecoderCutter for causal_lm, the
+    WhisperCutter for speech; the hf-encoder family's EncoderCutter for BERT- and ViT-style Hugging
+    Face encoders; else slimkit's structured pruner); `timer` times a list of models alike (default:
+    the family's, e.g. DecodeTimer or TranscribeTimer, else the deciding timer; `timing_method` then
+    says how an injected one measures). Such a family wants its settings too
+    (slimkit.families.causal_lm.LM_SETTINGS, slimkit.families.whisper.WHISPER_SETTINGS).
     `export_onnx` also writes model.onnx to `out`, and the report gets the deployment rows: the
     dense and compressed exports checked and timed in ONNX Runtime (deploy.py). An export that fails
     raises ExportFailedError after the model and report were written (the failure recorded).
@@ -298,12 +301,10 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     example = head(example, 1)
     calib_batches = calibration_batches(train, task, s.calib_batches, s.batch_size)
     calib = [x for x, _ in calib_batches]
-    lm = task.name == "causal_lm" and hasattr(getattr(model, "config", None), "num_hidden_layers")
+    family_cutter, family_timer = engine_parts(task.name, model, example, s)  # causal-lm, whisper: their own
     if cutter is None:
-        if lm:  # the causal-lm family: decoder layers and FFN neurons
-            from slimkit.families.causal_lm import DecoderCutter
-
-            cutter = DecoderCutter()
+        if family_cutter is not None:
+            cutter = family_cutter
         elif is_encoder(model):  # the hf-encoder family: calibrated on the batches above
             cutter = EncoderCutter()
         else:
@@ -311,11 +312,8 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
             cutter = StructuredCutter(example, s.importance, labels=labels, round_to=s.round_to)
     check_cuttable(cutter, model, calib)
     check_teacher_outputs(teacher_outputs, train)
-    if timer is None and lm:  # what an LM user waits for: decode time per token with the KV cache
-        from slimkit.families.causal_lm import DecodeTimer
-
-        timer = DecodeTimer(threads=s.threads)
-        timing_method = timer.method
+    if timer is None and family_timer is not None:  # what a user of the family waits for (its timer says)
+        timer, timing_method = family_timer, family_timer.method
     if timer is None:
         timer, timing_method = deciding_timer(model, example, s.threads, s.timing_rounds, s.timing_passes, plan)
     intact_of = getattr(cutter, "intact", None)

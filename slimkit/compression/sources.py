@@ -4,7 +4,8 @@ MODEL is one of:
 - a slimkit checkpoint (.safetensors written by slimkit);
 - a Hugging Face model folder (config.json): its family and task come from the architecture its
   config names (slimkit.families); `--task` may only agree with it; a `*ForCausalLM` folder, or the
-  built-in name `smollm2`, is the causal-lm family (slimkit.families.causal_lm);
+  built-in name `smollm2`, is the causal-lm family (slimkit.families.causal_lm); a Whisper folder, or
+  the built-in name `whisper-tiny.en`, the whisper family (slimkit.families.whisper);
 - `package.module:factory`, a Python callable the user names on the command line (never read from
   a file). The current folder is searched first, as for `python -m`. It returns the model, or a
   dict with "model" and optionally "task" (a Task), "data" (a Dataset or a dict with train, val,
@@ -15,7 +16,8 @@ MODEL is one of:
 
 Data for checkpoints and factories is a built-in (fashion-mnist, digits), an .npz with x and y, an
 image folder (one sub-folder per class, read with Pillow), or what the factory returns; a Hugging
-Face model's data is read by its family (slimkit.families.hf_encoder.prepare).
+Face model's data is read by its family (slimkit.families.hf_encoder.prepare, causal_lm.prepare,
+whisper.prepare).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from torch import nn
 from slimkit.errors import SlimkitError
 from slimkit.families.base import Source
 
-TASKS = ("classification", "embeddings", "ctc", "causal-lm")  # --task; a Hugging Face folder's task comes from its config
+TASKS = ("classification", "embeddings", "ctc", "causal-lm", "speech")  # --task; a Hugging Face folder's task comes from its config
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -54,6 +56,9 @@ def task_named(name: str):
         return sequence_logits(cer(), supervised=ctc_loss())
     if name == "causal-lm":
         return causal_lm()
+    if name == "speech":
+        raise SlimkitError("--task speech is a Whisper model's task: pass a Whisper folder written by save_pretrained "
+                           "(with its processor) or the built-in whisper-tiny.en")
     raise SlimkitError(f"unknown --task {name!r}; choose one of {', '.join(TASKS)}")
 
 
@@ -107,6 +112,10 @@ def resolve_model(spec: str, task: str | None) -> Source:
         from slimkit.families import causal_lm
 
         return causal_lm.load(spec, task)
+    from slimkit.families import whisper
+
+    if whisper.is_whisper_source(spec):
+        return whisper.load(spec, task)
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise SlimkitError(f"{spec} is a folder without config.json; pass a Hugging Face folder written by "
@@ -121,7 +130,8 @@ def resolve_model(spec: str, task: str | None) -> Source:
         from slimkit.io import load_model
 
         return Source(load_model(p), "checkpoint")
-    raise SlimkitError(f"MODEL {spec!r} is neither a file, a folder, package.module:factory nor the built-in smollm2; "
+    raise SlimkitError(f"MODEL {spec!r} is neither a file, a folder, package.module:factory nor a built-in (smollm2, "
+                       f"whisper-tiny.en); "
                        f"check the path")
 
 

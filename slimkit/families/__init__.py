@@ -8,12 +8,18 @@ typed: a Hugging Face folder by the architecture its config names, anything else
   sentence encoders (slimkit.families.hf_encoder);
 - `causal-lm`: Llama-style Hugging Face *ForCausalLM models, and the built-in smollm2
   (slimkit.families.causal_lm);
-- `whisper`: recognised, and refused by `compress` with the commands that cut it.
+- `whisper`: Hugging Face WhisperForConditionalGeneration, and the built-in whisper-tiny.en
+  (slimkit.families.whisper).
+
+`engine_parts` is where `compress` asks a family for its own cutter and timer, by the engine
+task's name: one table, so the choice lives in one place.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import Any
 
 from slimkit.errors import SlimkitError
 from slimkit.families.base import Family, Prepared, Source
@@ -30,15 +36,29 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            "images: an image folder or fashion-mnist / digits; texts: CSV, TSV, JSONL, Parquet or a "
            "datasets save_to_disk folder; embeddings: a text file or 'sentences'"),
     Family("causal-lm", "Hugging Face *ForCausalLM models (Llama, Qwen, SmolLM2...) and the built-in smollm2",
-           "decoder layers and FFN neurons (whole KV groups and one-shot sparsity: slimkit llm width | prune)",
+           "decoder layers and FFN neurons (whole KV groups and one-shot sparsity: slimkit prune --heads | --method wanda)",
            ("causal-lm",), "a Hugging Face folder that plain from_pretrained reloads, with the tokenizer",
            "a plain UTF-8 text file or a built-in text (emma, prideprejudice), in windows of --seq-len tokens"),
-    Family("whisper", "Hugging Face WhisperForConditionalGeneration",
-           "decoder layers, encoder FFN width, the encoder's input length", ("speech",),
-           "a Hugging Face folder", "an audio folder with transcripts.tsv"),
+    Family("whisper", "Hugging Face WhisperForConditionalGeneration and the built-in whisper-tiny.en",
+           "decoder layers (the maximally spaced ones stay) and encoder FFN neurons", ("speech",),
+           "a Hugging Face folder that plain from_pretrained reloads, with the processor (generate() transcribes)",
+           "an audio folder with transcripts.tsv, or the built-ins synth (Piper-synthesised sentences) and real "
+           "(synth for training, the pocketsphinx recordings as the test split)"),
 )}
-# The commands that cut the families compress does not take yet (said in its refusal).
-ELSEWHERE = {"whisper": "slimkit speech prune | distill | eval"}
+# The commands that cut the families compress does not take yet (said in its refusal); none today.
+ELSEWHERE: dict[str, str] = {}
+# Engine task name -> the family module whose engine_parts(model, example, settings) gives compress
+# its (cutter, timer) for that task; tasks not here use compress's own choice.
+ENGINE_PARTS = {"causal_lm": "slimkit.families.causal_lm", "speech": "slimkit.families.whisper"}
+
+
+def engine_parts(task_name: str, model: Any, example: Any, settings: Any) -> tuple[Any, Any]:
+    """(cutter, timer) of the family that owns the engine task `task_name` for `model`; (None, None)
+    when no family does (the module is imported only then, so families stay lazy)."""
+    module = ENGINE_PARTS.get(task_name)
+    if module is None:
+        return None, None
+    return importlib.import_module(module).engine_parts(model, example, settings)
 
 
 def describe() -> str:
@@ -93,5 +113,5 @@ def check_task(family: str, task: str, requested: str | None, arch: str) -> str:
                        f"leave --task out or pass a model of that task")
 
 
-__all__ = ["ELSEWHERE", "FAMILIES", "Family", "Prepared", "Source", "check_task", "describe", "folder_family",
-           "hf_family"]
+__all__ = ["ELSEWHERE", "ENGINE_PARTS", "FAMILIES", "Family", "Prepared", "Source", "check_task", "describe",
+           "engine_parts", "folder_family", "hf_family"]

@@ -13,6 +13,7 @@ splits the engine takes, and one sentence on how they were made, which the repor
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,7 @@ class Prepared:
     splits: dict
     how: str
     calib_texts: list[str] = field(default_factory=list)
+    example: Any = None  # one input batch for MACs and timing, when the validation inputs are not one
 
 
 @dataclass(frozen=True)
@@ -54,3 +56,12 @@ class Family:
     tasks: tuple[str, ...]
     saving: str
     data: str  # what --data may be
+
+
+def shared_copy(model: nn.Module) -> nn.Module:
+    """A deepcopy whose parameters and buffers are the original's tensors: module objects (and their
+    `layer_idx`, the config) are new, so layers can be dropped or replaced without touching the
+    original, at no memory cost. Never train such a copy in place: compress's recover() deepcopies
+    before training, which makes the tensors its own."""
+    memo: dict[int, Any] = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return copy.deepcopy(model, memo)

@@ -9,17 +9,16 @@
 - Cuts (`DecoderCutter`): whole decoder layers (block influence, slimkit.llm.depth) and FFN
   neurons (activation-aware, slimkit.llm.width), the same count per layer. Both are widths the
   config states (`num_hidden_layers`, `intermediate_size`), so the result reloads with plain
-  `AutoModelForCausalLM.from_pretrained`. Whole KV groups are not cut by compress yet (`slimkit llm
-  width` does).
+  `AutoModelForCausalLM.from_pretrained`. Whole KV groups are not cut by compress yet (`slimkit prune
+  MODEL --heads` does).
 - Timing (`DecodeTimer`): what a user of an LM waits for is decode time per token at batch 1 with
   the KV cache, so that decides; prefill time of the prompt is reported beside it.
-- One-shot sparsity (Wanda, SparseGPT, N:M) stays `slimkit llm prune`: zeros in dense matrices are
+- One-shot sparsity (Wanda, SparseGPT, N:M) stays a `slimkit prune` method: zeros in dense matrices are
   multiplied like any other number by dense kernels, so a latency target can never choose it here.
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -31,14 +30,14 @@ from torch import nn
 
 from slimkit.errors import SlimkitError
 from slimkit.families import FAMILIES, check_task, hf_family
-from slimkit.families.base import Prepared, Source
+from slimkit.families.base import Prepared, Source, shared_copy
 
 DEFAULT_TEXT = "emma"
 SEQ_LEN = 256
 DEFAULT_FLOOR = "ppl<=1.25x"
 EVAL_TOKENS = 16384  # most val (and test) tokens: perplexity over a book would cost minutes per mix tried
 WIDTH_WINDOWS = 16  # calibration windows per exact FFN cut: each cut is one forward pass over them
-SPARSITY_NOTE = ("one-shot sparsity (Wanda, SparseGPT, N:M) is a `slimkit llm prune` method, not a compress cut: "
+SPARSITY_NOTE = ("one-shot sparsity (Wanda, SparseGPT, N:M) is a `slimkit prune --method` method, not a compress cut: "
                  "its zeros stay in dense matrices that dense kernels multiply anyway, so it saves no time and a "
                  "latency target cannot choose it")
 
@@ -59,15 +58,6 @@ SPARSITY_NOTE = ("one-shot sparsity (Wanda, SparseGPT, N:M) is a `slimkit llm pr
 #   pass over WIDTH_WINDOWS windows and each mix a decode timing, which the short grid keeps few.
 LM_SETTINGS = {"batch_size": 8, "calib_batches": 4, "lr": 1e-4, "temperature": 1.0, "max_blocks": 8,
                "ratios": (0.25, 0.5, 0.75)}
-
-
-def shared_copy(model: nn.Module) -> nn.Module:
-    """A deepcopy whose parameters and buffers are the original's tensors: module objects (and their
-    `layer_idx`, the config) are new, so layers can be dropped or replaced without touching the
-    original, at no memory cost. Never train such a copy in place: compress's recover() deepcopies
-    before training, which makes the tensors its own."""
-    memo: dict[int, Any] = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    return copy.deepcopy(model, memo)
 
 
 def _windows(calib: list[Any]) -> torch.Tensor:
@@ -205,6 +195,14 @@ class DecodeTimer:
             torch.set_num_threads(old)
         self.beside = {"prefill_ms": prefill, "prompt_tokens": self.prompt_len, "decode_tokens": self.tokens}
         return decode
+
+
+def engine_parts(model: nn.Module, example: Any, settings: Any) -> tuple[DecoderCutter | None, DecodeTimer | None]:
+    """The cutter and timer compress() uses for a causal_lm task (slimkit.families.engine_parts): decoder
+    layers and FFN neurons, timed by decode ms per token, when the model has a decoder layer count."""
+    if not hasattr(getattr(model, "config", None), "num_hidden_layers"):
+        return None, None
+    return DecoderCutter(), DecodeTimer(threads=settings.threads)
 
 
 # -- loading -------------------------------------------------------------------------------------

@@ -149,7 +149,8 @@ def load(folder: Path, requested: str | None) -> Source:
         raise SlimkitError(f"{folder} holds {arch}, a {FAMILIES[family].takes.split(':')[0]} model (family {family}); "
                            f"compress does not take this family yet: cut it with {ELSEWHERE[family]}")
     if family != "hf-encoder":
-        raise SlimkitError(f"{folder} holds {arch}, a {family} model: load it with slimkit.families.causal_lm.load")
+        raise SlimkitError(f"{folder} holds {arch}, a {family} model: load it with "
+                           f"slimkit.families.{family.replace('-', '_')}.load")
     task = check_task(family, task, requested, arch)
     import transformers
 

@@ -219,7 +219,7 @@ def check_pair(student, teacher) -> None:
                            "KD compares token distributions, so both need the same tokenizer")
     if prompt_ids(student) != prompt_ids(teacher):
         raise SlimkitError("student and teacher start transcripts with different prompt tokens; use a student "
-                           "made from this teacher (slimkit speech prune)")
+                           "made from this teacher (slimkit prune)")
 
 
 def encoder_matches(student, teacher, weights: bool = False) -> bool:
