@@ -256,12 +256,12 @@ def run_part(name: str, b: dict, a) -> dict:
                                timing_passes=b["timing_passes"],
                                max_blocks=b["max_blocks"] if a.max_blocks is None else a.max_blocks,
                                **({"lr": a.lr} if a.lr else {}))
-        r, m = res.report["result"], res.report["metric"]
+        r, m = res.report.result, res.report.metric
         row.update(share=r["latency_share"], met=r["meets_target"], speedup=r["speedup"], macs_x=r["macs_reduction"], metric=m,
-                   dense_val=res.report["dense"]["val"][m], val=r["val"][m],
-                   dense_test=res.report["dense"]["test"].get(m), test=r["test"].get(m),
-                   tried=f"{res.report['candidates_tried']}/{len(res.candidates)}", compress_s=time.time() - t1,
-                   timing=res.report["timing"], kept_intact=res.report["kept_intact"]["modules"])
+                   dense_val=res.report.dense.val[m], val=r["val"][m],
+                   dense_test=res.report.dense.test.get(m), test=r["test"].get(m),
+                   tried=f"{res.report.candidates_tried}/{len(res.candidates)}", compress_s=time.time() - t1,
+                   timing=res.report.timing, kept_intact=res.report.kept_intact["modules"])
     except SlimkitError as exc:
         row["note"] = f"refused: {exc}"
     row["wall_s"] = time.time() - t0

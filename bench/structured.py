@@ -288,13 +288,13 @@ class ModelBench:
             return
         (Path(a.out) / f"{self.key}_depth_width.json").write_text(json.dumps(res.report, indent=1, default=str))
         print(f"[shape] {self.key}: blocks by influence per ms saved: " + ", ".join(
-            f"{b['block']} ({b['influence']:.3f} / {b['saving_ms']:.3f} ms)" for b in res.report["block_ranking"]),
+            f"{b['block']} ({b['influence']:.3f} / {b['saving_ms']:.3f} ms)" for b in res.report.block_ranking),
             flush=True)
         for c in res.candidates:
             print(f"[shape] {self.key}: {c.blocks} blocks + ratio {c.ratio}: {c.macs / 1e6:.2f} MMACs, {c.ms:.3f} ms "
                   f"({layout}), " + ("not recovered" if c.val is None else f"val {100 * c.val:.2f} after KD {R}ep"),
                   flush=True)
-        c, floor_val = res.chosen, 100 * res.report["floor_value"]
+        c, floor_val = res.chosen, 100 * res.report.floor_value
         tried = [x for x in res.candidates if x.val is not None]
         note = (f"slimkit.compress: fastest of {len(res.candidates)} measured mixes holding val >= {floor_val:.2f} "
                 f"after KD {R}ep ({steps} steps); recovered fastest first: "

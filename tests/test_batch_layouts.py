@@ -140,7 +140,7 @@ def test_compress_on_lists_matches_the_tuple_run():
 
     want, got = run(tuple), run(list)
     for key in ("dense", "result", "chosen"):
-        assert got.report[key] == want.report[key]
-    assert "cer" in got.report["result"]["val"] and got.report["result"]["macs"] < got.report["dense"]["macs"]
+        assert getattr(got.report, key) == getattr(want.report, key)
+    assert "cer" in got.report.result.val and got.report.result.macs < got.report.dense.macs
     weights = want.model.state_dict()
     assert all(torch.equal(weights[k], v) for k, v in got.model.state_dict().items())

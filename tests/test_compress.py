@@ -83,13 +83,13 @@ def run(data, tmp_path_factory):
 
 def test_every_mix_reaches_the_macs_target_and_the_fastest_holding_one_is_chosen(run):
     _, result, _ = run
-    dense_macs = result.report["dense"]["macs"]
+    dense_macs = result.report.dense.macs
     assert len(result.candidates) >= 2  # 0 and 1 blocks removed
     assert all(c.macs <= dense_macs / 2 for c in result.candidates)
     times = [c.ms for c in result.candidates]
     assert times == sorted(times)  # fastest first
     assert result.chosen is result.candidates[0]  # floor 0.0: the fastest holds
-    assert result.faster and result.report["result"]["meets_target"]
+    assert result.faster and result.report.result.meets_target
     assert count_macs(result.model, torch.zeros(1, 1, 8, 8)) <= dense_macs / 2
 
 
@@ -101,7 +101,7 @@ def test_round_to_reaches_the_structured_pruner(data):
                               timing_method="MMACs", max_blocks=0, round_to=16, keep_slower=True, **TINY)
     widths = [m.out_channels for m in result.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert widths and all(w % 16 == 0 for w in widths)
-    assert result.report["settings"]["round_to"] == 16
+    assert result.report.settings["round_to"] == 16
     with pytest.raises(SlimkitError, match="round_to"):
         slimkit.compress(tiny_resnet(), train, val, test, target="macs=2x", round_to=0, **TINY)
     from slimkit.cli.main import app
@@ -219,7 +219,7 @@ def test_latency_target_uses_measured_times(data):
     train, val, test = data
     result = slimkit.compress(tiny_resnet(), train, val, test, target="latency=0.5x", floor=0.0,
                               timer=macs_timer(val.x[:1]), timing_method="MACs as ms (test)", ratios=(0.5, 0.8), **TINY)
-    assert result.report["timing"] == "MACs as ms (test)"
+    assert result.report.timing == "MACs as ms (test)"
     assert all(c.latency_share <= 0.5 for c in result.candidates)
     with pytest.raises(SlimkitError, match="the fastest cut tried is 0.[0-9]+x the dense latency"):
         slimkit.compress(tiny_resnet(), train, val, test, target="latency=0.01x", floor=0.0,
@@ -236,7 +236,7 @@ def test_not_faster_is_refused_and_nothing_written(data, tmp_path):
     assert not out.exists() and not list(tmp_path.iterdir())
     kept = slimkit.compress(tiny_resnet(), train, val, test, target="macs=2x", floor=0.0, timer=slower,
                             timing_method="t", keep_slower=True, **TINY)
-    assert kept.faster is False and kept.report["result"]["faster"] is False
+    assert kept.faster is False and kept.report.result.faster is False
 
 
 def test_injected_timer_needs_its_method(data):
@@ -293,12 +293,20 @@ def test_cli_compress_from_a_factory(tmp_path, monkeypatch):
 
 
 def test_the_target_verdict_follows_the_final_measurement_not_the_search():
-    from slimkit.compression.report import target_verdict
+    from slimkit.compression.result import CompressReport
 
-    report = {"target": "latency=0.5x", "result": {"meets_target": False, "latency_share": 0.514}}
-    assert target_verdict(report) == "target latency=0.5x missed"
-    report["result"]["meets_target"] = True
-    assert target_verdict(report) == "target latency=0.5x met"
+    result = {"macs": 10, "params": 10, "ms": 0.514, "val": {"accuracy": 0.9}, "latency_share": 0.514,
+              "speedup": 1.95, "macs_reduction": 2.0, "faster": True, "meets_target": False, "val_holds_floor": True}
+    report = CompressReport(task="classification", metric="accuracy", higher_is_better=True, target="latency=0.5x",
+                            floor="-1pt", floor_value=0.89, timing="t", cutter="c", kept_intact={}, settings={},
+                            data="d", dense={"macs": 20, "params": 20, "ms": 1.0, "val": {"accuracy": 0.9}},
+                            block_ranking=[], candidates=[], chosen=0, candidates_tried=1, provenance={},
+                            result=result)
+    assert report.target_verdict == "target latency=0.5x missed"  # 0.514 measured: the search's 0.49 is not said
+    report.result.meets_target = True
+    assert report.target_verdict == "target latency=0.5x met"
+    with pytest.raises(Exception):  # the report's shape is checked: a misspelt field is refused
+        CompressReport(**{**report.model_dump(), "speedup": 2.0})
 
 
 # -- models slimkit did not write: saved so they reload, kept parts named -------------------------
@@ -373,7 +381,7 @@ def test_hugging_face_model_compressed_to_a_folder_that_reloads(tmp_path):
     result = slimkit.compress(model, train, val, test, target="macs=1.3x", floor=0.0, out=out,
                               timer=macs_timer(x[:1]), timing_method="MACs as ms (test)", max_blocks=0, **TINY)
     assert result.model.config.intermediate_size < 64  # the FFN was cut (no layer may go: max_blocks=0)
-    assert result.report["cutter"] == "encoder"  # the hf-encoder family's cutter, found by what the model is
+    assert result.report.cutter == "encoder"  # the hf-encoder family's cutter, found by what the model is
     report = json.loads((out / "report.json").read_text())
     assert report["saved"]["path"] == "model" and report["rebuild"]["kind"] == "hf"
     assert "vit.embeddings" in report["kept_intact"]["modules"]
@@ -427,7 +435,7 @@ def test_taylor_importance_uses_the_training_labels(data):
     train, val, _ = data
     res = slimkit.compress(tiny_resnet(), train, val, None, target="macs=2x", floor=0.0, seed=3, importance="taylor",
                            timer=macs_timer(val.x[:1]), timing_method="MACs as ms (test)", **TINY)
-    assert res.report["settings"]["importance"] == "taylor" and res.chosen.kept
+    assert res.report.settings["importance"] == "taylor" and res.chosen.kept
     with pytest.raises(SlimkitError, match="labelled calibration batches"):
         from slimkit.prune import prune_structured
 

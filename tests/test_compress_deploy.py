@@ -46,7 +46,7 @@ def test_model_onnx_is_written_and_scores_as_pytorch_on_the_test_split(exported,
     rows = {r["name"]: r for r in json.loads((out / "report.json").read_text())["deployment"]}
     assert rows["compressed onnx"]["value"] == pytest.approx(onnx_acc)
     assert rows["compressed onnx"]["extra"]["pytorch"] == pytest.approx(torch_acc)
-    assert result.report["result"]["test"]["accuracy"] == pytest.approx(torch_acc)
+    assert result.report.result.test["accuracy"] == pytest.approx(torch_acc)
 
 
 def test_report_has_the_measured_deployment_rows(exported):
@@ -76,7 +76,10 @@ def test_report_has_the_measured_deployment_rows(exported):
 
 
 def test_a_cut_that_pays_eager_but_not_in_the_runtime_is_said_so():
-    report = {"result": {"speedup": 1.8, "macs_reduction": 2.0}}
+    from slimkit.compression.result import Compressed
+
+    report = Compressed(macs=1, params=1, val={}, speedup=1.8, macs_reduction=2.0, latency_share=0.56, faster=True,
+                        meets_target=True, val_holds_floor=True)
     notes = deploy_mod.efficiency_notes(deploy_mod.efficiency(report, {"dense": {"batch 1": 1.0, "batch 32": 4.0},
                                                                        "compressed": {"batch 1": 1.1, "batch 32": 2.0}}))
     assert "efficiency 0.90) at batch 1" in notes[0] and "2.00x (efficiency 1.00) at batch 32" in notes[0]

@@ -96,7 +96,7 @@ def test_recover_chosen_repeats_compress_recovery_exactly(run, data):
     again = recover_chosen(result, model, data[0], progress=False)
     for (name, a), b in zip(again.state_dict().items(), result.model.state_dict().values()):
         assert torch.equal(a, b), name
-    assert result.settings.recovery == "kd" and result.report["settings"]["recovery"] == "kd"
+    assert result.settings.recovery == "kd" and result.report.settings["recovery"] == "kd"
 
 
 def test_recover_chosen_with_ce_trains_the_same_cut_without_a_teacher(run, data):

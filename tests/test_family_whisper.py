@@ -141,9 +141,9 @@ def test_python_api_compress_saves_a_model_whose_reload_gives_the_same_logits(wh
                    source.task, "macs=1.05x", "wer<=1000", example=prepared.example, out=tmp_path / "run",
                    processor=source.processor, data_how=prepared.how,
                    search_steps=1, recover_steps=1, keep_slower=True, progress=False, **settings)
-    assert res.report["dense"]["val"]["wer"] >= 0 and res.report["result"]["test"]["wer"] >= 0
-    assert res.report["dense"]["ms"] > 0 and res.report["result"]["ms"] > 0  # measured, whatever the verdict
-    assert "1 threads" in res.report["timing"] and res.report["result"]["macs_reduction"] >= 1.05
+    assert res.report.dense.val["wer"] >= 0 and res.report.result.test["wer"] >= 0
+    assert res.report.dense.ms > 0 and res.report.result.ms > 0  # measured, whatever the verdict
+    assert "1 threads" in res.report.timing and res.report.result.macs_reduction >= 1.05
     plain = WhisperForConditionalGeneration.from_pretrained(tmp_path / "run" / "model", local_files_only=True).eval()
     batch = {k: v[:2] for k, v in prepared.splits["train"].items() if k != "labels"}
     with torch.no_grad():

@@ -166,7 +166,7 @@ def test_compress_reads_the_floors_metric(data, tmp_path):  # noqa: F811
     assert report["floor"] == "macro_f1-100pt" and report["settings"]["floor"] == "f1-100pt"
     assert report["floor_value"] == pytest.approx(report["dense"]["val"]["macro_f1"] - 1.0)
     assert report["dense"]["val"]["macro_f1"] != report["dense"]["val"]["accuracy"]  # the test tells them apart
-    assert result.report["result"]["val_holds_floor"]
+    assert result.report.result.val_holds_floor
     assert "validation macro_f1" in (out / "report.md").read_text()
     # a metric the task lacks is refused before any work: the data are never read
     with pytest.raises(SlimkitError, match="the classification task measures accuracy, macro_f1"):

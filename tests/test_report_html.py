@@ -75,9 +75,9 @@ def refused(data, tmp_path_factory):
     finally:
         mp.undo()
     folder = tmp_path_factory.mktemp("refused")
-    (folder / "report.json").write_text(json.dumps(err.value.report))
-    write_page(err.value.report, folder / "report.html")
-    return folder, err.value.report
+    (folder / "report.json").write_text(json.dumps(err.value.report.to_json()))
+    write_page(err.value.report.to_json(), folder / "report.html")
+    return folder, err.value.report.to_json()
 
 
 @pytest.fixture(scope="module")

@@ -175,7 +175,6 @@ def compress(
         n_classes = int(splits["train"].y.max()) + 1
         check_model_fits(source.model, Dataset(data or "fashion-mnist", splits["train"], splits["val"],
                                                splits["test"], n_classes))
-    from slimkit.compression.report import target_verdict
     from slimkit.compression.run import compress as run_compress
 
     overrides = {**family_settings, "batch_size": batch_size or family_settings.get("batch_size", 128),
@@ -189,17 +188,18 @@ def compress(
                           keep_slower=keep_slower, inputs=tuple(inputs), command="slimkit compress",
                           export_onnx=export == "onnx", builder=source.builder, processor=source.processor,
                           data_how=data_how, recipe=recipe, **overrides)
-    if result.report.get("deployment"):
+    rep = result.report
+    if rep.deployment:
         from slimkit.measure.rows import DeployRow, print_table
 
-        onnx = result.report["onnx"]
+        onnx = rep.onnx
         print_table([], onnx["notes"], title=f"deployment (ONNX Runtime, {onnx['optimisation_level']}, "
                                                f"{onnx['threads']} threads; metric on the {onnx['split']} split)",
-                    deploy=[DeployRow(**row) for row in result.report["deployment"]])
-    r, m = result.report["result"], result.report["metric"]
-    test = f", test {m} {r['test'][m]:.4f}" if r["test"] else ""
-    typer.echo(f"wrote {out}: {r['speedup']:.2f}x faster ({r['ms']:.3f} vs {result.report['dense']['ms']:.3f} ms, "
-               f"{r['latency_share']:.2f}x; {target_verdict(result.report)}), "
-               f"{r['macs_reduction']:.2f}x fewer MACs, val {m} {r['val'][m]:.4f}{test}; "
-               f"{result.report['candidates_tried']} mixes recovered in {result.report['wall_seconds']:.0f} s; "
+                    deploy=[DeployRow(**row) for row in rep.deployment])
+    r, m = rep.result, rep.metric
+    test = f", test {m} {r.test[m]:.4f}" if r.test else ""
+    typer.echo(f"wrote {out}: {r.speedup:.2f}x faster ({r.ms:.3f} vs {rep.dense.ms:.3f} ms, "
+               f"{r.latency_share:.2f}x; {rep.target_verdict}), "
+               f"{r.macs_reduction:.2f}x fewer MACs, val {m} {r.val[m]:.4f}{test}; "
+               f"{rep.candidates_tried} mixes recovered in {rep.wall_seconds:.0f} s; "
                f"see {out / 'report.html'}")

@@ -5,7 +5,8 @@
                       out="runs/compressed")
 
 See run.py for the steps, settings.py for targets and floors, search.py for the depth+width mixes,
-cutters.py for how models are cut and timed, report.py for what is written.
+cutters.py for how models are cut and timed, result.py for the typed report, report.py for what is
+written.
 """
 
 from slimkit.compression.cutters import (
@@ -17,13 +18,8 @@ from slimkit.compression.cutters import (
 from slimkit.compression.deploy import ExportFailedError
 from slimkit.compression.rebuild import Rebuild, plan_rebuild, save_compressed
 from slimkit.compression.report import to_markdown, write_result
-from slimkit.compression.run import (
-    CompressResult,
-    NotFasterError,
-    RefusedError,
-    compress,
-    recover_chosen,
-)
+from slimkit.compression.result import CompressReport, CompressResult, RefusedError
+from slimkit.compression.run import NotFasterError, compress, recover_chosen
 from slimkit.compression.search import Candidate
 from slimkit.compression.settings import (
     CompressSettings,
@@ -33,6 +29,6 @@ from slimkit.compression.settings import (
     parse_target,
 )
 
-__all__ = ["Candidate", "CompressResult", "CompressSettings", "Cutter", "EncoderCutter", "ExportFailedError", "Floor",
+__all__ = ["Candidate", "CompressReport", "CompressResult", "CompressSettings", "Cutter", "EncoderCutter", "ExportFailedError", "Floor",
            "NotFasterError", "Rebuild", "RefusedError", "StructuredCutter", "Target", "compress", "deciding_timer", "parse_floor", "parse_target", "plan_rebuild",
            "recover_chosen", "save_compressed", "to_markdown", "write_result"]

@@ -26,6 +26,7 @@ from typing import Any
 
 from torch import nn
 
+from slimkit.compression.result import Compressed
 from slimkit.errors import SlimkitError
 
 METRIC_TOLERANCE = 0.001  # 0.1 pt of a 0-1 metric
@@ -80,9 +81,10 @@ def timing_batches(example: Any, data: Any, task: Any) -> dict[str, Any]:
 
 
 def export_and_time(dense: nn.Module, final: nn.Module, example: Any, data: Any, split_name: str, task: Any,
-                    report: dict, threads: int, runs: int, batch_size: int) -> tuple[bytes, dict]:
+                    result: Compressed, threads: int, runs: int, batch_size: int) -> tuple[bytes, dict]:
     """Export, check and time both models (see the module docstring): (the compressed model's ONNX bytes,
-    the report's "onnx" section with its deployment rows). Raises one SlimkitError line naming the
+    the report's "onnx" section with its deployment rows); `result` is compress's measurement of the
+    compressed model, for the efficiencies. Raises one SlimkitError line naming the
     model and what failed (operator, output tensor or metric)."""
     from slimkit.export import describe_session, export_onnx, time_onnx
     from slimkit.export.runtime import LEVELS
@@ -115,7 +117,7 @@ def export_and_time(dense: nn.Module, final: nn.Module, example: Any, data: Any,
             "dense onnx" if name == "compressed" else None,
             extra={"pytorch": res.checks.get("pytorch"), "max_abs_diff": res.max_abs_diff,
                    "exporter": res.exporter, "opset": res.opset, "rewrites": res.rewrites, "split": split_name}))
-    gains = efficiency(report, ms)
+    gains = efficiency(result, ms)
     notes = deploy_notes(rows) + efficiency_notes(gains)
     if task.metric is None:
         notes.append(f"the {task.name} task has no metric: the exports were checked by onnx.checker and the "
@@ -128,12 +130,11 @@ def export_and_time(dense: nn.Module, final: nn.Module, example: Any, data: Any,
     return exports["compressed"].model_bytes, section
 
 
-def efficiency(report: dict, ms: dict[str, dict[str, float]]) -> dict:
+def efficiency(result: Compressed, ms: dict[str, dict[str, float]]) -> dict:
     """Speed-up and efficiency (speed-up / MACs reduction): eager (compress's deciding timer, batch 1)
     and ONNX Runtime at every batch timed."""
-    r = report["result"]
-    mr = r["macs_reduction"]
-    out = {"macs_reduction": mr, "eager": {"batch 1": {"speedup": r["speedup"], "efficiency": r["speedup"] / mr}}}
+    mr = result.macs_reduction
+    out = {"macs_reduction": mr, "eager": {"batch 1": {"speedup": result.speedup, "efficiency": result.speedup / mr}}}
     out["onnxruntime"] = {k: {"speedup": ms["dense"][k] / ms["compressed"][k],
                               "efficiency": ms["dense"][k] / ms["compressed"][k] / mr} for k in ms["dense"]}
     return out

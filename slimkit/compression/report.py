@@ -13,18 +13,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from slimkit.compression.result import CompressReport, CompressResult
+
 if TYPE_CHECKING:
     from slimkit.compression.rebuild import Rebuild
-    from slimkit.compression.run import CompressResult
-
-
-def target_verdict(report: dict[str, Any]) -> str:
-    """"target latency=0.5x met" or "... missed", from the final measurement.
-
-    The search times each mix once; the final measurement can land just past the target, and then
-    the report says missed rather than claim what the deciding timer did not measure.
-    """
-    return f"target {report['target']} {'met' if report['result']['meets_target'] else 'missed'}"
 
 
 def _fmt(v: Any) -> str:
@@ -45,8 +37,9 @@ def _beside(report: dict) -> list[str]:
             f"compressed {comp:.3f} ms"]
 
 
-def to_markdown(report: dict) -> str:
+def to_markdown(typed: CompressReport) -> str:
     """The report as a Markdown page: summary, the dense and compressed rows, every mix tried."""
+    report = typed.to_json()  # rendered from what report.json holds, as report.html is
     d, r, m = report["dense"], report["result"], report["metric"]
     direction = ">=" if report["higher_is_better"] else "<="
     lines = [
@@ -58,7 +51,7 @@ def to_markdown(report: dict) -> str:
         f"- timing: {report['timing']}",
         *_beside(report),
         (f"- result: {'measured faster' if r['faster'] else 'NOT measured faster'} "
-         f"({r['ms']:.3f} ms vs dense {d['ms']:.3f} ms, {r['speedup']:.2f}x), {target_verdict(report)}; "
+         f"({r['ms']:.3f} ms vs dense {d['ms']:.3f} ms, {r['speedup']:.2f}x), {typed.target_verdict}; "
          f"{report['candidates_tried']} of "
          f"{len(report['candidates'])} mixes recovered; wall {_fmt(report.get('wall_seconds'))} s"),
         "", "| model | MMACs | params | ms | val " + m + " | test " + m + " |", "|---|---|---|---|---|---|",
@@ -159,16 +152,17 @@ def write_result(out: str | Path, result: CompressResult, example: Any, plan: Re
     from slimkit.report_html import page_bytes
 
     with output_folder(out, overwrite=overwrite, inputs=inputs, command=command) as stage:
-        result.report["saved"] = save_compressed(result.model, stage, plan)
-        result.report["saved"]["bytes"] = _size(stage / result.report["saved"]["path"])
+        saved = save_compressed(result.model, stage, plan)
+        result.report.saved = {**saved, "bytes": _size(stage / saved["path"])}
         if onnx is not None:
             (stage / "model.onnx").write_bytes(onnx)
-        (stage / "report.json").write_text(json.dumps(result.report, indent=1, default=str))
+        report = result.report.to_json()
+        (stage / "report.json").write_text(json.dumps(report, indent=1, default=str))
         (stage / "report.md").write_text(to_markdown(result.report))
         recipe_yaml = recipe_text(result, out, recipe)
         (stage / "recipe.yaml").write_text(recipe_yaml)
-        plot(result.report, stage / "candidates.png")
-        (stage / "report.html").write_bytes(page_bytes(result.report, recipe_yaml))
+        plot(report, stage / "candidates.png")
+        (stage / "report.html").write_bytes(page_bytes(report, recipe_yaml))
     return Path(out)
 
 
@@ -185,7 +179,7 @@ def recipe_text(result: CompressResult, out: str | Path, recipe: dict | None) ->
     if recipe is not None:
         return head + yaml.safe_dump(recipe, sort_keys=False)
     s = result.settings
-    settings = {"command": "compress", "model": None, "data": None, "target": s.target, "floor": result.report["floor"],
+    settings = {"command": "compress", "model": None, "data": None, "target": s.target, "floor": result.report.floor,
                 "out": str(out), "seed": s.seed, "search_steps": s.search_steps, "recover_steps": s.recover_steps,
                 "recovery": s.recovery, "batch_size": s.batch_size, "max_blocks": s.max_blocks, "round_to": s.round_to}
     return (head + "# this run was given its model and data as Python objects (slimkit.compress()): set model: and "

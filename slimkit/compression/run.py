@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,8 @@ from slimkit.compression.cutters import (
     is_encoder,
 )
 from slimkit.compression.rebuild import check_rebuild, plan_rebuild
-from slimkit.compression.search import Candidate, check_reachable, params_of, search
+from slimkit.compression.result import CompressReport, CompressResult, Compressed, Dense, RefusedError
+from slimkit.compression.search import check_reachable, params_of, search
 from slimkit.compression.settings import (
     CompressSettings,
     floor_metric,
@@ -79,30 +79,6 @@ TOP_K_TASKS = ("causal_lm", "speech")  # tasks whose outputs are distributions o
 
 class NotFasterError(SlimkitError):
     """The compressed model did not measure faster than the dense one; nothing was saved."""
-
-
-class RefusedError(SlimkitError):
-    """No mix held the floor. Nothing is written (a refusal leaves no run folder), but `report`
-    holds what was measured, JSON-ready, so a caller can still show the search:
-    slimkit.report_html.write_page(err.report, path)."""
-
-    def __init__(self, message: str, report: dict) -> None:
-        super().__init__(message)
-        self.report = report
-
-
-@dataclass
-class CompressResult:
-    """The compressed model, the report (JSON-ready), the chosen mix (its `model`: the cut before any
-    recovery), every mix measured, and the run's settings."""
-
-    model: nn.Module
-    report: dict
-    chosen: Candidate
-    candidates: list[Candidate] = field(default_factory=list)
-    faster: bool = True
-    out: Path | None = None
-    settings: CompressSettings | None = None
 
 
 def make_settings(target: str, floor: Any, seed: int, settings: CompressSettings | None, overrides: dict) -> CompressSettings:
@@ -202,7 +178,7 @@ def recover(student: nn.Module, teacher: nn.Module | TeacherOutputs | None, trai
 
 
 def training_record(s: CompressSettings, metric: str, curve: list, vals: list) -> dict:
-    """report["training"]: the recovery's loss at every step and the validation metric where it was
+    """report.training: the recovery's loss at every step and the validation metric where it was
     measured (after the short recovery and after the full one), for the report's training plot."""
     return {"recovery": s.recovery, "metric": metric, "loss": curve,
             "val": [[step, v] for step, v in vals if v is not None]}
@@ -352,6 +328,10 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
         return c.held
 
     chosen_i = next((i for i in range(len(cands)) if try_mix(i)), None)  # fastest first
+    common = dict(task=task.name, metric=metric.name, higher_is_better=metric.higher_is_better, target=tgt.text,
+                  floor=flr.text, floor_value=floor_value, timing=timing_method, cutter=cutter.name,
+                  kept_intact=kept_intact, settings=s.model_dump(mode="json"),
+                  data=data_how or "as given to compress()", notes=list(notes or []))
     if chosen_i is None:
         best = max(cands, key=lambda c: c.val if metric.higher_is_better else -c.val)
         why = (f"no cut that reaches {tgt.text} holds the floor {metric.name} "
@@ -360,14 +340,10 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
                f"{best.val:.4g} after {s.search_steps} {s.recovery.upper()} steps; loosen the floor "
                f"(e.g. -3pt) or the target, or raise search_steps")
         stages.close()
-        raise RefusedError(why, {  # what was measured before the refusal; nothing is written (see RefusedError)
-            "refused": why, "task": task.name, "metric": metric.name, "higher_is_better": metric.higher_is_better,
-            "target": tgt.text, "floor": flr.text, "floor_value": floor_value, "timing": timing_method,
-            "cutter": cutter.name, "kept_intact": kept_intact, "settings": s.model_dump(mode="json"),
-            "data": data_how or "as given to compress()", "block_ranking": found.block_ranking,
-            "dense": {"macs": dense_macs, "params": dense_params, "ms_search": found.dense_ms, "val": dense_val},
-            "candidates": [c.as_dict() for c in cands], "chosen": None, "candidates_tried": len(cands),
-            "provenance": provenance(s.threads), "wall_seconds": time.time() - t0})
+        raise RefusedError(why, CompressReport(  # what was measured; nothing is written (see RefusedError)
+            refused=why, **common, dense=Dense(macs=dense_macs, params=dense_params, ms_search=found.dense_ms, val=dense_val),
+            block_ranking=found.block_ranking, candidates=[c.as_dict() for c in cands], chosen=None,
+            candidates_tried=len(cands), provenance=provenance(s.threads), wall_seconds=time.time() - t0))
     chosen = cands[chosen_i]
     stages.update(1)
     stages.set_postfix_str("4 full recovery")
@@ -384,46 +360,37 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     beside = getattr(timer, "beside", None)
     faster = final_ms < dense_ms
     stages.update(1)
-    report = {
-        "task": task.name, "metric": metric.name, "higher_is_better": metric.higher_is_better,
-        "target": tgt.text, "floor": flr.text, "floor_value": floor_value, "timing": timing_method,
-        "rebuild": {"kind": plan.kind, "builder": plan.spec, "kwargs": plan.kwargs or {}},
-        "cutter": cutter.name, "kept_intact": kept_intact, "settings": s.model_dump(mode="json"),
-        "data": data_how or "as given to compress()",
-        "dense": {"macs": dense_macs, "params": dense_params, "ms": dense_ms, "ms_search": found.dense_ms,
-                  "val": dense_val, "test": dense_test},
-        "block_ranking": found.block_ranking,
-        "candidates": [c.as_dict() for c in cands], "chosen": chosen_i,
-        "result": {"macs": count_macs(final, example), "params": params_of(final), "ms": final_ms,
-                   "latency_share": final_ms / dense_ms, "speedup": dense_ms / final_ms,
-                   "macs_reduction": dense_macs / max(1, count_macs(final, example)), "val": final_val,
-                   "test": final_test, "faster": faster,
-                   "meets_target": tgt.met(final_ms / dense_ms if tgt.kind == "latency" else
-                                           chosen.share(tgt, dense_macs, dense_params)),
-                   "val_holds_floor": metric.meets(final_val[metric.name], floor_value)},
-        "candidates_tried": sum(c.val is not None for c in cands),
-        "training": training_record(s, metric.name, curves[chosen_i], [
+    final_macs = count_macs(final, example)
+    report = CompressReport(
+        **common, rebuild={"kind": plan.kind, "builder": plan.spec, "kwargs": plan.kwargs or {}},
+        dense=Dense(macs=dense_macs, params=dense_params, ms=dense_ms, ms_search=found.dense_ms, val=dense_val,
+                    test=dense_test),
+        block_ranking=found.block_ranking, candidates=[c.as_dict() for c in cands], chosen=chosen_i,
+        result=Compressed(macs=final_macs, params=params_of(final), ms=final_ms, latency_share=final_ms / dense_ms,
+                          speedup=dense_ms / final_ms, macs_reduction=dense_macs / max(1, final_macs), val=final_val,
+                          test=final_test, faster=faster,
+                          meets_target=tgt.met(final_ms / dense_ms if tgt.kind == "latency" else
+                                               chosen.share(tgt, dense_macs, dense_params)),
+                          val_holds_floor=metric.meets(final_val[metric.name], floor_value)),
+        candidates_tried=sum(c.val is not None for c in cands),
+        training=training_record(s, metric.name, curves[chosen_i], [
             (s.search_steps, chosen.val), (s.search_steps + s.recover_steps, final_val[metric.name])]),
-        "provenance": provenance(s.threads),
-    }
-    if isinstance(beside, dict) and beside:
-        report["timing_beside"] = {"models": ["dense", "compressed"], **beside}
-    if notes:
-        report["notes"] = list(notes)
+        provenance=provenance(s.threads),
+        timing_beside={"models": ["dense", "compressed"], **beside} if isinstance(beside, dict) and beside else None)
     if not faster and not s.keep_slower:
         stages.close()
         raise NotFasterError(f"the compressed model measured {final_ms:.3f} ms against the dense model's {dense_ms:.3f} "
                              f"ms ({timing_method}): it is not faster here, so nothing is kept; try a latency target, "
                              f"more blocks (max_blocks), or keep_slower=True to inspect it")
     result = CompressResult(final, report, chosen, cands, faster, settings=s)
-    report["wall_seconds"] = time.time() - t0
+    report.wall_seconds = time.time() - t0
     onnx_bytes, onnx_error = _deploy(export_onnx, model, final, example, test, val, task, report, s, stages)
     if out is not None:
         from slimkit.compression.report import write_result
 
         result.out = write_result(out, result, example, plan, overwrite=overwrite, inputs=inputs, command=command,
                                   onnx=onnx_bytes, recipe=recipe)
-        report["wall_seconds"] = time.time() - t0
+        report.wall_seconds = time.time() - t0
     if onnx_error:
         from slimkit.compression.deploy import ExportFailedError
 
@@ -437,9 +404,9 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
 
 
 def _deploy(export_onnx: bool, dense: nn.Module, final: nn.Module, example: Any, test: Any, val: Any, task: Task,
-            report: dict, s: CompressSettings, stages: Any) -> tuple[bytes | None, str | None]:
+            report: CompressReport, s: CompressSettings, stages: Any) -> tuple[bytes | None, str | None]:
     """With `export_onnx`: (the compressed model's ONNX bytes, None), or (None, the failure's one line);
-    report["onnx"] gets the deployment rows or the error. The failure does not raise here, so the
+    report.onnx gets the deployment section or the error. The failure does not raise here, so the
     compressed model is still written (compress never loses a finished run to its export)."""
     if not export_onnx:
         return None, None
@@ -448,12 +415,13 @@ def _deploy(export_onnx: bool, dense: nn.Module, final: nn.Module, example: Any,
     stages.set_postfix_str("7 export")
     data, split = (test, "test") if test is not None else (val, "validation")
     try:
-        data_bytes, report["onnx"] = export_and_time(dense, final, example, data, split, task, report, s.threads,
-                                                     s.timing_rounds, s.batch_size)
+        data_bytes, section = export_and_time(dense, final, example, data, split, task, report.result, s.threads,
+                                              s.timing_rounds, s.batch_size)
     except SlimkitError as exc:
-        report["onnx"] = {"error": str(exc)}
+        report.onnx = {"error": str(exc)}
         return None, str(exc)
-    report["deployment"] = report["onnx"].pop("deployment")  # where `slimkit export`'s report.json has its rows
+    report.deployment = section.pop("deployment")  # where `slimkit export`'s report.json has its rows
+    report.onnx = section
     return data_bytes, None
 
 
@@ -465,7 +433,7 @@ def recover_chosen(result: CompressResult, dense: nn.Module, train: Any, task: T
     two phases: `search_steps`, then `recover_steps` more from there. With `recovery="ce"` this is
     the control for KD: everything but the loss is the same. `overrides` are CompressSettings
     fields; `dense` and `train` must be what `result` was compressed from. `training`, a dict, is
-    filled as compress fills report["training"] (the loss at every step; with `val`, the
+    filled as compress fills report.training (the loss at every step; with `val`, the
     validation metric after each phase), so the control's curve can be drawn beside KD's.
     """
     if result.settings is None or result.chosen.model is None:
@@ -475,7 +443,7 @@ def recover_chosen(result: CompressResult, dense: nn.Module, train: Any, task: T
     task = task or classification()
     check_recovery(task, s.recovery)
     teacher = recovery_teacher(dense, train, task, s, progress)
-    c, curve, metric = result.chosen, [], result.report["metric"]
+    c, curve, metric = result.chosen, [], result.report.metric
     short = recover(c.model, teacher, train, task, s, s.search_steps, f"mix {c.blocks} blocks r{c.ratio:g} "
                     f"({s.recovery})", progress, curve)
     full = recover(short, teacher, train, task, s, s.recover_steps, f"full recovery ({s.recovery})", progress, curve)

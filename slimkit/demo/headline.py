@@ -26,6 +26,7 @@ from slimkit.errors import SlimkitError
 from slimkit.measure.rows import column_cells, markdown_table, rich_table, table_console
 
 if TYPE_CHECKING:
+    from slimkit.compression.result import CompressReport
     from slimkit.data import Dataset
     from slimkit.demo.config import DemoConfig
 
@@ -99,7 +100,7 @@ def run_headline(cfg: DemoConfig, data: Dataset, teacher: nn.Module, logits: Any
                 "notes": [f"compress refused the teacher at {cfg.headline_target}, floor {cfg.headline_floor}: {exc}"]}
     kd_wall = time.perf_counter() - t
     t = time.perf_counter()
-    ce_training: dict = {}  # the CE control's curve, drawn beside KD's (report["training"]) on the page
+    ce_training: dict = {}  # the CE control's curve, drawn beside KD's (report.training) on the page
     ce_model = recover_chosen(result, teacher, data.train, task, progress=progress, recovery="ce", val=data.val,
                               training=ce_training)
     ce_test = evaluate(ce_model, data.test, task)["accuracy"]
@@ -109,27 +110,25 @@ def run_headline(cfg: DemoConfig, data: Dataset, teacher: nn.Module, logits: Any
 
     dense_ms, kd_ms, ce_ms = timer([teacher, result.model, ce_model])
     rep = result.report
-    dense_macs = rep["dense"]["macs"]
-    kd_macs, ce_macs = rep["result"]["macs"], count_macs(ce_model, example)
+    dense_macs = rep.dense.macs
+    kd_macs, ce_macs = rep.result.macs, count_macs(ce_model, example)
     rows = [
-        HeadlineRow("dense teacher", "-", rep["dense"]["test"]["accuracy"], dense_ms, 1.0, dense_macs, 1.0,
-                    rep["dense"]["params"], teacher_wall, f"teacher {teacher_origin}"),
-        HeadlineRow(KD_ROW, "kd", rep["result"]["test"]["accuracy"], kd_ms, kd_ms / dense_ms, kd_macs,
-                    dense_macs / max(1, kd_macs), rep["result"]["params"], kd_wall,
+        HeadlineRow("dense teacher", "-", rep.dense.test["accuracy"], dense_ms, 1.0, dense_macs, 1.0,
+                    rep.dense.params, teacher_wall, f"teacher {teacher_origin}"),
+        HeadlineRow(KD_ROW, "kd", rep.result.test["accuracy"], kd_ms, kd_ms / dense_ms, kd_macs,
+                    dense_macs / max(1, kd_macs), rep.result.params, kd_wall,
                     "the whole compress call: search, recoveries, test, timing"),
         HeadlineRow(CE_ROW, "ce", ce_test, ce_ms, ce_ms / dense_ms, ce_macs, dense_macs / max(1, ce_macs),
                     count_params(ce_model)[0], ce_wall, "the same recovery steps with CE, and its test"),
     ]
     return {"settings": base, "timing": timing_method, "rows": [asdict(r) for r in rows],
-            "notes": headline_notes(rows, rep, cfg), "compress": rep, "ce_training": ce_training}
+            "notes": headline_notes(rows, rep, cfg), "compress": rep.to_json(), "ce_training": ce_training}
 
 
-def headline_notes(rows: list[HeadlineRow], report: dict, cfg: DemoConfig) -> list[str]:
+def headline_notes(rows: list[HeadlineRow], report: CompressReport, cfg: DemoConfig) -> list[str]:
     """Plain statements of what the headline measured, including what did not work out."""
-    from slimkit.compression.report import target_verdict
-
     dense, kd, ce = rows
-    r = report["result"]
+    r = report.result
     steps = f"{cfg.headline_search_steps} + {cfg.headline_recover_steps} steps"
     line = (f"{KD_ROW}: {kd.latency_share:.2f}x the dense latency ({kd.ms:.3f} vs {dense.ms:.3f} ms), "
             f"{kd.macs_reduction:.2f}x fewer MACs, test accuracy {100 * (kd.accuracy - dense.accuracy):+.2f} pt "
@@ -137,13 +136,11 @@ def headline_notes(rows: list[HeadlineRow], report: dict, cfg: DemoConfig) -> li
     if kd.ms >= dense.ms:
         line += ". It is NOT measured faster here: compress would refuse it (the demo keeps it to show the numbers)"
     elif kd.latency_share > report_share(report):
-        line += f". Faster, but it misses the target {report['target']} in this timing run"
+        line += f". Faster, but it misses the target {report.target} in this timing run"
     notes = [line]
-    notes.append(f"compress's own check (the same timer, its own run): {r['ms']:.3f} vs "
-                 f"{report['dense']['ms']:.3f} ms, "
-                 f"{'faster' if r['faster'] else 'NOT faster'}; {target_verdict(report)}; "
-                 f"validation floor {report['floor']} "
-                 f"{'held' if r['val_holds_floor'] else 'NOT held'} after full recovery")
+    notes.append(f"compress's own check (the same timer, its own run): {r.ms:.3f} vs {report.dense.ms:.3f} ms, "
+                 f"{'faster' if r.faster else 'NOT faster'}; {report.target_verdict}; "
+                 f"validation floor {report.floor} {'held' if r.val_holds_floor else 'NOT held'} after full recovery")
     gap = 100 * (kd.accuracy - ce.accuracy)
     if gap > 0:
         notes.append(f"KD against CE on the same cut, same start and {steps}: KD is {gap:.2f} pt better on test")
@@ -153,11 +150,11 @@ def headline_notes(rows: list[HeadlineRow], report: dict, cfg: DemoConfig) -> li
     return notes
 
 
-def report_share(report: dict) -> float:
+def report_share(report: CompressReport) -> float:
     """The latency share a latency target allows (1.0 for a MACs or parameter target)."""
     from slimkit.compression.settings import parse_target
 
-    t = parse_target(report["target"])
+    t = parse_target(report.target)
     return t.share if t.kind == "latency" else 1.0
 
 
