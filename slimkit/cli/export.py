@@ -134,14 +134,9 @@ def _consolidate(checkpoint: str, safetensors: Optional[Path], hf_folder: Option
         write_output(safetensors, save({k: v.contiguous() for k, v in weights.items()}), overwrite, [checkpoint])
         typer.echo(f"wrote {safetensors} ({len(weights)} tensors)")
     if hf_folder is not None:
-        from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
+        from slimkit.llm.load import load_causal_lm_weights, save_pretrained_atomic
 
-        lm, tok = load_causal_lm(model)
-        missing, unexpected = lm.load_state_dict(weights, strict=False)
-        tied = {k for k in missing if k == "lm_head.weight" and getattr(lm.config, "tie_word_embeddings", False)}
-        if set(missing) - tied or unexpected:
-            raise SlimkitError(f"the checkpoint does not fit {model}: missing {sorted(set(missing) - tied)[:3]}, "
-                               f"unexpected {sorted(unexpected)[:3]}; give the folder the run's student came from")
+        lm, tok = load_causal_lm_weights(model, weights)
         typer.echo(f"wrote {save_pretrained_atomic(lm, tok, hf_folder, overwrite, [checkpoint, model], command='export')}")
 
 

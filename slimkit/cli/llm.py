@@ -71,6 +71,8 @@ def _check_out(out: Path, overwrite: bool, *models: str) -> None:
 CHECKPOINT_HELP = ("folder for the training state; a run killed at any point resumes from it when started again "
                    "with the same settings")
 AMP_HELP = "autocast: auto (bf16/fp16 on CUDA, off on CPU), off, bf16 or fp16 (CUDA only)"
+PARALLEL_HELP = ("under torchrun: 'ddp' (a whole copy per process) or 'fsdp' (student, gradients, optimizer state and a "
+                 "live teacher sharded across processes; checkpoints sharded; see docs/distill.md)")
 
 
 def _train_checks(checkpoint_dir: Optional[Path], every: int, amp: str):
@@ -384,9 +386,16 @@ def distill(
     checkpoint_dir: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
     checkpoint_every: int = typer.Option(50, help="optimizer steps between checkpoints (with --checkpoint-dir)"),
     amp: str = typer.Option("auto", help=AMP_HELP),
+    parallel: str = typer.Option("ddp", help=PARALLEL_HELP),
 ) -> None:
     """KD recovery of a pruned model against its unpruned teacher (teacher top-k logits cached once)."""
     _check_windows(seq_len, eval_tokens, samples, "--samples", texts=(train_text, eval_text))
+    if parallel not in ("ddp", "fsdp"):
+        raise SlimkitError(f"--parallel must be ddp or fsdp, got {parallel!r}")
+    if parallel == "fsdp":
+        from slimkit.distill.fsdp import require_group
+
+        require_group()
     if max_minutes is not None:
         check_positive(max_minutes, "--max-minutes")
     from slimkit.distill.ddp import is_main_process
@@ -398,7 +407,8 @@ def distill(
     _check_out(out, overwrite, student, teacher)
     ckpt = _train_checks(checkpoint_dir, checkpoint_every, amp)
     cfg = RecoveryConfig(epochs=epochs, batch_size=batch_size, lr=lr, top_k=top_k, ce_weight=ce_weight,
-                         hidden_weight=hidden_weight, max_minutes=max_minutes, seed=seed, amp=amp)
+                         hidden_weight=hidden_weight, max_minutes=max_minutes, seed=seed, amp=amp,
+                         parallel=parallel)
     cfg.terms(), cfg.train_config()  # bad settings fail here, before any model loads
     st, tok = load_causal_lm(student)
     te, _ = load_causal_lm(teacher)
@@ -421,6 +431,10 @@ def distill(
     rep = recover(st, te, train, cfg, masks=masks, checkpoint=ckpt)
     if not is_main_process():
         return  # under torchrun, rank 0 reports and saves
+    if parallel == "fsdp":  # the student stayed sharded; rank 0 holds its gathered weights
+        from slimkit.llm.load import load_causal_lm_weights
+
+        st, _ = load_causal_lm_weights(student, rep.full_weights)
     resumed = f", resumed from step {rep.resumed_from_step}" if rep.resumed_from_step else ""
     typer.echo(f"{rep.steps} steps in {time.perf_counter() - t0:.0f} s (teacher cache "
                f"{'reused' if rep.cache_reused else f'built in {rep.teacher_seconds:.0f} s'}{resumed})")

@@ -223,5 +223,7 @@ def consolidate(path: str | Path, prefix: str = "student.") -> dict[str, torch.T
             if k.startswith(f"model/{prefix}")}
     if not full:
         raise SlimkitError(f"{p} holds no weights under {prefix!r}")
-    dcp.load(full, storage_reader=HuggingFaceStorageReader(str(p / SHARDS)), no_dist=True)
+    with warnings.catch_warnings():  # DCP notes that it loads in one process, which is the point here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(full, storage_reader=HuggingFaceStorageReader(str(p / SHARDS)), no_dist=True)
     return {k[len("model/") + len(prefix):]: v for k, v in full.items()}
