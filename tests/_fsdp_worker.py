@@ -69,7 +69,8 @@ def main() -> None:
         if args.step_sleep:
             time.sleep(args.step_sleep)
 
-    d.fit({"input_ids": windows()}, progress=False, on_step=on_step)
+    val = {"input_ids": torch.randint(0, VOCAB, (6, SEQ), generator=torch.Generator().manual_seed(8))}
+    history = d.fit({"input_ids": windows()}, val=val, progress=False, on_step=on_step)
     full = d.full_weights if args.parallel == "fsdp" else student.state_dict()
     if rank == 0:
         from safetensors.torch import save_file
@@ -77,7 +78,8 @@ def main() -> None:
         out = Path(args.out)
         save_file({k: v.contiguous() for k, v in full.items()}, str(out.with_suffix(".safetensors")))
         out.write_text(json.dumps({"losses": losses, "digest": digest(full), "steps": d.steps_done,
-                                   "resumed_from_step": d.resumed_from_step, "world_size": d.dist.world_size}))
+                                   "resumed_from_step": d.resumed_from_step, "world_size": d.dist.world_size,
+                                   "metrics": history[-1].metrics}))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ def test_fsdp_losses_match_one_process(runs):
     assert one["world_size"] == 1 and two["world_size"] == 2
     assert len(one["losses"]) == len(two["losses"]) == 20
     assert two["losses"] == pytest.approx(one["losses"], rel=1e-5)
+    assert two["metrics"] and two["metrics"] == pytest.approx(one["metrics"], rel=1e-5)  # validation, sharded
     a = _load(runs[0] / "one.safetensors")
     b = _load(runs[0] / "two.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)

@@ -354,7 +354,8 @@ class Distiller:
         cfg, info, metric = self.config, self.dist, self.task.metric
         totals = ddp.all_reduce_sum(torch.tensor([state["loss_sum"], float(state["seen"])], dtype=torch.float64), info)
         teacher = self.teacher if isinstance(self.teacher, nn.Module) else None
-        metrics = evaluate(self.student, val, self.task, teacher, cfg.batch_size, self.device) if val is not None else {}
+        with fsdp.root_gathered(self.bundle) if self.fsdp and val is not None else nullcontext():
+            metrics = evaluate(self.student, val, self.task, teacher, cfg.batch_size, self.device) if val is not None else {}
         log = EpochLog(state["epoch"], float(totals[0] / max(totals[1], 1)), metrics, elapsed,
                        seen_here * info.world_size / max(elapsed, 1e-9))
         self.history.append(log)
@@ -399,7 +400,8 @@ class Distiller:
     def _restore(self, ckpt: CheckpointConfig, optimizer, scheduler, scaler, state: dict) -> None:
         saved = (fsdp.load_sharded(fsdp.latest(ckpt.dir), self.bundle, optimizer) if self.fsdp
                  else load_checkpoint(ckpt.path))
-        mismatch = {k: (v, saved["config"].get(k)) for k, v in self.config.as_dict().items() if saved["config"].get(k) != v}
+        written = {"parallel": "ddp", **saved["config"]}  # checkpoints from before `parallel` existed were DDP's
+        mismatch = {k: (v, written.get(k)) for k, v in self.config.as_dict().items() if written.get(k) != v}
         if mismatch:
             raise SlimkitError(f"checkpoint {ckpt.path} was written with other settings {mismatch}; "
                                f"use the same settings to resume, or another checkpoint folder")

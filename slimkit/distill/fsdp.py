@@ -128,6 +128,17 @@ def no_sync(model: nn.Module):
         model.set_requires_gradient_sync(True)
 
 
+@contextmanager
+def root_gathered(model: nn.Module):
+    """The outer group's weights gathered, so that a submodule (the student inside its bundle) can be
+    called directly, as validation does; the blocks gather their own weights as they run."""
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
+
+
 # -- sharded checkpoints ------------------------------------------------------------------------
 def latest(folder: str | Path) -> Path | None:
     """The newest complete `step-N` checkpoint in `folder`, or None."""
@@ -158,7 +169,8 @@ def save_sharded(folder: str | Path, step: int, model: nn.Module, optimizer, pay
     root = Path(folder)
     final, tmp = root / f"step-{step:08d}", root / f".tmp-step-{step:08d}"
     if info.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in root.glob(".tmp-step-*"):  # left by a kill during an earlier save; never resumed from
+            shutil.rmtree(stale, ignore_errors=True)
         (tmp / SHARDS).mkdir(parents=True)
     ddp.barrier(info)
     tensors, rest = _flat(*get_state_dict(model, optimizer))
