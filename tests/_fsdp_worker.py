@@ -29,7 +29,8 @@ def tiny_llama(layers: int, seed: int):
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=True)  # as SmolLM2: the head is the embedding
     return LlamaForCausalLM(cfg)
 
 
@@ -76,7 +77,7 @@ def main() -> None:
         from safetensors.torch import save_file
 
         out = Path(args.out)
-        save_file({k: v.contiguous() for k, v in full.items()}, str(out.with_suffix(".safetensors")))
+        save_file({k: v.detach().clone() for k, v in full.items()}, str(out.with_suffix(".safetensors")))
         out.write_text(json.dumps({"losses": losses, "digest": digest(full), "steps": d.steps_done,
                                    "resumed_from_step": d.resumed_from_step, "world_size": d.dist.world_size,
                                    "metrics": history[-1].metrics}))

@@ -50,7 +50,7 @@ def require_group(world_size: int | None = None) -> None:
 
 def check_setup(info: ddp.DistInfo, masks: Any, amp: str, early_stop_patience: int) -> None:
     """What FSDP training does not cover, refused in one line each before any work."""
-    require_group(info.world_size)
+    require_group(info.world_size if info.enabled else None)
     if masks:
         raise SlimkitError("held zeros (masks) are not supported with parallel 'fsdp': each rank holds only a "
                            "shard of every weight; pass --no-hold-zeros (or masks=None), or use 'ddp'")
@@ -147,9 +147,23 @@ def latest(folder: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def _flat(model_sd: dict, optim_sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """Every tensor of both state dicts under one flat name; the optimizer's non-tensor rest as a tree."""
-    tensors = {f"model/{k}": v for k, v in model_sd.items() if isinstance(v, torch.Tensor)}
+def aliases(model: nn.Module) -> dict[str, str]:
+    """{second name: first name} of parameters reachable under two names (a head tied to the embedding).
+    Decided by object identity, so every rank agrees; safetensors refuses to store shared memory twice."""
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            out[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return out
+
+
+def _flat(model_sd: dict, optim_sd: dict, tied: dict[str, str]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Every tensor of both state dicts under one flat name (each tied weight once); the optimizer's
+    non-tensor rest as a tree."""
+    tensors = {f"model/{k}": v for k, v in model_sd.items() if isinstance(v, torch.Tensor) and k not in tied}
     rest: dict[str, Any] = {"param_groups": optim_sd.get("param_groups", []), "state": {}}
     for fqn, st in optim_sd.get("state", {}).items():
         for k, v in st.items():
@@ -173,7 +187,7 @@ def save_sharded(folder: str | Path, step: int, model: nn.Module, optimizer, pay
             shutil.rmtree(stale, ignore_errors=True)
         (tmp / SHARDS).mkdir(parents=True)
     ddp.barrier(info)
-    tensors, rest = _flat(*get_state_dict(model, optimizer))
+    tensors, rest = _flat(*get_state_dict(model, optimizer), aliases(model))
     dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(tmp / SHARDS), save_distributed=True))
     ddp.barrier(info)  # every rank's shard is on disk (fsynced by DCP) before the folder gets its name
     if info.is_main:
@@ -197,14 +211,17 @@ def load_sharded(path: str | Path, model: nn.Module, optimizer) -> dict:
     p = Path(path)
     saved = load_checkpoint(p / STATE_FILE)
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    tensors, _ = _flat(model_sd, optim_sd)
+    tied = aliases(model)
+    tensors, _ = _flat(model_sd, optim_sd, tied)
     dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(p / SHARDS)))
     rest = saved.pop("optimizer_rest")
     state = {fqn: {k: tensors[f"optim/{fqn}/{k}"] for k in st if f"optim/{fqn}/{k}" in tensors}
              for fqn, st in optim_sd["state"].items()}
     for fqn, extra in rest["state"].items():
         state.setdefault(fqn, {}).update(extra)
-    set_state_dict(model, optimizer, model_state_dict={k[6:]: v for k, v in tensors.items() if k.startswith("model/")},
+    weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
+    weights.update({alias: weights[name] for alias, name in tied.items()})
+    set_state_dict(model, optimizer, model_state_dict=weights,
                    optim_state_dict={"state": state, "param_groups": rest["param_groups"]})
     return saved
 
@@ -218,7 +235,8 @@ def gather_full(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def consolidate(path: str | Path, prefix: str = "student.") -> dict[str, torch.Tensor]:
     """The full weights in a sharded checkpoint (a `step-N` folder or the folder holding them), in one
-    process and without a process group: the student's state-dict names, `prefix` removed."""
+    process and without a process group: the student's state-dict names, `prefix` removed, a tied
+    weight once under its first name (as Hugging Face's model.safetensors stores it)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageReader
 
