@@ -134,3 +134,13 @@ def test_distiller_refuses_fsdp_without_torchrun_before_any_work(monkeypatch):
     with pytest.raises(SlimkitError, match="WORLD_SIZE is unset"):
         Distiller(None, student, [ce()], TrainConfig(parallel="fsdp"))
     assert torch.equal(student.weight, before)
+
+
+def test_a_checkpoint_folder_of_the_other_strategy_is_refused(tmp_path):
+    (tmp_path / "step-00000005").mkdir()
+    (tmp_path / "step-00000005" / fsdp.STATE_FILE).write_bytes(b"x")
+    with pytest.raises(SlimkitError, match="sharded 'fsdp' checkpoint.*slimkit export"):
+        fsdp.check_kind(tmp_path, sharded=False)
+    (tmp_path / "last.safetensors").write_bytes(b"x")
+    with pytest.raises(SlimkitError, match="holds a 'ddp' checkpoint"):
+        fsdp.check_kind(tmp_path, sharded=True)

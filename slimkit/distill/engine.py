@@ -80,6 +80,8 @@ class Distiller:
         if self.fsdp:
             fsdp.check_setup(self.dist, masks, config.amp, config.early_stop_patience)
         self.mp = fsdp.policy(self.amp, self.device) if self.fsdp else None
+        if checkpoint is not None and checkpoint.resume:
+            fsdp.check_kind(checkpoint.dir, self.fsdp, checkpoint.path.name)
         pairs = [(t.student_layer, t.teacher_layer, t.kind in ADAPTED_KINDS) for t in self.terms if t.kind in FEATURE_KINDS]
         self.bundle = StudentBundle(student, list(dict.fromkeys(pairs)), call=self.task.call)
         self._teacher_paths = list(dict.fromkeys(t for _, t, _ in pairs))
@@ -403,7 +405,7 @@ class Distiller:
         written = {"parallel": "ddp", **saved["config"]}  # checkpoints from before `parallel` existed were DDP's
         mismatch = {k: (v, written.get(k)) for k, v in self.config.as_dict().items() if written.get(k) != v}
         if mismatch:
-            raise SlimkitError(f"checkpoint {ckpt.path} was written with other settings {mismatch}; "
+            raise SlimkitError(f"checkpoint {ckpt.dir} was written with other settings {mismatch}; "
                                f"use the same settings to resume, or another checkpoint folder")
         if not self.fsdp:
             self.bundle.load_state_dict(saved["model"])

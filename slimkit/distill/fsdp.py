@@ -160,6 +160,17 @@ def aliases(model: nn.Module) -> dict[str, str]:
     return out
 
 
+def check_kind(folder: str | Path, sharded: bool, single: str = "last.safetensors") -> None:
+    """Refuse to resume from a checkpoint folder the other strategy wrote (it would start afresh silently)."""
+    root = Path(folder)
+    if sharded and (root / single).is_file():
+        raise SlimkitError(f"{root} holds a 'ddp' checkpoint ({single}); resume it with parallel 'ddp', or give "
+                           f"parallel 'fsdp' another checkpoint folder")
+    if not sharded and latest(root) is not None:
+        raise SlimkitError(f"{root} holds a sharded 'fsdp' checkpoint ({latest(root).name}); resume it under torchrun "
+                           f"with parallel 'fsdp', or turn it into weights with `slimkit export {root} --safetensors ...`")
+
+
 def _flat(model_sd: dict, optim_sd: dict, tied: dict[str, str]) -> tuple[dict[str, torch.Tensor], dict]:
     """Every tensor of both state dicts under one flat name (each tied weight once); the optimizer's
     non-tensor rest as a tree."""
