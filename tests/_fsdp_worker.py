@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from slimkit.distill import CacheConfig, CheckpointConfig, Distiller, TrainConfig, causal_lm, ce, kd  # noqa: E402
+from slimkit.distill import CacheConfig, CheckpointConfig, Distiller, TrainConfig, causal_lm, ce, hint, kd  # noqa: E402
 from slimkit.distill import ddp  # noqa: E402
 
 VOCAB, SEQ, WINDOWS, BATCH = 96, 16, 80, 4  # 20 optimizer steps per epoch
@@ -52,13 +52,15 @@ def main() -> None:
     ap.add_argument("--ckpt-dir", default=None)
     ap.add_argument("--every", type=int, default=5)
     ap.add_argument("--step-sleep", type=float, default=0.0)
+    ap.add_argument("--hint", action="store_true", help="add a hint term (an adapter on the student's final norm)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
     teacher, student = tiny_llama(3, 1), tiny_llama(2, 0)
     cfg = TrainConfig(epochs=1, batch_size=BATCH, lr=3e-3, warmup_steps=2, seed=0, amp="off", parallel=args.parallel)
     ckpt = CheckpointConfig(args.ckpt_dir, every_steps=args.every) if args.ckpt_dir else None
-    d = Distiller(teacher, student, [kd(1.0, 2.0), ce(0.5)], cfg, checkpoint=ckpt, cache=CacheConfig(mode="off"),
+    terms = [kd(1.0, 2.0), ce(0.5)] + ([hint("model.norm", "model.norm", 0.5)] if args.hint else [])
+    d = Distiller(teacher, student, terms, cfg, checkpoint=ckpt, cache=CacheConfig(mode="off"),
                   task=causal_lm())
     losses: list[float] = []
     rank = d.dist.rank

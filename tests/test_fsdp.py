@@ -46,6 +46,14 @@ def test_fsdp_losses_match_one_process(runs):
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
 
 
+def test_fsdp_with_an_adapter_term_matches_one_process(tmp_path):
+    """A hint term adds a width adapter, built by a probe pass before the student is sharded."""
+    _run([sys.executable, str(WORKER), "--hint", "--out", str(tmp_path / "one.json")])
+    _run(TORCHRUN + [str(WORKER), "--hint", "--parallel", "fsdp", "--out", str(tmp_path / "two.json")])
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-5)
+
+
 def _load(path):
     from safetensors.torch import load_file
 
