@@ -7,7 +7,8 @@ any moment and resumed to the same result: the data order of every epoch is a pu
 (seed, epoch), the full state (weights, adapters, optimizer, scheduler, loss scaler, RNG,
 position, elapsed time, history) is checkpointed atomically, and resuming replays the epoch's
 order from the saved position. The same code runs on one process or under torchrun with
-DistributedDataParallel (see `ddp.py` for why results then match).
+DistributedDataParallel (see `ddp.py` for why results then match) or, with
+`TrainConfig(parallel="fsdp")`, with student, optimizer state and teacher sharded by FSDP2 (`fsdp.py`).
 """
 
 import copy
