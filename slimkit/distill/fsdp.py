@@ -9,8 +9,9 @@ so the embeddings and heads share the root group. A live teacher is sharded the 
 Checkpoints go through torch.distributed.checkpoint (DCP), with its safetensors storage
 (`HuggingFaceStorageWriter(save_distributed=True)` / `HuggingFaceStorageReader`). Why that storage,
 from torch 2.13's source: DCP's default `FileSystemWriter` pickles its `.metadata` file
-(`pickle.dump` in filesystem.py) and its reader `pickle.load`s it back, and it `torch.save`s
-non-tensor items; slimkit never unpickles from disk. The safetensors storage writes one
+(`pickle.dump` in filesystem.py; the reader `pickle.load`s it), `torch.save`s non-tensor items that
+the default load planner reads with `torch.load(weights_only=False)`, and offers no pickle-free
+metadata option; slimkit never unpickles from disk. The safetensors storage writes one
 `shard-0000r-model-00001-of-00001.safetensors` per rank whose JSON header holds each shard's offsets,
 and its reader rebuilds DCP's metadata from those headers, so nothing is pickled. It stores tensors
 only: the rest of the training state (optimizer hyper-parameters, scheduler, RNG, position, history)
