@@ -24,6 +24,7 @@ complete `step-*` folder, and only complete folders carry that name.
 
 import os
 import shutil
+import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,8 +72,8 @@ def find_blocks(model: nn.Module) -> tuple[str, list[nn.Module]] | None:
     (a decoder's `model.layers`, an encoder's `encoder.layer`).
     """
     marked = [(n, m) for n, m in model.named_modules() if getattr(m, "removable", False) is True]
-    if len(marked) >= 2:
-        return "residual blocks", [m for _, m in marked]
+    if len(marked) >= 2:  # innermost first: fully_shard goes bottom-up when blocks nest
+        return "residual blocks", [m for _, m in reversed(marked)]
     best: tuple[int, str, list[nn.Module]] | None = None
     for name, m in model.named_modules():
         if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m) >= 2 and len({type(c) for c in m}) == 1:
@@ -98,9 +99,9 @@ def shard(model: nn.Module, mp, role: str, say: bool) -> nn.Module:
 
     found = find_blocks(model)
     if found is None:
-        if say:
-            warnings.warn(f"fsdp: no repeated blocks found in the {role} ({type(model).__name__}); it is sharded "
-                          f"as one unit, so each rank gathers all its weights at once in forward", stacklevel=2)
+        if say:  # one line, on rank 0
+            print(f"note: fsdp found no repeated blocks in the {role} ({type(model).__name__}); it is sharded as one "
+                  f"unit, so each rank gathers all its weights at once in forward", file=sys.stderr, flush=True)
     else:
         for block in found[1]:
             fully_shard(block, mp_policy=mp)
