@@ -9,6 +9,9 @@ Parts (run all, or pick with --parts 1,2,...):
   5  torchrun with 2 processes vs 1 process: accuracy and samples/s
   6  causal LM (SmolLM2 cut to --lm-layers blocks, top-k cached teacher logits, the recipe of
      `slimkit distill` of a causal LM): throughput of the engine vs a hand-written loop (target >= 0.95x)
+  7  SmolLM2-135M depth-cut KD (live teacher) under torchrun with 2 gloo processes, parallel "fsdp"
+     against "ddp": parameter + gradient + AdamW bytes held per rank, peak RSS, tokens/s and the
+     loss after the same steps (bench/distill_lm_worker.py; a few steps: the CPU is shared)
 
 Timing (parts 1 and 6): both loops run in the same process with the same thread count, in lockstep:
 one step of slimkit's engine, then one step of the hand-written loop (run from the engine's
@@ -20,6 +23,7 @@ with the median of the per-pair ratios beside it; throughputs are the batch over
 
     PYTHONPATH=. python bench/distill.py --parts 1,6          # the throughput table (minutes)
     PYTHONPATH=. python bench/distill.py --parts 1,2,3,4,5 --train-subset 6000
+    PYTHONPATH=. python bench/distill.py --parts 7 --fsdp-steps 6  # FSDP vs DDP (minutes)
 """
 
 import argparse
@@ -310,6 +314,37 @@ def part6(args) -> None:
         f"{ratio:.3f}x (median per step {per_pair:.3f}; target >= 0.95) {'PASS' if ratio >= 0.95 else 'MISS'}")
 
 
+def part7(args) -> None:
+    """The same run twice under torchrun (2 processes, 1 thread each): DDP, then FSDP."""
+    work = Path(tempfile.mkdtemp(prefix="fsdp-", dir=args.work))
+    worker = str(ROOT / "bench" / "distill_lm_worker.py")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    res = {}
+    for mode in ("ddp", "fsdp"):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", worker,
+               "--parallel", mode, "--steps", str(args.fsdp_steps), "--cut", str(args.fsdp_cut),
+               "--batch", str(args.fsdp_batch), "--seq-len", str(args.fsdp_seq_len), "--out", str(work / f"{mode}.json")]
+        if subprocess.run(cmd, env=env).returncode != 0:
+            raise SystemExit(f"part 7 worker failed: {' '.join(cmd)}")
+        res[mode] = json.loads((work / f"{mode}.json").read_text())
+    mib = 1 << 20
+    held = {m: max(r["params"] + r["grads"] + r["optimizer"] for r in res[m]["per_rank"]) / mib for m in res}
+    rss = {m: max(r["max_rss"] for r in res[m]["per_rank"]) / mib for m in res}
+    d, f = res["ddp"], res["fsdp"]
+    what = (f"SmolLM2 {d['teacher_layers']} -> {d['student_layers']} blocks ({d['student_params'] / 1e6:.0f} M), "
+            f"live teacher, {args.fsdp_steps} steps of {args.fsdp_batch} x {args.fsdp_seq_len} tokens, 2 gloo procs x 1 thread")
+    for m in ("ddp", "fsdp"):
+        r = res[m]["per_rank"][0]
+        row(f"7 {m} ({what})" if m == "ddp" else f"7 {m}",
+            f"params+grads+AdamW per rank {held[m]:.0f} MiB (p {r['params'] / mib:.0f}, g {r['grads'] / mib:.0f}, "
+            f"opt {r['optimizer'] / mib:.0f}); peak RSS {rss[m]:.0f} MiB",
+            f"{res[m]['tokens_per_s']:.0f} tokens/s", f"loss after {len(res[m]['losses'])} steps {res[m]['losses'][-1]:.5f}")
+    rel = abs(f["losses"][-1] - d["losses"][-1]) / abs(d["losses"][-1])
+    row("7 fsdp / ddp", f"held memory {held['fsdp'] / held['ddp']:.2f}x (target about 0.5)",
+        f"tokens/s {f['tokens_per_s'] / d['tokens_per_s']:.2f}x",
+        f"final loss rel. diff {rel:.1e} {'PASS' if held['fsdp'] / held['ddp'] <= 0.55 and rel <= 1e-4 else 'MISS'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="1,2,3,4,5,6")
@@ -323,6 +358,10 @@ def main() -> None:
     ap.add_argument("--lm-layers", type=int, default=4, help="part 6: SmolLM2 blocks kept for the teacher")
     ap.add_argument("--lm-seq-len", type=int, default=256, help="part 6: tokens per window")
     ap.add_argument("--lm-batch", type=int, default=2, help="part 6: windows per batch")
+    ap.add_argument("--fsdp-steps", type=int, default=6, help="part 7: optimizer steps of each run")
+    ap.add_argument("--fsdp-cut", type=int, default=8, help="part 7: SmolLM2 blocks removed for the student")
+    ap.add_argument("--fsdp-batch", type=int, default=4, help="part 7: global batch (windows)")
+    ap.add_argument("--fsdp-seq-len", type=int, default=128, help="part 7: tokens per window")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="runs/bench-distill")
@@ -331,15 +370,15 @@ def main() -> None:
     Path(args.work).mkdir(parents=True, exist_ok=True)
     chosen = [p.strip() for p in args.parts.split(",")]
     data = teacher = None
-    if set(chosen) - {"6"}:
+    if set(chosen) - {"6", "7"}:
         data = load_fashion_mnist(seed=0)
         data = Dataset(data.name, data.train.subset(args.train_subset), data.val, data.test, data.num_classes)
         teacher = get_teacher(data, args)
     parts = {"1": part1, "2": part2, "3": part3, "4": part4, "5": part5}
     for p in chosen:
         print(f"part {p} ...", flush=True)
-        if p == "6":
-            part6(args)
+        if p in ("6", "7"):
+            (part6 if p == "6" else part7)(args)
         else:
             parts[p](data, teacher, args)
     header = (f"slimkit distill bench: CPU, {args.threads} torch threads, load average at the end "

@@ -70,8 +70,8 @@ def distill(
     ce_weight: Optional[float] = typer.Option(None, help="weight of CE beside the KD: causal LMs' next token (1), "
                                               "Whisper's pseudo-labels (0.8)"),
     hidden_weight: Optional[float] = typer.Option(None, help="causal LMs: weight of final-hidden-state MSE (0)"),
-    hold_zeros: bool = typer.Option(True, "--hold-zeros/--free-zeros", help="keep weights a one-shot prune zeroed at "
-                                    "zero (checkpoints, causal LMs)"),
+    hold_zeros: bool = typer.Option(True, "--hold-zeros/--no-hold-zeros", help="keep weights a one-shot prune "
+                                    "zeroed at zero (checkpoints, causal LMs)"),
     freeze_encoder: Optional[str] = typer.Option(None, help="Whisper: auto (frozen when its shapes are the "
                                                  "teacher's), yes or no"),
     max_label_wer: Optional[float] = typer.Option(None, help="Whisper: leave out training utterances whose "
@@ -80,6 +80,9 @@ def distill(
     checkpoint_dir: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP + " (causal LMs, encoders)"),
     checkpoint_every: int = typer.Option(50, help="optimizer steps between checkpoints (with --checkpoint-dir)"),
     amp: str = typer.Option("auto", help=AMP_HELP),
+    parallel: Optional[str] = typer.Option(None, help="causal LMs under torchrun: 'ddp' (the default: a whole copy "
+                                           "per process) or 'fsdp' (student, gradients, optimizer state and a live "
+                                           "teacher sharded across processes; sharded checkpoints; docs/distill.md)"),
     seed: int = typer.Option(0, help="seed of the data draw and training"),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
@@ -94,7 +97,7 @@ def distill(
         raise SlimkitError(f"--teacher {teacher} is a {family_of(teacher)} model and {model} a {family} model; pass "
                            f"the dense model the student was cut from")
     lm_only = {"--eval-data": eval_data, "--eval-tokens": eval_tokens, "--seq-len": seq_len, "--top-k": top_k,
-               "--hidden-weight": hidden_weight}
+               "--hidden-weight": hidden_weight, "--parallel": parallel}
     whisper_only = {"--kd-weight": kd_weight, "--freeze-encoder": freeze_encoder, "--max-label-wer": max_label_wer,
                     "--threads": threads}
     if family == "modules":
@@ -112,12 +115,18 @@ def distill(
     if family == "causal-lm":
         refuse_unused("distill", family, {**whisper_only, "--val-samples": val_samples, "--loss": loss,
                                           "--temperature": temperature})
+        if parallel not in (None, "ddp", "fsdp"):
+            raise SlimkitError(f"--parallel must be ddp or fsdp, got {parallel!r}")
+        if parallel == "fsdp":
+            from slimkit.distill.fsdp import require_group
+
+            require_group()  # one line, before any model loads, when no torchrun process group is there
         from slimkit.cli import lm
 
         lm.distill(model, teacher, out, overwrite, pick(data, "emma"), pick(samples, 64), pick(seq_len, 512),
                    pick(epochs, 1), pick(lr, 1e-4), pick(batch_size, 4), pick(top_k, 64), pick(ce_weight, 1.0),
                    pick(hidden_weight, 0.0), minutes, hold_zeros, pick(eval_data, "prideprejudice"),
-                   pick(eval_tokens, 16384), seed, ckpt, amp, recipe)
+                   pick(eval_tokens, 16384), seed, ckpt, amp, recipe, pick(parallel, "ddp"))
         return
     refuse_unused("distill", family, {**lm_only, "--data": data})
     if family == "hf-encoder":

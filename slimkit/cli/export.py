@@ -1,4 +1,5 @@
-"""`slimkit export`: a checkpoint to a checked ONNX file (and an int8 copy), with measured runtime rows.
+"""`slimkit export`: a checkpoint to a checked ONNX file (and an int8 copy), with measured runtime rows;
+or a sharded training checkpoint (parallel "fsdp") to one safetensors file or a Hugging Face folder.
 
 Every output is checked for existence before any work starts and written only after the export
 matched PyTorch (outputs on held-out inputs, then the task metric); the deployment table gives each
@@ -40,8 +41,15 @@ def _kind(checkpoint: str) -> str:
 @app.command("export")
 @clean_errors
 def export(
-    model: str = typer.Argument(..., help="a slimkit .safetensors checkpoint, a sentence-encoder folder, or 'minilm'"),
-    onnx: Path = typer.Option(..., "--onnx", help="ONNX file to write"),
+    model: str = typer.Argument(..., help="a slimkit .safetensors checkpoint, a sentence-encoder folder, 'minilm', or "
+                                          "the --checkpoint-dir of a run with --parallel fsdp"),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="ONNX file to write"),
+    safetensors: Optional[Path] = typer.Option(None, help="sharded checkpoints: write the student's whole weights "
+                                                          "to this one .safetensors file"),
+    hf_folder: Optional[Path] = typer.Option(None, help="sharded checkpoints: write a Hugging Face folder (with "
+                                                        "--base, the folder the student was trained from)"),
+    base: Optional[str] = typer.Option(None, help="with --hf-folder: the Hugging Face folder the run started from "
+                                                  "(its config and tokenizer)"),
     int8: Optional[str] = typer.Option(None, help="also write an int8 copy (NAME.int8.onnx): 'static' (calibrated "
                                                   "on the validation split; for conv models), 'mixed' (static, with "
                                                   "the convolutions measured slower in int8 here left in fp32 when "
@@ -57,10 +65,19 @@ def export(
     report: Optional[Path] = typer.Option(None, help="folder to write report.json, report.md and report.html into"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace outputs that already exist"),
 ) -> None:
-    """Export to ONNX, check it against PyTorch, optionally quantize to int8, and time it in ONNX Runtime."""
+    """Export to ONNX, check it against PyTorch, optionally quantize to int8, and time it in ONNX Runtime;
+    or consolidate a sharded (FSDP) training checkpoint into one file or a Hugging Face folder."""
     from slimkit.export import check_output, require_deploy, write_output
     from slimkit.measure.rows import deploy_notes, print_table, report_files
 
+    if _sharded(model) or safetensors is not None or hf_folder is not None:
+        if onnx is not None or int8 is not None:
+            raise SlimkitError("a sharded training checkpoint exports to --safetensors or --hf-folder; export that "
+                               "folder to ONNX afterwards")
+        _consolidate(model, safetensors, hf_folder, base, overwrite)
+        return
+    if onnx is None:
+        raise SlimkitError("give --onnx FILE (or, for a sharded training checkpoint, --safetensors / --hf-folder)")
     require_deploy()
     if int8 not in (None, "static", "mixed", "dynamic"):
         raise SlimkitError(f"--int8 must be 'static', 'mixed' or 'dynamic', got {int8!r}")
@@ -86,6 +103,47 @@ def export(
         for name in REPORT_FILES:
             write_output(report / name, files[name], overwrite)
         typer.echo(f"wrote {report / 'report.json'}, {report / 'report.md'} and {report / 'report.html'}")
+
+
+def _sharded(checkpoint: str) -> bool:
+    from slimkit.distill.fsdp import STATE_FILE, latest
+
+    path = Path(checkpoint).expanduser()
+    return path.is_dir() and ((path / STATE_FILE).is_file() or latest(path) is not None)
+
+
+def _consolidate(checkpoint: str, safetensors: Optional[Path], hf_folder: Optional[Path], model: Optional[str],
+                 overwrite: bool) -> None:
+    """Gather a sharded checkpoint's weights in this one process (no torchrun) and write them, safetensors only."""
+    from slimkit.export import check_output
+
+    if not _sharded(checkpoint):
+        raise SlimkitError(f"{checkpoint} is not a sharded training checkpoint (a folder of step-N checkpoints from "
+                           f"--parallel fsdp); --safetensors and --hf-folder export only those")
+    if safetensors is None and hf_folder is None:
+        raise SlimkitError("give --safetensors FILE and/or --hf-folder FOLDER (with --base)")
+    if hf_folder is not None and model is None:
+        raise SlimkitError("--hf-folder needs --base: the Hugging Face folder the run started from (config, tokenizer)")
+    if safetensors is not None:
+        check_output(safetensors, overwrite, inputs=[checkpoint])
+    if hf_folder is not None:
+        from slimkit.io.outputs import check_output_folder
+
+        check_output_folder(hf_folder, overwrite, [checkpoint, model])
+    from safetensors.torch import save
+
+    from slimkit.distill.fsdp import consolidate
+    from slimkit.export import write_output
+
+    weights = consolidate(checkpoint)
+    if safetensors is not None:
+        write_output(safetensors, save({k: v.contiguous() for k, v in weights.items()}), overwrite, [checkpoint])
+        typer.echo(f"wrote {safetensors} ({len(weights)} tensors)")
+    if hf_folder is not None:
+        from slimkit.llm.load import load_causal_lm_weights, save_pretrained_atomic
+
+        lm, tok = load_causal_lm_weights(model, weights)
+        typer.echo(f"wrote {save_pretrained_atomic(lm, tok, hf_folder, overwrite, [checkpoint, model], command='export')}")
 
 
 def _timing(threads: int, runs: int, folded: bool) -> str:

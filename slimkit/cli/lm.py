@@ -238,7 +238,7 @@ def evaluate(model: str, reference: str | None, data: str, eval_tokens: int, seq
 def distill(student: str, teacher: str, out: Path, overwrite: bool, data: str, samples: int, seq_len: int,
             epochs: int, lr: float, batch_size: int, top_k: int, ce_weight: float, hidden_weight: float,
             minutes: float | None, hold_zeros: bool, eval_data: str, eval_tokens: int, seed: int, checkpoint,
-            amp: str, recipe: dict) -> None:
+            amp: str, recipe: dict, parallel: str = "ddp") -> None:
     """KD recovery of a cut model against its dense teacher (teacher top-k logits cached once)."""
     check_windows(seq_len, eval_tokens, samples, texts=(data, eval_data))
     from slimkit.distill.ddp import is_main_process
@@ -249,7 +249,7 @@ def distill(student: str, teacher: str, out: Path, overwrite: bool, data: str, s
 
     check_out(out, overwrite, student, teacher)
     cfg = RecoveryConfig(epochs=epochs, batch_size=batch_size, lr=lr, top_k=top_k, ce_weight=ce_weight,
-                         hidden_weight=hidden_weight, max_minutes=minutes, seed=seed, amp=amp)
+                         hidden_weight=hidden_weight, max_minutes=minutes, seed=seed, amp=amp, parallel=parallel)
     cfg.terms(), cfg.train_config()  # bad settings fail here, before any model loads
     st, tok = load_causal_lm(student)
     te, _ = load_causal_lm(teacher)
@@ -265,6 +265,10 @@ def distill(student: str, teacher: str, out: Path, overwrite: bool, data: str, s
     rep = recover(st, te, train, cfg, masks=(zero_masks(st) or None) if hold_zeros else None, checkpoint=checkpoint)
     if not is_main_process():
         return  # under torchrun, rank 0 reports and saves
+    if parallel == "fsdp":  # the student stayed sharded; rank 0 holds its gathered weights
+        from slimkit.llm.load import load_causal_lm_weights
+
+        st, _ = load_causal_lm_weights(student, rep.full_weights)
     resumed = f", resumed from step {rep.resumed_from_step}" if rep.resumed_from_step else ""
     typer.echo(f"{rep.steps} steps in {time.perf_counter() - t0:.0f} s (teacher cache "
                f"{'reused' if rep.cache_reused else f'built in {rep.teacher_seconds:.0f} s'}{resumed})")

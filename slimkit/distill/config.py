@@ -30,6 +30,10 @@ class TrainConfig:
     build does not make training start below the peak. The LR then depends on the clock, so a time-budgeted run
     is not bit-reproducible. `max_steps` stops after that many optimizer steps; it also sets the
     schedule's length when the data cannot say how many batches an epoch has.
+
+    `parallel` says how several torchrun processes share the work: "ddp" keeps a whole copy of the
+    student, its gradients and optimizer state on every rank; "fsdp" shards them (and a live
+    teacher) across the ranks with FSDP2, for models that do not fit one device (fsdp.py).
     """
 
     epochs: int = 3
@@ -45,6 +49,7 @@ class TrainConfig:
     early_stop_min_delta: float = 0.0
     max_minutes: float | None = None
     max_steps: int | None = None
+    parallel: Literal["ddp", "fsdp"] = "ddp"
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
@@ -59,6 +64,8 @@ class TrainConfig:
             raise SlimkitError(f"max_minutes must be > 0 (or None for no time budget), got {self.max_minutes}")
         if self.max_steps is not None and self.max_steps < 1:
             raise SlimkitError(f"max_steps must be >= 1 (or None), got {self.max_steps}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise SlimkitError(f"parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -7,7 +7,8 @@ any moment and resumed to the same result: the data order of every epoch is a pu
 (seed, epoch), the full state (weights, adapters, optimizer, scheduler, loss scaler, RNG,
 position, elapsed time, history) is checkpointed atomically, and resuming replays the epoch's
 order from the saved position. The same code runs on one process or under torchrun with
-DistributedDataParallel (see `ddp.py` for why results then match).
+DistributedDataParallel (see `ddp.py` for why results then match) or, with
+`TrainConfig(parallel="fsdp")`, with student, optimizer state and teacher sharded by FSDP2 (`fsdp.py`).
 """
 
 import copy
@@ -23,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from slimkit.data.arrays import Dataset
-from slimkit.distill import ddp
+from slimkit.distill import ddp, fsdp
 from slimkit.distill.cache import TeacherOutputs, teacher_source
 from slimkit.distill.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from slimkit.distill.config import (CacheConfig, CheckpointConfig, EpochLog, TrainConfig, amp_dtype, budget_cosine,
@@ -76,6 +77,12 @@ class Distiller:
             device = f"cuda:{self.dist.local_rank}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.amp = amp_dtype(config.amp, self.device)
+        self.fsdp = config.parallel == "fsdp"
+        if self.fsdp:
+            fsdp.check_setup(self.dist, masks, config.amp, config.early_stop_patience)
+        self.mp = fsdp.policy(self.amp, self.device) if self.fsdp else None
+        if checkpoint is not None and checkpoint.resume:
+            fsdp.check_kind(checkpoint.dir, self.fsdp, checkpoint.path.name)
         pairs = [(t.student_layer, t.teacher_layer, t.kind in ADAPTED_KINDS) for t in self.terms if t.kind in FEATURE_KINDS]
         self.bundle = StudentBundle(student, list(dict.fromkeys(pairs)), call=self.task.call)
         self._teacher_paths = list(dict.fromkeys(t for _, t, _ in pairs))
@@ -92,6 +99,7 @@ class Distiller:
         self.ended_by: str | None = None  # "time", "steps" or "early_stop" when not all epochs ran
         self._elapsed_before, self._start, self._clock = 0.0, 0.0, 0.0
         self._resume_rng: dict | None = None
+        self.full_weights: dict[str, torch.Tensor] = {}  # parallel "fsdp": the trained student, on rank 0
 
     # -- adapters ----------------------------------------------------------------------------------
     def _probe(self, data: InMemory | Loader) -> None:
@@ -136,8 +144,13 @@ class Distiller:
                                 features=tuple(self._teacher_paths), progress=progress and self.dist.is_main)
         self.teacher_outputs, self.cache_seconds = source, time.perf_counter() - self._start
         live = isinstance(self.teacher, nn.Module) and source is None and any(t.needs_teacher for t in self.terms)
+        say = self.dist.is_main
         if isinstance(self.teacher, nn.Module):
+            if live and self.fsdp:  # sharded before the move, so only shards reach the device
+                fsdp.shard_teacher(self.teacher, self.mp, say)
             self.teacher.to(self.device).eval()
+        if self.fsdp and not self._teacher_paths:  # no adapters to probe for first
+            fsdp.shard(self.bundle, self.mp, "student", say)
         self.bundle.to(self.device)
         self.bundle.attach_hooks()
         if self._teacher_paths:
@@ -169,7 +182,9 @@ class Distiller:
     def _fit(self, data, val, source, live, progress, desc, on_epoch_end, on_step) -> list[EpochLog]:
         cfg, info = self.config, self.dist
         model: nn.Module = self.bundle
-        if info.enabled:
+        if self.fsdp and not fsdp.is_sharded(self.bundle):  # feature terms: sharded after the adapters exist
+            fsdp.shard(self.bundle, self.mp, "student", info.is_main)
+        elif info.enabled and not self.fsdp:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(self.bundle, device_ids=ids)
         params = [p for p in self.bundle.parameters() if p.requires_grad]
@@ -196,10 +211,10 @@ class Distiller:
 
         state = {"epoch": 1, "batch": 0, "step": 0, "loss_sum": 0.0, "seen": 0, "best": None, "bad": 0, "best_state": None}
         ckpt = self.checkpoint
-        found = ckpt is not None and ckpt.resume and ckpt.path.is_file()
+        found = ckpt is not None and ckpt.resume and (fsdp.latest(ckpt.dir) is not None if self.fsdp else ckpt.path.is_file())
         seen = int(ddp.all_reduce_sum(torch.tensor([int(found)]), info).item())
         if 0 < seen < info.world_size:
-            raise SlimkitError(f"only {seen} of {info.world_size} processes can read checkpoint {ckpt.path}; "
+            raise SlimkitError(f"only {seen} of {info.world_size} processes can read checkpoint {ckpt.dir}; "
                                f"put the checkpoint folder on storage that every node mounts")
         if found:
             self._restore(ckpt, optimizer, scheduler, scaler, state)
@@ -208,6 +223,8 @@ class Distiller:
             self._epochs(model, data, val, source, live, params, optimizer, scheduler, scaler, state, micro,
                          (n_batches, per_epoch), budget, progress, desc, on_epoch_end, on_step)
             clean = True
+            if self.fsdp:  # while the group lives: rank 0 gets the student's whole weights on CPU
+                self.full_weights = fsdp.gather_full(self.student)
         finally:
             if holder is not None:
                 holder.remove()
@@ -269,7 +286,8 @@ class Distiller:
                         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 100_003 + b + k)
                         inputs = self.augment(inputs, gen)
                     sync = k == len(group) - 1 or not info.enabled
-                    with (nullcontext() if sync else model.no_sync()), autocast():
+                    quiet = nullcontext() if sync else fsdp.no_sync(model) if self.fsdp else model.no_sync()
+                    with quiet, autocast():
                         out, feats = model(inputs)
                         view = task.view(out, inputs)
                         t_view = t_idx = t_feats = None
@@ -339,7 +357,8 @@ class Distiller:
         cfg, info, metric = self.config, self.dist, self.task.metric
         totals = ddp.all_reduce_sum(torch.tensor([state["loss_sum"], float(state["seen"])], dtype=torch.float64), info)
         teacher = self.teacher if isinstance(self.teacher, nn.Module) else None
-        metrics = evaluate(self.student, val, self.task, teacher, cfg.batch_size, self.device) if val is not None else {}
+        with fsdp.root_gathered(self.bundle) if self.fsdp and val is not None else nullcontext():
+            metrics = evaluate(self.student, val, self.task, teacher, cfg.batch_size, self.device) if val is not None else {}
         log = EpochLog(state["epoch"], float(totals[0] / max(totals[1], 1)), metrics, elapsed,
                        seen_here * info.world_size / max(elapsed, 1e-9))
         self.history.append(log)
@@ -365,26 +384,33 @@ class Distiller:
     def _save(self, optimizer, scheduler, scaler, state: dict) -> None:
         info = self.dist
         totals = ddp.all_reduce_sum(torch.tensor([state["loss_sum"], float(state["seen"])], dtype=torch.float64), info)
-        if not info.is_main:
+        if not (info.is_main or self.fsdp):
             return
         payload = {
-            "model": self.bundle.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "rng": rng_state(), "history": [h.as_dict() for h in self.history],
             "position": {"epoch": state["epoch"], "batch": state["batch"], "step": state["step"],
                          "loss_sum": float(totals[0]), "seen": int(totals[1]), "elapsed": self._elapsed()},
             "early_stop": {"best": state["best"], "bad": state["bad"], "best_state": state["best_state"]},
             "config": self.config.as_dict(),
         }
+        if self.fsdp:  # every rank writes its shard
+            fsdp.save_sharded(self.checkpoint.dir, state["step"], self.bundle, optimizer, payload, info)
+            return
+        payload.update(model=self.bundle.state_dict(), optimizer=optimizer.state_dict())
         save_checkpoint(self.checkpoint.path, payload)
 
     def _restore(self, ckpt: CheckpointConfig, optimizer, scheduler, scaler, state: dict) -> None:
-        saved = load_checkpoint(ckpt.path)
-        mismatch = {k: (v, saved["config"].get(k)) for k, v in self.config.as_dict().items() if saved["config"].get(k) != v}
+        saved = (fsdp.load_sharded(fsdp.latest(ckpt.dir), self.bundle, optimizer) if self.fsdp
+                 else load_checkpoint(ckpt.path))
+        written = {"parallel": "ddp", **saved["config"]}  # checkpoints from before `parallel` existed were DDP's
+        mismatch = {k: (v, written.get(k)) for k, v in self.config.as_dict().items() if written.get(k) != v}
         if mismatch:
-            raise SlimkitError(f"checkpoint {ckpt.path} was written with other settings {mismatch}; "
+            raise SlimkitError(f"checkpoint {ckpt.dir} was written with other settings {mismatch}; "
                                f"use the same settings to resume, or another checkpoint folder")
-        self.bundle.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        if not self.fsdp:
+            self.bundle.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
         set_rng_state(saved["rng"])

@@ -120,6 +120,19 @@ def load_causal_lm(name_or_path: str | os.PathLike = "smollm2"):
     return _load(AutoModelForCausalLM, name_or_path, "a causal LM")
 
 
+def load_causal_lm_weights(name_or_path: str | os.PathLike, weights: dict):
+    """(model, tokenizer) of the folder `name_or_path` with `weights` in place of its own, e.g. the whole
+    weights gathered from a sharded (FSDP) run. A tied LM head may be absent from `weights`; anything
+    else that does not fit is one error line."""
+    lm, tok = load_causal_lm(name_or_path)
+    missing, unexpected = lm.load_state_dict(weights, strict=False)
+    tied = {k for k in missing if k == "lm_head.weight" and getattr(lm.config, "tie_word_embeddings", False)}
+    if set(missing) - tied or unexpected:
+        raise SlimkitError(f"the trained weights do not fit {name_or_path}: missing {sorted(set(missing) - tied)[:3]}, "
+                           f"unexpected {sorted(unexpected)[:3]}; give the folder the run's student came from")
+    return lm.eval(), tok
+
+
 def load_encoder(name_or_path: str | os.PathLike = "minilm"):
     """(AutoModel in eval mode, fp32, tokenizer) for a sentence encoder such as MiniLM, pruned or not.
 

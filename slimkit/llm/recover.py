@@ -48,10 +48,12 @@ class RecoveryConfig:
     max_minutes: float | None = None
     seed: int = 0
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    parallel: Literal["ddp", "fsdp"] = "ddp"
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                           warmup_steps=0, grad_clip=1.0, seed=self.seed, amp=self.amp, max_minutes=self.max_minutes)
+                           warmup_steps=0, grad_clip=1.0, seed=self.seed, amp=self.amp, max_minutes=self.max_minutes,
+                           parallel=self.parallel)
 
     def terms(self) -> list[Term]:
         """Top-k KD at `temperature`, plus next-token CE and final-hidden-state MSE when weighted."""
@@ -88,9 +90,11 @@ class RecoveryReport:
     losses: list[float] = field(default_factory=list)
     resumed_from_step: int | None = None
     ended_by: str | None = None  # "time" when the budget ended the run before its epochs
+    # parallel "fsdp": the trained student's whole weights on rank 0 (the student itself stays sharded)
+    full_weights: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict:
-        return self.__dict__.copy()
+        return {k: v for k, v in self.__dict__.items() if k != "full_weights"}
 
 
 def recover(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, cfg: RecoveryConfig | None = None,
@@ -129,4 +133,4 @@ def recover(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, cfg: 
     outputs = distiller.teacher_outputs
     return RecoveryReport(distiller.steps_done, time.perf_counter() - t0 - distiller.cache_seconds,
                           distiller.cache_seconds, bool(outputs is not None and outputs.reused), losses,
-                          distiller.resumed_from_step, distiller.ended_by)
+                          distiller.resumed_from_step, distiller.ended_by, distiller.full_weights)
