@@ -9,39 +9,21 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from slimkit.errors import SlimkitError
 from slimkit.llm.oneshot import decoder_layers
+from slimkit.prune.layers import influences_of
 from slimkit.prune.result import PruneResult
 
 
-@torch.no_grad()
 def block_influence(model: nn.Module, windows: torch.Tensor, batch_size: int = 4, progress: bool = True) -> list[float]:
-    """BI per decoder block, averaged over every calibration token."""
+    """BI per decoder block, averaged over every calibration token (slimkit.prune.layers.influences_of)."""
     layers = decoder_layers(model)
-    sums = torch.zeros(len(layers), dtype=torch.float64)
-    count = 0
-
-    def make_hook(i: int):
-        def hook(_m, args, kwargs, out):
-            x = args[0] if args else kwargs["hidden_states"]
-            y = out[0] if isinstance(out, tuple) else out
-            cos = torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=-1)
-            sums[i] += float((1.0 - cos).sum())
-        return hook
-
-    handles = [layer.register_forward_hook(make_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    model.eval()
-    try:
-        for i in tqdm(range(0, windows.shape[0], batch_size), desc="block influence", disable=not progress, leave=False):
-            ids = windows[i:i + batch_size]
-            model.model(input_ids=ids, use_cache=False) if hasattr(model, "model") else model(input_ids=ids, use_cache=False)
-            count += ids.numel()
-    finally:
-        for h in handles:
-            h.remove()
-    return (sums / max(count, 1)).tolist()
+    body = model.model if hasattr(model, "model") else model
+    batches = [windows[i:i + batch_size] for i in range(0, windows.shape[0], batch_size)]
+    scores = influences_of(model, {str(i): layer for i, layer in enumerate(layers)}, batches,
+                           lambda ids: body(input_ids=ids, use_cache=False), progress)
+    return [scores[str(i)] for i in range(len(layers))]
 
 
 def remove_layers(model: nn.Module, drop: list[int]) -> nn.Module:

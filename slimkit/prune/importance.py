@@ -120,16 +120,20 @@ def channel_values(activation: torch.Tensor, channel_dim: int, idxs: list[int], 
     return torch.stack([r[torch.randperm(len(r), generator=g)[:width]] for r in rows])
 
 
+def block_cosines(x_in: torch.Tensor, x_out: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """cos(input, output) of a residual block at every pixel or token (over the channels)."""
+    if x_in.shape != x_out.shape:
+        raise SlimkitError(f"block influence needs equal input/output shapes, got {tuple(x_in.shape)} and {tuple(x_out.shape)}")
+    return torch.nn.functional.cosine_similarity(x_in.double(), x_out.double(), dim=channel_dim, eps=1e-12)
+
+
 def block_influence(x_in: torch.Tensor, x_out: torch.Tensor, channel_dim: int) -> float:
     """1 - cos(input, output) of a residual block, averaged over pixels or tokens.
 
     A block whose output points the same way as its input adds little information; a low value
     marks it as removable.
     """
-    if x_in.shape != x_out.shape:
-        raise SlimkitError(f"block influence needs equal input/output shapes, got {tuple(x_in.shape)} and {tuple(x_out.shape)}")
-    cos = torch.nn.functional.cosine_similarity(x_in.double(), x_out.double(), dim=channel_dim, eps=1e-12)
-    return float(1.0 - cos.mean())
+    return float(1.0 - block_cosines(x_in, x_out, channel_dim).mean())
 
 
 def head_scores(channel_scores: torch.Tensor, num_heads: int) -> torch.Tensor:

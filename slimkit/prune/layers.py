@@ -6,11 +6,13 @@ through the dependency graph.
 """
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
+from tqdm.auto import tqdm
 
 from slimkit.errors import SlimkitError
 from slimkit.prune import importance as imp
@@ -93,28 +95,44 @@ def removable_blocks(model: nn.Module) -> dict[str, nn.Module]:
 
 
 @torch.no_grad()
-def block_influences(model: nn.Module, calib: Iterable[Batch]) -> dict[str, float]:
-    """1 - cos(input, output) of every removable block, averaged over pixels/tokens and batches."""
-    blocks = removable_blocks(model)
-    acc: dict[str, list[float]] = {n: [] for n in blocks}
+def influences_of(model: nn.Module, blocks: dict[str, nn.Module], batches: Iterable, run: Callable[[Any], Any],
+                  progress: bool = False) -> dict[str, float]:
+    """Block influence, 1 - cos(input, output), of each of `blocks`, averaged over every pixel or token of
+    every batch, from one forward pass per batch (`run(batch)` makes it): the one hook every family's
+    depth cut ranks its blocks with.
+
+    A block's input is its first positional argument, or `hidden_states` where a Hugging Face layer
+    takes it by keyword; its output is the tensor it returns, or the first item of a tuple. The cosine
+    runs over the channels: the last dim of (batch, tokens, width), dim 1 of feature maps."""
+    sums = {n: 0.0 for n in blocks}
+    counts = {n: 0 for n in blocks}
 
     def hook(name: str):
-        def fn(mod, args, out):
-            cdim = out.dim() - 1 if out.dim() == 3 else 1
-            acc[name].append(imp.block_influence(args[0], out, cdim))
+        def fn(_mod, args, kwargs, out):
+            x = args[0] if args else kwargs["hidden_states"]
+            y = out[0] if isinstance(out, tuple) else out
+            cdim = y.dim() - 1 if y.dim() == 3 else 1
+            per_position = 1.0 - imp.block_cosines(x, y, cdim)
+            sums[name] += float(per_position.sum())
+            counts[name] += per_position.numel()
         return fn
 
-    hooks = [m.register_forward_hook(hook(n)) for n, m in blocks.items()]
+    hooks = [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in blocks.items()]
     was = model.training
     model.eval()
     try:
-        for x, _ in calib:
-            model(x)
+        for batch in tqdm(batches, desc="block influence", disable=not progress, leave=False):
+            run(batch)
     finally:
         model.train(was)
         for h in hooks:
             h.remove()
-    return {n: sum(v) / len(v) for n, v in acc.items() if v}
+    return {n: sums[n] / counts[n] for n in blocks if counts[n]}
+
+
+def block_influences(model: nn.Module, calib: Iterable[Batch]) -> dict[str, float]:
+    """Block influence of every removable block over calibration batches (inputs, targets)."""
+    return influences_of(model, removable_blocks(model), calib, lambda batch: model(batch[0]))
 
 
 def remove_blocks(model: nn.Module, names: Iterable[str]) -> nn.Module:
