@@ -168,13 +168,18 @@ def hf_part(name: str, b: dict, a) -> dict:
            "wall_s": time.time() - t0}
     if "refused" in report:
         return {**row, "note": f"refused: {report['refused']}"}
-    r, m = report["result"], report["metric"]
-    row.update(share=r["latency_share"], met=r["meets_target"], speedup=r["speedup"], macs_x=r["macs_reduction"],
-               metric=m, dense_val=report["dense"]["val"][m], val=r["val"][m], dense_test=report["dense"]["test"].get(m),
-               test=r["test"].get(m), tried=f"{report['candidates_tried']}/{len(report['candidates'])}",
-               compress_s=time.time() - t1, timing=report["timing"], kept_intact=report["kept_intact"]["modules"],
-               note=f"reloads: {reload_check(out / 'model', name)}")
+    row.update(measured(report), compress_s=time.time() - t1, note=f"reloads: {reload_check(out / 'model', name)}")
     return row
+
+
+def measured(report: dict) -> dict:
+    """A row's numbers from a command line run's report.json."""
+    r, m = report["result"], report["metric"]
+    return dict(share=r["latency_share"], met=r["meets_target"], speedup=r["speedup"], macs_x=r["macs_reduction"],
+                metric=m, dense_val=report["dense"]["val"][m], val=r["val"][m],
+                dense_test=report["dense"]["test"].get(m), test=r["test"].get(m),
+                tried=f"{report['candidates_tried']}/{len(report['candidates'])}", timing=report["timing"],
+                kept_intact=report["kept_intact"]["modules"])
 
 
 def reload_check(folder: Path, name: str) -> str:
@@ -215,11 +220,7 @@ def whisper_part(b: dict, a) -> dict:
     row = {"part": "whisper", "steps": f"{search_steps}/{recover_steps}", "wall_s": time.time() - t0}
     if "refused" in report:
         return {**row, "note": f"refused: {report['refused']}"}
-    r, m = report["result"], report["metric"]
-    row.update(share=r["latency_share"], met=r["meets_target"], speedup=r["speedup"], macs_x=r["macs_reduction"],
-               metric=m, dense_val=report["dense"]["val"][m], val=r["val"][m], dense_test=report["dense"]["test"].get(m),
-               test=r["test"].get(m), tried=f"{report['candidates_tried']}/{len(report['candidates'])}",
-               timing=report["timing"], kept_intact=report["kept_intact"]["modules"])
+    row.update(measured(report))
     real = real_recordings()
     dense, processor = load_whisper("whisper-tiny.en")
     plain = WhisperForConditionalGeneration.from_pretrained(out / "model", local_files_only=True).eval()
