@@ -68,7 +68,8 @@ def main() -> None:
     def on_step(step: int) -> None:
         loss = ddp.all_reduce_sum(torch.tensor([d.last_loss], dtype=torch.float64), d.dist)
         losses.append(float(loss) / d.dist.world_size)
-        print(f"RANK {rank} STEP {step} PID {os.getpid()}", flush=True)
+        # one write(2) of under PIPE_BUF bytes is atomic: the two ranks' lines never interleave in the pipe
+        os.write(1, f"RANK {rank} STEP {step} PID {os.getpid()}\n".encode())
         if args.step_sleep:
             time.sleep(args.step_sleep)
 

@@ -6,6 +6,7 @@ One tiny Llama KD run per setting (tests/_fsdp_worker.py): 1 process with DDP's 
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -68,10 +69,11 @@ def test_kill9_of_rank1_then_restart_gives_the_same_weights(runs, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env(), cwd=ROOT)
     killed_at = None
     for line in proc.stdout:  # "RANK r STEP n PID p"
-        parts = line.split()
-        if parts[:1] == ["RANK"] and parts[1] == "1" and int(parts[3]) >= 7:
-            os.kill(int(parts[5]), signal.SIGKILL)  # rank 1 only; torchrun then stops rank 0
-            killed_at = int(parts[3])
+        found = [(int(r), int(s), int(p)) for r, s, p in re.findall(r"RANK (\d+) STEP (\d+) PID (\d+)", line)]
+        hit = next(((s, p) for r, s, p in found if r == 1 and s >= 7), None)
+        if hit is not None:
+            os.kill(hit[1], signal.SIGKILL)  # rank 1 only; torchrun then stops rank 0
+            killed_at = hit[0]
             break
     proc.communicate(timeout=60)
     assert killed_at is not None and proc.returncode != 0

@@ -52,5 +52,5 @@ def test_recipe_keys_are_checked_before_anything_runs(tmp_path):
     (tmp_path / "d.yaml").write_text("dataset: digits\n")
     assert replay(tmp_path / "d.yaml", overwrite=False) is False  # a demo recipe: slimkit run runs the demo
     (tmp_path / "x.yaml").write_text("command: train\n")
-    with pytest.raises(SlimkitError, match="replays 'compress'"):
+    with pytest.raises(SlimkitError, match="replays compress, prune, distill recipes"):
         replay(tmp_path / "x.yaml", overwrite=False)

@@ -266,7 +266,7 @@ def test_cli_refuses_a_folder_slimkit_did_not_write(tmp_path) -> None:
     (["--loss", "kd", "--kd-weight", "0"], "use loss 'ce'"),
     (["--samples", "0"], "--samples (training utterances) must be >= 1"),
     (["--threads", "0"], "--threads must be at least 1"),
-    (["--teacher", "whisper-tiny.en", "--heads", "0.5"], "--heads does not apply"),
+    (["--top-k", "8"], "--top-k does not apply to a whisper model"),
 ])
 def test_cli_distill_bad_input_is_one_line(tmp_path, args, message) -> None:
     from typer.testing import CliRunner
