@@ -155,3 +155,15 @@ def test_a_checkpoint_folder_of_the_other_strategy_is_refused(tmp_path):
     (tmp_path / "last.safetensors").write_bytes(b"x")
     with pytest.raises(SlimkitError, match="holds a 'ddp' checkpoint"):
         fsdp.check_kind(tmp_path, sharded=True)
+
+
+def test_only_step_folders_fsdp_writes_count_as_its_own(tmp_path):
+    ours = tmp_path / "step-00000005"
+    (ours / fsdp.SHARDS).mkdir(parents=True)
+    (ours / fsdp.STATE_FILE).write_bytes(b"")
+    theirs = tmp_path / "step-00000006"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    assert fsdp.own_step_folder(ours) and fsdp.own_step_folder(tmp_path / ".tmp-step-00000007") is False
+    assert not fsdp.own_step_folder(theirs)  # a file slimkit did not write: never deleted
+    assert not fsdp.own_step_folder(tmp_path / "step-final")

@@ -187,6 +187,17 @@ def _flat(model_sd: dict, optim_sd: dict, tied: dict[str, str]) -> tuple[dict[st
     return tensors, rest
 
 
+def own_step_folder(path: Path) -> bool:
+    """Whether `path` is a step folder this module writes (`step-N` or `.tmp-step-N`, holding only the
+    shards folder and the state file): the only folders of --checkpoint-dir a save may delete, so a
+    user's own files there are never touched."""
+    import re
+
+    if not path.is_dir() or not re.fullmatch(r"(\.tmp-)?step-\d{8}", path.name):
+        return False
+    return {p.name for p in path.iterdir()} <= {SHARDS, STATE_FILE}
+
+
 def save_sharded(folder: str | Path, step: int, model: nn.Module, optimizer, payload: dict, info: ddp.DistInfo) -> Path:
     """Write this step's sharded state (every rank calls this); returns the final folder."""
     import torch.distributed.checkpoint as dcp
@@ -197,7 +208,8 @@ def save_sharded(folder: str | Path, step: int, model: nn.Module, optimizer, pay
     final, tmp = root / f"step-{step:08d}", root / f".tmp-step-{step:08d}"
     if info.is_main:
         for stale in root.glob(".tmp-step-*"):  # left by a kill during an earlier save; never resumed from
-            shutil.rmtree(stale, ignore_errors=True)
+            if own_step_folder(stale):
+                shutil.rmtree(stale, ignore_errors=True)
         (tmp / SHARDS).mkdir(parents=True)
     ddp.barrier(info)
     tensors, rest = _flat(*get_state_dict(model, optimizer), aliases(model))
@@ -206,10 +218,13 @@ def save_sharded(folder: str | Path, step: int, model: nn.Module, optimizer, pay
     if info.is_main:
         save_checkpoint(tmp / STATE_FILE, {**payload, "optimizer_rest": rest})
         if final.exists():  # an earlier save of this very step (an epoch end right after a periodic save)
+            if not own_step_folder(final):
+                raise SlimkitError(f"{final} holds files slimkit did not write; move them out of the checkpoint "
+                                   f"folder, or give --checkpoint-dir a folder of its own")
             shutil.rmtree(final)
         os.replace(tmp, final)
         for old in root.glob("step-*"):
-            if old != final:
+            if old != final and own_step_folder(old):
                 shutil.rmtree(old, ignore_errors=True)
     ddp.barrier(info)
     return final
