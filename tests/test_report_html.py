@@ -20,33 +20,10 @@ from slimkit.cli.main import app
 from slimkit.compression import RefusedError
 from slimkit.compression import run as run_mod
 from slimkit.report_html import render_page, write_page
+from tests.test_compress import TINY, data, macs_timer, tiny_resnet  # noqa: F401  (data: the shared fixture)
 
 CHROMIUM = Path("/usr/bin/chromium")
-TINY = {"search_steps": 3, "recover_steps": 3, "batch_size": 64, "calib_batches": 2, "progress": False}
 runner = CliRunner()
-
-
-def tiny_resnet():
-    import torch
-
-    from slimkit.models import ResNetCifar
-
-    torch.manual_seed(0)
-    return ResNetCifar(depth=8, width=16, num_classes=10, in_channels=1, input_size=8)
-
-
-def macs_timer(example):
-    from slimkit.measure import count_macs
-
-    return lambda models: [count_macs(m, example) / 1e6 for m in models]
-
-
-@pytest.fixture(scope="module")
-def data():
-    from slimkit.data import load_digits
-
-    d = load_digits(seed=0)
-    return d.train.subset(256), d.val, d.test
 
 
 @pytest.fixture(scope="module")
