@@ -115,18 +115,22 @@ def compress(
 
     inputs = [p for p in (model, data) if p and Path(p).exists()]
     check_output_folder(out, overwrite, inputs)
-    from slimkit.families import folder_family, whisper
+    from slimkit.cli.options import family_of
+    from slimkit.families import whisper
 
-    is_lm = model == "smollm2" or (Path(model).is_dir() and folder_family(Path(model)) == "causal-lm")
-    if is_lm:
+    try:
+        family = family_of(model)  # the verbs' one reading of MODEL, no weights loaded
+    except SlimkitError:
+        family = None  # resolve_model below says what is wrong with MODEL
+    if family == "causal-lm":
         from slimkit.families.causal_lm import check_data
 
         check_data(data)  # a missing text costs one line before the model loads
         if eval_data is not None:
             check_data(eval_data)
-    elif whisper.is_whisper_source(model):
+    elif family == "whisper":
         whisper.check_data(data)  # a folder without transcripts costs one line before the model loads
-    if eval_data is not None and not is_lm:
+    if eval_data is not None and family != "causal-lm":
         raise SlimkitError("--eval-data is a causal LM's held-out text; other models' val and test come from --data "
                            "(carved with the seed, or the splits it ships with)")
     source = resolve_model(model, task)
