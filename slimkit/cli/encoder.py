@@ -43,16 +43,14 @@ def _sentences(samples: int, held_out: int, seed: int) -> tuple[list[str], list[
 
 
 def prune(model: str, out: Path, overwrite: bool, ffn: float, heads: float, blocks: int, samples: int,
-          calib: int, held_out: int, seed: int, recipe: dict) -> None:
+          held_out: int, seed: int, recipe: dict) -> None:
     """Cut FFN neurons, heads and last layers, refit by least squares, report fidelity, save."""
     check_sentence_encoder(model, "prune")
     check_sparsity(ffn, "--ffn")
     check_sparsity(heads, "--heads")
     check_count(blocks, "--blocks", 0)
-    if not 0 < calib:
-        raise SlimkitError(f"need --calib-samples >= 1, got {calib}")
     check_out(out, overwrite, model)
-    texts, held = _sentences(max(samples, calib), held_out, seed)
+    texts, held = _sentences(samples, held_out, seed)  # the calibration sentences (--samples) and held-out ones
     from slimkit.io.hf_folder import save_hf
     from slimkit.llm.encoder import fidelity
     from slimkit.llm.encoder_prune import prune_encoder
@@ -60,7 +58,7 @@ def prune(model: str, out: Path, overwrite: bool, ffn: float, heads: float, bloc
 
     teacher, tok = load_encoder(model)
     student = copy.deepcopy(teacher)
-    pruned = prune_encoder(student, tok, texts[:calib], ffn, heads, blocks)
+    pruned = prune_encoder(student, tok, texts, ffn, heads, blocks)
     shape = _describe(teacher, student, pruned)
     fid = fidelity(student, teacher, tok, held)
     typer.echo(f"pruned + refit: {fid}")

@@ -117,7 +117,7 @@ def prune(
         from slimkit.cli import encoder
 
         encoder.prune(model, out, overwrite, pick(ffn, 0.0), pick(heads, 0.0), pick(blocks, 0),
-                      samples=pick(samples, 1024), calib=pick(samples, 1024), held_out=500, seed=seed, recipe=recipe)
+                      samples=pick(samples, 1024), held_out=500, seed=seed, recipe=recipe)
         return
     refuse_unused("prune", family, {"--heads": heads, "--samples": samples})
     from slimkit.cli import speech
