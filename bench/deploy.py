@@ -5,7 +5,7 @@ Per CNN (ResNet-20-style, MobileNetV2-style) on Fashion-MNIST (54k/6k/10k train/
     settings (same cache file), else trained here (structured.EPOCHS: 5 and 4 epochs);
   * a uniform cut: the uniform Taylor channel ratio reaching <= --macs-target x dense MACs, BatchNorm
     statistics re-estimated, then --recover-epochs of KD from the dense model (T=2, alpha=0.5);
-  * a depth+width cut at the same MACs with slimkit.prune.shape_search.choose_depth_width, as
+  * a depth+width cut at the same MACs with compress's search (slimkit.compression.search), as
     bench/structured.py does: blocks ranked by influence per ms their removal saves (eager batch-1
     times in fresh processes), mixes recovered fastest first with --recover-epochs of KD until one
     holds val >= dense val - 1 pt. The recovery is shorter than structured.py's (2 ep uniform, 4 ep
@@ -50,7 +50,9 @@ from slimkit.measure import count_macs, evaluate_classifier, predict_logits
 from slimkit.measure.fresh import time_in_fresh_processes
 from slimkit.prune.batchnorm import recalibrate_bn
 from slimkit.distill.finetune import fine_tune
-from slimkit.prune.shape_search import choose_depth_width, ratio_for_macs
+from slimkit.compression.cutters import StructuredCutter
+from slimkit.compression.search import ratio_for, search
+from slimkit.compression.settings import CompressSettings, Target
 from slimkit.prune.structured import prune_structured
 
 from deploy_encoder import minilm_rows
@@ -150,7 +152,10 @@ class CnnBench:
     def uniform_cut(self, dense: nn.Module, target_macs: float) -> nn.Module:
         a = self.a
         with stage(f"{self.key}: uniform Taylor cut to <= {a.macs_target} x MACs, KD {a.recover_epochs} ep"):
-            r = ratio_for_macs(dense, self.ex, target_macs, round_to=a.round_to)
+            r = ratio_for(StructuredCutter(self.ex, round_to=a.round_to), dense, [], lambda m: count_macs(m, self.ex),
+                          target_macs)
+            if r is None:
+                raise SystemExit(f"{self.key}: no uniform channel cut reaches {a.macs_target} x dense MACs")
             cut = prune_structured(copy.deepcopy(dense), self.ex, r, "taylor", calib=self.calib,
                                    round_to=a.round_to).model
             return self.recover(cut, "uniform")
@@ -160,22 +165,26 @@ class CnnBench:
         floor = self.acc(dense, self.data.val) - 0.01
         d_ms = self.eager_times([dense], 1)[0]
         lay = min(d_ms, key=d_ms.get)
-        recovered: dict[int, nn.Module] = {}
-
-        def score(m: nn.Module) -> float:
-            recovered[id(m)] = self.recover(m, "depth+width mix")
-            return self.acc(recovered[id(m)], self.data.val)
-
         max_blocks = a.max_blocks if a.max_blocks is not None else MAX_BLOCKS[key]
+        cutter = StructuredCutter(self.ex, "taylor", labels=[y for _, y in self.calib], round_to=a.round_to)
         with stage(f"{key}: depth+width search (0..{max_blocks} blocks), KD {a.recover_epochs} ep per mix tried"):
-            choice = choose_depth_width(dense, self.ex, target_macs, score, "taylor", self.calib,
-                                        max_blocks=max_blocks, floor=floor, round_to=a.round_to,
-                                        time_models=lambda ms: [t[lay] for t in self.eager_times(ms, 1, [lay])])
-        c = choice.chosen
-        held = "holds" if c.score >= floor else "no mix held; best-scoring"
+            found = search(dense, cutter, self.ex, Target("macs", target_macs / count_macs(dense, self.ex)),
+                           [x for x, _ in self.calib], CompressSettings(max_blocks=max_blocks, round_to=a.round_to),
+                           lambda ms: [t[lay] for t in self.eager_times(ms, 1, [lay])])
+            best = None  # fastest first until a mix holds the floor, else the best-scoring one
+            for c in found.candidates:
+                rec = self.recover(c.model, "depth+width mix")
+                c.val = self.acc(rec, self.data.val)
+                if best is None or c.val > best[0].val:
+                    best = (c, rec)
+                if c.val >= floor:
+                    best = (c, rec)
+                    break
+        c, recovered = best
+        held = "holds" if c.val >= floor else "no mix held; best-scoring"
         self.notes["depth+width"] = (f"{c.blocks} blocks ({', '.join(c.removed) or 'none'}) + ratio {c.ratio}; "
                                      f"{held} val floor {100 * floor:.2f}")
-        return recovered[id(choice.model)]
+        return recovered
 
     def run(self) -> list[dict]:
         a, data, out = self.a, self.data, Path(self.a.out)

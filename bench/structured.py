@@ -8,19 +8,17 @@ Per model (ResNet-20-style, MobileNetV2-style), on the full 54k/6k/10k train/val
     uniform shaping at the same importance budget; latency-aware depth+width through
     slimkit.compress: 0..k blocks plus channels at the same MACs (blocks ranked by influence per ms
     their removal saves), timed, then recovered with 4 ep of KD (the engine's, live teacher)
-    fastest first until one holds the val floor (dense val - 1 pt);
-  * a ratio chosen on val against a floor of "dense val - 1 pt", checked on test only at the end.
+    fastest first until one holds the val floor (dense val - 1 pt), checked on test only at the end.
 Latency: batch 1, every variant of a model and its dense model BN-folded, each in NCHW and
 channels_last, all timed in alternation at the end (fastest of N rounds of 5 calls in a row, the
 first of each 5 not recorded, so every model runs warm as it would alone), fastest of 3 fresh
 processes that load the saved checkpoints (slimkit/measure/fresh.py says why); each model, the dense one too, is
-reported in its faster layout. The depth+width candidates are timed the same way. The val sweep's
-latency curve is timed in this process, in NCHW.
+reported in its faster layout. The depth+width candidates are timed the same way.
 
     # the full run: ~45 min with base training, ~35 min once the base models are cached (2 cores)
     PYTHONPATH=. python bench/structured.py
     PYTHONPATH=. python bench/structured.py --models resnet20 --train-n 512 --epochs 0.2 \\
-        --recover-epochs 0.02 --criteria-epochs 0.01 --sweep-epochs 0.01   # smoke test
+        --recover-epochs 0.02 --criteria-epochs 0.01   # smoke test
 """
 
 import argparse
@@ -45,8 +43,8 @@ from slimkit.models import build_model
 from slimkit.prune.batchnorm import recalibrate_bn
 from slimkit.prune import latency_table, prune_latency_aware, prune_structured
 from slimkit.distill.finetune import fine_tune
-from slimkit.compression.select import choose_ratio, write_selection
-from slimkit.prune.shape_search import ratio_for_macs
+from slimkit.compression.cutters import StructuredCutter
+from slimkit.compression.search import ratio_for
 
 from run_clock import (channels_last, cpu_name, eval_seconds_per_sample, fmt_cell, stage,
                        train_seconds_per_sample)
@@ -79,7 +77,6 @@ def parse() -> argparse.Namespace:
     p.add_argument("--kd-temperature", type=float, default=2.0, help="KD temperature of every KD recovery")
     p.add_argument("--kd-alpha", type=float, default=0.5, help="KD weight (1 - alpha on CE) of every KD recovery")
     p.add_argument("--criteria-epochs", type=float, default=0.3, help="short equal KD recovery per criterion")
-    p.add_argument("--sweep-epochs", type=float, default=0.5, help="KD recovery per point of the val ratio sweep")
     p.add_argument("--criterion", default="taylor", choices=CRITERIA, help="criterion of the main rows")
     p.add_argument("--macs-target", type=float, default=0.5, help="pruned/dense MACs to reach (0.5 = 2x fewer)")
     p.add_argument("--floor-pt", type=float, default=1.0, help="val floor = dense val accuracy - this many points")
@@ -195,7 +192,10 @@ class ModelBench:
             d_row = self.row("dense", dense, 0.0, note=f"base {epochs} epochs, {how}")
             eval_s = time.time() - t0
         self.d_val, self.d_test = d_row["val"], d_row["test"]
-        r = ratio_for_macs(dense, self.example, a.macs_target * self.d_macs)
+        r = ratio_for(StructuredCutter(self.example), dense, [], lambda m: count_macs(m, self.example),
+                      a.macs_target * self.d_macs)
+        if r is None:
+            raise SystemExit(f"{key}: no uniform channel cut reaches {a.macs_target} x dense MACs")
         rec = self.est_recover(self.prune(dense, r, "l2")[0], 1.0)
         epochs_rec = recovery_epochs(a)
         print(f"[plan] {key}: uniform ratio {r} gives <= {a.macs_target} x dense MACs; recovery ~{rec:.0f} s per epoch "
@@ -220,7 +220,6 @@ class ModelBench:
         with stage(f"{key}: blocks+channels search (0..{max_blocks} blocks), KD {RS}ep per mix, fastest first, "
                    f"until one holds the val floor (estimate: 2 mixes)", 2 * RS * rec):
             self.depth_width(crit, RS, max_blocks)
-        self.select(crit, rec)
         with stage(f"{key}: batch-1 timing of {len(self.timed)} models x {len(self.layouts)} layouts, "
                    f"{a.timing_rounds} alternating rounds"):
             self.time_all()
@@ -320,31 +319,6 @@ class ModelBench:
         m = copy.deepcopy(m).eval()
         return to_layout(m if self.a.no_fold else fold_batchnorm(m, self.example), layout or self.layouts[0])
 
-    def select(self, crit: str, rec: float) -> None:
-        a, floor_val = self.a, self.d_val - self.a.floor_pt
-        grid = (0.2, 0.35, 0.5, 0.65)
-        with stage(f"{self.key}: val sweep {grid} + 1 bisection, KD {a.sweep_epochs}ep each",
-                   5 * 0.8 * a.sweep_epochs * rec):
-            def build(q: float) -> nn.Module:
-                return self.recover(self.prune(self.dense, q, crit)[0], a.sweep_epochs, True, f"sweep {q:.2f}")
-
-            sel = choose_ratio(self.dense, build, self.data.val, self.example,
-                               floor=floor_val / 100, grid=grid, bisect_steps=1, threads=a.latency_threads,
-                               prepare=self.timing_copy)
-            out = Path(a.out)
-            write_selection(sel, out / f"{self.key}_ratio_curve.json", out / f"{self.key}_ratio_curve.png")
-        if sel.chosen is None:
-            self.rows.append({"model": self.key, "variant": "val-chosen ratio",
-                              "note": f"no ratio in the sweep met the val floor {floor_val:.2f}"})
-            return
-        q, floor_test = sel.chosen.ratio, self.d_test - a.floor_pt
-        rw = self.row(f"val-chosen (val >= dense-{a.floor_pt}) + KD {a.sweep_epochs}ep", sel.chosen_model, q,
-                      val=100 * sel.chosen.val_metric)
-        margin = rw["test"] - floor_test
-        rw.update(floor_val=floor_val, floor_test=floor_test, test_margin=margin)
-        rw["note"] = (f"val floor {floor_val:.2f}; test floor {floor_test:.2f}: "
-                      + (f"held (+{margin:.2f})" if margin >= 0 else f"MISSED by {-margin:.2f} pt"))
-
     def time_all(self) -> None:
         """One alternating pass over dense and every variant, each in every layout, in fresh processes; a
         model's latency is its faster layout's. A variant no faster than dense falls back to it, with a note."""
@@ -372,7 +346,7 @@ def recovery_epochs(a: argparse.Namespace) -> float:
     """Epochs of pruned-model recovery one model's rows take (run estimates and the plan share it)."""
     return ((2 * len(a.recover_seeds) + 1) * a.recover_epochs  # CE and KD per seed, latency-aware
             + 2 * a.shape_recover_epochs  # depth+width: mixes recovered until one holds (estimate: 2)
-            + 3 * a.criteria_epochs + 5 * 0.8 * a.sweep_epochs)  # criteria, val sweep (4 points + bisection)
+            + 3 * a.criteria_epochs)  # criteria
 
 
 def plan(a: argparse.Namespace, train: Split, n_eval: int) -> None:
@@ -419,8 +393,7 @@ def main() -> None:
               f"(table scaled to one measured 50% uniform cut); base models {len(train)} train samples "
               f"(epochs {a.epochs or EPOCHS}); recovery AdamW lr 1e-3, KD T={a.kd_temperature} alpha={a.kd_alpha} "
               f"from cached dense logits, CE and KD on the same samples: main {a.recover_epochs} ep, criteria "
-              f"{a.criteria_epochs} ep, sweep "
-              f"{a.sweep_epochs} ep; pruned models BN re-estimated on 20x128 train images; val {len(data.val)}, test "
+              f"{a.criteria_epochs} ep; pruned models BN re-estimated on 20x128 train images; val {len(data.val)}, test "
               f"{len(data.test)}; seed {a.seed}; wall {time.time() - t_start:.0f} s")
     print("\n" + header)
     cols = ("model", "variant", "ratio", "mmacs", "macs_x", "ms", "layout", "speedup", "eff", "pred_ms", "val", "test",

@@ -1,19 +1,16 @@
 """Structured pruning: exact equivalence with masked references, couplings, heads, blocks, checkpoints."""
 
 import copy
-import json
 
 import pytest
 import torch
 from torch import nn
 
-from slimkit.data.arrays import Split
 from slimkit.errors import SlimkitError
 from slimkit.io import load_model, save_model
 from slimkit.models import MobileNetV2Small, ResNetCifar, SeedCNN, SmallViT
 from slimkit.prune import allocation as alloc
 from slimkit.prune import importance as imp
-from slimkit.compression.select import choose_ratio, write_selection
 from slimkit.prune.structured import (
     build_graph,
     apply_plan,
@@ -219,22 +216,6 @@ def test_latency_aware_keep_spends_budget_where_time_is_saved() -> None:
     keep, _ = alloc.latency_aware_keep({"a": torch.ones(32), "b": torch.ones(32)}, saving, target_ms=20.0, round_to=8)
     assert sum(32 - k for k in keep.values()) == 16 and any(c["a"] < 32 for c in calls)
     assert alloc.importance_lost({"a": torch.tensor([1.0, 3.0])}, {"a": 1}, normalize=False) == 1.0
-
-
-def test_choose_ratio_on_val(tmp_path) -> None:
-    model = _tiny("cnn")
-    val = Split(X, Y)
-    built, prepared = {}, []
-    sel = choose_ratio(model, lambda r: built.setdefault(r, prune_structured(copy.deepcopy(model), X[:1], r).model),
-                       val, X[:1], floor=0.0, grid=(0.25, 0.5), bisect_steps=1, progress=False, timing_rounds=3,
-                       prepare=lambda m: prepared.append(m) or m)
-    assert sel.chosen is not None and sel.chosen.ratio == 0.5 and len(sel.curve) == 2
-    assert sel.chosen_model is built[0.5] and len(prepared) == 4  # dense once per point, plus each model
-    write_selection(sel, tmp_path / "c.json", tmp_path / "c.png")
-    data = json.loads((tmp_path / "c.json").read_text())
-    assert data["chosen"]["ratio"] == 0.5 and (tmp_path / "c.png").stat().st_size > 1000
-    with pytest.raises(SlimkitError):
-        choose_ratio(model, lambda r: model, val, X[:1])
 
 
 def test_grouped_conv_is_kept_with_its_channels() -> None:

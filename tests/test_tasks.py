@@ -52,17 +52,6 @@ def test_lower_is_better_metric_drives_early_stopping(digits):
     assert evaluate(model, digits.val, task)["error"] == pytest.approx(min(errors))  # the lowest error restored
 
 
-def test_choose_ratio_reads_the_metric_direction(digits):
-    from slimkit.compression.select import choose_ratio
-
-    model = SeedCNN(1, 8, (8, 16, 32)).eval()
-    kw = dict(grid=(0.25, 0.5), bisect_steps=0, progress=False, timing_rounds=2, task=classification([_error_rate()]))
-    sel = choose_ratio(model, lambda r: model, digits.val, digits.val.x[:1], floor=1.0, **kw)
-    assert sel.chosen is not None and sel.chosen.ratio == 0.5  # error <= 1.0 holds everywhere
-    assert sel.constraint == {"val_floor": 1.0, "metric": "error", "higher_is_better": False}
-    assert choose_ratio(model, lambda r: model, digits.val, digits.val.x[:1], floor=-0.1, **kw).chosen is None
-
-
 def test_loaders_generators_and_their_limits(digits, tmp_path):
     x, y = digits.train.x[:256], digits.train.y[:256]
     batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, 256, 64)]

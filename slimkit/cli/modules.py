@@ -99,7 +99,7 @@ def prune(checkpoint: Path, out: Path, method: str, ratio: float, importance: st
                                   head_ratio=heads)
         pruned = result.model
         if not keep_slower:
-            from slimkit.prune.latency_cost import not_slower
+            from slimkit.measure.fresh import not_slower
 
             kept, info = not_slower(dense, pruned, data.test.x[:1])
             if kept is dense:

@@ -186,3 +186,38 @@ def _main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _main(sys.argv[1:])
+
+
+def not_slower(dense: nn.Module, pruned: nn.Module, example: torch.Tensor, threads: int = 2,
+               rounds: int = 60, passes: int = 3, builder: str | None = None,
+               kwargs: dict | None = None) -> tuple[nn.Module, dict]:
+    """Return the pruned model if it measures faster than the dense one, else the dense one.
+
+    Decided by the deciding timer (slimkit.measure.fresh: fresh processes, OMP_WAIT_POLICY=ACTIVE,
+    BN folded in both) when a child process can rebuild both models: slimkit's own models, Hugging
+    Face models ("hf", the default for them), or any model given `builder`, the
+    "package.module:callable" that builds its dense form (with JSON `kwargs`). Otherwise by
+    alternating runs in this process, fastest of each (interference only adds time). The dict
+    records both times, the method, and a note when the cut did not pay.
+    """
+    from slimkit.io.hf_folder import is_hf
+
+    if builder is None and is_hf(dense) and is_hf(pruned):
+        builder = HF
+    if builder is not None or (rebuildable(dense) and rebuildable(pruned)):
+        d_ms, p_ms = (t["nchw"] for t in time_in_fresh_processes([dense, pruned], example, ["nchw"], rounds, threads,
+                                                                 passes=passes, log=False, builder=builder,
+                                                                 kwargs=kwargs))
+        method = describe(rounds, threads, True, passes, example.shape[0])
+        if builder is not None:
+            method += f", rebuilt with builder {builder}"
+    else:
+        d, p = measure_latency_interleaved([dense, pruned], example, rounds, warmup=3, threads=threads, stat="min")
+        d_ms, p_ms = d.ms, p.ms
+        method = (f"fastest of {rounds} alternating rounds in this process, {threads} threads (the models have no "
+                  "config() and no builder was given, so they cannot be timed in fresh processes)")
+    info = {"dense_ms": d_ms, "pruned_ms": p_ms, "kept_pruned": p_ms < d_ms, "method": method}
+    if p_ms >= d_ms:
+        info["note"] = f"pruned model measured {p_ms:.3f} ms vs dense {d_ms:.3f} ms: the cut does not pay, kept dense"
+        return dense, info
+    return pruned, info

@@ -1,6 +1,7 @@
 """Pruning: unstructured magnitude masks (magnitude.py), structured removal (structured.py and its
 helpers: handlers, cuttable, importance, allocation, layers) and latency-aware
-shaping (latency_cost.py).
+allocation (latency_cost.py: per-layer widths from measured layer times; the search over
+whole-model cuts is compress's, slimkit.compression.search).
 
 Every `prune_*` verb (and `magnitude_prune`, `iterative_prune`) changes the model it is given in
 place and returns a `PruneResult` whose `model` is that object; keep a `copy.deepcopy` first when
@@ -10,7 +11,7 @@ the dense model is still needed.
 from slimkit.prune.cuttable import Survey, survey
 from slimkit.prune.handlers import Handler, Heads, register_handler
 from slimkit.masks import MaskHolder, apply_masks, bake
-from slimkit.prune.latency_cost import LatencyTable, latency_table, not_slower, prune_latency_aware
+from slimkit.prune.latency_cost import LatencyTable, latency_table, prune_latency_aware
 from slimkit.prune.magnitude import (
     kept_ratio,
     magnitude_prune,
@@ -42,7 +43,6 @@ __all__ = [
     "latency_table",
     "magnitude_prune",
     "masks_from_threshold",
-    "not_slower",
     "prunable_weights",
     "prune_latency_aware",
     "prune_structured",

@@ -1,4 +1,4 @@
-"""Measured latency of pruning choices: a per-layer lookup table, latency-aware shaping, never-slower.
+"""Measured latency of pruning choices: a per-layer lookup table and the latency-aware allocation it drives.
 
 Timing a whole model with one group cut, against the dense model, buries a few microseconds of
 saving in the noise of a millisecond-long forward pass (seen: negative predicted latencies). So,
@@ -321,42 +321,6 @@ def _still_valid(table: LatencyTable, model: nn.Module, example: torch.Tensor,
     now = measure_latency_interleaved([prepare(model)], example[:1], runs=100, warmup=5, threads=threads,
                                       stat="min")[0].ms
     return abs(now / table.dense_ms - 1.0) <= stale
-
-
-def not_slower(dense: nn.Module, pruned: nn.Module, example: torch.Tensor, threads: int = 2,
-               rounds: int = 60, passes: int = 3, builder: str | None = None,
-               kwargs: dict | None = None) -> tuple[nn.Module, dict]:
-    """Return the pruned model if it measures faster than the dense one, else the dense one.
-
-    Decided by the deciding timer (slimkit.measure.fresh: fresh processes, OMP_WAIT_POLICY=ACTIVE,
-    BN folded in both) when a child process can rebuild both models: slimkit's own models, Hugging
-    Face models ("hf", the default for them), or any model given `builder`, the
-    "package.module:callable" that builds its dense form (with JSON `kwargs`). Otherwise by
-    alternating runs in this process, fastest of each (interference only adds time). The dict
-    records both times, the method, and a note when the cut did not pay.
-    """
-    from slimkit.io.hf_folder import is_hf
-    from slimkit.measure.fresh import HF, describe, rebuildable, time_in_fresh_processes
-
-    if builder is None and is_hf(dense) and is_hf(pruned):
-        builder = HF
-    if builder is not None or (rebuildable(dense) and rebuildable(pruned)):
-        d_ms, p_ms = (t["nchw"] for t in time_in_fresh_processes([dense, pruned], example, ["nchw"], rounds, threads,
-                                                                 passes=passes, log=False, builder=builder,
-                                                                 kwargs=kwargs))
-        method = describe(rounds, threads, True, passes, example.shape[0])
-        if builder is not None:
-            method += f", rebuilt with builder {builder}"
-    else:
-        d, p = measure_latency_interleaved([dense, pruned], example, rounds, warmup=3, threads=threads, stat="min")
-        d_ms, p_ms = d.ms, p.ms
-        method = (f"fastest of {rounds} alternating rounds in this process, {threads} threads (the models have no "
-                  "config() and no builder was given, so they cannot be timed in fresh processes)")
-    info = {"dense_ms": d_ms, "pruned_ms": p_ms, "kept_pruned": p_ms < d_ms, "method": method}
-    if p_ms >= d_ms:
-        info["note"] = f"pruned model measured {p_ms:.3f} ms vs dense {d_ms:.3f} ms: the cut does not pay, kept dense"
-        return dense, info
-    return pruned, info
 
 
 def prune_latency_aware(model: nn.Module, example: torch.Tensor, ratio: float, importance: str = "l2",
