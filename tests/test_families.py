@@ -187,3 +187,22 @@ def test_the_architecture_decides_family_and_task():
     assert hf_family(NS(architectures=["BertModel"])) == ("hf-encoder", "embeddings", "text")
     assert hf_family(NS(architectures=["LlamaForCausalLM"]))[:2] == ("causal-lm", "causal-lm")
     assert hf_family(NS(architectures=["WhisperForConditionalGeneration"]))[:2] == ("whisper", "speech")
+
+
+def test_one_reading_of_model_serves_every_verb(vit_folder, tmp_path):
+    """model_family reads MODEL from its path or name alone; compress's loader dispatches on the same answer,
+    and a local path wins over a built-in name."""
+    from slimkit.compression.sources import resolve_model
+    from slimkit.families import BUILTINS, model_family
+
+    assert model_family(str(vit_folder)) == "hf-encoder"
+    assert {name: model_family(name) for name in BUILTINS} == BUILTINS
+    assert model_family("tests.crnn:CRNN") == "modules" and model_family(str(tmp_path / "x.safetensors")) == "modules"
+    (tmp_path / "minilm").mkdir()
+    with pytest.raises(SlimkitError, match="folder without config.json"):
+        model_family(str(tmp_path / "minilm"))  # the user's folder, not the built-in
+    with pytest.raises(SlimkitError, match=r"built-in \(smollm2, minilm, whisper-tiny.en\)"):
+        model_family("no-such-model")
+    minilm = resolve_model("minilm", None)
+    assert minilm.family == "hf-encoder" and minilm.extras["task"] == "embeddings"
+    assert resolve_model(str(vit_folder), None).extras["task"] == "classification"

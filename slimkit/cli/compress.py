@@ -115,13 +115,9 @@ def compress(
 
     inputs = [p for p in (model, data) if p and Path(p).exists()]
     check_output_folder(out, overwrite, inputs)
-    from slimkit.cli.options import family_of
-    from slimkit.families import whisper
+    from slimkit.families import model_family, whisper
 
-    try:
-        family = family_of(model)  # the verbs' one reading of MODEL, no weights loaded
-    except SlimkitError:
-        family = None  # resolve_model below says what is wrong with MODEL
+    family = model_family(model)  # the verbs' one reading of MODEL, no weights loaded
     if family == "causal-lm":
         from slimkit.families.causal_lm import check_data
 

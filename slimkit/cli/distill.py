@@ -28,11 +28,11 @@ from slimkit.cli.options import (
     OUT_HELP,
     OVERWRITE_HELP,
     check_train_state,
-    family_of,
     pick,
     refuse_unused,
 )
 from slimkit.errors import SlimkitError
+from slimkit.families import model_family
 
 TEACHERS = {"causal-lm": "smollm2", "hf-encoder": "minilm", "whisper": "whisper-tiny.en"}
 
@@ -88,13 +88,13 @@ def distill(
 ) -> None:
     """Recover MODEL (a cut student) from its dense teacher by knowledge distillation."""
     recipe = recipe_of("distill", dict(locals()))
-    family = family_of(model)
+    family = model_family(model)
     if teacher is None:
         if family not in TEACHERS:
             raise SlimkitError("a checkpoint student needs its teacher: pass --teacher dense.safetensors")
         teacher = TEACHERS[family]
-    if family_of(teacher) != family:
-        raise SlimkitError(f"--teacher {teacher} is a {family_of(teacher)} model and {model} a {family} model; pass "
+    if model_family(teacher) != family:
+        raise SlimkitError(f"--teacher {teacher} is a {model_family(teacher)} model and {model} a {family} model; pass "
                            f"the dense model the student was cut from")
     lm_only = {"--eval-data": eval_data, "--eval-tokens": eval_tokens, "--seq-len": seq_len, "--top-k": top_k,
                "--hidden-weight": hidden_weight, "--parallel": parallel}

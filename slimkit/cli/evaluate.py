@@ -20,8 +20,8 @@ import typer
 
 from slimkit.cli import clean_errors
 from slimkit.cli.app import app
-from slimkit.cli.options import MODEL_HELP, family_of, pick, refuse_unused
-from slimkit.compression.sources import is_factory
+from slimkit.cli.options import MODEL_HELP, pick, refuse_unused
+from slimkit.families import is_factory, model_family
 from slimkit.errors import SlimkitError
 
 
@@ -50,7 +50,7 @@ def evaluate(
     seed: int = typer.Option(0, help="seed of the data split or the synthesised set"),
 ) -> None:
     """Measure MODEL: its task metric, size and speed, each with how it was measured."""
-    family = family_of(model)
+    family = model_family(model)
     lm_only = {"--eval-tokens": eval_tokens, "--seq-len": seq_len}
     whisper_only = {"--trim-encoder": trim_encoder, "--trim-pad": trim_pad, "--generate": generate}
     if family != "modules":

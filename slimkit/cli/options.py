@@ -1,10 +1,10 @@
-"""What the verbs share: which family a MODEL argument is, the family's defaults, and the refusal of
+"""What the verbs share: option help, the family's defaults, and the refusal of
 options that mean nothing to that family.
 
-`slimkit prune | distill | eval MODEL` find the family from MODEL alone (no weights are read): a
-file is a slimkit checkpoint; a folder is the family its config.json names (slimkit.families);
-`smollm2`, `minilm` and `whisper-tiny.en` are the built-ins. One option name means one thing on
-every verb (`--ratio`, `--blocks`, `--heads`, `--ffn`, `--data`, `--out`, `--seed`...); an option
+`slimkit compress | prune | distill | eval MODEL` find the family from MODEL alone, with
+slimkit.families.model_family (no weights are read): a file is a slimkit checkpoint; a folder is the
+family its config.json names; `smollm2`, `minilm` and `whisper-tiny.en` are the built-ins. One
+option name means one thing on every verb (`--ratio`, `--blocks`, `--heads`, `--ffn`, `--data`, `--out`, `--seed`...); an option
 the family does not read is one error line naming the family, not silently ignored.
 """
 
@@ -17,7 +17,6 @@ import yaml
 
 from slimkit.errors import SlimkitError
 
-BUILTINS = {"smollm2": "causal-lm", "minilm": "hf-encoder", "whisper-tiny.en": "whisper"}
 MODEL_HELP = ("a slimkit .safetensors checkpoint, a Hugging Face folder (its config names the family), or a built-in: "
               "smollm2, minilm, whisper-tiny.en")
 OUT_HELP = "where the result goes: a new path, or an earlier slimkit result with --overwrite"
@@ -25,33 +24,6 @@ OVERWRITE_HELP = "replace an earlier slimkit result in --out (never a file or fo
 CHECKPOINT_HELP = ("folder for the training state; a run killed at any point resumes from it when started again "
                    "with the same settings")
 AMP_HELP = "autocast: auto (bf16/fp16 on CUDA, off on CPU), off, bf16 or fp16 (CUDA only)"
-
-
-def family_of(model: str) -> str:
-    """The family of a MODEL argument, from the path or name alone; one line when it is none."""
-    from slimkit.compression.sources import is_factory
-    from slimkit.families import folder_family
-
-    p = Path(model).expanduser()
-    if p.suffix == ".safetensors":
-        return "modules"  # the checkpoint loader says what is wrong with it, if anything
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise SlimkitError(f"{model} is a folder without config.json; pass a Hugging Face folder written by "
-                               f"save_pretrained, a slimkit .safetensors checkpoint or a built-in "
-                               f"({', '.join(BUILTINS)})")
-        family = folder_family(p)
-        if family is None:
-            raise SlimkitError(f"{p / 'config.json'} is not a JSON object; re-save the model with save_pretrained")
-        return family
-    if p.is_file():
-        return "modules"
-    if model in BUILTINS:
-        return BUILTINS[model]
-    if is_factory(model):
-        return "modules"
-    raise SlimkitError(f"MODEL {model!r} is neither a file, a folder, package.module:factory nor a built-in "
-                       f"({', '.join(BUILTINS)}); check the path")
 
 
 def refuse_unused(verb: str, family: str, given: dict[str, Any]) -> None:

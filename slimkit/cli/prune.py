@@ -21,8 +21,8 @@ import typer
 
 from slimkit.cli import clean_errors
 from slimkit.cli.app import app, recipe_of
-from slimkit.cli.options import MODEL_HELP, OUT_HELP, OVERWRITE_HELP, family_of, pick, refuse_unused
-from slimkit.compression.sources import is_factory
+from slimkit.cli.options import MODEL_HELP, OUT_HELP, OVERWRITE_HELP, pick, refuse_unused
+from slimkit.families import is_factory, model_family
 from slimkit.errors import SlimkitError
 
 
@@ -72,7 +72,7 @@ def prune(
 ) -> None:
     """One cut of MODEL, measured before and after (recover it with slimkit distill)."""
     recipe = recipe_of("prune", dict(locals()))
-    family = family_of(model)
+    family = model_family(model)
     lm_only = {"--nm": nm, "--eval-data": eval_data, "--eval-tokens": eval_tokens, "--seq-len": seq_len,
                "--stream": stream}
     checkpoint_only = {"--importance": importance, "--allocation": allocation, "--round-to": round_to,

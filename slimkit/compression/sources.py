@@ -5,7 +5,8 @@ MODEL is one of:
 - a Hugging Face model folder (config.json): its family and task come from the architecture its
   config names (slimkit.families); `--task` may only agree with it; a `*ForCausalLM` folder, or the
   built-in name `smollm2`, is the causal-lm family (slimkit.families.causal_lm); a Whisper folder, or
-  the built-in name `whisper-tiny.en`, the whisper family (slimkit.families.whisper);
+  the built-in name `whisper-tiny.en`, the whisper family (slimkit.families.whisper); a BERT- or
+  ViT-style folder, or the built-in name `minilm`, the hf-encoder family;
 - `package.module:factory`, a Python callable the user names on the command line (never read from
   a file). The current folder is searched first, as for `python -m`. It returns the model, or a
   dict with "model" and optionally "task" (a Task), "data" (a Dataset or a dict with train, val,
@@ -24,17 +25,16 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import sys
 from pathlib import Path
 
 from torch import nn
 
 from slimkit.errors import SlimkitError
+from slimkit.families import family_module, is_factory, model_family
 from slimkit.families.base import Source
 
 TASKS = ("classification", "embeddings", "ctc", "causal-lm", "speech")  # --task; a Hugging Face folder's task comes from its config
-_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 def task_named(name: str):
@@ -60,10 +60,6 @@ def task_named(name: str):
         raise SlimkitError("--task speech is a Whisper model's task: pass a Whisper folder written by save_pretrained "
                            "(with its processor) or the built-in whisper-tiny.en")
     raise SlimkitError(f"unknown --task {name!r}; choose one of {', '.join(TASKS)}")
-
-
-def is_factory(text: str) -> bool:
-    return bool(_FACTORY.match(text)) and not Path(text).exists()
 
 
 def load_factory(spec: str) -> Source:
@@ -104,35 +100,16 @@ def load_factory(spec: str) -> Source:
 
 
 def resolve_model(spec: str, task: str | None) -> Source:
-    """MODEL on the command line -> Source (see the module docstring)."""
+    """MODEL on the command line -> Source (see the module docstring); the family is read once, by
+    slimkit.families.model_family, as every verb reads it."""
+    family = model_family(spec)
+    if family != "modules":
+        return family_module(family).load(spec, task)
     if is_factory(spec):
         return load_factory(spec)
-    p = Path(spec)
-    if spec == "smollm2" and not p.exists():
-        from slimkit.families import causal_lm
+    from slimkit.io import load_model
 
-        return causal_lm.load(spec, task)
-    from slimkit.families import whisper
-
-    if whisper.is_whisper_source(spec):
-        return whisper.load(spec, task)
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise SlimkitError(f"{spec} is a folder without config.json; pass a Hugging Face folder written by "
-                               f"save_pretrained, a slimkit .safetensors checkpoint, package.module:factory, or the "
-                               f"built-in smollm2")
-        from slimkit.families import causal_lm, folder_family, hf_encoder
-
-        if folder_family(p) == "causal-lm":
-            return causal_lm.load(p, task)
-        return hf_encoder.load(p, task)
-    if p.suffix == ".safetensors" or p.is_file():
-        from slimkit.io import load_model
-
-        return Source(load_model(p), "checkpoint")
-    raise SlimkitError(f"MODEL {spec!r} is neither a file, a folder, package.module:factory nor a built-in (smollm2, "
-                       f"whisper-tiny.en); "
-                       f"check the path")
+    return Source(load_model(Path(spec).expanduser()), "checkpoint")
 
 
 def resolve_data(spec: str, data_dir: str | None, seed: int, n_train: int = 0) -> dict:

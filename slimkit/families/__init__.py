@@ -18,6 +18,7 @@ task's name: one table, so the choice lives in one place.
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,6 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            "an audio folder with transcripts.tsv, or the built-ins synth (Piper-synthesised sentences) and real "
            "(synth for training, the pocketsphinx recordings as the test split)"),
 )}
-# The commands that cut the families compress does not take yet (said in its refusal); none today.
-ELSEWHERE: dict[str, str] = {}
 # Engine task name -> the family module whose engine_parts(model, example, settings) gives compress
 # its (cutter, timer) for that task; tasks not here use compress's own choice.
 ENGINE_PARTS = {"causal_lm": "slimkit.families.causal_lm", "speech": "slimkit.families.whisper"}
@@ -59,6 +58,44 @@ def engine_parts(task_name: str, model: Any, example: Any, settings: Any) -> tup
     if module is None:
         return None, None
     return importlib.import_module(module).engine_parts(model, example, settings)
+
+
+# The built-in models MODEL may name (a local path of that name wins): name -> family.
+BUILTINS = {"smollm2": "causal-lm", "minilm": "hf-encoder", "whisper-tiny.en": "whisper"}
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def is_factory(text: str) -> bool:
+    """Whether MODEL reads as `package.module:callable` (and is no existing path)."""
+    return bool(_FACTORY.match(text)) and not Path(text).exists()
+
+
+def model_family(model: str) -> str:
+    """The family of a MODEL argument, from the path or name alone (no weights read); one line when
+    it is none. Every verb and compress read MODEL here, so one name means one model everywhere."""
+    p = Path(model).expanduser()
+    if p.suffix == ".safetensors":
+        return "modules"  # the checkpoint loader says what is wrong with it, if anything
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise SlimkitError(f"{model} is a folder without config.json; pass a Hugging Face folder written by "
+                               f"save_pretrained, a slimkit .safetensors checkpoint or a built-in "
+                               f"({', '.join(BUILTINS)})")
+        family = folder_family(p)
+        if family is None:
+            raise SlimkitError(f"{p / 'config.json'} is not a JSON object; re-save the model with save_pretrained")
+        return family
+    if p.is_file() or is_factory(model):
+        return "modules"
+    if model in BUILTINS:
+        return BUILTINS[model]
+    raise SlimkitError(f"MODEL {model!r} is neither a file, a folder, package.module:factory nor a built-in "
+                       f"({', '.join(BUILTINS)}); check the path")
+
+
+def family_module(family: str):
+    """The module of a Hugging Face family (hf-encoder, causal-lm, whisper): its load, prepare, cutter."""
+    return importlib.import_module(f"slimkit.families.{family.replace('-', '_')}")
 
 
 def describe() -> str:
@@ -113,5 +150,5 @@ def check_task(family: str, task: str, requested: str | None, arch: str) -> str:
                        f"leave --task out or pass a model of that task")
 
 
-__all__ = ["ELSEWHERE", "ENGINE_PARTS", "FAMILIES", "Family", "Prepared", "Source", "check_task", "describe",
-           "engine_parts", "folder_family", "hf_family"]
+__all__ = ["BUILTINS", "ENGINE_PARTS", "FAMILIES", "Family", "Prepared", "Source", "check_task", "describe",
+           "engine_parts", "family_module", "folder_family", "hf_family", "is_factory", "model_family"]

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimkit.errors import SlimkitError
-from slimkit.families import ELSEWHERE, FAMILIES, check_task, describe, hf_family
+from slimkit.families import check_task, describe, hf_family
 from slimkit.families.base import Prepared, Source
 
 MAX_TOKENS = 128  # longest text a classifier's batch keeps (tokens); longer rows are truncated
@@ -133,21 +133,21 @@ def task_for(name: str, modality: str):
 
 
 # -- loading -------------------------------------------------------------------------------------
-def load(folder: Path, requested: str | None) -> Source:
-    """A Hugging Face folder -> Source, with its task read from the config (see the module docstring)."""
+def load(folder: str | Path, requested: str | None) -> Source:
+    """A Hugging Face folder or the built-in `minilm` -> Source, with its task read from the config
+    (see the module docstring)."""
     from transformers import AutoConfig
     from transformers.utils import logging as transformers_logging
 
     from slimkit.io.hf_folder import offline
+    from slimkit.llm.load import resolve
 
+    folder = resolve(folder)  # the built-in name -> its installed folder; a path stays itself
     offline()
     transformers_logging.disable_progress_bar()  # a bar per load would bury the one-line errors
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     family, task, modality = hf_family(config)
     arch = (getattr(config, "architectures", None) or [""])[0]
-    if family in ELSEWHERE:
-        raise SlimkitError(f"{folder} holds {arch}, a {FAMILIES[family].takes.split(':')[0]} model (family {family}); "
-                           f"compress does not take this family yet: cut it with {ELSEWHERE[family]}")
     if family != "hf-encoder":
         raise SlimkitError(f"{folder} holds {arch}, a {family} model: load it with "
                            f"slimkit.families.{family.replace('-', '_')}.load")

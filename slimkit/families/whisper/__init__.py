@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import SlimkitError
-from slimkit.families import FAMILIES, check_task, folder_family
+from slimkit.families import FAMILIES, check_task
 from slimkit.families.base import Prepared, Source, shared_copy
 
 ARCH = "WhisperForConditionalGeneration"
@@ -259,14 +259,6 @@ def speech_task(tokenizer: Any):
 
 
 # -- loading -------------------------------------------------------------------------------------
-def is_whisper_source(spec: str) -> bool:
-    """Whether MODEL names the built-in Whisper or a folder whose config names a Whisper."""
-    from slimkit.speech.convert import BUILTINS
-
-    p = Path(spec)
-    return (spec in BUILTINS and not p.exists()) or (p.is_dir() and folder_family(p) == "whisper")
-
-
 def load(name_or_folder: str | Path, requested: str | None) -> Source:
     """The built-in whisper-tiny.en or a Whisper folder -> Source with the processor and the speech task."""
     import json
@@ -311,5 +303,5 @@ def check_data(spec: str | None) -> None:
 
 
 __all__ = ["DEFAULT_FLOOR", "MACS_NOTE", "ORDER_NOTE", "TRIM_NOTE", "TranscribeTimer", "Transcriber",
-           "WHISPER_SETTINGS", "WhisperCutter", "check_data", "engine_parts", "is_whisper", "is_whisper_source", "load",
+           "WHISPER_SETTINGS", "WhisperCutter", "check_data", "engine_parts", "is_whisper", "load",
            "prepare", "removal_order", "speech_task", "word_edits"]
