@@ -136,7 +136,7 @@ def test_text_classifier_from_a_csv_compressed_and_reloaded(bert_folder, tmp_pat
                   "--out", out, "--target", "macs=1.3x", *QUICK)
     assert res.exit_code == 0, res.output
     report = json.loads((out / "report.json").read_text())
-    assert "in this process" in report["timing"]  # token batches are dicts: said, not hidden
+    assert "fresh processes" in report["timing"] and "Hugging Face folders" in report["timing"]  # dicts too
     assert "classes emma, persuasion" in report["data"] and "carved" in report["data"]
     model = AutoModelForSequenceClassification.from_pretrained(out / "model", local_files_only=True).eval()
     tok = AutoTokenizer.from_pretrained(out / "model")  # the tokenizer travels with the model

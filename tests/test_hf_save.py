@@ -183,6 +183,24 @@ def test_fresh_process_timer_times_hf_models():
         time_in_fresh_processes([dense], IDS[:1], builder="hf", burst=1)
 
 
+def test_fresh_process_timer_takes_the_dict_and_tuple_inputs_encoders_are_called_with():
+    """A tokenizer's batch (a dict) reaches the child as the same keyword arguments, a tuple as the same
+    positional ones; BERT refuses a wrong key or a shape mismatch, so a mangled input fails the timing."""
+    from slimkit.measure.fresh import not_slower, sendable, time_in_fresh_processes
+
+    dense, cut = _bert(), _bert()
+    cut_ffn(cut.encoder.layer[0], 16)
+    batch = {"input_ids": IDS, "attention_mask": torch.ones_like(IDS), "token_type_ids": torch.zeros_like(IDS)}
+    for example in (batch, (IDS, torch.ones_like(IDS))):
+        times = time_in_fresh_processes([dense, cut], example, rounds=2, passes=1, log=False, builder="hf", warmup=1)
+        assert len(times) == 2 and all(t["nchw"] > 0 for t in times)
+    _, info = not_slower(dense, cut, batch, rounds=2, passes=1)
+    assert "fresh processes" in info["method"]
+    assert not sendable({"input_ids": IDS, "attention_mask": IDS[:1]}) and not sendable({"x": None})
+    with pytest.raises(SlimkitError, match="one tensor or a dict, tuple or list of tensors"):
+        time_in_fresh_processes([dense], {"input_ids": IDS, "attention_mask": IDS[:1]}, builder="hf")
+
+
 FOREIGN = {
     "resnet": (lambda: transformers.ResNetModel(transformers.ResNetConfig(
         embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="bottleneck")), (1, 3, 32, 32)),

@@ -107,8 +107,10 @@ class StructuredCutter:
 # -- timing --------------------------------------------------------------------------------------
 def can_time_fresh(plan: Rebuild, example: Any) -> bool:
     """Whether a child process can rebuild the model (slimkit's own, "hf", or a builder it can import
-    by name) and feed it `example`."""
-    return isinstance(example, torch.Tensor) and plan.fresh
+    by name) and feed it `example` (one tensor, or a dict, tuple or list of tensors)."""
+    from slimkit.measure.fresh import sendable
+
+    return sendable(example) and plan.fresh
 
 
 def deciding_timer(model: nn.Module, example: Any, threads: int = 2, rounds: int = 60,
@@ -140,7 +142,9 @@ def deciding_timer(model: nn.Module, example: Any, threads: int = 2, rounds: int
         res = measure_latency_interleaved([copy.deepcopy(m).eval() for m in models], one, runs=rounds, warmup=5,
                                           threads=threads, stat="min")
         return [r.ms for r in res]
-    why = plan.why_not_fresh if isinstance(example, torch.Tensor) else "its inputs are not a single tensor"
+    from slimkit.measure.fresh import sendable
+
+    why = plan.why_not_fresh if sendable(example) else "its inputs are not tensors with one batch dimension"
     return here, (f"in this process, because {why}: alternating {rounds} rounds x 4 warm calls per model, fastest "
                   f"round, {threads} threads, batch 1, BatchNorm not folded; less trustworthy than fresh processes")
 

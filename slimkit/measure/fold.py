@@ -14,17 +14,19 @@ something else, the outputs would differ and folding is refused.
 """
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
 
 from slimkit.errors import SlimkitError
+from slimkit.measure.cost import _call
 
 _CONVS = (nn.Conv1d, nn.Conv2d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-def conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
+def conv_bn_pairs(model: nn.Module, example: Any) -> list[tuple[str, str]]:
     """(conv name, bn name) for every BatchNorm that directly consumes a conv's output on `example`."""
     names = {m: n for n, m in model.named_modules()}
     outputs: list[tuple[nn.Module, torch.Tensor]] = []  # keeps tensors alive: identity stays meaningful
@@ -44,7 +46,7 @@ def conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, st
     was = model.training
     try:
         with torch.no_grad():
-            model.eval()(example)
+            _call(model.eval(), example)
     finally:
         model.train(was)
         for h in hooks:
@@ -71,7 +73,7 @@ def fold_conv_bn(conv: nn.Conv1d | nn.Conv2d, bn: nn.BatchNorm1d | nn.BatchNorm2
     return fused
 
 
-def fold_batchnorm(model: nn.Module, example: torch.Tensor, atol: float = 1e-4) -> nn.Module:
+def fold_batchnorm(model: nn.Module, example: Any, atol: float = 1e-4) -> nn.Module:
     """An eval-mode copy of `model` with every conv->BatchNorm pair merged (BN becomes Identity).
 
     Raises SlimkitError if the folded copy's outputs on `example` differ from the original's by
@@ -84,7 +86,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, atol: float = 1e-4) 
         _set(folded, conv_name, fold_conv_bn(src.get_submodule(conv_name), src.get_submodule(bn_name)))
         _set(folded, bn_name, nn.Identity())
     with torch.no_grad():
-        ref, out = _first_tensor(src(example)), _first_tensor(folded(example))
+        ref, out = _first_tensor(_call(src, example)), _first_tensor(_call(folded, example))
     err = float((ref - out).abs().max()) / max(1.0, float(ref.abs().max()))
     if err > atol:
         raise SlimkitError(f"folding BatchNorm changed {type(model).__name__}'s outputs by {err:.2e} (relative); "

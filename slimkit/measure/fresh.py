@@ -59,16 +59,53 @@ def rebuildable(model: nn.Module) -> bool:
 
 
 HF = "hf"  # the builder spec for Hugging Face models, saved and reloaded as folders
+Example = torch.Tensor | dict[str, torch.Tensor] | tuple[torch.Tensor, ...] | list[torch.Tensor]
 
 
-def time_in_fresh_processes(models: list[nn.Module], example: torch.Tensor, layouts: list[str] | None = None,
+def sendable(example: Any) -> bool:
+    """Whether a child process can be handed `example`: one tensor, or a dict, tuple or list of tensors
+    (a Hugging Face encoder's input_ids and attention_mask) sharing the batch dimension."""
+    if isinstance(example, torch.Tensor):
+        return example.dim() > 0
+    parts = list(example.values()) if isinstance(example, dict) else list(example) \
+        if isinstance(example, (tuple, list)) else []
+    return bool(parts) and all(isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == parts[0].shape[0]
+                               for t in parts) and all(isinstance(k, str) for k in getattr(example, "keys", list)())
+
+
+def rows_of(example: Example) -> int:
+    """The batch size of an input that `sendable` accepts."""
+    first = example if isinstance(example, torch.Tensor) else \
+        next(iter(example.values())) if isinstance(example, dict) else example[0]
+    return first.shape[0]
+
+
+def _pack(example: Example, batch: int) -> tuple[dict[str, torch.Tensor], str]:
+    """The first `batch` rows of an input as named tensors for one safetensors file, and its kind."""
+    if isinstance(example, torch.Tensor):
+        return {"x": example[:batch].contiguous()}, "tensor"
+    if isinstance(example, dict):
+        return {f"dict.{k}": v[:batch].contiguous() for k, v in example.items()}, "dict"
+    return {f"seq.{i:03d}": v[:batch].contiguous() for i, v in enumerate(example)}, "tuple"
+
+
+def _unpack(tensors: dict[str, torch.Tensor], kind: str) -> Example:
+    if kind == "tensor":
+        return tensors["x"]
+    if kind == "dict":
+        return {k.split(".", 1)[1]: v for k, v in tensors.items()}
+    return tuple(tensors[k] for k in sorted(tensors))
+
+
+def time_in_fresh_processes(models: list[nn.Module], example: Example, layouts: list[str] | None = None,
                             rounds: int = 60, threads: int = 2, fold: bool = True, passes: int = 3,
                             log: bool = True, batch: int = 1, builder: str | None = None,
                             kwargs: dict[str, Any] | None = None, burst: int = 5,
                             warmup: int = 5) -> list[dict[str, float]]:
     """Per model, {layout: ms}: the fastest over `passes` new processes, each timing every model in
-    every layout in one alternating pass at `batch` (the first rows of `example`). Each pass logs the
-    first model's times, so a slow spell shows.
+    every layout in one alternating pass at `batch` (the first rows of `example`: one tensor, or a
+    dict, tuple or list of tensors, see `sendable`). Each pass logs the first model's times, so a
+    slow spell shows.
 
     `builder` says how the child rebuilds the models: None for slimkit's own models (`rebuildable`),
     "package.module:callable" with JSON `kwargs` for any model that callable builds densely, or "hf"
@@ -80,8 +117,12 @@ def time_in_fresh_processes(models: list[nn.Module], example: torch.Tensor, layo
 
     layouts = layouts or ["nchw"]
     unknown = [lay for lay in layouts if lay not in LAYOUTS]
+    if not sendable(example):
+        raise SlimkitError(f"fresh-process timing takes one tensor or a dict, tuple or list of tensors with one batch "
+                           f"dimension as the example, got {type(example).__name__}; time it in process with "
+                           f"slimkit.measure.measure_latency_interleaved")
     if (unknown or rounds < 1 or passes < 1 or threads < 1 or burst < 2 or warmup < 0
-            or not 1 <= batch <= example.shape[0]):
+            or not 1 <= batch <= rows_of(example)):
         raise SlimkitError(f"fresh-process timing needs layouts from {sorted(LAYOUTS)}, rounds, passes and threads "
                            f">= 1, burst >= 2, warmup >= 0 and 1 <= batch <= len(example); got layouts={layouts}, "
                            f"rounds={rounds}, passes={passes}, threads={threads}, burst={burst}, warmup={warmup}, "
@@ -107,9 +148,10 @@ def time_in_fresh_processes(models: list[nn.Module], example: torch.Tensor, layo
                 write_hf(m, Path(d) / f"m{i:03d}")
             else:
                 save_model(m, Path(d) / f"m{i:03d}.safetensors", builder=None if builder is None else (fn, kwargs or {}))
-        save_file({"x": example[:batch].contiguous()}, str(Path(d) / "example.safetensors"))
+        tensors, kind = _pack(example, batch)
+        save_file(tensors, str(Path(d) / "example.safetensors"))
         spec = {"n": len(models), "layouts": layouts, "rounds": rounds, "threads": threads, "fold": fold,
-                "burst": burst, "warmup": warmup}
+                "burst": burst, "warmup": warmup, "example": kind}
         (Path(d) / "spec.json").write_text(json.dumps(spec))
         root = str(Path(__file__).resolve().parents[2])  # this slimkit, also when run from a checkout
         # the child imports what this process can: a user's builder module may sit on a path added at run time
@@ -155,7 +197,7 @@ def _child(d: Path, builder: str | None, kwargs: dict[str, Any]) -> None:
 
     spec = json.loads((d / "spec.json").read_text())
     torch.set_num_threads(spec["threads"])
-    example = load_file(str(d / "example.safetensors"))["x"]
+    example = _unpack(load_file(str(d / "example.safetensors")), spec.get("example", "tensor"))
     loaded = [_load(d, i, builder, kwargs).eval() for i in range(spec["n"])]
     ready = [fold_batchnorm(m, example) if spec["fold"] else m for m in loaded]
     # Module.to(memory_format=...) converts in place, so each layout gets its own copy
@@ -204,18 +246,20 @@ def not_slower(dense: nn.Module, pruned: nn.Module, example: torch.Tensor, threa
 
     if builder is None and is_hf(dense) and is_hf(pruned):
         builder = HF
-    if builder is not None or (rebuildable(dense) and rebuildable(pruned)):
+    if sendable(example) and (builder is not None or (rebuildable(dense) and rebuildable(pruned))):
         d_ms, p_ms = (t["nchw"] for t in time_in_fresh_processes([dense, pruned], example, ["nchw"], rounds, threads,
                                                                  passes=passes, log=False, builder=builder,
                                                                  kwargs=kwargs))
-        method = describe(rounds, threads, True, passes, example.shape[0])
+        method = describe(rounds, threads, True, passes, 1)
         if builder is not None:
             method += f", rebuilt with builder {builder}"
     else:
         d, p = measure_latency_interleaved([dense, pruned], example, rounds, warmup=3, threads=threads, stat="min")
         d_ms, p_ms = d.ms, p.ms
-        method = (f"fastest of {rounds} alternating rounds in this process, {threads} threads (the models have no "
-                  "config() and no builder was given, so they cannot be timed in fresh processes)")
+        why = ("the models have no config() and no builder was given" if sendable(example) else
+               "the example is not tensors with one batch dimension")
+        method = (f"fastest of {rounds} alternating rounds in this process, {threads} threads ({why}, so they "
+                  f"cannot be timed in fresh processes)")
     info = {"dense_ms": d_ms, "pruned_ms": p_ms, "kept_pruned": p_ms < d_ms, "method": method}
     if p_ms >= d_ms:
         info["note"] = f"pruned model measured {p_ms:.3f} ms vs dense {d_ms:.3f} ms: the cut does not pay, kept dense"
