@@ -5,6 +5,8 @@ A tiny ResNet on 8x8 digits, a few steps, and a timer that reports MACs as milli
 test depends on the clock.
 """
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -13,7 +15,7 @@ from typer.testing import CliRunner
 import slimkit
 from slimkit.cli.main import app
 from slimkit.compression import CompressSettings, recover_chosen
-from slimkit.compression import run as run_mod
+from slimkit.compression import recovery as recovery_mod
 from slimkit.distill import Distiller, TrainConfig, ce, classification, embeddings
 from slimkit.errors import SlimkitError
 from slimkit.measure import count_macs
@@ -44,8 +46,8 @@ class Unreadable(nn.Module):
 
 def test_ce_recovery_has_no_teacher_term_and_kd_has_one():
     task = classification()
-    ce_terms = run_mod.terms_for(task, CompressSettings(recovery="ce"))
-    kd_terms = run_mod.terms_for(task, CompressSettings(recovery="kd"))
+    ce_terms = recovery_mod.terms_for(task, CompressSettings(recovery="ce"))
+    kd_terms = recovery_mod.terms_for(task, CompressSettings(recovery="kd"))
     assert [t.kind for t in ce_terms] == ["ce"] and not any(t.needs_teacher for t in ce_terms)
     assert "kd" in [t.kind for t in kd_terms] and any(t.needs_teacher for t in kd_terms)
     assert CompressSettings().recovery == "kd"
@@ -55,16 +57,16 @@ def test_ce_recovery_is_plain_cross_entropy_that_never_reads_the_teacher(data):
     train, _, _ = data
     task, student = classification(), tiny_resnet()
     s = CompressSettings(recovery="ce", batch_size=64, lr=1e-3)
-    got = run_mod.recover(student, Unreadable(), train, task, s, 5, "ce", progress=False)
+    got = recovery_mod.recover(student, Unreadable(), train, task, s, 5, "ce", progress=False)
     # the definition: the engine with no teacher and one CE term, under compress's schedule
-    ref = run_mod.copy.deepcopy(student)
+    ref = copy.deepcopy(student)
     cfg = TrainConfig(epochs=2, batch_size=64, lr=1e-3, seed=0, max_steps=5, warmup_steps=1)
     Distiller(None, ref, [ce(1.0)], cfg, task=task).fit(train, None, progress=False)
     for (name, a), b in zip(got.state_dict().items(), ref.state_dict().values()):
         assert torch.equal(a, b), name
     assert not torch.equal(got.state_dict()["fc.weight"], student.state_dict()["fc.weight"])  # it trained
     with pytest.raises(AssertionError, match="the teacher was read"):
-        run_mod.recover(student, Unreadable(), train, task, s.model_copy(update={"recovery": "kd"}), 5, "kd",
+        recovery_mod.recover(student, Unreadable(), train, task, s.model_copy(update={"recovery": "kd"}), 5, "kd",
                         progress=False)
 
 

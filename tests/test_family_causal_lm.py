@@ -125,7 +125,8 @@ def test_decoder_cutter_removes_layers_and_decodes_with_a_kv_cache():
 
 
 def test_kd_for_an_lm_reads_the_teachers_top_k():
-    from slimkit.compression.run import LM_TOP_K, make_settings, recovery_teacher, terms_for
+    from slimkit.compression.recovery import LM_TOP_K, recovery_teacher, terms_for
+    from slimkit.compression.run import make_settings
     from slimkit.distill import causal_lm
 
     model, _ = tiny_lm(2)

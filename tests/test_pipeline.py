@@ -110,18 +110,18 @@ def test_theta_above_every_weight_is_refused_before_the_students_train(tmp_path)
 
 def test_demo_headline_rows_and_a_ce_control_on_the_same_cut(tmp_path, monkeypatch, digits):
     """The headline's three rows exist, and the control trained the KD row's structure on CE alone."""
-    from slimkit.compression import run as run_mod
+    from slimkit.compression import recovery as recovery_mod
     from slimkit.io import load_model
     from slimkit.measure import count_macs
 
     made = []  # (teacher given to the engine, loss kinds) of every recovery, in order
 
-    class Recording(run_mod.Distiller):
+    class Recording(recovery_mod.Distiller):
         def __init__(self, teacher, student, losses, *args, **kw):
             made.append((teacher, [t.kind for t in losses]))
             super().__init__(teacher, student, losses, *args, **kw)
 
-    monkeypatch.setattr(run_mod, "Distiller", Recording)
+    monkeypatch.setattr(recovery_mod, "Distiller", Recording)
     ex = digits.val.x[:1]
     cfg = _cfg(tmp_path, headline=True, train_subset=256, headline_floor="0", headline_search_steps=3,
                headline_recover_steps=4)

@@ -5,6 +5,7 @@
                       out="runs/compressed")
 
 See run.py for the steps, settings.py for targets and floors, search.py for the depth+width mixes,
+recovery.py for the losses and the teacher,
 cutters.py for how models are cut and timed, result.py for the typed report, report.py for what is
 written.
 """
