@@ -168,7 +168,8 @@ def hf_part(name: str, b: dict, a) -> dict:
            "wall_s": time.time() - t0}
     if "refused" in report:
         return {**row, "note": f"refused: {report['refused']}"}
-    row.update(measured(report), compress_s=time.time() - t1, note=f"reloads: {reload_check(out / 'model', name)}")
+    row.update(measured(report), compress_s=time.time() - t1,
+               note=f"chosen: {report.get('choice')}; reloads: {reload_check(out / 'model', name)}")
     return row
 
 

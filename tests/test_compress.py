@@ -176,6 +176,38 @@ def test_first_mix_holding_the_floor_fastest_first(data, scored_by_params):
                          timer=macs_timer(val.x[:1]), timing_method="t", **TINY)
 
 
+def test_when_no_mix_holds_after_the_short_recovery_the_best_scoring_is_recovered_fully(data, monkeypatch):
+    """The short recovery ranks mixes; when none holds, the best-scoring one gets the full recovery and is the
+    result if it holds then (a language model needs the full recovery to come back), else the run is refused."""
+    import copy
+
+    train, val, test = data
+
+    def fake_recover(student, teacher, train, task, s, steps, desc, progress, curve=None):
+        out = copy.deepcopy(student)
+        out.steps = getattr(student, "steps", 0) + steps
+        return out
+
+    def score(model, data, task, teacher, batch_size):  # lighter = worse; a full recovery is worth 1000 points
+        full = getattr(model, "steps", 0) > TINY["search_steps"]
+        return {"accuracy": sum(p.numel() for p in model.parameters()) / 1e5 + 1000 * full, "macro_f1": 0.0}
+
+    monkeypatch.setattr(run_mod, "recover", fake_recover)
+    monkeypatch.setattr(run_mod, "_score", score)
+    kw = dict(target="macs=2x", timer=macs_timer(val.x[:1]), timing_method="t")
+    between = lambda d: d["accuracy"] - 1e-6  # noqa: E731  above every short-recovered mix, below dense
+    result = slimkit.compress(tiny_resnet(), train, val, test, floor=between, **{**TINY, **kw})
+    vals = [c.val for c in result.candidates]
+    assert None not in vals and not any(c.held for c in result.candidates)  # every mix tried, none held
+    assert result.chosen is result.candidates[max(range(len(vals)), key=vals.__getitem__)]
+    assert result.model.steps == TINY["search_steps"] + TINY["recover_steps"]  # recovered once, not twice
+    assert "after the full recovery" in result.report.choice
+    assert result.report.to_json()["result"]["val_holds_floor"]
+    # without a full recovery to come, the same floor is a refusal naming the best mix
+    with pytest.raises(SlimkitError, match="the best of .* mixes .* scores [0-9.]+ after 3 KD steps; loosen"):
+        slimkit.compress(tiny_resnet(), train, val, test, floor=between, **{**TINY, **kw, "recover_steps": 0})
+
+
 def test_each_tried_mix_leaves_a_line_with_its_score(data, scored_by_params, capsys):
     train, val, test = data
     settings = {**TINY, "progress": True}

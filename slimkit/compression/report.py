@@ -54,6 +54,7 @@ def to_markdown(typed: CompressReport) -> str:
          f"({r['ms']:.3f} ms vs dense {d['ms']:.3f} ms, {r['speedup']:.2f}x), {typed.target_verdict}; "
          f"{report['candidates_tried']} of "
          f"{len(report['candidates'])} mixes recovered; wall {_fmt(report.get('wall_seconds'))} s"),
+        *([f"- chosen: {report['choice']}"] if report.get("choice") else []),
         "", "| model | MMACs | params | ms | val " + m + " | test " + m + " |", "|---|---|---|---|---|---|",
         (f"| dense | {d['macs'] / 1e6:.2f} | {d['params']} | {d['ms']:.3f} | {_fmt(d['val'].get(m))} | "
          f"{_fmt(d['test'].get(m))} |"),

@@ -72,6 +72,7 @@ class CompressReport(BaseModel):
     candidates: list[dict[str, Any]]  # Candidate.as_dict() of every mix, fastest first
     chosen: int | None
     candidates_tried: int
+    choice: str | None = None  # how the chosen mix was chosen (held after the short recovery, or after the full one)
     provenance: dict[str, Any]
     rebuild: Rebuild | None = None
     result: Compressed | None = None
@@ -86,7 +87,7 @@ class CompressReport(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         """report.json's content: every field, leaving out the optional ones this run has no value for."""
-        optional = {"rebuild", "result", "training", "timing_beside", "onnx", "deployment", "saved", "refused"}
+        optional = {"choice", "rebuild", "result", "training", "timing_beside", "onnx", "deployment", "saved", "refused"}
         return {k: v for k, v in self.model_dump(mode="json").items() if not (k in optional and v is None)}
 
     @property

@@ -5,7 +5,9 @@ Steps, in order (each shows progress):
 1. profile the dense model: MACs, parameters, validation metrics, the floor's value;
 2. build the depth+width mixes reaching the target and time them (search.py), fastest first;
 3. recover each mix by a short recovery on the engine, fastest first, and keep the first that
-   holds the validation floor; when none does, refuse, naming the best-scoring mix;
+   holds the validation floor; when none does, the best-scoring mix is recovered fully and kept if
+   it holds the floor then (the short recovery ranks mixes; a language model needs the full one
+   to come back), else the run is refused, naming that mix and both of its scores;
 4. recover the chosen mix fully (more steps from where its short recovery ended);
 5. evaluate it, and the dense model, on the test split once;
 6. time it against the dense model with the deciding timer, in one run: a result not measured
@@ -210,17 +212,41 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
         return c.held
 
     chosen_i = next((i for i in range(len(cands)) if try_mix(i)), None)  # fastest first
+    choice = "the fastest mix holding the floor after its short recovery"
     common = dict(task=task.name, metric=metric.name, higher_is_better=metric.higher_is_better, target=tgt.text,
                   floor=flr.text, floor_value=floor_value, timing=timing_method, cutter=cutter.name,
                   kept_intact=kept_intact, settings=s.model_dump(mode="json"),
                   data=data_how or "as given to compress()", notes=list(notes or []))
+    final, full_val = None, None
+    tried = [i for i in range(len(cands)) if cands[i].val is not None]  # all of them when none held
+    best_i = max(tried, key=lambda i: cands[i].val if metric.higher_is_better else -cands[i].val)
+    if chosen_i is None and s.recover_steps > 0:
+        # The short recovery ranks the mixes; where it is much shorter than the full one (a language model's
+        # 30 steps against 400) no mix may hold yet. The best-scoring mix then gets the full recovery, and it
+        # is the result only if it holds the floor after it.
+        stages.set_postfix_str("4 full recovery of the best-scoring mix")
+        final = recover(recovered[best_i], teacher, train, task, s, s.recover_steps, "full recovery", progress,
+                        curves[best_i])
+        final_val = _score(final, val, task, model, s.batch_size)
+        full_val = final_val[metric.name]
+        held = metric.meets(full_val, floor_value)
+        if progress:
+            tqdm.write(f"no mix held the floor after {s.search_steps} steps; the best-scoring ({cands[best_i].blocks} "
+                       f"blocks, channel ratio {cands[best_i].ratio:g}) after {s.search_steps + s.recover_steps}: "
+                       f"val {metric.name} {full_val:.4g} {'holds' if held else 'misses'} the floor "
+                       f"{floor_value:.4g}")
+        if held:
+            chosen_i = best_i
+            choice = (f"no mix held the floor after its short recovery ({s.search_steps} steps); the best-scoring one "
+                      f"held it after the full recovery")
     if chosen_i is None:
-        best = max(cands, key=lambda c: c.val if metric.higher_is_better else -c.val)
+        best = cands[best_i]
+        after = (f"{best.val:.4g} after {s.search_steps} {s.recovery.upper()} steps"
+                 + (f" and {full_val:.4g} after {s.search_steps + s.recover_steps}" if full_val is not None else ""))
         why = (f"no cut that reaches {tgt.text} holds the floor {metric.name} "
                f"{'>=' if metric.higher_is_better else '<='} {floor_value:.4g}: the best of "
-               f"{len(cands)} mixes ({best.blocks} blocks, channel ratio {best.ratio:g}) scores "
-               f"{best.val:.4g} after {s.search_steps} {s.recovery.upper()} steps; loosen the floor "
-               f"(e.g. -3pt) or the target, or raise search_steps")
+               f"{len(cands)} mixes ({best.blocks} blocks, channel ratio {best.ratio:g}) scores {after}; loosen the "
+               f"floor (e.g. -3pt) or the target, or raise recover_steps")
         stages.close()
         raise RefusedError(why, CompressReport(  # what was measured; nothing is written (see RefusedError)
             refused=why, **common, dense=Dense(macs=dense_macs, params=dense_params, ms_search=found.dense_ms, val=dense_val),
@@ -228,10 +254,11 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
             candidates_tried=len(cands), provenance=provenance(s.threads), wall_seconds=time.time() - t0))
     chosen = cands[chosen_i]
     stages.update(1)
-    stages.set_postfix_str("4 full recovery")
-    final = recover(recovered[chosen_i], teacher, train, task, s, s.recover_steps, "full recovery", progress,
-                    curves[chosen_i])
-    final_val = _score(final, val, task, model, s.batch_size)
+    if final is None:
+        stages.set_postfix_str("4 full recovery")
+        final = recover(recovered[chosen_i], teacher, train, task, s, s.recover_steps, "full recovery", progress,
+                        curves[chosen_i])
+        final_val = _score(final, val, task, model, s.batch_size)
     stages.update(1)
     stages.set_postfix_str("5 test")
     dense_test = _score(model, test, task, model, s.batch_size) if test is not None else {}
@@ -247,7 +274,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
         **common, rebuild={"kind": plan.kind, "builder": plan.spec, "kwargs": plan.kwargs or {}},
         dense=Dense(macs=dense_macs, params=dense_params, ms=dense_ms, ms_search=found.dense_ms, val=dense_val,
                     test=dense_test),
-        block_ranking=found.block_ranking, candidates=[c.as_dict() for c in cands], chosen=chosen_i,
+        block_ranking=found.block_ranking, candidates=[c.as_dict() for c in cands], chosen=chosen_i, choice=choice,
         result=Compressed(macs=final_macs, params=params_of(final), ms=final_ms, latency_share=final_ms / dense_ms,
                           speedup=dense_ms / final_ms, macs_reduction=dense_macs / max(1, final_macs), val=final_val,
                           test=final_test, faster=faster,
