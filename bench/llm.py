@@ -8,6 +8,7 @@ long run that is stopped keeps what it measured. Perplexity rows carry their pro
 
     PYTHONPATH=. python bench/llm.py                      # everything (long on 2 CPU cores)
     PYTHONPATH=. python bench/llm.py --only oneshot --methods sparsegpt --ratios 0.5,2:4
+    PYTHONPATH=. python bench/llm.py --only oneshot --methods wanda,sparsegpt --ratios 0.5,0.7   # uniform vs OWL
 
 The README's KD and encoder rows (full size; run one at a time, nothing else on the machine):
 
@@ -100,6 +101,8 @@ def main() -> None:
     ap.add_argument("--only", default="dense,oneshot,depth,speed,encoder")
     ap.add_argument("--methods", default="magnitude,wanda,sparsegpt")
     ap.add_argument("--ratios", default="0.5,2:4")
+    ap.add_argument("--allocations", default="uniform,owl",
+                    help="one-shot: how each ratio is spread over the blocks (owl: by outlier share; not with N:M)")
     ap.add_argument("--calib-samples", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--eval-tokens", type=int, default=16384)
@@ -145,21 +148,25 @@ def main() -> None:
             # one model in memory at a time, reloaded per run, so the peak RSS is that of pruning it
             del lm
             gc.collect()
-            for method in args.methods.split(","):
-                for ratio in args.ratios.split(","):
-                    model, _ = load_causal_lm("smollm2")
-                    nm = ratio if ":" in ratio else None
-                    reset_peak_rss()
-                    res = prune_oneshot(model, cal, method, float(ratio) if nm is None else 0.0, nm)
-                    rss = peak_rss_mb()
-                    ppl = perplexity(model, ev, progress=True)
-                    rows.add(stage="one-shot", model=f"{method} {ratio}", ppl=ppl.value,
-                             seconds=round(res.details["seconds"]), rss_mb=round(rss),
-                             other=f"realised {1 - res.kept_total:.3f}; calib {res.details['calibration']}; "
-                             f"in-memory prune: peak RSS {rss / fp32_mb:.2f}x the fp32 model ({fp32_mb:.0f} MB), "
-                             f"process included (bench/llm_stream_rss.py measures the streamed prune)")
-                    del model
-                    gc.collect()  # HF models hold reference cycles: free this one before the next loads
+            runs = [(m, r, a) for m in args.methods.split(",") for r in args.ratios.split(",")
+                    for a in args.allocations.split(",") if a == "uniform" or (":" not in r and m != "magnitude")]
+            for method, ratio, allocation in runs:
+                model, _ = load_causal_lm("smollm2")
+                nm = ratio if ":" in ratio else None
+                reset_peak_rss()
+                res = prune_oneshot(model, cal, method, float(ratio) if nm is None else 0.0, nm, allocation=allocation)
+                rss = peak_rss_mb()
+                ppl = perplexity(model, ev, progress=True)
+                alloc = res.details["allocation"]
+                spread = (f"; OWL block sparsities {min(alloc['sparsity'].values()):.3f}-"
+                          f"{max(alloc['sparsity'].values()):.3f}" if allocation == "owl" else "")
+                rows.add(stage="one-shot", model=f"{method} {ratio}{' OWL' if allocation == 'owl' else ''}",
+                         ppl=ppl.value, seconds=round(res.details["seconds"]), rss_mb=round(rss),
+                         other=f"realised {1 - res.kept_total:.3f}{spread}; calib {res.details['calibration']}; "
+                         f"in-memory prune: peak RSS {rss / fp32_mb:.2f}x the fp32 model ({fp32_mb:.0f} MB), "
+                         f"process included (bench/llm_stream_rss.py measures the streamed prune)")
+                del model
+                gc.collect()  # HF models hold reference cycles: free this one before the next loads
             lm, _ = load_causal_lm("smollm2")
 
         if "depth" in stages or "speed" in stages:

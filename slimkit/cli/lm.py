@@ -67,11 +67,11 @@ def _eval_windows(tok, eval_data: str, eval_tokens: int, seq_len: int):
 
 def prune_oneshot(model: str, out: Path, overwrite: bool, method: str, ratio: float, nm: str | None, data: str,
                   samples: int, seq_len: int, eval_data: str, eval_tokens: int, seed: int, stream: bool,
-                  recipe: dict) -> None:
+                  recipe: dict, allocation: str = "uniform") -> None:
     """One-shot unstructured or N:M zeros in every Linear of the decoder blocks."""
     check_windows(seq_len, eval_tokens, samples, texts=(data, eval_data))
     from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
-    from slimkit.llm.oneshot import METHODS, parse_nm, prune_oneshot as prune
+    from slimkit.llm.oneshot import METHODS, check_oneshot_args, parse_nm, prune_oneshot as prune
     from slimkit.llm.perplexity import perplexity
     from slimkit.data.text import calibration_windows
 
@@ -81,6 +81,10 @@ def prune_oneshot(model: str, out: Path, overwrite: bool, method: str, ratio: fl
     pattern = parse_nm(nm)
     if pattern is None:
         check_sparsity(ratio, "--ratio")
+    check_oneshot_args(method, ratio, pattern, "row", allocation)
+    if stream and allocation != "uniform":
+        raise SlimkitError("--allocation owl measures every block of the dense model before pruning, which --stream "
+                           "(one block in memory at a time) does not do; leave out --stream or use uniform allocation")
     check_out(out, overwrite, model)
     if stream:
         _prune_streamed(model, method, ratio, nm, pattern, out, data, samples, seq_len, eval_data, eval_tokens, seed,
@@ -90,16 +94,21 @@ def prune_oneshot(model: str, out: Path, overwrite: bool, method: str, ratio: fl
     cal = calibration_windows(tok, data, samples, seq_len, seed) if method != "magnitude" else None
     ev = _eval_windows(tok, eval_data, eval_tokens, seq_len)
     dense = perplexity(lm, ev, eval_data, progress=True) if ev is not None else None
-    result = prune(lm, cal, method, ratio, pattern)
+    result = prune(lm, cal, method, ratio, pattern, allocation=allocation)
     typer.echo(f"{method} {'N:M ' + nm if nm else f'{ratio:.0%}'}: realised sparsity {1 - result.kept_total:.4f} "
                f"of decoder Linear weights in {result.details['seconds']:.1f} s "
                f"(calibration: {result.details['calibration']})")
+    alloc = result.details["allocation"]
+    if alloc["kind"] == "owl":
+        per_block = ", ".join(f"{i}: {v:.3f}" for i, v in alloc["sparsity"].items())
+        typer.echo(f"OWL allocation (m {alloc['m']:g}, lambda {alloc['lambda']:g}), sparsity per block: {per_block}")
     rows = []
     if ev is not None:
         rows = perplexity_table([("dense", dense), (f"{method} {nm or ratio}",
                                                     perplexity(lm, ev, eval_data, progress=True))], dense)
     typer.echo(f"note: {SPARSE_NOTE}")
-    header = (f"{model}: {method} {'N:M ' + nm if nm else f'{ratio:.0%}'}, realised sparsity "
+    header = (f"{model}: {method} {'N:M ' + nm if nm else f'{ratio:.0%}'}"
+              f"{', OWL allocation' if alloc['kind'] == 'owl' else ''}, realised sparsity "
               f"{1 - result.kept_total:.4f} of decoder Linear weights")
     files = result_files(recipe, header, PPL_COLUMNS, rows, [SPARSE_NOTE])
     saved = save_pretrained_atomic(lm, tok, out, overwrite, [model], files, command="slimkit prune")

@@ -48,8 +48,9 @@ def prune(
                                        "--blocks)"),
     importance: Optional[str] = typer.Option(None, help="checkpoints, structured: l1, l2 (default), bn, taylor, "
                                              "entropy"),
-    allocation: Optional[str] = typer.Option(None, help="checkpoints, structured: uniform (default) per group or "
-                                             "global ranking"),
+    allocation: Optional[str] = typer.Option(None, help="how the ratio is spread: checkpoints, structured: uniform "
+                                             "(default) per group or global ranking; causal LMs, wanda or sparsegpt: "
+                                             "uniform (default) or owl (per block, by outlier share)"),
     round_to: Optional[int] = typer.Option(None, help="checkpoints, structured: kept channel counts are multiples of "
                                            "this (default 8)"),
     data: Optional[str] = typer.Option(None, help="calibration data: checkpoints: fashion-mnist, digits or an .npz "
@@ -75,8 +76,8 @@ def prune(
     family = model_family(model)
     lm_only = {"--nm": nm, "--eval-data": eval_data, "--eval-tokens": eval_tokens, "--seq-len": seq_len,
                "--stream": stream}
-    checkpoint_only = {"--importance": importance, "--allocation": allocation, "--round-to": round_to,
-                       "--data-dir": data_dir, "--keep-slower": keep_slower}
+    checkpoint_only = {"--importance": importance, "--round-to": round_to, "--data-dir": data_dir,
+                       "--keep-slower": keep_slower}
     if family != "whisper":
         refuse_unused("prune", family, {"--keep": keep})
     if family == "modules":
@@ -91,6 +92,8 @@ def prune(
                       data_dir, seed, keep_slower, overwrite, recipe)
         return
     refuse_unused("prune", family, checkpoint_only)
+    if family != "causal-lm":
+        refuse_unused("prune", family, {"--allocation": allocation})
     if family == "causal-lm":
         from slimkit.cli import lm
 
@@ -99,7 +102,8 @@ def prune(
         common = dict(data=pick(data, "emma"), seq_len=pick(seq_len, 512), eval_data=pick(eval_data, "prideprejudice"),
                       eval_tokens=pick(eval_tokens, 16384), seed=seed, recipe=recipe)
         if chosen == "structured":
-            refuse_unused("prune", "causal-lm structured", {"--ratio": ratio, "--nm": nm, "--stream": stream})
+            refuse_unused("prune", "causal-lm structured", {"--ratio": ratio, "--nm": nm, "--stream": stream,
+                                                             "--allocation": allocation})
             if not cut:
                 raise SlimkitError("nothing to cut: pass --blocks N, --ffn FRACTION or --heads FRACTION (or --method "
                                    "wanda|sparsegpt|magnitude --ratio 0.5 for one-shot zeros)")
@@ -108,7 +112,7 @@ def prune(
         else:
             refuse_unused("prune", f"causal-lm {chosen}", {"--blocks": blocks, "--ffn": ffn, "--heads": heads})
             lm.prune_oneshot(model, out, overwrite, chosen, pick(ratio, 0.5), nm, samples=pick(samples, 32),
-                             stream=stream, **common)
+                             stream=stream, allocation=pick(allocation, "uniform"), **common)
         return
     refuse_unused("prune", family, {**lm_only, "--ratio": ratio, "--data": data})
     if method not in (None, "structured"):

@@ -21,9 +21,11 @@ from torch import nn
 from tqdm import tqdm
 
 from slimkit.errors import SlimkitError, check_sparsity
+from slimkit.llm.owl import LAMBDA_DEFAULT, M_DEFAULT, block_outlier_shares, owl_sparsities
 from slimkit.prune.result import PruneResult
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
+ALLOCATIONS = ("uniform", "owl")  # how the ratio is spread over the decoder blocks (owl.py)
 
 
 def parse_nm(text: str | None) -> tuple[int, int] | None:
@@ -275,7 +277,8 @@ def oneshot_result(model: nn.Module | None, method: str, sparsity: float, nm: tu
                                 "seconds": time.perf_counter() - start, "calibration": calibration})
 
 
-def check_oneshot_args(method: str, sparsity: float, nm: tuple[int, int] | str | None, mask_scope: str
+def check_oneshot_args(method: str, sparsity: float, nm: tuple[int, int] | str | None, mask_scope: str,
+                       allocation: str = "uniform", owl_lambda: float = LAMBDA_DEFAULT
                        ) -> tuple[float, tuple[int, int] | None]:
     """Validate the settings shared by the in-memory and streaming paths; returns (sparsity, nm).
 
@@ -291,6 +294,16 @@ def check_oneshot_args(method: str, sparsity: float, nm: tuple[int, int] | str |
         sparsity = 1.0 - nm[0] / nm[1]
     if mask_scope not in ("row", "block"):
         raise SlimkitError(f"mask_scope must be 'row' or 'block', got {mask_scope!r}")
+    if allocation not in ALLOCATIONS:
+        raise SlimkitError(f"unknown allocation {allocation!r}; choose one of {', '.join(ALLOCATIONS)}")
+    if allocation == "owl":
+        if nm is not None:
+            raise SlimkitError("OWL gives blocks different ratios, and an N:M pattern fixes one ratio everywhere; use "
+                               "--ratio with owl, or N:M with uniform allocation")
+        if method == "magnitude":
+            raise SlimkitError("OWL ranks blocks by outliers in Wanda scores, which need calibration inputs; use "
+                               "--method wanda or sparsegpt with owl")
+        owl_sparsities([0.0, 1.0], sparsity, owl_lambda)  # a ratio too close to 0 or 1: one line, now
     return sparsity, nm
 
 
@@ -343,7 +356,8 @@ def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = 
                   nm: tuple[int, int] | str | None = None, batch_size: int = 2, percdamp: float = 0.01,
                   blocksize: int = 128, mask_scope: str = "row", layers: list[int] | None = None,
                   device: str | torch.device | None = None, progress: bool = True,
-                  on_block: Callable[[int], None] | None = None) -> PruneResult:
+                  on_block: Callable[[int], None] | None = None, allocation: str = "uniform",
+                  owl_m: float = M_DEFAULT, owl_lambda: float = LAMBDA_DEFAULT) -> PruneResult:
     """Prune every Linear inside the decoder blocks in place; embeddings and lm_head stay dense.
 
     `windows` is (n, L) calibration token ids (unused by magnitude). With `nm`, N:M replaces the
@@ -352,8 +366,10 @@ def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = 
     windows go through a block at once: small batches keep the transient activations (attention,
     FFN) small, which is what bounds peak memory beyond the model itself. The whole model must fit in memory;
     `slimkit.llm.streaming.prune_oneshot_folder` does the same from a checkpoint one block at a time.
+    `allocation="owl"` spreads `sparsity` over the blocks by their outlier shares (owl.py; `owl_m`,
+    `owl_lambda`), measured on the dense model first; `details["allocation"]` records each block's.
     """
-    sparsity, nm = check_oneshot_args(method, sparsity, nm, mask_scope)
+    sparsity, nm = check_oneshot_args(method, sparsity, nm, mask_scope, allocation, owl_lambda)
     dev = compute_device(device)
     start = time.perf_counter()
     blocks = decoder_layers(model)
@@ -374,13 +390,19 @@ def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = 
 
     if windows is None:
         raise SlimkitError(f"{method} needs calibration windows")
+    per_block = dict.fromkeys(todo, sparsity)
+    alloc: dict = {"kind": "uniform"}
+    if allocation == "owl":
+        shares = block_outlier_shares(model, windows, todo, batch_size, dev, owl_m)
+        per_block = dict(zip(todo, owl_sparsities([shares[i] for i in todo], sparsity, owl_lambda)))
+        alloc = {"kind": "owl", "m": owl_m, "lambda": owl_lambda, "outlier_share": shares, "sparsity": per_block}
     hidden, kwargs = capture_block_inputs(model, windows, batch_size, dev)
     for i in tqdm(range(max(todo) + 1), desc=method, disable=not progress, leave=False):
         block = blocks[i]
         home = next(block.parameters()).device
         block.to(dev)
         if i in todo:
-            block_masks = sparsify_block(block, method, sparsity, nm, hidden, kwargs, dev, blocksize, percdamp,
+            block_masks = sparsify_block(block, method, per_block[i], nm, hidden, kwargs, dev, blocksize, percdamp,
                                          mask_scope)
             for lin, keep in block_masks.items():
                 masks[names[id(lin)] + ".weight"] = keep.cpu()
@@ -389,7 +411,10 @@ def prune_oneshot(model: nn.Module, windows: torch.Tensor | None, method: str = 
                 on_block(i)
         advance(block, hidden, kwargs)  # next inputs, from the pruned block
         block.to(home)
-    return _result(model, method, sparsity, nm, order, start, f"{windows.shape[0]} x {windows.shape[1]} tokens", masks)
+    result = _result(model, method, sparsity, nm, order, start, f"{windows.shape[0]} x {windows.shape[1]} tokens",
+                     masks)
+    result.details["allocation"] = alloc
+    return result
 
 
 def _result(model, method, sparsity, nm, order, start, calibration, masks) -> PruneResult:
