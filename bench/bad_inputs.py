@@ -322,6 +322,8 @@ CASES: list[Case] = [
           (("distill", "minilm", "--out", "o", "--minutes", "nan"), "--minutes must be a finite number >= 0"),
           (("distill", "minilm", "--out", "o", "--lr", "0"), "--lr must be a finite number > 0"),
           (("prune", "whisper-tiny.en", "--out", "o"), "nothing to prune"),
+          (("export", "smollm2", "--ct2", "o"), "export it with --onnx"),
+          (("export", "whisper-tiny.en", "--ct2", "o", "--int8", "static"), "use --int8 dynamic"),
           (("prune", "minilm", "--ratio", "0.5", "--out", "o"), "--ratio does not apply to a hf-encoder model"),
       ]],
     Case("model folder without config.json", "pass a Hugging Face folder written by save_pretrained", ("hf-noconfig",),

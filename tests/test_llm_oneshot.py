@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from slimkit.errors import SlimkitError
-from slimkit.llm.oneshot import (capture_block_inputs, nm_mask, parse_nm, prune_oneshot, row_mask,
-                                 sparsegpt_prune)
+from slimkit.llm.calibration import capture_block_inputs
+from slimkit.llm.oneshot import nm_mask, parse_nm, prune_oneshot, row_mask, sparsegpt_prune
 from tests.llm_helpers import small_lm, windows
 
 
@@ -98,7 +98,7 @@ def test_bad_method_and_sparsity():
 @pytest.mark.slow
 def test_input_stats_belong_to_each_linears_own_input():
     """q/k/v and gate/up share one statistic; every statistic is that of the layer's real inputs."""
-    from slimkit.llm.oneshot import collect_input_stats
+    from slimkit.llm.calibration import collect_input_stats
 
     model, tok = small_lm(1)
     hidden, kwargs = capture_block_inputs(model, windows(tok, 4, 64), 2, torch.device("cpu"))

@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from slimkit.errors import SlimkitError
 from slimkit.llm import streaming
-from slimkit.llm.oneshot import capture_block_inputs, prune_oneshot
+from slimkit.llm.calibration import capture_block_inputs
+from slimkit.llm.oneshot import prune_oneshot
 from slimkit.llm.streaming import Checkpoint, _load_non_block, build_skeleton, prune_oneshot_folder
 from tests.llm_helpers import small_lm, windows
 

@@ -6,7 +6,8 @@ from typer.testing import CliRunner
 
 from slimkit.cli.main import app
 from slimkit.errors import SlimkitError
-from slimkit.llm.oneshot import capture_block_inputs, check_oneshot_args, prune_oneshot
+from slimkit.llm.calibration import capture_block_inputs
+from slimkit.llm.oneshot import check_oneshot_args, prune_oneshot
 from slimkit.llm.owl import block_outlier_shares, outlier_share, owl_sparsities
 from tests.llm_helpers import small_lm, windows
 

@@ -1,5 +1,6 @@
 """`slimkit export`: a checkpoint to a checked ONNX file (and an int8 copy), with measured runtime rows;
-or a sharded training checkpoint (parallel "fsdp") to one safetensors file or a Hugging Face folder.
+a Whisper to CTranslate2 (faster-whisper's runtime); or a sharded training checkpoint (parallel
+"fsdp") to one safetensors file or a Hugging Face folder.
 
 Every output is checked for existence before any work starts and written only after the export
 matched PyTorch (outputs on held-out inputs, then the task metric); the deployment table gives each
@@ -41,9 +42,13 @@ def _kind(checkpoint: str) -> str:
 @app.command("export")
 @clean_errors
 def export(
-    model: str = typer.Argument(..., help="a slimkit .safetensors checkpoint, a sentence-encoder folder, 'minilm', or "
-                                          "the --checkpoint-dir of a run with --parallel fsdp"),
+    model: str = typer.Argument(..., help="a slimkit .safetensors checkpoint, a sentence-encoder folder, 'minilm', a "
+                                          "Whisper folder or whisper-tiny.en (with --ct2), or the --checkpoint-dir "
+                                          "of a run with --parallel fsdp"),
     onnx: Optional[Path] = typer.Option(None, "--onnx", help="ONNX file to write"),
+    ct2: Optional[Path] = typer.Option(None, "--ct2", help="Whisper: CTranslate2 folder to write (ctranslate2's own "
+                                                           "converter; run by faster-whisper), checked against "
+                                                           "PyTorch's transcripts of --data"),
     safetensors: Optional[Path] = typer.Option(None, help="sharded checkpoints: write the student's whole weights "
                                                           "to this one .safetensors file"),
     hf_folder: Optional[Path] = typer.Option(None, help="sharded checkpoints: write a Hugging Face folder (with "
@@ -54,9 +59,11 @@ def export(
                                                   "on the validation split; for conv models), 'mixed' (static, with "
                                                   "the convolutions measured slower in int8 here left in fp32 when "
                                                   "that measures faster; conv models) or 'dynamic' (Linear-heavy "
-                                                  "models: MiniLM, ViT)"),
+                                                  "models: MiniLM, ViT); with --ct2, 'dynamic' writes int8 weights "
+                                                  "(CTranslate2 quantizes activations on the fly)"),
     data: Optional[str] = typer.Option(None, help="classifiers: 'fashion-mnist', 'digits' or a .npz path "
-                                                     "(default: what the checkpoint was trained on)"),
+                                                     "(default: what the checkpoint was trained on); Whisper: 'real' "
+                                                     "(default), 'synth' or an audio folder with transcripts.tsv"),
     data_dir: Optional[Path] = typer.Option(None, help="folder with Fashion-MNIST IDX files"),
     seed: int = typer.Option(0, help="seed of the data split"),
     samples: int = typer.Option(1024, help="static int8: validation samples (sentences) to calibrate on"),
@@ -66,33 +73,24 @@ def export(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace outputs that already exist"),
 ) -> None:
     """Export to ONNX, check it against PyTorch, optionally quantize to int8, and time it in ONNX Runtime;
-    or consolidate a sharded (FSDP) training checkpoint into one file or a Hugging Face folder."""
-    from slimkit.export import check_output, require_deploy, write_output
+    a Whisper to CTranslate2, checked and timed through faster-whisper; or consolidate a sharded (FSDP)
+    training checkpoint into one file or a Hugging Face folder."""
+    from slimkit.export import write_output
     from slimkit.measure.rows import deploy_notes, print_table, report_files
 
     if _sharded(model) or safetensors is not None or hf_folder is not None:
-        if onnx is not None or int8 is not None:
+        if onnx is not None or int8 is not None or ct2 is not None:
             raise SlimkitError("a sharded training checkpoint exports to --safetensors or --hf-folder; export that "
                                "folder to ONNX afterwards")
         _consolidate(model, safetensors, hf_folder, base, overwrite)
         return
-    if onnx is None:
-        raise SlimkitError("give --onnx FILE (or, for a sharded training checkpoint, --safetensors / --hf-folder)")
-    require_deploy()
-    if int8 not in (None, "static", "mixed", "dynamic"):
-        raise SlimkitError(f"--int8 must be 'static', 'mixed' or 'dynamic', got {int8!r}")
     if runs < 1 or threads < 1 or samples < 1:
         raise SlimkitError("--runs, --threads and --samples must be >= 1")
-    outputs = [onnx] + ([int8_path(onnx)] if int8 else []) + ([report / n for n in REPORT_FILES] if report else [])
-    checkpoint = model
-    kind = _kind(checkpoint)
-    if int8 == "mixed" and kind != "classifier":
-        raise SlimkitError("--int8 mixed chooses a precision per convolution, and an encoder has none; use --int8 "
-                           "dynamic for encoders")
-    for out in outputs:
-        check_output(out, overwrite, inputs=[checkpoint])
-    run = _classifier if kind == "classifier" else _encoder
-    rows, header, details = run(checkpoint, onnx, int8, data, data_dir, seed, samples, threads, runs, overwrite)
+    if ct2 is not None:
+        rows, header, details = _whisper_ct2(model, ct2, onnx, int8, data, data_dir, seed, threads, report, overwrite)
+    else:
+        rows, header, details = _onnx(model, onnx, int8, data, data_dir, seed, samples, threads, runs, report,
+                                      overwrite)
     notes = deploy_notes(rows)
     print_table([], notes, title=header, deploy=rows)
     if report:
@@ -103,6 +101,48 @@ def export(
         for name in REPORT_FILES:
             write_output(report / name, files[name], overwrite)
         typer.echo(f"wrote {report / 'report.json'}, {report / 'report.md'} and {report / 'report.html'}")
+
+
+def _onnx(checkpoint: str, onnx: Optional[Path], int8: Optional[str], data, data_dir, seed: int, samples: int,
+          threads: int, runs: int, report: Optional[Path], overwrite: bool):
+    from slimkit.export import check_output, require_deploy
+
+    if onnx is None:
+        raise SlimkitError("give --onnx FILE (--ct2 DIR for a Whisper; --safetensors / --hf-folder for a sharded "
+                           "training checkpoint)")
+    require_deploy()
+    if int8 not in (None, "static", "mixed", "dynamic"):
+        raise SlimkitError(f"--int8 must be 'static', 'mixed' or 'dynamic', got {int8!r}")
+    outputs = [onnx] + ([int8_path(onnx)] if int8 else []) + ([report / n for n in REPORT_FILES] if report else [])
+    kind = _kind(checkpoint)
+    if int8 == "mixed" and kind != "classifier":
+        raise SlimkitError("--int8 mixed chooses a precision per convolution, and an encoder has none; use --int8 "
+                           "dynamic for encoders")
+    for out in outputs:
+        check_output(out, overwrite, inputs=[checkpoint])
+    run = _classifier if kind == "classifier" else _encoder
+    return run(checkpoint, onnx, int8, data, data_dir, seed, samples, threads, runs, overwrite)
+
+
+def _whisper_ct2(model: str, ct2: Path, onnx: Optional[Path], int8: Optional[str], data: Optional[str], data_dir,
+                 seed: int, threads: int, report: Optional[Path], overwrite: bool):
+    from slimkit.export import check_output
+    from slimkit.families import model_family
+
+    if model_family(model) != "whisper":
+        raise SlimkitError(f"--ct2 writes a Whisper for faster-whisper, and {model} is a {model_family(model)} model; "
+                           f"export it with --onnx")
+    if onnx is not None:
+        raise SlimkitError("give one of --ct2 and --onnx: a Whisper deploys to CTranslate2 here")
+    if int8 not in (None, "dynamic"):
+        raise SlimkitError(f"--int8 {int8} is for ONNX convolutions; with --ct2 use --int8 dynamic (int8 weights)")
+    if data_dir is not None:
+        raise SlimkitError("--data-dir is Fashion-MNIST's folder; a Whisper's check set is --data")
+    for out in [report / n for n in REPORT_FILES] if report else []:
+        check_output(out, overwrite, inputs=[model])
+    from slimkit.cli.speech import export_ct2
+
+    return export_ct2(model, ct2, "int8" if int8 else "float32", data or "real", seed, threads, overwrite)
 
 
 def _sharded(checkpoint: str) -> bool:

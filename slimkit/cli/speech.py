@@ -87,6 +87,42 @@ def evaluate(model: str, data: list[str], utterances: Optional[int], trim_encode
     print_table(model, parameters(whisper), results, threads, trim_pad)
 
 
+def export_ct2(model: str, out: Path, quantization: str, data: str, seed: int, threads: int, overwrite: bool):
+    """A Whisper to CTranslate2 (slimkit.speech.deploy), checked against the PyTorch model's transcripts of
+    `data`; the deployment rows (PyTorch and faster-whisper, end to end per utterance), header and details."""
+    from slimkit.io.outputs import check_output_folder
+    from slimkit.measure.rows import DeployRow
+    from slimkit.speech.convert import load_whisper, resolve_model
+    from slimkit.speech.deploy import DECODE, export_ct2 as convert_and_check, require_ct2
+    from slimkit.speech.evaluate import evaluate as evaluate_set, protocol, word_error_rate
+
+    require_ct2()
+    folder = resolve_model(model)  # a wrong model name or folder fails before any audio is read
+    check_output_folder(out, overwrite, [folder])
+    (speech,) = load_sets([data], None, seed)
+    whisper, processor = load_whisper(model)
+    ours = evaluate_set(whisper, processor, speech, False, threads)
+    audios = [u.audio for u in speech.utterances]
+    made = convert_and_check(folder, out, quantization, audios, ours.hypotheses, threads, overwrite)
+    refs = [u.text for u in speech.utterances]
+    typer.echo(f"wrote {out} ({quantization}; {made['same']}/{made['of']} transcripts equal to PyTorch's on "
+               f"{speech.name}, same features and decoding)")
+    setting = f"{speech.name}, batch 1"
+    torch_ms = ours.features_ms + ours.encoder_ms + ours.decode_ms
+    timing = (f"mean end-to-end ms per utterance after 1 warm-up, {threads} threads, in this process; PyTorch: "
+              f"{protocol(threads, loop=ours.decode_loop)}; faster-whisper: {DECODE}")
+    rows = [DeployRow("pytorch", "pytorch eager", "fp32", "wer", ours.wer, {setting: torch_ms}, str(folder),
+                      timing=timing),
+            DeployRow(f"ctranslate2 {quantization}", "faster-whisper", "int8" if quantization == "int8" else "fp32",
+                      "wer", word_error_rate(refs, made["texts"]), {setting: made["ms_per_utt"]}, str(out),
+                      made["bytes"], timing, baseline="pytorch")]
+    header = f"{model} deployed to CTranslate2 {quantization}: WER and end-to-end time per utterance on {speech.name}"
+    typer.echo(f"faster-whisper's own pipeline gives {made['same_in_faster_whisper']}/{made['of']} of those "
+               f"transcripts (it pads features, not audio, and writes numbers as digits)")
+    return rows, header, {"check": {k: made[k] for k in ("same", "of", "same_in_faster_whisper")},
+                          "convert_s": made["convert_s"]}
+
+
 def _parse_keep(keep: str) -> list[int]:
     try:
         return [int(p) for p in keep.split(",") if p.strip()]

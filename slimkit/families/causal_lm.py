@@ -69,7 +69,7 @@ def _windows(calib: list[Any]) -> torch.Tensor:
 
 
 def _layers_path(model: nn.Module) -> str:
-    from slimkit.llm.oneshot import decoder_layers
+    from slimkit.llm.calibration import decoder_layers
 
     layers = decoder_layers(model)
     return next(n for n, m in model.named_modules() if m is layers)
@@ -84,7 +84,7 @@ class DecoderCutter:
     def blocks(self, model: nn.Module) -> list[str]:
         """Every layer but the first: one must stay, and the first (which turns embeddings into the
         residual stream) typically has the highest block influence of a Llama-family stack."""
-        from slimkit.llm.oneshot import decoder_layers
+        from slimkit.llm.calibration import decoder_layers
 
         path = _layers_path(model)
         return [f"{path}.{i}" for i in range(1, len(decoder_layers(model)))]
@@ -108,7 +108,7 @@ class DecoderCutter:
             exact: bool = True) -> tuple[nn.Module, dict[str, list[int]]]:
         """`ratio` of the FFN neurons of every layer: by activation-aware importance (prune_width), or
         with exact=False the first neurons (shapes only, for cost bisection)."""
-        from slimkit.llm.oneshot import decoder_layers
+        from slimkit.llm.calibration import decoder_layers
         from slimkit.llm.width import prune_width, remove_ffn_neurons
 
         m = shared_copy(model)

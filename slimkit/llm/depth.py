@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import SlimkitError
-from slimkit.llm.oneshot import decoder_layers
+from slimkit.llm.calibration import decoder_layers
 from slimkit.prune.layers import influences_of
 from slimkit.prune.result import PruneResult
 

@@ -15,7 +15,6 @@ plus how often each sentence's nearest neighbour is the same under both models.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import SlimkitError
+from slimkit.llm.calibration import advance, capture_block_inputs, collect_input_stats, decoder_layers
 
 M_DEFAULT = 5.0  # a score above 5x its block's mean counts as an outlier (the paper's setting)
 LAMBDA_DEFAULT = 0.08  # blocks' sparsities stay within the target +- 0.08 (the paper's setting)
@@ -53,8 +54,6 @@ def block_outlier_shares(model: nn.Module, windows: torch.Tensor, blocks: list[i
                          device: torch.device, m: float = M_DEFAULT) -> dict[int, float]:
     """Each listed block's outlier share on the dense model: calibration flows through every block up
     to the last one listed, unchanged."""
-    from slimkit.llm.oneshot import advance, capture_block_inputs, collect_input_stats, decoder_layers
-
     layers = decoder_layers(model)
     hidden, kwargs = capture_block_inputs(model, windows, batch_size, device)
     shares: dict[int, float] = {}

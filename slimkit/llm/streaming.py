@@ -39,8 +39,8 @@ from tqdm import tqdm
 
 from slimkit.errors import SlimkitError
 from slimkit.io.outputs import output_folder
-from slimkit.llm.oneshot import (advance, capture_block_inputs, check_oneshot_args, compute_device, decoder_layers,
-                                 oneshot_result, sparsify_block)
+from slimkit.llm.calibration import advance, capture_block_inputs, decoder_layers
+from slimkit.llm.oneshot import check_oneshot_args, compute_device, oneshot_result, sparsify_block
 from slimkit.prune.result import PruneResult
 
 INDEX = "model.safetensors.index.json"

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from slimkit.errors import SlimkitError, check_sparsity
-from slimkit.llm.oneshot import decoder_layers
+from slimkit.llm.calibration import decoder_layers
 from slimkit.prune.result import PruneResult
 from slimkit.prune.slicing import shrink_linear
 
