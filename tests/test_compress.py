@@ -202,6 +202,11 @@ def test_when_no_mix_holds_after_the_short_recovery_the_best_scoring_is_recovere
     assert result.chosen is result.candidates[max(range(len(vals)), key=vals.__getitem__)]
     assert result.model.steps == TINY["search_steps"] + TINY["recover_steps"]  # recovered once, not twice
     assert "after the full recovery" in result.report.choice
+    from slimkit.compression import to_markdown
+    from slimkit.report_html import page_bytes
+
+    assert f"- chosen: {result.report.choice}" in to_markdown(result.report)  # the pages say it too
+    assert result.report.choice.encode() in page_bytes(result.report.to_json())
     assert result.report.to_json()["result"]["val_holds_floor"]
     # without a full recovery to come, the same floor is a refusal naming the best mix
     with pytest.raises(SlimkitError, match="the best of .* mixes .* scores [0-9.]+ after 3 KD steps; loosen"):

@@ -71,6 +71,8 @@ def compress_summary(r: dict) -> str:
              f"({s.get('search_steps', '?')} steps per mix, {s.get('recover_steps', '?')} more for the chosen one, "
              f"batch {s.get('batch_size', '?')})", f"timing: {r['timing']}", f"data: {r.get('data', '-')}",
              f"{r['candidates_tried']} of {len(r['candidates'])} mixes recovered; wall {num(r.get('wall_seconds'))} s"]
+    if r.get("choice"):
+        lines.append(f"chosen: {r['choice']}")
     beside = r.get("timing_beside") or {}
     if beside.get("prefill_ms"):
         lines.append(f"prefill of a {beside.get('prompt_tokens', '?')}-token prompt (beside, not deciding): dense "
