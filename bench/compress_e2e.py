@@ -77,10 +77,12 @@ def budgets(quick: bool) -> dict:
     # ResNet-20 mixes 1.4 pt short of the floor), the chosen one 4.7 more; the CRNN (6000 words) and MiniLM
     # parts take fewer steps, each of theirs covering more of their smaller training sets; MobileNetV2's mixes
     # need about 9.5 epochs each to hold the floor (2.4 and 5.9 epochs were short)
+    # SmolLM2: a KD step of 8 x 256 tokens takes about 9 s here, so 8 steps per tried mix rank the mixes and
+    # 190 more (8 + 190 steps: about 30 min) are the issue's <= 30 min of KD for the chosen one
     return {"train_n": 0, "base_epochs": 5, "search_steps": 1000, "recover_steps": 2000, "timing_rounds": 60,
             "timing_passes": 3, "max_blocks": None, "sentences": 2000, "speech_train": 400,
             "part_steps": {"mobilenetv2": (4000, 2000), "crnn": (600, 1500), "minilm": (300, 1200),
-                           "vit": (100, 300), "austen": (100, 200), "smollm2": (30, 400), "whisper": (100, 300)},
+                           "vit": (100, 300), "austen": (100, 200), "smollm2": (8, 190), "whisper": (100, 300)},
             "part_batch": {"austen": 32, "smollm2": 8}}
 
 
