@@ -316,7 +316,7 @@ CASES: list[Case] = [
           (("prune", "smollm2", "--method", "wanda", "--nm", "2:4", "--allocation", "owl", "--out", "o"),
            "use --ratio with owl, or N:M with uniform allocation"),
           (("prune", "smollm2", "--method", "wanda", "--ratio", "0.95", "--allocation", "owl", "--out", "o"),
-           "use a ratio between 0.08 and 0.92, or uniform allocation"),
+           "use a ratio between 0.16 and 0.84, or uniform allocation"),
           (("eval", "smollm2", "--eval-tokens", "-1"), "pass --eval-tokens 512 or more"),
           (("eval", "smollm2", "--seq-len", "0"), "pass --seq-len 2 or more"),
           (("distill", "minilm", "--out", "o", "--minutes", "nan"), "--minutes must be a finite number >= 0"),

@@ -30,10 +30,17 @@ def test_owl_sparsities_average_the_target_within_lambda_and_spare_outlier_rich_
     assert owl_sparsities([0.01, 0.01, 0.01], 0.5) == [0.5, 0.5, 0.5]
 
 
-@pytest.mark.parametrize("ratio,lam", [(0.95, 0.08), (0.05, 0.08), (0.5, 0.0)])
-def test_owl_refuses_ratios_its_band_would_push_outside_0_1(ratio, lam):
+@pytest.mark.parametrize("ratio,lam", [(0.9, 0.08), (0.1, 0.08), (0.5, 0.0)])
+def test_owl_refuses_ratios_its_band_could_push_outside_0_1(ratio, lam):
     with pytest.raises(SlimkitError, match="must stay inside"):
         owl_sparsities([0.0, 1.0], ratio, lam)
+
+
+def test_one_outlier_poor_block_among_rich_ones_falls_2_lambda_minus_the_mean_below():
+    # shares [0, 1, 1, 1]: rescaled [0, .16, .16, .16], mean .12: the poor block gets target + .12, the rich ones
+    # target - .04; near the largest ratio OWL takes (below 0.84) every block stays below 1
+    s = owl_sparsities([0.0, 1.0, 1.0, 1.0], 0.83, 0.08)
+    assert s == pytest.approx([0.95, 0.79, 0.79, 0.79]) and max(s) < 1
 
 
 def test_owl_settings_that_cannot_go_together_are_one_line_each():

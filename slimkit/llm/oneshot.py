@@ -188,7 +188,7 @@ def check_oneshot_args(method: str, sparsity: float, nm: tuple[int, int] | str |
         if method == "magnitude":
             raise SlimkitError("OWL ranks blocks by outliers in Wanda scores, which need calibration inputs; use "
                                "--method wanda or sparsegpt with owl")
-        owl_sparsities([0.0, 1.0], sparsity, owl_lambda)  # a ratio too close to 0 or 1: one line, now
+        owl_sparsities([0.0, 1.0], sparsity, owl_lambda)  # a ratio too close to 0 or 1: one line, before any work
     return sparsity, nm
 
 

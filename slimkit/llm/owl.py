@@ -9,7 +9,8 @@ For each block, on the dense model and the calibration windows:
 - the block's outlier share D_b: the fraction of all its scores above `m` times their mean;
 - the block's sparsity: the target minus its centred, rescaled share,
   S_b = target - (D'_b - mean(D')), with D' = 2 * lam * (D - min D) / (max D - min D),
-  so the mean over blocks is the target and every block stays within target +- lam.
+  so the mean over blocks is the target and the blocks' sparsities span 2 * lam around it (not
+  symmetrically: where most blocks have few outliers, the outlier-rich one falls further).
 
 The shares are measured on the dense blocks (each block fed the dense outputs of the blocks
 before it) in one pass before any weight changes. The rule itself (`owl_sparsities`) and the share
@@ -25,7 +26,7 @@ from slimkit.errors import SlimkitError
 from slimkit.llm.calibration import advance, capture_block_inputs, collect_input_stats, decoder_layers
 
 M_DEFAULT = 5.0  # a score above 5x its block's mean counts as an outlier (the paper's setting)
-LAMBDA_DEFAULT = 0.08  # blocks' sparsities stay within the target +- 0.08 (the paper's setting)
+LAMBDA_DEFAULT = 0.08  # blocks' sparsities span 2 * 0.08 around the target (the paper's setting)
 
 
 def outlier_share(scores: list[torch.Tensor], m: float = M_DEFAULT) -> float:
@@ -38,9 +39,10 @@ def owl_sparsities(shares: list[float], sparsity: float, lam: float = LAMBDA_DEF
     """Per block, the sparsity OWL gives it (see the module docstring); uniform when shares are equal."""
     if not shares:
         return []
-    if not 0 < lam or not (0 < sparsity - lam and sparsity + lam < 1):
-        raise SlimkitError(f"OWL keeps every block within sparsity {sparsity:g} +- {lam:g}, which must stay inside "
-                           f"(0, 1); use a ratio between {lam:g} and {1 - lam:g}, or uniform allocation")
+    if not 0 < lam or not (0 < sparsity - 2 * lam and sparsity + 2 * lam < 1):
+        raise SlimkitError(f"OWL spreads the blocks' sparsities over 2 x {lam:g} around {sparsity:g}, which must stay "
+                           f"inside (0, 1) whatever the outliers; use a ratio between {2 * lam:g} and {1 - 2 * lam:g}, "
+                           f"or uniform allocation")
     d = torch.tensor(shares, dtype=torch.float64)
     span = float(d.max() - d.min())
     if span == 0:
