@@ -47,32 +47,17 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import time
 
 import torch
 
 from slimkit.speech.audio import SpeechSet, real_recordings
 from slimkit.speech.convert import ct2_source_dir, load_whisper, offline
 from slimkit.speech.decode_split import decode_time_split, layer_free_bound
+from slimkit.speech.deploy import faster_whisper_transcripts
 from slimkit.speech.evaluate import THREADS, encode, evaluate, log_mel, parameters, protocol, word_error_rate
 from slimkit.speech.prune import prune_encoder_ffn, remove_decoder_layers, spaced_layers
 from slimkit.speech.recover import SpeechDistillConfig, recover
 from slimkit.speech.synth import SynthSettings, synthetic_set
-
-
-def faster_whisper_transcripts(data: SpeechSet, threads: int) -> tuple[list[str], float]:
-    """Transcripts of the original CTranslate2 model and its mean wall time per utterance (ms)."""
-    from faster_whisper import WhisperModel
-
-    model = WhisperModel(str(ct2_source_dir()), device="cpu", compute_type="float32", cpu_threads=threads)
-    options = dict(beam_size=1, best_of=1, temperature=0.0, without_timestamps=True, vad_filter=False,
-                   condition_on_previous_text=False, language="en")
-    "".join(s.text for s in model.transcribe(data.utterances[0].audio, **options)[0])  # warm-up
-    texts, start = [], time.perf_counter()
-    for utt in data.utterances:
-        segments, _ = model.transcribe(utt.audio, **options)
-        texts.append("".join(s.text for s in segments).strip())
-    return texts, 1e3 * (time.perf_counter() - start) / len(data)
 
 
 def ct2_same_features(model, processor, data: SpeechSet, threads: int, encoder_checks: int = 4):
@@ -215,7 +200,8 @@ def main() -> None:
     check, same_features, reference = [], [], []
     for data in sets if not args.skip_check else []:
         ours = [h.strip() for h in dense[data.name].hypotheses]
-        texts, ms = faster_whisper_transcripts(data, args.threads)
+        texts, ms = faster_whisper_transcripts(ct2_source_dir(), [u.audio for u in data.utterances], args.threads,
+                                               "float32")
         check.append((data.name, len(data), [(u.id, t, o) for u, t, o in zip(data.utterances, texts, ours) if t != o]))
         reference.append((data.name, word_error_rate([u.text for u in data.utterances], texts), ms))
         texts, worst = ct2_same_features(model, processor, data, args.threads)

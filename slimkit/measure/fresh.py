@@ -67,10 +67,16 @@ def sendable(example: Any) -> bool:
     (a Hugging Face encoder's input_ids and attention_mask) sharing the batch dimension."""
     if isinstance(example, torch.Tensor):
         return example.dim() > 0
-    parts = list(example.values()) if isinstance(example, dict) else list(example) \
-        if isinstance(example, (tuple, list)) else []
+    if isinstance(example, dict):
+        if not all(isinstance(k, str) for k in example):
+            return False
+        parts = list(example.values())
+    elif isinstance(example, (tuple, list)):
+        parts = list(example)
+    else:
+        return False
     return bool(parts) and all(isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == parts[0].shape[0]
-                               for t in parts) and all(isinstance(k, str) for k in getattr(example, "keys", list)())
+                               for t in parts)
 
 
 def rows_of(example: Example) -> int:
