@@ -1,7 +1,7 @@
 """Benchmark of slimkit's LLM compression on SmolLM2-135M and MiniLM: prints one table.
 
 Stages (pick with --only, comma-separated): dense, oneshot, depth (includes KD recovery unless
---kd-minutes 0), speed, encoder. Every finished row is appended to --json as it completes, so a
+--kd-minutes 0), sparsekd (one-shot sparsity, then KD with the zeros held: --sparse-kd), speed, encoder. Every finished row is appended to --json as it completes, so a
 long run that is stopped keeps what it measured. Perplexity rows carry their protocol. KD recovery
 (`slimkit.llm.recover`) and encoder distillation (`slimkit.llm.encoder`) run on the shared engine,
 `slimkit.distill.Distiller`, with the causal-LM and embeddings tasks.
@@ -14,6 +14,7 @@ The README's KD and encoder rows (full size; run one at a time, nothing else on 
 
     PYTHONPATH=. python bench/llm.py --only depth --json runs/bench_llm_kd.jsonl      # 8 of 30 layers removed + 30 min KD
     PYTHONPATH=. python bench/llm.py --only encoder --json runs/bench_llm_enc.jsonl   # MiniLM -50% FFN -25% heads, refit, 20 min
+    PYTHONPATH=. python bench/llm.py --only sparsekd --sparse-kd sparsegpt:0.5 --json runs/bench_llm_skd.jsonl  # 50% + 30 min KD
 
 Smoke test of the same paths (a minute or two each; the numbers mean nothing):
 
@@ -96,6 +97,23 @@ def print_table_from(path: Path) -> None:
     print(NOTE)
 
 
+def distilled(student, teacher, tok, ev, args, masks=None) -> tuple[float, str, int]:
+    """KD recovery of `student` in place for --kd-minutes (masks held), then its perplexity, the
+    row's note and the seconds spent (teacher cache included)."""
+    train = calibration_windows(tok, "emma", args.kd_samples, args.seq_len, args.seed + 1)
+    cfg = RecoveryConfig(epochs=100, batch_size=2, lr=args.kd_lr, top_k=64, ce_weight=args.kd_ce_weight,
+                         hidden_weight=args.kd_hidden_weight, max_minutes=args.kd_minutes, seed=args.seed)
+    # a fresh cache folder: the teacher pass is timed inside the budget, never reused from a past run
+    with tempfile.TemporaryDirectory() as fresh:
+        rrep = recover(student, teacher, train, cfg, masks=masks, cache_dir=Path(fresh))
+    ppl = perplexity(student, ev, progress=True).value
+    other = (f"{rrep.steps} steps x 2 x {args.seq_len} tokens over {args.kd_samples} Emma windows; teacher top-64 "
+             f"cache {round(rrep.teacher_seconds)} s (inside the {args.kd_minutes:g}-min budget); top-64 KL T=1 + "
+             f"{args.kd_ce_weight:g} CE + {args.kd_hidden_weight:g} hidden MSE; lr {args.kd_lr:g}; last loss "
+             f"{rrep.losses[-1]:.3f}; engine: Distiller, causal-LM task")
+    return ppl, other, round(rrep.seconds + rrep.teacher_seconds)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="dense,oneshot,depth,speed,encoder")
@@ -112,6 +130,9 @@ def main() -> None:
     ap.add_argument("--kd-lr", type=float, default=2e-4)
     ap.add_argument("--kd-ce-weight", type=float, default=1.0, help="weight of next-token CE added to the KD loss")
     ap.add_argument("--kd-hidden-weight", type=float, default=0.0, help="weight of final-hidden-state KD")
+    ap.add_argument("--sparse-kd", default="sparsegpt:0.5,sparsegpt:2:4",
+                    help="sparsekd: METHOD:RATIO runs (RATIO a fraction or N:M), each pruned one-shot, then distilled "
+                         "for --kd-minutes with its zeros held")
     ap.add_argument("--encoder-minutes", type=float, default=20.0)
     ap.add_argument("--encoder-train", type=int, default=3800, help="Emma sentences (about 3,800 usable)")
     ap.add_argument("--encoder-epochs", type=int, default=20)
@@ -133,7 +154,7 @@ def main() -> None:
     print(f"torch threads {torch.get_num_threads()}, device {'cuda' if torch.cuda.is_available() else 'cpu'}")
 
     dense_ppl = None
-    if stages & {"dense", "oneshot", "depth", "speed"}:
+    if stages & {"dense", "oneshot", "depth", "sparsekd", "speed"}:
         lm, tok = load_causal_lm("smollm2")
         ev = eval_windows(tok, "prideprejudice", args.eval_tokens, args.seq_len)
         cal = calibration_windows(tok, "emma", args.calib_samples, args.seq_len, args.seed)
@@ -177,21 +198,27 @@ def main() -> None:
             rows.add(stage="depth", model=f"-{args.depth_remove} layers (block influence)", ppl=ppl.value,
                      seconds=round(time.perf_counter() - t0), other=f"removed {', '.join(removed)}")
             if "depth" in stages and args.kd_minutes > 0:
-                train = calibration_windows(tok, "emma", args.kd_samples, args.seq_len, args.seed + 1)
-                cfg = RecoveryConfig(epochs=100, batch_size=2, lr=args.kd_lr, top_k=64, ce_weight=args.kd_ce_weight,
-                                     hidden_weight=args.kd_hidden_weight, max_minutes=args.kd_minutes,
-                                     seed=args.seed)
-                # a fresh cache folder: the teacher pass is timed inside the budget, never reused from a past run
-                with tempfile.TemporaryDirectory() as fresh:
-                    rrep = recover(depth_model, lm, train, cfg, cache_dir=Path(fresh))
-                ppl = perplexity(depth_model, ev, progress=True)
-                rows.add(stage="depth+KD", model=f"-{args.depth_remove} layers, KD", ppl=ppl.value,
-                         seconds=round(rrep.seconds + rrep.teacher_seconds),
-                         other=f"{rrep.steps} steps x 2 x {args.seq_len} tokens over {args.kd_samples} Emma windows; "
-                               f"teacher top-64 cache {round(rrep.teacher_seconds)} s (inside the "
-                               f"{args.kd_minutes:g}-min budget); top-64 KL T=1 + {args.kd_ce_weight:g} CE + "
-                               f"{args.kd_hidden_weight:g} hidden MSE; lr {args.kd_lr:g}; last loss {rrep.losses[-1]:.3f}; "
-                               f"engine: Distiller, causal-LM task")
+                ppl, other, seconds = distilled(depth_model, lm, tok, ev, args)
+                rows.add(stage="depth+KD", model=f"-{args.depth_remove} layers, KD", ppl=ppl, seconds=seconds,
+                         other=other)
+        if "sparsekd" in stages:
+            for run in args.sparse_kd.split(","):
+                method, ratio = run.split(":", 1)
+                nm = ratio if ":" in ratio else None
+                student = copy.deepcopy(lm)
+                res = prune_oneshot(student, cal, method, float(ratio) if nm is None else 0.0, nm)
+                before = perplexity(student, ev, progress=True).value
+                rows.add(stage="one-shot", model=f"{method} {ratio}", ppl=before, seconds=round(res.details["seconds"]),
+                         other=f"realised {1 - res.kept_total:.3f}; calib {res.details['calibration']}")
+                ppl, other, seconds = distilled(student, lm, tok, ev, args, masks=res.masks)
+                held = all(bool((p.detach()[~res.masks[n]] == 0).all()) for n, p in student.named_parameters()
+                           if n in res.masks)
+                rows.add(stage="sparse+KD", model=f"{method} {ratio}, KD", ppl=ppl, seconds=seconds,
+                         other=f"zeros held after KD: {held}; {other}")
+                del student
+                gc.collect()
+
+        if "depth" in stages or "speed" in stages:
             if "speed" in stages:
                 for name, model in (("dense", lm), (f"depth -{args.depth_remove}", depth_model)):
                     sp = measure_speed(model)

@@ -51,9 +51,9 @@ import os
 import torch
 
 from slimkit.speech.audio import SpeechSet, real_recordings
-from slimkit.speech.convert import ct2_source_dir, load_whisper, offline
+from slimkit.speech.convert import ct2_source_dir, load_whisper, offline, whisper_tiny_en
 from slimkit.speech.decode_split import decode_time_split, layer_free_bound
-from slimkit.speech.deploy import faster_whisper_transcripts
+from slimkit.speech.deploy import ct2_transcripts, faster_whisper_transcripts
 from slimkit.speech.evaluate import THREADS, encode, evaluate, log_mel, parameters, protocol, word_error_rate
 from slimkit.speech.prune import prune_encoder_ffn, remove_decoder_layers, spaced_layers
 from slimkit.speech.recover import SpeechDistillConfig, recover
@@ -61,25 +61,22 @@ from slimkit.speech.synth import SynthSettings, synthetic_set
 
 
 def ct2_same_features(model, processor, data: SpeechSet, threads: int, encoder_checks: int = 4):
-    """Transcripts of the original CTranslate2 model fed slimkit's own log-mel features (ctranslate2 directly:
-    prompt <|startoftranscript|><|notimestamps|>, beam 1, blank and config tokens suppressed), and the
+    """Transcripts of the original CTranslate2 model fed slimkit's own log-mel features and decoded as
+    slimkit decodes (slimkit.speech.deploy.ct2_transcripts, the check `slimkit export --ct2` runs), and the
     largest |encoder output difference| over the first `encoder_checks` utterances."""
     import ctranslate2
     import numpy as np
 
+    audios = [u.audio for u in data.utterances]
+    texts = ct2_transcripts(ct2_source_dir(), whisper_tiny_en(), audios, threads, "float32")
     ct2 = ctranslate2.models.Whisper(str(ct2_source_dir()), device="cpu", compute_type="float32", intra_threads=threads)
-    prompt = [model.generation_config.decoder_start_token_id, model.generation_config.no_timestamps_token_id]
-    texts, worst = [], 0.0
-    for i, utt in enumerate(data.utterances):
-        features = log_mel(processor, utt.audio)
+    worst = 0.0
+    for audio in audios[:encoder_checks]:
+        features = log_mel(processor, audio)
         view = ctranslate2.StorageView.from_array(np.ascontiguousarray(features.numpy()))
-        ids = ct2.generate(view, [prompt], beam_size=1, suppress_blank=True, suppress_tokens=[-1],
-                           max_length=model.generation_config.max_length)[0].sequences_ids[0]
-        texts.append(processor.tokenizer.decode(ids, skip_special_tokens=True).strip())
-        if i < encoder_checks:
-            with torch.inference_mode():
-                ours = encode(model, features).last_hidden_state.numpy()
-            worst = max(worst, float(np.abs(np.array(ct2.encode(view, to_cpu=True)) - ours).max()))
+        with torch.inference_mode():
+            ours = encode(model, features).last_hidden_state.numpy()
+        worst = max(worst, float(np.abs(np.array(ct2.encode(view, to_cpu=True)) - ours).max()))
     return texts, worst
 
 

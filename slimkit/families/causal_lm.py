@@ -46,18 +46,22 @@ SPARSITY_NOTE = ("one-shot sparsity (Wanda, SparseGPT, N:M) is a `slimkit prune 
 #   fp32 logits (6.4 GB) for SmolLM2; 32 calibration windows are 8k tokens.
 # - lr 1e-4 and temperature 1: slimkit.llm.recover's recipe for pretrained LMs (compress's 1e-3 is sized
 #   for small nets).
-# - max_blocks 8 and three FFN ratios: search.py builds (max_blocks+1) x (1+len(ratios)) models and
+# - max_blocks 8 and five FFN ratios: search.py builds (max_blocks+1) x (1+len(ratios)) models and
 #   times them all in one run. A full copy of SmolLM2-135M is ~0.54 GB fp32 (embeddings 113 MB, 30
 #   layers of 14.2 MB, of which FFN 10.6 MB), so with compress's defaults (29 removable layers, 7
 #   ratios) full copies of every mix would need 30 x 8 x 0.54 = 130 GB, and even with max_blocks 8
-#   and 3 ratios 9 x 4 x 0.54 = 19 GB of a 24 GB machine. DecoderCutter's copies therefore share
-#   every tensor they do not change with the model they come from (a removal costs ~0 bytes; an FFN
-#   cut only its new FFN weights, (1-ratio) x 10.6 MB per kept layer): the mixes then hold
-#   sum_k=0..8 (30-k) x 10.6 MB x (0.75+0.5+0.25) ~ 3.7 GB (measured on SmolLM2: a removal owns 0 MiB,
-#   FFN ratio 0.25 on 30 layers 228 MiB, on 22 layers 167 MiB). Each exact FFN cut also costs a forward
-#   pass over WIDTH_WINDOWS windows and each mix a decode timing, which the short grid keeps few.
+#   and 5 ratios 9 x 6 x 0.54 = 29 GB, more than a 24 GB machine. DecoderCutter's copies therefore
+#   share every tensor they do not change with the model they come from (a removal costs ~0 bytes; an
+#   FFN cut only its new FFN weights, (1-ratio) x 10.6 MB per kept layer): the mixes then hold
+#   sum_k=0..8 (30-k) x 10.6 MB x (0.85+0.7+0.55+0.4+0.25) ~ 6.8 GB (measured on SmolLM2: a removal
+#   owns 0 MiB, FFN ratio 0.25 on 30 layers 228 MiB, on 22 layers 167 MiB). Each exact FFN cut also
+#   costs a forward pass over WIDTH_WINDOWS windows and each mix a decode timing.
+# - ratio steps of 0.15: at batch-1 decode SmolLM2's time falls about 4 % per 0.1 of FFN ratio and
+#   about 2.7 % per removed layer, so a coarser grid (0.25, 0.5, 0.75) left every depth with only the
+#   0.75 cut under latency=0.7x, overshooting to 0.57-0.62x and costing far more perplexity than the
+#   target asks (bench/compress_e2e.py's smollm2 row).
 LM_SETTINGS = {"batch_size": 8, "calib_batches": 4, "lr": 1e-4, "temperature": 1.0, "max_blocks": 8,
-               "ratios": (0.25, 0.5, 0.75)}
+               "ratios": (0.15, 0.3, 0.45, 0.6, 0.75)}
 
 
 def _windows(calib: list[Any]) -> torch.Tensor:
