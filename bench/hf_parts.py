@@ -115,6 +115,7 @@ def austen_classifier(seed: int, quick: bool) -> tuple[Path, Path, str]:
     how = (f"MiniLM-L6 + head fine-tuned {settings['epochs']} epochs on {settings['per_novel']} sentences per "
            f"novel (5 novels) with Trainer")
     if not data.is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
         with open(data, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["sentence", "novel"])
