@@ -97,6 +97,11 @@ def print_table_from(path: Path) -> None:
     print(NOTE)
 
 
+def sparsity_nm(ratio: str) -> tuple[float, str | None]:
+    """prune_oneshot's sparsity and N:M arguments from a --ratios / --sparse-kd entry: '0.5' or '2:4'."""
+    return (0.0, ratio) if ":" in ratio else (float(ratio), None)
+
+
 def distilled(student, teacher, tok, ev, args, masks=None) -> tuple[float, str, int]:
     """KD recovery of `student` in place for --kd-minutes (masks held), then its perplexity, the
     row's note and the seconds spent (teacher cache included)."""
@@ -173,9 +178,8 @@ def main() -> None:
                     for a in args.allocations.split(",") if a == "uniform" or (":" not in r and m != "magnitude")]
             for method, ratio, allocation in runs:
                 model, _ = load_causal_lm("smollm2")
-                nm = ratio if ":" in ratio else None
                 reset_peak_rss()
-                res = prune_oneshot(model, cal, method, float(ratio) if nm is None else 0.0, nm, allocation=allocation)
+                res = prune_oneshot(model, cal, method, *sparsity_nm(ratio), allocation=allocation)
                 rss = peak_rss_mb()
                 ppl = perplexity(model, ev, progress=True)
                 alloc = res.details["allocation"]
@@ -204,9 +208,8 @@ def main() -> None:
         if "sparsekd" in stages:
             for run in args.sparse_kd.split(","):
                 method, ratio = run.split(":", 1)
-                nm = ratio if ":" in ratio else None
                 student = copy.deepcopy(lm)
-                res = prune_oneshot(student, cal, method, float(ratio) if nm is None else 0.0, nm)
+                res = prune_oneshot(student, cal, method, *sparsity_nm(ratio))
                 before = perplexity(student, ev, progress=True).value
                 rows.add(stage="one-shot", model=f"{method} {ratio}", ppl=before, seconds=round(res.details["seconds"]),
                          other=f"realised {1 - res.kept_total:.3f}; calib {res.details['calibration']}")
@@ -218,14 +221,13 @@ def main() -> None:
                 del student
                 gc.collect()
 
-        if "depth" in stages or "speed" in stages:
-            if "speed" in stages:
-                for name, model in (("dense", lm), (f"depth -{args.depth_remove}", depth_model)):
-                    sp = measure_speed(model)
-                    rows.add(stage="speed", model=name, seconds="-",
-                             other=f"params {sp.params / 1e6:.1f} M, MACs/token {sp.macs_per_token / 1e6:.1f} M, "
-                                   f"prefill {sp.prefill_tokens_per_s:.0f} tok/s, decode {sp.decode_tokens_per_s:.1f} "
-                                   f"tok/s ({sp.threads} threads, {sp.device}, prompt {sp.prompt_len})")
+        if "speed" in stages:  # depth_model was cut above
+            for name, model in (("dense", lm), (f"depth -{args.depth_remove}", depth_model)):
+                sp = measure_speed(model)
+                rows.add(stage="speed", model=name, seconds="-",
+                         other=f"params {sp.params / 1e6:.1f} M, MACs/token {sp.macs_per_token / 1e6:.1f} M, "
+                               f"prefill {sp.prefill_tokens_per_s:.0f} tok/s, decode {sp.decode_tokens_per_s:.1f} "
+                               f"tok/s ({sp.threads} threads, {sp.device}, prompt {sp.prompt_len})")
         del lm
 
     if "encoder" in stages:
