@@ -71,17 +71,11 @@ def prune_oneshot(model: str, out: Path, overwrite: bool, method: str, ratio: fl
     """One-shot unstructured or N:M zeros in every Linear of the decoder blocks."""
     check_windows(seq_len, eval_tokens, samples, texts=(data, eval_data))
     from slimkit.llm.load import load_causal_lm, save_pretrained_atomic
-    from slimkit.llm.oneshot import METHODS, check_oneshot_args, parse_nm, prune_oneshot as prune
+    from slimkit.llm.oneshot import check_oneshot_args, prune_oneshot as prune
     from slimkit.llm.perplexity import perplexity
     from slimkit.data.text import calibration_windows
 
-    if method not in METHODS:
-        raise SlimkitError(f"unknown --method {method!r} for a causal LM; choose one of {', '.join(METHODS)}, or "
-                           f"structured cuts with --blocks, --ffn, --heads")
-    pattern = parse_nm(nm)
-    if pattern is None:
-        check_sparsity(ratio, "--ratio")
-    check_oneshot_args(method, ratio, pattern, "row", allocation)
+    _, pattern = check_oneshot_args(method, ratio, nm, "row", allocation, names=("--method", "--ratio"))
     if stream and allocation != "uniform":
         raise SlimkitError("--allocation owl measures every block of the dense model before pruning, which --stream "
                            "(one block in memory at a time) does not do; leave out --stream or use uniform allocation")

@@ -163,18 +163,19 @@ def oneshot_result(model: nn.Module | None, method: str, sparsity: float, nm: tu
 
 
 def check_oneshot_args(method: str, sparsity: float, nm: tuple[int, int] | str | None, mask_scope: str,
-                       allocation: str = "uniform", owl_lambda: float = LAMBDA_DEFAULT
-                       ) -> tuple[float, tuple[int, int] | None]:
+                       allocation: str = "uniform", owl_lambda: float = LAMBDA_DEFAULT,
+                       names: tuple[str, str] = ("method", "sparsity")) -> tuple[float, tuple[int, int] | None]:
     """Validate the settings shared by the in-memory and streaming paths; returns (sparsity, nm).
 
     Checked before any model is touched, so bad input fails in one line and not after minutes of
-    loading. With N:M the pattern fixes the ratio, so `sparsity` becomes 1 - N/M.
+    loading. With N:M the pattern fixes the ratio, so `sparsity` becomes 1 - N/M. `names` are what
+    the messages call the method and the ratio (a command line passes its option names).
     """
     if method not in METHODS:
-        raise SlimkitError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise SlimkitError(f"unknown {names[0]} {method!r}; choose one of {', '.join(METHODS)}")
     nm = parse_nm(nm) if isinstance(nm, str) or nm is None else nm
     if nm is None:
-        check_sparsity(sparsity)
+        check_sparsity(sparsity, names[1])
     else:
         sparsity = 1.0 - nm[0] / nm[1]
     if mask_scope not in ("row", "block"):
