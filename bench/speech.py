@@ -57,7 +57,7 @@ from slimkit.speech.deploy import ct2_transcripts, faster_whisper_transcripts
 from slimkit.speech.evaluate import THREADS, encode, evaluate, log_mel, parameters, protocol, word_error_rate
 from slimkit.speech.prune import prune_encoder_ffn, remove_decoder_layers, spaced_layers
 from slimkit.speech.recover import SpeechDistillConfig, recover
-from slimkit.speech.synth import SynthSettings, synthetic_set
+from slimkit.speech.synth import ESPEAK_VOICES, PIPER, SynthSettings, synthetic_set
 
 
 def ct2_same_features(model, processor, data: SpeechSet, threads: int, encoder_checks: int = 4):
@@ -104,7 +104,8 @@ def decode_splits(teacher, processor, data: SpeechSet, tokens: int, threads: int
 def compression_rows(args, teacher, processor, sets):
     """(label, model, trimmed) to evaluate, and one recovery line per training run (see the docstring, part 4)."""
     n_train = args.train_utterances or (24 if args.quick else 1000)
-    train = synthetic_set(SynthSettings(split="train", utterances=n_train, seed=0))
+    voices = (PIPER,) + (ESPEAK_VOICES if args.voices == "mixed" else ())
+    train = synthetic_set(SynthSettings(split="train", utterances=n_train, seed=0, voices=voices))
     n_val = min(args.val_utterances, len(sets[1]))
     val = copy.copy(sets[1])
     val.utterances = val.utterances[:n_val]  # per-epoch token accuracy only; nothing is selected on it
@@ -155,6 +156,9 @@ def main() -> None:
                     "quick 1)")
     ap.add_argument("--train-utterances", type=int, default=None, help="synthesised training utterances "
                     "(default 1000, quick 24)")
+    ap.add_argument("--voices", choices=("piper", "mixed"), default="piper",
+                    help="training speech: Piper's voice alone, or mixed with slimkit.speech.synth.ESPEAK_VOICES "
+                         "(held-out sets stay Piper)")
     ap.add_argument("--val-utterances", type=int, default=50, help="held-out utterances for per-epoch token accuracy")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-4)

