@@ -1,7 +1,8 @@
 """Benchmark of slimkit's LLM compression on SmolLM2-135M and MiniLM: prints one table.
 
-Stages (pick with --only, comma-separated): dense, oneshot, depth (includes KD recovery unless
---kd-minutes 0), sparsekd (one-shot sparsity, then KD with the zeros held: --sparse-kd), speed, encoder. Every finished row is appended to --json as it completes, so a
+Stages (pick with --only, comma-separated): dense, oneshot, depthrules (perplexity right after
+each depth rule's cut, no KD), depth (the --depth-rule cut, then KD recovery unless --kd-minutes 0;
+--kd-layer-weight adds layer-wise hidden-state cosine at the cut's seams), sparsekd (one-shot sparsity, then KD with the zeros held: --sparse-kd), speed, encoder. Every finished row is appended to --json as it completes, so a
 long run that is stopped keeps what it measured. Perplexity rows carry their protocol. KD recovery
 (`slimkit.llm.recover`) and encoder distillation (`slimkit.llm.encoder`) run on the shared engine,
 `slimkit.distill.Distiller`, with the causal-LM and embeddings tasks.
@@ -13,6 +14,7 @@ long run that is stopped keeps what it measured. Perplexity rows carry their pro
 The README's KD and encoder rows (full size; run one at a time, nothing else on the machine):
 
     PYTHONPATH=. python bench/llm.py --only depth --json runs/bench_llm_kd.jsonl      # 8 of 30 layers removed + 30 min KD
+    PYTHONPATH=. python bench/llm.py --only depthrules,depth --depth-rule span --kd-layer-weight 1   # the depth study
     PYTHONPATH=. python bench/llm.py --only encoder --json runs/bench_llm_enc.jsonl   # MiniLM -50% FFN -25% heads, refit, 20 min
     PYTHONPATH=. python bench/llm.py --only sparsekd --sparse-kd sparsegpt:0.5 --json runs/bench_llm_skd.jsonl  # 50% + 30 min KD
 
@@ -35,6 +37,7 @@ from pathlib import Path
 import torch
 
 from slimkit.llm import (
+    DEPTH_RULES,
     RecoveryConfig,
     calibration_windows,
     default_sentences,
@@ -49,6 +52,7 @@ from slimkit.llm import (
     prune_encoder,
     prune_oneshot,
     recover,
+    seam_pairs,
 )
 from slimkit.measure.memory import peak_rss_mb, reset_peak_rss
 
@@ -102,20 +106,27 @@ def sparsity_nm(ratio: str) -> tuple[float, str | None]:
     return (0.0, ratio) if ":" in ratio else (float(ratio), None)
 
 
-def distilled(student, teacher, tok, ev, args, masks=None) -> tuple[float, str, int]:
-    """KD recovery of `student` in place for --kd-minutes (masks held), then its perplexity, the
-    row's note and the seconds spent (teacher cache included)."""
+def distilled(student, teacher, tok, ev, args, masks=None, val=None, pairs=()) -> tuple[float, str, int]:
+    """KD recovery of `student` in place for --kd-minutes (masks held; layer-wise terms on `pairs`;
+    perplexity on `val` after each epoch), then its perplexity on `ev`, the row's note and the
+    seconds spent (teacher cache included)."""
     train = calibration_windows(tok, "emma", args.kd_samples, args.seq_len, args.seed + 1)
+    layer_weight = args.kd_layer_weight if pairs else 0.0
     cfg = RecoveryConfig(epochs=100, batch_size=2, lr=args.kd_lr, top_k=64, ce_weight=args.kd_ce_weight,
-                         hidden_weight=args.kd_hidden_weight, max_minutes=args.kd_minutes, seed=args.seed)
+                         hidden_weight=args.kd_hidden_weight, layer_weight=layer_weight, layer_pairs=tuple(pairs),
+                         max_minutes=args.kd_minutes, seed=args.seed)
     # a fresh cache folder: the teacher pass is timed inside the budget, never reused from a past run
     with tempfile.TemporaryDirectory() as fresh:
-        rrep = recover(student, teacher, train, cfg, masks=masks, cache_dir=Path(fresh))
+        rrep = recover(student, teacher, train, cfg, masks=masks, cache_dir=Path(fresh), val=val)
     ppl = perplexity(student, ev, progress=True).value
+    layers = (f" + {layer_weight:g} layer cosine at {len(pairs)} seams "
+              f"({', '.join(s.rpartition('.')[2] + '->' + t.rpartition('.')[2] for s, t in pairs)})" if layer_weight else "")
+    curve = (f"; val ppl by step (P&P tokens after the test's): "
+             f"{', '.join(f'{step}: {v:.2f}' for step, v in rrep.val_perplexity)}" if rrep.val_perplexity else "")
     other = (f"{rrep.steps} steps x 2 x {args.seq_len} tokens over {args.kd_samples} Emma windows; teacher top-64 "
              f"cache {round(rrep.teacher_seconds)} s (inside the {args.kd_minutes:g}-min budget); top-64 KL T=1 + "
-             f"{args.kd_ce_weight:g} CE + {args.kd_hidden_weight:g} hidden MSE; lr {args.kd_lr:g}; last loss "
-             f"{rrep.losses[-1]:.3f}; engine: Distiller, causal-LM task")
+             f"{args.kd_ce_weight:g} CE + {args.kd_hidden_weight:g} hidden MSE{layers}; lr {args.kd_lr:g}; last loss "
+             f"{rrep.losses[-1]:.3f}{curve}; engine: Distiller, causal-LM task")
     return ppl, other, round(rrep.seconds + rrep.teacher_seconds)
 
 
@@ -130,6 +141,12 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--eval-tokens", type=int, default=16384)
     ap.add_argument("--depth-remove", type=int, default=8)
+    ap.add_argument("--depth-rule", default="influence", choices=DEPTH_RULES,
+                    help="which blocks the depth stage removes (slimkit.llm.depth)")
+    ap.add_argument("--kd-layer-weight", type=float, default=0.0,
+                    help="weight of layer-wise hidden-state cosine at the depth cut's seams (shared among them)")
+    ap.add_argument("--val-tokens", type=int, default=8192,
+                    help="Pride and Prejudice tokens after the test tokens: KD's per-epoch validation perplexity")
     ap.add_argument("--kd-minutes", type=float, default=30.0)
     ap.add_argument("--kd-samples", type=int, default=256)
     ap.add_argument("--kd-lr", type=float, default=2e-4)
@@ -159,9 +176,12 @@ def main() -> None:
     print(f"torch threads {torch.get_num_threads()}, device {'cuda' if torch.cuda.is_available() else 'cpu'}")
 
     dense_ppl = None
-    if stages & {"dense", "oneshot", "depth", "sparsekd", "speed"}:
+    if stages & {"dense", "oneshot", "depthrules", "depth", "sparsekd", "speed"}:
         lm, tok = load_causal_lm("smollm2")
-        ev = eval_windows(tok, "prideprejudice", args.eval_tokens, args.seq_len)
+        # the test windows are the first --eval-tokens of the text; validation (KD's curve only) follows them
+        both = eval_windows(tok, "prideprejudice", args.eval_tokens + args.val_tokens, args.seq_len)
+        ev, val = both[:args.eval_tokens // args.seq_len], both[args.eval_tokens // args.seq_len:]
+        val = val if len(val) else None
         cal = calibration_windows(tok, "emma", args.calib_samples, args.seq_len, args.seed)
         t0 = time.perf_counter()
         dense = perplexity(lm, ev, progress=True)
@@ -194,15 +214,27 @@ def main() -> None:
                 gc.collect()  # HF models hold reference cycles: free this one before the next loads
             lm, _ = load_causal_lm("smollm2")
 
+        n_layers = lm.config.num_hidden_layers
+        if "depthrules" in stages:
+            for rule in DEPTH_RULES:
+                cut = copy.deepcopy(lm)
+                t0 = time.perf_counter()
+                removed = prune_depth(cut, cal[:16], args.depth_remove, rule=rule).removed_blocks
+                rows.add(stage="depth rule", model=f"-{args.depth_remove} layers ({rule})",
+                         ppl=perplexity(cut, ev, progress=True).value, seconds=round(time.perf_counter() - t0),
+                         other=f"removed {', '.join(b.rpartition('.')[2] for b in removed)}; no KD")
+                del cut
+                gc.collect()
         if "depth" in stages or "speed" in stages:
             depth_model = copy.deepcopy(lm)
             t0 = time.perf_counter()
-            removed = prune_depth(depth_model, cal[:16], args.depth_remove).removed_blocks
+            removed = prune_depth(depth_model, cal[:16], args.depth_remove, rule=args.depth_rule).removed_blocks
             ppl = perplexity(depth_model, ev, progress=True)
-            rows.add(stage="depth", model=f"-{args.depth_remove} layers (block influence)", ppl=ppl.value,
+            rows.add(stage="depth", model=f"-{args.depth_remove} layers ({args.depth_rule})", ppl=ppl.value,
                      seconds=round(time.perf_counter() - t0), other=f"removed {', '.join(removed)}")
             if "depth" in stages and args.kd_minutes > 0:
-                ppl, other, seconds = distilled(depth_model, lm, tok, ev, args)
+                pairs = seam_pairs([int(b.rpartition(".")[2]) for b in removed], n_layers)
+                ppl, other, seconds = distilled(depth_model, lm, tok, ev, args, val=val, pairs=pairs)
                 rows.add(stage="depth+KD", model=f"-{args.depth_remove} layers, KD", ppl=ppl, seconds=seconds,
                          other=other)
         if "sparsekd" in stages:

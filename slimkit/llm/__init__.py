@@ -13,7 +13,7 @@ model in place and returns a `slimkit.prune.PruneResult`. transformers is import
 the functions that need it, so importing this package stays cheap.
 """
 
-from slimkit.llm.depth import block_influence, prune_depth, remove_layers
+from slimkit.llm.depth import DEPTH_RULES, block_influence, prune_depth, remove_layers, seam_pairs, span_scores
 from slimkit.llm.encoder import (
     Fidelity,
     default_sentences,
@@ -39,6 +39,7 @@ from slimkit.llm.width import prune_width
 from slimkit.prune.result import PruneResult
 
 __all__ = [
+    "DEPTH_RULES",
     "METHODS",
     "Fidelity",
     "Perplexity",
@@ -69,4 +70,6 @@ __all__ = [
     "remove_layers",
     "resolve",
     "save_pretrained_atomic",
+    "seam_pairs",
+    "span_scores",
 ]

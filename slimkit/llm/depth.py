@@ -1,8 +1,14 @@
-"""Depth pruning: score decoder blocks by block influence and remove the least informative.
+"""Depth pruning: score decoder blocks and remove the least informative.
 
-Block influence BI_i = 1 − E_tokens[cos(x_i, y_i)], where x_i is what enters block i and y_i what
-leaves it. A block whose output points where its input pointed changes little, so removing it
-costs little. Scores come from one dense forward over calibration tokens (hooks on every block).
+Two rules, both from one dense forward over calibration tokens (hooks on every block):
+- "influence": block influence BI_i = 1 − E_tokens[cos(x_i, y_i)], where x_i is what enters block i
+  and y_i what leaves it; the n blocks of lowest BI go, wherever they are. A block whose output
+  points where its input pointed changes little, so removing it costs little.
+- "span": the run of n consecutive blocks whose input and output are closest in angle
+  (slimkit.prune.layers.span_distances) goes as a unit, which counts what neighbours compound.
+
+After a cut, each kept block that now sits before a gap should do what the removed blocks did:
+`seam_pairs` names, for recovery's layer-wise terms, the teacher state each such block must reach.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ from torch import nn
 
 from slimkit.errors import SlimkitError
 from slimkit.llm.calibration import decoder_layers
-from slimkit.prune.layers import influences_of
+from slimkit.prune.layers import influences_of, span_distances
 from slimkit.prune.result import PruneResult
+
+DEPTH_RULES = ("influence", "span")
 
 
 def block_influence(model: nn.Module, windows: torch.Tensor, batch_size: int = 4, progress: bool = True) -> list[float]:
@@ -24,6 +32,34 @@ def block_influence(model: nn.Module, windows: torch.Tensor, batch_size: int = 4
     scores = influences_of(model, {str(i): layer for i, layer in enumerate(layers)}, batches,
                            lambda ids: body(input_ids=ids, use_cache=False), progress)
     return [scores[str(i)] for i in range(len(layers))]
+
+
+def span_scores(model: nn.Module, windows: torch.Tensor, span: int, batch_size: int = 4,
+                progress: bool = True) -> list[float]:
+    """Angular distance over every run of `span` consecutive decoder blocks, by its first block."""
+    layers = decoder_layers(model)
+    body = model.model if hasattr(model, "model") else model
+    batches = [windows[i:i + batch_size] for i in range(0, windows.shape[0], batch_size)]
+    return span_distances(model, list(layers), batches, lambda ids: body(input_ids=ids, use_cache=False), span,
+                          progress)
+
+
+def seam_pairs(removed: list[int], n_layers: int, stack: str = "model.layers") -> list[tuple[str, str]]:
+    """(student block, teacher block) module paths whose outputs recovery should match after removing
+    the blocks `removed` of `n_layers`: each kept block followed by a gap, paired with the last removed
+    block of that gap, whose output is what the next kept block received in the dense model.
+
+    Blocks are named as each model numbers them: kept block j is `{stack}.{j}` in the cut model. A
+    gap at the very start has no kept block before it and gives no pair; a gap at the end pairs the
+    last kept block with the dense model's last block."""
+    gone = set(removed)
+    kept = [i for i in range(n_layers) if i not in gone]
+    pairs = []
+    for j, i in enumerate(kept):
+        end = kept[j + 1] if j + 1 < len(kept) else n_layers
+        if end - 1 != i:
+            pairs.append((f"{stack}.{j}", f"{stack}.{end - 1}"))
+    return pairs
 
 
 def remove_layers(model: nn.Module, drop: list[int]) -> nn.Module:
@@ -65,20 +101,29 @@ def check_depth_cut(n_layers: int, n_remove: int) -> None:
                            f"remove fewer layers")
 
 
-def prune_depth(model: nn.Module, windows: torch.Tensor, n_remove: int, progress: bool = True) -> PruneResult:
-    """Remove the `n_remove` blocks with the lowest block influence, in place.
+def prune_depth(model: nn.Module, windows: torch.Tensor, n_remove: int, progress: bool = True,
+                rule: str = "influence") -> PruneResult:
+    """Remove `n_remove` blocks in place: those of lowest block influence, or with rule "span" the
+    run of consecutive blocks of least angular distance (see the module docstring).
 
     The result names blocks as the dense model did (`model.layers.<i>`): `scores` holds every
-    block's influence, `removed_blocks` the removed ones in layer order, `kept` the (kept, original)
-    count of blocks in the stack.
+    block's influence (rule "influence") or each run's distance by its first block ("span"),
+    `removed_blocks` the removed ones in layer order, `kept` the (kept, original) count of blocks.
     """
+    if rule not in DEPTH_RULES:
+        raise SlimkitError(f"unknown depth rule {rule!r}; choose one of {', '.join(DEPTH_RULES)}")
     layers = decoder_layers(model)
     n = len(layers)
     check_depth_cut(n, n_remove)
     names = {id(m): name for name, m in model.named_modules()}
     block_names = [names[id(layer)] for layer in layers]
-    scores = block_influence(model, windows, progress=progress)
-    removed = sorted(sorted(range(n), key=lambda i: scores[i])[:n_remove])
+    if rule == "span" and n_remove > 0:
+        scores = span_scores(model, windows, n_remove, progress=progress)
+        start = min(range(len(scores)), key=lambda i: scores[i])
+        removed = list(range(start, start + n_remove))
+    else:
+        scores = block_influence(model, windows, progress=progress)
+        removed = sorted(sorted(range(n), key=lambda i: scores[i])[:n_remove])
     remove_layers(model, removed)
     stack = block_names[0].rpartition(".")[0]
     return PruneResult(model, "depth", {stack: (n - n_remove, n)}, removed_blocks=[block_names[i] for i in removed],

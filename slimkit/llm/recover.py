@@ -44,6 +44,10 @@ class RecoveryConfig:
     # top-k teacher drops the tail of its distribution; bench/llm.py measures both settings.
     ce_weight: float = 1.0
     hidden_weight: float = 0.0
+    # Layer-wise hidden-state cosine after a depth cut: (student block, teacher block) module paths,
+    # e.g. slimkit.llm.depth.seam_pairs; `layer_weight` is shared evenly among the pairs.
+    layer_weight: float = 0.0
+    layer_pairs: tuple[tuple[str, str], ...] = ()
     freeze_embeddings: bool = True
     max_minutes: float | None = None
     seed: int = 0
@@ -66,6 +70,9 @@ class RecoveryConfig:
             terms.append(ce(self.ce_weight))
         if self.hidden_weight > 0:
             terms.append(Term("hidden_mse", self.hidden_weight, student_layer=FINAL_HIDDEN, teacher_layer=FINAL_HIDDEN))
+        if self.layer_weight > 0:
+            share = self.layer_weight / len(self.layer_pairs)
+            terms += [Term("hidden_cosine", share, student_layer=s, teacher_layer=t) for s, t in self.layer_pairs]
         return terms
 
     def __post_init__(self) -> None:
@@ -77,6 +84,10 @@ class RecoveryConfig:
         check_count(self.top_k, "top_k")
         check_nonnegative(self.ce_weight, "ce_weight")
         check_nonnegative(self.hidden_weight, "hidden_weight")
+        check_nonnegative(self.layer_weight, "layer_weight")
+        if self.layer_weight > 0 and not self.layer_pairs:
+            raise SlimkitError("layer_weight needs layer_pairs, the (student, teacher) blocks to match, e.g. "
+                               "slimkit.llm.depth.seam_pairs(removed, n_layers); or set layer_weight=0")
         if self.max_minutes is not None:
             check_positive(self.max_minutes, "max_minutes")
 
@@ -90,6 +101,7 @@ class RecoveryReport:
     losses: list[float] = field(default_factory=list)
     resumed_from_step: int | None = None
     ended_by: str | None = None  # "time" when the budget ended the run before its epochs
+    val_perplexity: list[tuple[int, float]] = field(default_factory=list)  # (step, perplexity) after each epoch
     # parallel "fsdp": the trained student's whole weights on rank 0 (the student itself stays sharded)
     full_weights: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -99,7 +111,8 @@ class RecoveryReport:
 
 def recover(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, cfg: RecoveryConfig | None = None,
             masks: dict[str, torch.Tensor] | None = None, cache_dir: Path | None = None,
-            progress: bool = True, checkpoint: CheckpointConfig | None = None) -> RecoveryReport:
+            progress: bool = True, checkpoint: CheckpointConfig | None = None,
+            val: torch.Tensor | None = None) -> RecoveryReport:
     """Fine-tune `student` in place towards the cached teacher over the (n, L) training windows.
 
     Embeddings (tied with the LM head in SmolLM2, a fifth of the weights) are frozen by default:
@@ -107,6 +120,8 @@ def recover(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, cfg: 
     through every optimizer step. Stops after `epochs` or `max_minutes`, whichever comes first;
     the budget counts from the call, so a teacher pass that builds the cache is inside it.
     `checkpoint` makes the run resumable after a kill (the teacher cache is reused on resume).
+    With `val` (n, L) windows the student's perplexity on them is measured after every epoch (inside
+    the time budget), so a run shows how far each stretch of steps carried it.
     """
     cfg = cfg or RecoveryConfig()
     terms = cfg.terms()
@@ -120,17 +135,20 @@ def recover(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, cfg: 
             if isinstance(module, nn.Embedding):
                 module.weight.requires_grad_(False)
     cache = CacheConfig(dir=cache_dir or cache_root() / "kd", topk=cfg.top_k, batch_size=4,
-                        features=cfg.hidden_weight > 0)
+                        features=cfg.hidden_weight > 0 or cfg.layer_weight > 0)
     distiller = Distiller(teacher, student, terms, cfg.train_config(), checkpoint=checkpoint, cache=cache, masks=masks,
                           task=causal_lm())
     losses: list[float] = []
+    ends: list = []  # (steps done, that epoch's log)
     t0 = time.perf_counter()
     try:
-        distiller.fit({"input_ids": windows}, progress=progress, desc="kd recovery",
-                      on_step=lambda _s: losses.append(distiller.last_loss))
+        distiller.fit({"input_ids": windows}, None if val is None else {"input_ids": val}, progress=progress,
+                      desc="kd recovery", on_step=lambda _s: losses.append(distiller.last_loss),
+                      on_epoch_end=lambda _e, _m, history: ends.append((distiller.steps_done, history[-1])))
     finally:
         student.eval()
     outputs = distiller.teacher_outputs
+    curve = [(step, log.metrics["perplexity"]) for step, log in ends if "perplexity" in log.metrics]
     return RecoveryReport(distiller.steps_done, time.perf_counter() - t0 - distiller.cache_seconds,
                           distiller.cache_seconds, bool(outputs is not None and outputs.reused), losses,
-                          distiller.resumed_from_step, distiller.ended_by, distiller.full_weights)
+                          distiller.resumed_from_step, distiller.ended_by, curve, distiller.full_weights)

@@ -130,6 +130,51 @@ def influences_of(model: nn.Module, blocks: dict[str, nn.Module], batches: Itera
     return {n: sums[n] / counts[n] for n in blocks if counts[n]}
 
 
+@torch.no_grad()
+def span_distances(model: nn.Module, blocks: list[nn.Module], batches: Iterable, run: Callable[[Any], Any],
+                   span: int, progress: bool = False) -> list[float]:
+    """Angular distance arccos(cos(h_l, h_{l+span})) / pi between what enters block l and what leaves
+    block l+span-1, averaged over every token of every batch, for each start l of a run of `span`
+    consecutive `blocks` (in stack order).
+
+    Block influence scores blocks one at a time; removing several neighbours compounds what each
+    adds. This scores a whole run of blocks at once, so a depth cut can remove the run that changes
+    the stream least as a unit. The angle (not 1 - cos) keeps distances of long spans comparable."""
+    n = len(blocks)
+    if not 1 <= span <= n:
+        raise SlimkitError(f"a span of consecutive blocks must be 1..{n}, got {span}")
+    sums = [0.0] * (n - span + 1)
+    count = 0
+    states: list[torch.Tensor | None] = [None] * (n + 1)  # h_0..h_n: the inputs of the blocks, then the last output
+
+    def hook(i: int):
+        def fn(_mod, args, kwargs, out):
+            states[i] = (args[0] if args else kwargs["hidden_states"]).detach()
+            if i == n - 1:
+                states[n] = (out[0] if isinstance(out, tuple) else out).detach()
+        return fn
+
+    hooks = [b.register_forward_hook(hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    was = model.training
+    model.eval()
+    try:
+        for batch in tqdm(batches, desc="span distance", disable=not progress, leave=False):
+            run(batch)
+            if any(h is None for h in states):
+                raise SlimkitError("a block was not called in the forward pass: span distances need every block")
+            cdim = states[0].dim() - 1 if states[0].dim() == 3 else 1
+            for l in range(n - span + 1):
+                cos = imp.block_cosines(states[l], states[l + span], cdim).clamp(-1.0, 1.0)
+                sums[l] += float(torch.arccos(cos).sum() / torch.pi)
+            count += int(cos.numel())
+            states[:] = [None] * (n + 1)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    return [s / count for s in sums]
+
+
 def block_influences(model: nn.Module, calib: Iterable[Batch]) -> dict[str, float]:
     """Block influence of every removable block over calibration batches (inputs, targets)."""
     return influences_of(model, removable_blocks(model), calib, lambda batch: model(batch[0]))
