@@ -50,7 +50,7 @@ from slimkit.speech.evaluate import THREADS, decode, encode, log_mel
 
 
 class SpeechDistillConfig(BaseModel):
-    """Settings of one recovery run; also the `speech distill` recipe."""
+    """Settings of one recovery run; also the recipe of `slimkit distill` for a Whisper."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -105,7 +105,7 @@ def prompt_ids(model) -> list[int]:
     ids = [getattr(gen, "decoder_start_token_id", None), getattr(gen, "no_timestamps_token_id", None)]
     if None in ids:
         raise SlimkitError("the model's generation config lacks decoder_start_token_id or no_timestamps_token_id; "
-                           "use a Whisper folder written by slimkit (speech prune, distill or the built-in)")
+                           "use a Whisper folder written by slimkit (slimkit prune, slimkit distill or the built-in)")
     return [int(i) for i in ids]
 
 
