@@ -6,7 +6,7 @@ import json
 import pytest
 
 import slimkit
-from slimkit.compression.settings import FLOOR_HELP, Floor, floor_metric, parse_floor
+from slimkit.compression.settings import FLOOR_HELP, Floor, floor_metric, looser_floor, parse_floor
 from slimkit.distill.tasks import causal_lm, classification, embeddings, seq2seq
 from slimkit.errors import SlimkitError
 from tests.test_compress import TINY, data, macs_timer, tiny_resnet  # noqa: F401  (data: the fixture)
@@ -120,6 +120,18 @@ def test_floor_objects_check_their_fields():
     with pytest.raises(SlimkitError, match="bound='>='"):
         Floor(points=1, metric="my_score")  # direction unknown: the bound must be given
     assert Floor(points=1, metric="my_score", bound="<=").text == "my_score+1pt"
+
+
+@pytest.mark.parametrize("metric,default", [("accuracy", "-1pt"), ("macro_f1", "-1pt"), ("wer", "wer+2pt"),
+                                            ("cer", "cer+1pt"), ("perplexity", "ppl<=1.25x"), ("ppl", "ppl<=1.25x"),
+                                            ("cosine", "cosine>=0.95"), ("token_accuracy", "-1pt")])
+def test_the_looser_floor_a_refusal_suggests_is_on_the_same_metric_and_looser(metric, default):
+    """A refusal on WER must not suggest '-3pt': each suggestion reads on its own metric and admits more."""
+    on = {"ppl": "perplexity"}.get(metric, metric)
+    loose, tight = parse_floor(looser_floor(metric)), parse_floor(default)
+    assert loose.metric in (None, on)
+    a, b = loose.value(DENSE, on, HIGHER[on]), tight.value(DENSE, on, HIGHER[on])
+    assert a < b if HIGHER[on] else a > b
 
 
 # -- the metric a floor picks ---------------------------------------------------------------------

@@ -60,6 +60,7 @@ from slimkit.compression.search import check_reachable, params_of, search
 from slimkit.compression.settings import (
     CompressSettings,
     floor_metric,
+    looser_floor,
     parse_floor,
     parse_target,
 )
@@ -246,7 +247,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
         why = (f"no cut that reaches {tgt.text} holds the floor {metric.name} "
                f"{'>=' if metric.higher_is_better else '<='} {floor_value:.4g}: the best of "
                f"{len(cands)} mixes ({best.blocks} blocks, channel ratio {best.ratio:g}) scores {after}; loosen the "
-               f"floor (e.g. -3pt) or the target, or raise recover_steps")
+               f"floor (e.g. {looser_floor(metric.name)}) or the target, or raise recover_steps")
         stages.close()
         raise RefusedError(why, CompressReport(  # what was measured; nothing is written (see RefusedError)
             refused=why, **common, dense=Dense(macs=dense_macs, params=dense_params, ms_search=found.dense_ms, val=dense_val),

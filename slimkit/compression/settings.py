@@ -57,6 +57,16 @@ METRIC_ALIASES = {"ppl": "perplexity", "acc": "accuracy", "f1": "macro_f1"}
 # checked when parsed; one on any other metric, against the task's Metric in floor_metric
 HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "token_accuracy": True, "cosine": True,
                     "nn_agreement": True, "cer": False, "wer": False, "perplexity": False}
+# A looser floor to suggest when none held, written on the metric the floor was on (its own vocabulary)
+LOOSER_FLOOR = {"perplexity": "ppl<=1.5x", "cosine": "cosine>=0.9", "wer": "wer+5pt", "cer": "cer+3pt"}
+
+
+def looser_floor(metric: str) -> str:
+    """An example of a looser floor on `metric`, for refusals: `wer+5pt` on WER, `-3pt` on accuracy."""
+    return LOOSER_FLOOR.get(METRIC_ALIASES.get(metric, metric), "-3pt" if HIGHER_IS_BETTER.get(metric, True)
+                            else f"{metric}+3pt")
+
+
 TARGET_HELP = "write the target as latency=0.5x (half the dense latency), macs=2x or params=2x (2x fewer)"
 FLOOR_HELP = ("write the floor as -1pt (1 point below the dense model), an absolute metric value such as 0.95, or "
               "on a named metric: accuracy-1pt / cer+1pt (points), ppl<=1.25x (a multiple of dense), "
