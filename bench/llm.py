@@ -14,7 +14,8 @@ long run that is stopped keeps what it measured. Perplexity rows carry their pro
 The README's KD and encoder rows (full size; run one at a time, nothing else on the machine):
 
     PYTHONPATH=. python bench/llm.py --only depth --json runs/bench_llm_kd.jsonl      # 8 of 30 layers removed + 30 min KD
-    PYTHONPATH=. python bench/llm.py --only depthrules,depth --depth-rule span --kd-layer-weight 1   # the depth study
+    PYTHONPATH=. python bench/llm.py --only depthrules                    # the depth study: which 8 layers (no KD)
+    PYTHONPATH=. python bench/llm.py --only depth --kd-layer-weight 2     # ... and KD with layer-wise seam terms
     PYTHONPATH=. python bench/llm.py --only encoder --json runs/bench_llm_enc.jsonl   # MiniLM -50% FFN -25% heads, refit, 20 min
     PYTHONPATH=. python bench/llm.py --only sparsekd --sparse-kd sparsegpt:0.5 --json runs/bench_llm_skd.jsonl  # 50% + 30 min KD
 
