@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from slimkit.data.text import check_text, text_windows
+from slimkit.errors import SlimkitError
 from slimkit.llm import (
     DEPTH_RULES,
     RecoveryConfig,
@@ -107,11 +109,27 @@ def sparsity_nm(ratio: str) -> tuple[float, str | None]:
     return (0.0, ratio) if ":" in ratio else (float(ratio), None)
 
 
+def kd_windows(tok, args) -> tuple[torch.Tensor, str]:
+    """KD's training windows and how they were drawn: by default --kd-samples windows of Emma at
+    seeded random offsets (the rows of earlier sessions); with --kd-text, that many distinct
+    (non-overlapping) windows pooled from the named texts and drawn with the seed."""
+    if not args.kd_text:
+        return calibration_windows(tok, "emma", args.kd_samples, args.seq_len, args.seed + 1), "Emma windows"
+    names = args.kd_text.split(",")
+    pool = torch.cat([text_windows(tok, name, args.seq_len)[0] for name in names])
+    if len(pool) < args.kd_samples:
+        raise SystemExit(f"--kd-text gives {len(pool)} windows of {args.seq_len} tokens, fewer than --kd-samples "
+                         f"{args.kd_samples}; lower --kd-samples or add texts")
+    pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(args.seed + 1))[:args.kd_samples]
+    named = ", ".join(Path(n).stem for n in names)
+    return pool[pick], f"distinct windows of {len(pool)} from {named}"
+
+
 def distilled(student, teacher, tok, ev, args, masks=None, val=None, pairs=()) -> tuple[float, str, int]:
     """KD recovery of `student` in place for --kd-minutes (masks held; layer-wise terms on `pairs`;
     perplexity on `val` after each epoch), then its perplexity on `ev`, the row's note and the
     seconds spent (teacher cache included)."""
-    train = calibration_windows(tok, "emma", args.kd_samples, args.seq_len, args.seed + 1)
+    train, source = kd_windows(tok, args)
     layer_weight = args.kd_layer_weight if pairs else 0.0
     cfg = RecoveryConfig(epochs=100, batch_size=2, lr=args.kd_lr, top_k=64, ce_weight=args.kd_ce_weight,
                          hidden_weight=args.kd_hidden_weight, layer_weight=layer_weight, layer_pairs=tuple(pairs),
@@ -124,7 +142,7 @@ def distilled(student, teacher, tok, ev, args, masks=None, val=None, pairs=()) -
               f"({', '.join(s.rpartition('.')[2] + '->' + t.rpartition('.')[2] for s, t in pairs)})" if layer_weight else "")
     curve = (f"; val ppl by step (P&P tokens after the test's): "
              f"{', '.join(f'{step}: {v:.2f}' for step, v in rrep.val_perplexity)}" if rrep.val_perplexity else "")
-    other = (f"{rrep.steps} steps x 2 x {args.seq_len} tokens over {args.kd_samples} Emma windows; teacher top-64 "
+    other = (f"{rrep.steps} steps x 2 x {args.seq_len} tokens over {len(train)} {source}; teacher top-64 "
              f"cache {round(rrep.teacher_seconds)} s (inside the {args.kd_minutes:g}-min budget); top-64 KL T=1 + "
              f"{args.kd_ce_weight:g} CE + {args.kd_hidden_weight:g} hidden MSE{layers}; lr {args.kd_lr:g}; last loss "
              f"{rrep.losses[-1]:.3f}{curve}; engine: Distiller, causal-LM task")
@@ -150,6 +168,10 @@ def main() -> None:
                     help="Pride and Prejudice tokens after the test tokens: KD's per-epoch validation perplexity")
     ap.add_argument("--kd-minutes", type=float, default=30.0)
     ap.add_argument("--kd-samples", type=int, default=256)
+    ap.add_argument("--kd-text", default=None,
+                    help="comma-separated texts (built-in names or files) whose distinct windows KD trains on; "
+                         "default: --kd-samples Emma windows at random offsets. Never Pride and Prejudice: it is the "
+                         "test and validation text")
     ap.add_argument("--kd-lr", type=float, default=2e-4)
     ap.add_argument("--kd-ce-weight", type=float, default=1.0, help="weight of next-token CE added to the KD loss")
     ap.add_argument("--kd-hidden-weight", type=float, default=0.0, help="weight of final-hidden-state KD")
@@ -170,6 +192,14 @@ def main() -> None:
     if args.table_from:
         print_table_from(args.table_from)
         return
+    if args.kd_text:
+        for name in args.kd_text.split(","):
+            try:
+                check_text(name)
+            except SlimkitError as e:
+                raise SystemExit(f"--kd-text: {e}") from None
+            if Path(name).stem == "prideprejudice":
+                raise SystemExit("--kd-text must not name Pride and Prejudice: it is the test and validation text")
     stages = set(args.only.split(","))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     rows = Rows(args.json)
@@ -229,12 +259,13 @@ def main() -> None:
         if "depth" in stages or "speed" in stages:
             depth_model = copy.deepcopy(lm)
             t0 = time.perf_counter()
-            removed = prune_depth(depth_model, cal[:16], args.depth_remove, rule=args.depth_rule).removed_blocks
+            cut = prune_depth(depth_model, cal[:16], args.depth_remove, rule=args.depth_rule)
+            removed = cut.removed_blocks
             ppl = perplexity(depth_model, ev, progress=True)
             rows.add(stage="depth", model=f"-{args.depth_remove} layers ({args.depth_rule})", ppl=ppl.value,
                      seconds=round(time.perf_counter() - t0), other=f"removed {', '.join(removed)}")
             if "depth" in stages and args.kd_minutes > 0:
-                pairs = seam_pairs([int(b.rpartition(".")[2]) for b in removed], n_layers)
+                pairs = seam_pairs(cut.details["removed"], n_layers)
                 ppl, other, seconds = distilled(depth_model, lm, tok, ev, args, val=val, pairs=pairs)
                 rows.add(stage="depth+KD", model=f"-{args.depth_remove} layers, KD", ppl=ppl, seconds=seconds,
                          other=other)

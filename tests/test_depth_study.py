@@ -89,11 +89,12 @@ def test_span_rule_removes_the_closest_run_and_recovery_matches_its_seam(tmp_pat
     student = copy.deepcopy(teacher)
     rep = prune_depth(student, cal, 2, progress=False, rule="span")
     assert rep.removed_blocks == [f"model.layers.{start}", f"model.layers.{start + 1}"]
+    assert rep.details["removed"] == [start, start + 1]  # the indices seam_pairs takes
     assert len(student.model.layers) == 2
     with pytest.raises(SlimkitError, match="unknown depth rule"):
         prune_depth(copy.deepcopy(teacher), cal, 1, progress=False, rule="random")
 
-    pairs = seam_pairs([start, start + 1], 4)
+    pairs = seam_pairs(rep.details["removed"], 4)
     assert pairs  # a gap of two blocks inside or at the end of four always has a kept block before it
     train, val = windows(tok, 2, 32), windows(tok, 2, 32, text="prideprejudice")
     cfg = RecoveryConfig(epochs=2, batch_size=1, lr=1e-3, top_k=8, layer_weight=1.0, layer_pairs=tuple(pairs))

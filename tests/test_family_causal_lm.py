@@ -170,6 +170,7 @@ def test_text_windows_do_not_overlap_and_val_test_are_capped(text_file, monkeypa
 
 
 def test_a_held_out_text_gives_val_and_test_and_all_of_data_trains(text_file, tmp_path):
+    from slimkit.data.text import text_windows
     from slimkit.distill import causal_lm
     from slimkit.families import causal_lm as family
     from slimkit.families.base import Source
@@ -181,9 +182,9 @@ def test_a_held_out_text_gives_val_and_test_and_all_of_data_trains(text_file, tm
     held.write_text("".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(3000)))
     prepared = family.prepare(src, str(text_file), seed=1, seq_len=8, eval_spec=str(held))
     s = prepared.splits
-    whole, _ = family._windows_of(tok, str(text_file), 8)
+    whole, _ = text_windows(tok, str(text_file), 8)
     assert torch.equal(s["train"]["input_ids"], whole)  # every window of --data trains
-    book, _ = family._windows_of(tok, str(held), 8)
+    book, _ = text_windows(tok, str(held), 8)
     rows = {tuple(r) for r in book.tolist()}
     val, test = ([tuple(r) for r in s[k]["input_ids"].tolist()] for k in ("val", "test"))
     assert set(val) <= rows and set(test) <= rows and not set(val) & set(test)

@@ -84,6 +84,21 @@ def test_ffn_removal_equals_zeroing_and_prune_width_reloads(tmp_path):
     torch.testing.assert_close(_logits(again, ids), _logits(small, ids), rtol=1e-4, atol=1e-4)
 
 
+def test_text_windows_are_the_whole_text_in_order_without_overlap(tmp_path):
+    """text_windows: every full window of the text, back to back, and the text's token count."""
+    from slimkit.data.text import text_windows, tokenize
+
+    _, tok = small_lm(1)
+    book = tmp_path / "book.txt"
+    book.write_text("It is a truth universally acknowledged, " * 40, encoding="utf-8")
+    ids = tokenize(tok, book.read_text(encoding="utf-8"))
+    got, n_tokens = text_windows(tok, book, 16)
+    assert n_tokens == ids.numel() and got.shape == (ids.numel() // 16, 16)
+    assert torch.equal(got.flatten(), ids[:got.numel()])
+    with pytest.raises(SlimkitError, match="seq_len >= 2"):
+        text_windows(tok, book, 1)
+
+
 @pytest.mark.slow
 def test_perplexity_finite_and_tagged():
     model, tok = small_lm(1)

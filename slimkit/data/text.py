@@ -78,6 +78,18 @@ def calibration_windows(tokenizer, text: str = "emma", n_samples: int = 64, seq_
     return torch.stack([ids[s:s + seq_len] for s in starts.tolist()])
 
 
+def text_windows(tokenizer, text: str | os.PathLike, seq_len: int) -> tuple[torch.Tensor, int]:
+    """Every non-overlapping (n, seq_len) window of a whole text, in order, and the text's token count.
+
+    Non-overlapping windows are distinct text: training on n of them shows n * seq_len different
+    tokens, where n windows at random offsets (calibration_windows) repeat much of a short book."""
+    if seq_len < 2:
+        raise SlimkitError(f"need seq_len >= 2, got {seq_len}")
+    ids = tokenize(tokenizer, read_text(text))
+    n = ids.numel() // seq_len
+    return ids[:n * seq_len].view(n, seq_len), ids.numel()
+
+
 def eval_windows(tokenizer, text: str = "prideprejudice", n_tokens: int = 16384, seq_len: int = 512) -> torch.Tensor:
     """(n_tokens // seq_len, seq_len) non-overlapping windows over the first n_tokens tokens."""
     if seq_len < 2 or n_tokens < seq_len:

@@ -235,14 +235,6 @@ def check_data(spec: str | None) -> None:
     check_text(spec or DEFAULT_TEXT)
 
 
-def _windows_of(tokenizer, name: str, seq_len: int) -> tuple[torch.Tensor, int]:
-    from slimkit.data.text import read_text, tokenize
-
-    ids = tokenize(tokenizer, read_text(name))
-    n = ids.numel() // seq_len
-    return ids[:n * seq_len].view(n, seq_len), ids.numel()
-
-
 def prepare(source: Source, spec: str | None, seed: int, n_train: int = 0, seq_len: int = SEQ_LEN,
             eval_spec: str | None = None) -> Prepared:
     """Non-overlapping windows of `seq_len` tokens of the text; val and test carved with the seed.
@@ -251,17 +243,18 @@ def prepare(source: Source, spec: str | None, seed: int, n_train: int = 0, seq_l
     test are carved from the held-out text instead, half each, so the floor is judged on text the
     recovery never saw."""
     from slimkit.data.tables import carve
+    from slimkit.data.text import text_windows
 
     name = spec or DEFAULT_TEXT
     limit = getattr(source.model.config, "max_position_embeddings", None)
     if seq_len < 2 or (limit and seq_len > limit):
         raise SlimkitError(f"--seq-len {seq_len} must be between 2 and the model's {limit} positions")
-    windows, n_tokens = _windows_of(source.processor, name, seq_len)
+    windows, n_tokens = text_windows(source.processor, name, seq_len)
     n = len(windows)
     most = max(1, EVAL_TOKENS // seq_len)  # the first of the carved windows: still the seed's draw
     label = Path(name).name if spec else name
     if eval_spec is not None:
-        held, held_tokens = _windows_of(source.processor, eval_spec, seq_len)
+        held, held_tokens = text_windows(source.processor, eval_spec, seq_len)
         if n < 1 or len(held) < 2:
             raise SlimkitError(f"--data {name} gives {n} windows and --eval-data {eval_spec} {len(held)} of {seq_len} "
                                f"tokens; compress needs 1 to train on and 2 held out: give longer texts or a "

@@ -24,24 +24,26 @@ from slimkit.prune.result import PruneResult
 DEPTH_RULES = ("influence", "span")
 
 
-def block_influence(model: nn.Module, windows: torch.Tensor, batch_size: int = 4, progress: bool = True) -> list[float]:
-    """BI per decoder block, averaged over every calibration token (slimkit.prune.layers.influences_of)."""
-    layers = decoder_layers(model)
+def _calibration_pass(model: nn.Module, windows: torch.Tensor, batch_size: int):
+    """The decoder blocks, the windows in batches, and the call that runs the model's body on a batch
+    (no LM head, no KV cache): what both depth scores hook into."""
     body = model.model if hasattr(model, "model") else model
     batches = [windows[i:i + batch_size] for i in range(0, windows.shape[0], batch_size)]
-    scores = influences_of(model, {str(i): layer for i, layer in enumerate(layers)}, batches,
-                           lambda ids: body(input_ids=ids, use_cache=False), progress)
+    return decoder_layers(model), batches, lambda ids: body(input_ids=ids, use_cache=False)
+
+
+def block_influence(model: nn.Module, windows: torch.Tensor, batch_size: int = 4, progress: bool = True) -> list[float]:
+    """BI per decoder block, averaged over every calibration token (slimkit.prune.layers.influences_of)."""
+    layers, batches, run = _calibration_pass(model, windows, batch_size)
+    scores = influences_of(model, {str(i): layer for i, layer in enumerate(layers)}, batches, run, progress)
     return [scores[str(i)] for i in range(len(layers))]
 
 
 def span_scores(model: nn.Module, windows: torch.Tensor, span: int, batch_size: int = 4,
                 progress: bool = True) -> list[float]:
     """Angular distance over every run of `span` consecutive decoder blocks, by its first block."""
-    layers = decoder_layers(model)
-    body = model.model if hasattr(model, "model") else model
-    batches = [windows[i:i + batch_size] for i in range(0, windows.shape[0], batch_size)]
-    return span_distances(model, list(layers), batches, lambda ids: body(input_ids=ids, use_cache=False), span,
-                          progress)
+    layers, batches, run = _calibration_pass(model, windows, batch_size)
+    return span_distances(model, list(layers), batches, run, span, progress)
 
 
 def seam_pairs(removed: list[int], n_layers: int, stack: str = "model.layers") -> list[tuple[str, str]]:
@@ -108,7 +110,8 @@ def prune_depth(model: nn.Module, windows: torch.Tensor, n_remove: int, progress
 
     The result names blocks as the dense model did (`model.layers.<i>`): `scores` holds every
     block's influence (rule "influence") or each run's distance by its first block ("span"),
-    `removed_blocks` the removed ones in layer order, `kept` the (kept, original) count of blocks.
+    `removed_blocks` the removed ones in layer order, `kept` the (kept, original) count of blocks,
+    and `details["removed"]` their indices (what seam_pairs takes).
     """
     if rule not in DEPTH_RULES:
         raise SlimkitError(f"unknown depth rule {rule!r}; choose one of {', '.join(DEPTH_RULES)}")
@@ -127,4 +130,4 @@ def prune_depth(model: nn.Module, windows: torch.Tensor, n_remove: int, progress
     remove_layers(model, removed)
     stack = block_names[0].rpartition(".")[0]
     return PruneResult(model, "depth", {stack: (n - n_remove, n)}, removed_blocks=[block_names[i] for i in removed],
-                       scores=dict(zip(block_names, scores)))
+                       scores=dict(zip(block_names, scores)), details={"removed": removed})

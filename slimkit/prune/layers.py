@@ -95,38 +95,55 @@ def removable_blocks(model: nn.Module) -> dict[str, nn.Module]:
 
 
 @torch.no_grad()
-def influences_of(model: nn.Module, blocks: dict[str, nn.Module], batches: Iterable, run: Callable[[Any], Any],
-                  progress: bool = False) -> dict[str, float]:
-    """Block influence, 1 - cos(input, output), of each of `blocks`, averaged over every pixel or token of
-    every batch, from one forward pass per batch (`run(batch)` makes it): the one hook every family's
-    depth cut ranks its blocks with.
+def _watch(model: nn.Module, blocks: dict[Any, nn.Module], seen: Callable[[Any, torch.Tensor, torch.Tensor], None],
+           batches: Iterable, run: Callable[[Any], Any], desc: str, progress: bool,
+           after_batch: Callable[[], None] | None = None) -> None:
+    """Run `run(batch)` over `batches` in eval mode, handing `seen(key, input, output)` what each of
+    `blocks` took and gave, and calling `after_batch()` after each batch; the model's mode is restored
+    and the hooks removed however it ends.
 
     A block's input is its first positional argument, or `hidden_states` where a Hugging Face layer
-    takes it by keyword; its output is the tensor it returns, or the first item of a tuple. The cosine
-    runs over the channels: the last dim of (batch, tokens, width), dim 1 of feature maps."""
-    sums = {n: 0.0 for n in blocks}
-    counts = {n: 0 for n in blocks}
-
-    def hook(name: str):
+    takes it by keyword; its output is the tensor it returns, or the first item of a tuple."""
+    def hook(key):
         def fn(_mod, args, kwargs, out):
-            x = args[0] if args else kwargs["hidden_states"]
-            y = out[0] if isinstance(out, tuple) else out
-            cdim = y.dim() - 1 if y.dim() == 3 else 1
-            per_position = 1.0 - imp.block_cosines(x, y, cdim)
-            sums[name] += float(per_position.sum())
-            counts[name] += per_position.numel()
+            seen(key, args[0] if args else kwargs["hidden_states"], out[0] if isinstance(out, tuple) else out)
         return fn
 
-    hooks = [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in blocks.items()]
+    hooks = [m.register_forward_hook(hook(k), with_kwargs=True) for k, m in blocks.items()]
     was = model.training
     model.eval()
     try:
-        for batch in tqdm(batches, desc="block influence", disable=not progress, leave=False):
+        for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
             run(batch)
+            if after_batch is not None:
+                after_batch()
     finally:
         model.train(was)
         for h in hooks:
             h.remove()
+
+
+def _channel_dim(y: torch.Tensor) -> int:
+    """The channels: the last dim of (batch, tokens, width), dim 1 of feature maps."""
+    return y.dim() - 1 if y.dim() == 3 else 1
+
+
+@torch.no_grad()
+def influences_of(model: nn.Module, blocks: dict[str, nn.Module], batches: Iterable, run: Callable[[Any], Any],
+                  progress: bool = False) -> dict[str, float]:
+    """Block influence, 1 - cos(input, output), of each of `blocks`, averaged over every pixel or token of
+    every batch, from one forward pass per batch (`run(batch)` makes it): the one hook every family's
+    depth cut ranks its blocks with. The cosine runs over the channels (`_watch` says what a block's
+    input and output are)."""
+    sums = {n: 0.0 for n in blocks}
+    counts = {n: 0 for n in blocks}
+
+    def seen(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        per_position = 1.0 - imp.block_cosines(x, y, _channel_dim(y))
+        sums[name] += float(per_position.sum())
+        counts[name] += per_position.numel()
+
+    _watch(model, blocks, seen, batches, run, "block influence", progress)
     return {n: sums[n] / counts[n] for n in blocks if counts[n]}
 
 
@@ -147,31 +164,23 @@ def span_distances(model: nn.Module, blocks: list[nn.Module], batches: Iterable,
     count = 0
     states: list[torch.Tensor | None] = [None] * (n + 1)  # h_0..h_n: the inputs of the blocks, then the last output
 
-    def hook(i: int):
-        def fn(_mod, args, kwargs, out):
-            states[i] = (args[0] if args else kwargs["hidden_states"]).detach()
-            if i == n - 1:
-                states[n] = (out[0] if isinstance(out, tuple) else out).detach()
-        return fn
+    def seen(i: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        states[i] = x.detach()
+        if i == n - 1:
+            states[n] = y.detach()
 
-    hooks = [b.register_forward_hook(hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
-    was = model.training
-    model.eval()
-    try:
-        for batch in tqdm(batches, desc="span distance", disable=not progress, leave=False):
-            run(batch)
-            if any(h is None for h in states):
-                raise SlimkitError("a block was not called in the forward pass: span distances need every block")
-            cdim = states[0].dim() - 1 if states[0].dim() == 3 else 1
-            for l in range(n - span + 1):
-                cos = imp.block_cosines(states[l], states[l + span], cdim).clamp(-1.0, 1.0)
-                sums[l] += float(torch.arccos(cos).sum() / torch.pi)
-            count += int(cos.numel())
-            states[:] = [None] * (n + 1)
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
+    def after_batch() -> None:
+        nonlocal count
+        if any(h is None for h in states):
+            raise SlimkitError("a block was not called in the forward pass: span distances need every block")
+        cdim = _channel_dim(states[0])
+        for l in range(n - span + 1):
+            cos = imp.block_cosines(states[l], states[l + span], cdim).clamp(-1.0, 1.0)
+            sums[l] += float(torch.arccos(cos).sum() / torch.pi)
+        count += int(cos.numel())
+        states[:] = [None] * (n + 1)
+
+    _watch(model, dict(enumerate(blocks)), seen, batches, run, "span distance", progress, after_batch)
     return [s / count for s in sums]
 
 
