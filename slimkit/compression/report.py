@@ -61,13 +61,16 @@ def to_markdown(typed: CompressReport) -> str:
         (f"| compressed | {r['macs'] / 1e6:.2f} | {r['params']} | {r['ms']:.3f} | {_fmt(r['val'].get(m))} | "
          f"{_fmt(r['test'].get(m))} |"),
         "", "## Mixes (fastest first)", "",
-        "| # | blocks removed | channel ratio | MMACs | ms (search) | x dense | val after short KD | holds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| # | blocks removed | channel ratio | MMACs | ms (search) | x dense (search) | x dense (timed again) "
+        "| val after short KD | holds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for i, c in enumerate(report["candidates"]):
         mark = " (chosen)" if i == report["chosen"] else ""
+        again = c.get("confirmed_share")
         lines.append(f"| {i}{mark} | {c['blocks']} {', '.join(c['removed'])} | {c['ratio']:g} | {c['macs'] / 1e6:.2f} "
-                     f"| {c['ms']:.3f} | {c['latency_share']:.2f} | {_fmt(c['val'])} | {_fmt(c['held'])} |")
+                     f"| {c['ms']:.3f} | {c['latency_share']:.2f} | {'-' if again is None else format(again, '.2f')} "
+                     f"| {_fmt(c['val'])} | {_fmt(c['held'])} |")
     chosen = report["candidates"][report["chosen"]]
     lines += ["", "## Kept widths of the chosen mix", "", "| group | kept | of |", "|---|---|---|"]
     lines += [f"| {g} | {k} | {n} |" for g, (k, n) in chosen["kept"].items()]

@@ -54,7 +54,9 @@ def _mix_text(report: dict, i: int) -> str:
     c = report["candidates"][i]
     removed = ", ".join(c["removed"]) or "none"
     return (f"mix {i}: {c['blocks']} blocks removed ({removed}), channel ratio {c['ratio']:g}<br>"
-            f"{c['ms']:.4g} ms in the search = {c['latency_share']:.3f}x dense; {c['macs']:,} MACs; "
+            f"{c['ms']:.4g} ms in the search = {c['latency_share']:.3f}x dense"
+            + (f", {c['confirmed_share']:.3f}x timed again alone with it" if c.get("confirmed_share") is not None else "")
+            + f"; {c['macs']:,} MACs; "
             f"{c['params']:,} params<br>val {report['metric']} {_num(c['val'])}<br>{mix_reason(report, i)}")
 
 
