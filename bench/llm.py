@@ -39,6 +39,7 @@ import torch
 
 from slimkit.data.text import check_text, text_windows
 from slimkit.errors import SlimkitError
+from slimkit.families.causal_lm import DecodeTimer
 from slimkit.llm import (
     DEPTH_RULES,
     RecoveryConfig,
@@ -286,12 +287,18 @@ def main() -> None:
                 gc.collect()
 
         if "speed" in stages:  # depth_model was cut above
-            for name, model in (("dense", lm), (f"depth -{args.depth_remove}", depth_model)):
-                sp = measure_speed(model)
+            # the ratio from one run that alternates the two models (compress's decode timer), not from two
+            # medians measured one after the other: batch-1 decode on a CPU drifts by more than a layer's share
+            timer = DecodeTimer(prompt_len=128, tokens=32, threads=torch.get_num_threads())
+            dense_ms, cut_ms = timer([lm, depth_model])
+            prefill = timer.beside["prefill_ms"]
+            for name, model, ms, pre in (("dense", lm, dense_ms, prefill[0]),
+                                         (f"depth -{args.depth_remove}", depth_model, cut_ms, prefill[1])):
+                sp = measure_speed(model, repeats=1)
                 rows.add(stage="speed", model=name, seconds="-",
-                         other=f"params {sp.params / 1e6:.1f} M, MACs/token {sp.macs_per_token / 1e6:.1f} M, "
-                               f"prefill {sp.prefill_tokens_per_s:.0f} tok/s, decode {sp.decode_tokens_per_s:.1f} "
-                               f"tok/s ({sp.threads} threads, {sp.device}, prompt {sp.prompt_len})")
+                         other=f"params {sp.params / 1e6:.1f} M, MACs/token {sp.macs_per_token / 1e6:.1f} M; decode "
+                               f"{ms:.2f} ms/token ({1e3 / ms:.1f} tok/s, {dense_ms / ms:.2f}x dense), prefill "
+                               f"{pre:.0f} ms ({dense_ms and prefill[0] / pre:.2f}x dense); {timer.method}")
         del lm
 
     if "encoder" in stages:
