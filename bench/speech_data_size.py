@@ -40,6 +40,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=None, help="comma-separated training-set sizes (default 1000,2000,4000; "
                                                   "quick 16,32)")
+    ap.add_argument("--pool", type=int, default=None, help="utterances of the one training set the sizes are taken "
+                                                           "from (default: the largest size)")
     ap.add_argument("--voices", choices=("piper", "mixed"), default="mixed")
     ap.add_argument("--kd-minutes", type=float, default=None, help="budget of each recovery (default 10, quick 0.3)")
     ap.add_argument("--synth", type=int, default=None, help="held-out synthesised utterances (default 200, quick 20)")
@@ -58,7 +60,9 @@ def main() -> None:
 
     t0 = time.perf_counter()
     voices = (PIPER,) + (ESPEAK_VOICES if args.voices == "mixed" else ())
-    pool = synthetic_set(SynthSettings(split="train", utterances=max(sizes), seed=0, voices=voices))
+    if args.pool is not None and args.pool < max(sizes):
+        raise SystemExit(f"--pool {args.pool} is smaller than the largest size {max(sizes)}; raise --pool")
+    pool = synthetic_set(SynthSettings(split="train", utterances=args.pool or max(sizes), seed=0, voices=voices))
     held = [real_recordings(), synthetic_set(SynthSettings(split="heldout", utterances=args.synth or
                                                            (20 if args.quick else 200), seed=0))]
     print(f"speech sets ready in {time.perf_counter() - t0:.0f} s (synthesised once, then read from slimkit's cache)",
