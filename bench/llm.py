@@ -298,7 +298,7 @@ def main() -> None:
                 rows.add(stage="speed", model=name, seconds="-",
                          other=f"params {sp.params / 1e6:.1f} M, MACs/token {sp.macs_per_token / 1e6:.1f} M; decode "
                                f"{ms:.2f} ms/token ({1e3 / ms:.1f} tok/s, {dense_ms / ms:.2f}x dense), prefill "
-                               f"{pre:.0f} ms ({dense_ms and prefill[0] / pre:.2f}x dense); {timer.method}")
+                               f"{pre:.0f} ms ({prefill[0] / pre:.2f}x dense); {timer.method}")
         del lm
 
     if "encoder" in stages:

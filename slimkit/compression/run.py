@@ -208,7 +208,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
         c.held = metric.meets(c.val, floor_value)
         if progress:  # the bars are transient: each tried mix leaves a line saying how it scored
             tqdm.write(f"mix {i + 1}/{len(cands)} ({c.blocks} blocks, channel ratio {c.ratio:g}, latency "
-                       f"{c.latency_share:.2f}x): val {metric.name} {c.val:.4g} "
+                       f"{c.timed_share:.2f}x): val {metric.name} {c.val:.4g} "
                        f"{'holds' if c.held else 'misses'} the floor {floor_value:.4g}")
         return c.held
 

@@ -52,16 +52,21 @@ class Candidate:
     held: bool | None = None
     model: nn.Module | None = field(default=None, repr=False)
 
+    @property
+    def timed_share(self) -> float:
+        """The latency share that decides: the one timed again when there is one, else the search's."""
+        return self.latency_share if self.confirmed_share is None else self.confirmed_share
+
     def share(self, target: Target, dense_macs: int, dense_params: int) -> float:
         """This mix's cost as a share of the dense model's, in the target's unit."""
         if target.kind == "latency":
-            return self.latency_share if self.confirmed_share is None else self.confirmed_share
+            return self.timed_share
         return self.macs / dense_macs if target.kind == "macs" else self.params / dense_params
 
     def as_dict(self) -> dict:
         return {"blocks": self.blocks, "removed": self.removed, "ratio": self.ratio, "macs": self.macs,
-                "params": self.params, "ms": self.ms, "latency_share": self.latency_share, "confirmed_share": self.confirmed_share, "kept": self.kept,
-                "val": self.val, "held": self.held}
+                "params": self.params, "ms": self.ms, "latency_share": self.latency_share,
+                "confirmed_share": self.confirmed_share, "kept": self.kept, "val": self.val, "held": self.held}
 
 
 @dataclass
@@ -197,17 +202,22 @@ def search(dense: nn.Module, cutter: Cutter, example: Any, target: Target, calib
             fastest = min(t / dense_ms for t in times)
             raise SlimkitError(f"no cut reaches {target.text}: the fastest cut tried is {fastest:.2f}x the dense "
                                f"latency ({min(times):.3f} ms vs {dense_ms:.3f} ms); try latency="
-                               f"{min(0.99, -(-fastest * 20 // 1) / 20):g}x or more, or allow more blocks to go")
+                               f"{_reachable(fastest):g}x or more, or allow more blocks to go")
         cands = _confirmed(every, cands, dense, timer, target, progress)
         if not cands:
             timed = [c.confirmed_share for c in every if c.confirmed_share is not None]
             raise SlimkitError(f"no cut reaches {target.text} when timed again against the dense model alone: the "
                                f"search's pass measured some under it, but each one timed again measured "
-                               f"{min(timed):.2f}x or slower; try latency={min(0.99, -(-min(timed) * 20 // 1) / 20):g}x "
-                               f"or more, or allow more blocks to go")
+                               f"{min(timed):.2f}x or slower; try latency={_reachable(min(timed)):g}x or more, or "
+                               f"allow more blocks to go")
     # fastest first: by the time measured, each confirmed mix's against its own dense run
-    cands.sort(key=lambda c: (c.confirmed_share if c.confirmed_share is not None else c.latency_share, c.blocks, c.ratio))
+    cands.sort(key=lambda c: (c.timed_share, c.blocks, c.ratio))
     return Search(cands, dense_ms, ranking)
+
+
+def _reachable(share: float) -> float:
+    """The latency target to suggest when `share` is the fastest measured: `share` rounded up to 0.05, at most 0.99."""
+    return min(0.99, -(-share * 20 // 1) / 20)
 
 
 def _confirmed(every: list[Candidate], picked: list[Candidate], dense: nn.Module, timer: Timer, target: Target,
