@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from slimkit.compression.cutters import StructuredCutter
-from slimkit.compression.search import rank_blocks, ratio_for, search
+from slimkit.compression.search import Candidate, rank_blocks, ratio_for, search
 from slimkit.compression.settings import CompressSettings, Target
 from slimkit.errors import SlimkitError
 from slimkit.measure import count_macs
@@ -157,3 +157,11 @@ def test_not_slower_times_a_foreign_model_in_fresh_processes_with_its_builder() 
     assert info["dense_ms"] > 0 and info["pruned_ms"] > 0
     with pytest.raises(SlimkitError, match="has no 'NoSuchBuilder'"):
         not_slower(dense, cut, x, rounds=5, passes=1, builder="tests.crnn:NoSuchBuilder")
+
+
+def test_a_mix_is_named_by_its_blocks_and_channel_ratio():
+    """Progress lines and refusals name a mix this way; one block is 'block', not 'blocks'."""
+    one = Candidate(blocks=1, removed=["layer.3"], ratio=0.6, macs=1, params=1, ms=1.0, latency_share=0.7)
+    assert one.label == "1 block, channel ratio 0.6"
+    assert Candidate(blocks=0, removed=[], ratio=0.75, macs=1, params=1, ms=1.0, latency_share=0.64).label == \
+        "0 blocks, channel ratio 0.75"

@@ -207,7 +207,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
         c.val = _score(rec, val, task, model, s.batch_size)[metric.name]
         c.held = metric.meets(c.val, floor_value)
         if progress:  # the bars are transient: each tried mix leaves a line saying how it scored
-            tqdm.write(f"mix {i + 1}/{len(cands)} ({c.blocks} blocks, channel ratio {c.ratio:g}, latency "
+            tqdm.write(f"mix {i + 1}/{len(cands)} ({c.label}, latency "
                        f"{c.timed_share:.2f}x): val {metric.name} {c.val:.4g} "
                        f"{'holds' if c.held else 'misses'} the floor {floor_value:.4g}")
         return c.held
@@ -232,8 +232,8 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
         full_val = final_val[metric.name]
         held = metric.meets(full_val, floor_value)
         if progress:
-            tqdm.write(f"no mix held the floor after {s.search_steps} steps; the best-scoring ({cands[best_i].blocks} "
-                       f"blocks, channel ratio {cands[best_i].ratio:g}) after {s.search_steps + s.recover_steps}: "
+            tqdm.write(f"no mix held the floor after {s.search_steps} steps; the best-scoring "
+                       f"({cands[best_i].label}) after {s.search_steps + s.recover_steps}: "
                        f"val {metric.name} {full_val:.4g} {'holds' if held else 'misses'} the floor "
                        f"{floor_value:.4g}")
         if held:
@@ -246,7 +246,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
                  + (f" and {full_val:.4g} after {s.search_steps + s.recover_steps}" if full_val is not None else ""))
         why = (f"no cut that reaches {tgt.text} holds the floor {metric.name} "
                f"{'>=' if metric.higher_is_better else '<='} {floor_value:.4g}: the best of "
-               f"{len(cands)} mixes ({best.blocks} blocks, channel ratio {best.ratio:g}) scores {after}; loosen the "
+               f"{len(cands)} mixes ({best.label}) scores {after}; loosen the "
                f"floor (e.g. {looser_floor(metric.name)}) or the target, or raise recover_steps")
         stages.close()
         raise RefusedError(why, CompressReport(  # what was measured; nothing is written (see RefusedError)

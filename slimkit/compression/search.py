@@ -53,6 +53,11 @@ class Candidate:
     model: nn.Module | None = field(default=None, repr=False)
 
     @property
+    def label(self) -> str:
+        """How progress lines and refusals name this mix."""
+        return f"{self.blocks} block{'' if self.blocks == 1 else 's'}, channel ratio {self.ratio:g}"
+
+    @property
     def timed_share(self) -> float:
         """The latency share that decides: the one timed again when there is one, else the search's."""
         return self.latency_share if self.confirmed_share is None else self.confirmed_share
