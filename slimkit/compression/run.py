@@ -201,7 +201,7 @@ def compress(model: nn.Module, train: Any, val: Any, test: Any = None, task: Tas
     def try_mix(i: int) -> bool:
         c = cands[i]
         curves[i] = []
-        rec = recover(c.model, teacher, train, task, s, s.search_steps, f"mix {c.blocks} blocks r{c.ratio:g}", progress,
+        rec = recover(c.model, teacher, train, task, s, s.search_steps, f"mix {c.label}", progress,
                       curves[i])
         recovered[i] = rec
         c.val = _score(rec, val, task, model, s.batch_size)[metric.name]
@@ -354,7 +354,7 @@ def recover_chosen(result: CompressResult, dense: nn.Module, train: Any, task: T
     check_recovery(task, s.recovery)
     teacher = recovery_teacher(dense, train, task, s, progress)
     c, curve, metric = result.chosen, [], result.report.metric
-    short = recover(c.model, teacher, train, task, s, s.search_steps, f"mix {c.blocks} blocks r{c.ratio:g} "
+    short = recover(c.model, teacher, train, task, s, s.search_steps, f"mix {c.label} "
                     f"({s.recovery})", progress, curve)
     full = recover(short, teacher, train, task, s, s.recover_steps, f"full recovery ({s.recovery})", progress, curve)
     if training is not None:
