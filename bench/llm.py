@@ -48,6 +48,7 @@ from slimkit.llm import (
     distill_encoder,
     eval_windows,
     fidelity,
+    lm_cost,
     load_causal_lm,
     load_encoder,
     perplexity,
@@ -57,7 +58,6 @@ from slimkit.llm import (
     recover,
     seam_pairs,
 )
-from slimkit.measure.cost import count_macs, count_params
 from slimkit.measure.memory import peak_rss_mb, reset_peak_rss
 
 
@@ -294,9 +294,7 @@ def main() -> None:
             prefill = timer.beside["prefill_ms"]
             for name, model, ms, pre in (("dense", lm, dense_ms, prefill[0]),
                                          (f"depth -{args.depth_remove}", depth_model, cut_ms, prefill[1])):
-                params, _ = count_params(model)
-                ids = torch.zeros(1, 128, dtype=torch.long)
-                macs = count_macs(model, {"input_ids": ids, "use_cache": False}) // ids.shape[1]
+                params, _, macs = lm_cost(model, torch.zeros(1, 128, dtype=torch.long))
                 rows.add(stage="speed", model=name, seconds="-",
                          other=f"params {params / 1e6:.1f} M, MACs/token {macs / 1e6:.1f} M; decode "
                                f"{ms:.2f} ms/token ({1e3 / ms:.1f} tok/s, {dense_ms / ms:.2f}x dense), prefill "

@@ -15,7 +15,7 @@ from slimkit.llm.depth import block_influence, prune_depth, remove_layers
 from slimkit.llm.load import resolve, save_pretrained_atomic
 from slimkit.llm.perplexity import perplexity
 from slimkit.llm.recover import RecoveryConfig, recover
-from slimkit.llm.speed import measure_speed
+from slimkit.llm.speed import lm_cost, measure_speed
 from slimkit.llm.width import prune_width, remove_ffn_neurons, remove_kv_groups
 from tests.llm_helpers import small_lm, windows
 
@@ -139,6 +139,22 @@ def test_recovery_runs_on_the_engine_caches_teacher_and_holds_masks(tmp_path):
     assert rep.steps == 1 and not rep.cache_reused and rep.losses[0] > 0  # the final norm's states cached too
     cached = [open_cache(p) for p in tmp_path.iterdir() if not p.name.startswith(".")]
     assert sorted(tuple(c.features["model.norm"].shape) for c in cached if c.features) == [(2, 32, 576)]
+
+
+def test_lm_cost_counts_linear_macs_per_token_and_parameters():
+    """MACs per token are each Linear's in x out features once, whatever the prompt length; zeros
+    stay counted as parameters but not as non-zero ones."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    linear = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+    total = sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[:, :4] = 0
+    for length in (1, 8):
+        assert lm_cost(model, torch.zeros(1, length, dtype=torch.long)) == (total, total - 4 * 48, linear)
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ from slimkit.llm.load import (
 from slimkit.llm.oneshot import METHODS, parse_nm, prune_oneshot
 from slimkit.llm.perplexity import Perplexity, perplexity
 from slimkit.llm.recover import RecoveryConfig, RecoveryReport, recover
-from slimkit.llm.speed import SpeedReport, measure_speed
+from slimkit.llm.speed import SpeedReport, lm_cost, measure_speed
 from slimkit.llm.streaming import prune_oneshot_folder
 from slimkit.data.text import calibration_windows, eval_windows, read_text
 from slimkit.llm.width import prune_width
@@ -54,6 +54,7 @@ __all__ = [
     "embed",
     "eval_windows",
     "fidelity",
+    "lm_cost",
     "load_causal_lm",
     "load_config",
     "load_encoder",
